@@ -1,0 +1,86 @@
+//! Command-line parsing and dispatch for the `theta` binary.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use ed25519_dalek::SigningKey;
+
+/// Theta: an event-sourced command-log database for collaborative 3D/VR scene editing.
+///
+/// A signed, Lamport-ordered command log is the single source of truth; projections of it
+/// are streamed to viewers, and its history can be replayed and audited.
+#[derive(Debug, Parser)]
+#[command(name = "theta", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print the schema manifest: protocol version, schema hash and component ids.
+    Manifest,
+    /// Generate an Ed25519 key pair and write the secret key to a file (hex, mode 0600).
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long, short, value_name = "FILE")]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the public key of a secret key file.
+    Pubkey {
+        /// The secret key file written by `theta keygen`.
+        #[arg(value_name = "FILE")]
+        key: PathBuf,
+    },
+}
+
+/// Parses the command line and runs the chosen subcommand.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Manifest => {
+            print!("{}", theta_schemas::manifest::render());
+            Ok(())
+        }
+        Cmd::Keygen { out, force } => keygen(&out, force),
+        Cmd::Pubkey { key } => {
+            let key = read_key(&key)?;
+            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+            Ok(())
+        }
+    }
+}
+
+fn keygen(out: &Path, force: bool) -> anyhow::Result<()> {
+    if out.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", out.display());
+    }
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(out).with_context(|| format!("create {}", out.display()))?;
+    writeln!(f, "{}", hex::encode(key.to_bytes())).with_context(|| format!("write {}", out.display()))?;
+    println!("secret key: {}", out.display());
+    println!("public key: {}", hex::encode(key.verifying_key().to_bytes()));
+    Ok(())
+}
+
+/// Reads a secret key file: 64 hex digits, surrounding whitespace ignored.
+pub fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let text = fs::read_to_string(path).with_context(|| format!("read key file {}", path.display()))?;
+    let mut secret = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut secret)
+        .with_context(|| format!("{} must hold a 32-byte secret key as 64 hex digits", path.display()))?;
+    Ok(SigningKey::from_bytes(&secret))
+}

@@ -1,0 +1,15 @@
+//! The `theta` command: a thin shell over the library crates.
+
+use std::process::ExitCode;
+
+mod cli;
+
+fn main() -> ExitCode {
+    match cli::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("theta: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
