@@ -1,4 +1,48 @@
-//! The log store: the single source of truth.
+//! The log store: Theta's single source of truth.
 //!
 //! Every accepted command of every session, in order, durably, with proof of who signed it
-//! and that it was allowed. Filled in by the store issue; today an empty shell.
+//! and that it was allowed under the policy in force at that moment. The store owns:
+//!
+//! - the append checks, in their documented order (docs/PROTOCOL.md, "Append checks"):
+//!   payload guard, schema, signature, session, role, replay, Lamport, rate, conflict; each
+//!   failure is a distinct [`AppendError`] with a counter, and leaves the log untouched;
+//! - gapless per-session seqs, the hash chain and the RFC 6962 Merkle tree ([`merkle`]),
+//!   with inclusion and consistency proofs and tree heads signed by the store's own key;
+//! - durability: group commit with one flush (+ fdatasync) per batch before any
+//!   acknowledgement ([`Durability`]);
+//! - reads that stream from storage: by seq range, author or entity, the head, the
+//!   rejection trail, and projection checkpoints (opaque bytes made by the projector).
+//!
+//! It does not fold entries into a world (that is `theta-projector`) nor speak any network
+//! protocol (that is `theta-gateway`). sled stays behind the [`backend::Backend`] seam.
+//!
+//! ```no_run
+//! use theta_store::{Store, StoreConfig};
+//! let store = Store::open("./theta-data", StoreConfig::default())?;
+//! # let envelope_bytes: Vec<u8> = vec![];
+//! let receipt = store.append(&envelope_bytes)?;
+//! for entry in store.read_range(&receipt.session, 1, receipt.seq)? {
+//!     println!("{}", entry?.seq);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod guard;
+mod keys;
+pub mod merkle;
+pub mod metrics;
+pub mod policy;
+mod session;
+mod store;
+pub mod validate;
+mod verifier;
+
+pub use config::{Durability, StoreConfig, VerifyOnOpen};
+pub use error::{AppendError, ConflictReason, OpenError, ReadError, RejectionCode};
+pub use metrics::MetricsSnapshot;
+pub use store::{
+    Entries, Head, ImportError, InclusionProof, Receipt, Rejection, SignedTreeHead, Store, TREE_HEAD_DOMAIN,
+};

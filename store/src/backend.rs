@@ -1,0 +1,207 @@
+//! The storage seam: an ordered key-value space with atomic batches and a durable flush.
+//!
+//! [`SledBackend`] is the real one; [`MemoryBackend`] keeps everything in a `BTreeMap` for
+//! fast tests. Nothing outside this module knows about sled.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+/// A storage failure. The store treats these as fatal for the batch that hit them.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// sled reported an error.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A file operation (fdatasync, directory creation) failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Key-value pairs in key order.
+pub type KvIter = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), BackendError>> + Send>;
+
+/// One atomic set of writes.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl WriteBatch {
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+    /// Removes `key`.
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.ops.push((key, None));
+    }
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// The narrow seam between the store and its storage engine.
+pub trait Backend: Send + Sync + 'static {
+    /// Reads one key.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
+    /// Iterates keys in `[start, end)` in order, lazily.
+    fn range(&self, start: &[u8], end: &[u8]) -> KvIter;
+    /// Iterates keys in `[start, end)` in reverse order, lazily.
+    fn range_rev(&self, start: &[u8], end: &[u8]) -> KvIter;
+    /// Applies a batch atomically (all or nothing, also across a crash).
+    fn apply(&self, batch: WriteBatch) -> Result<(), BackendError>;
+    /// Makes every applied batch durable. `sync_data` also forces the data to stable storage
+    /// (fdatasync), beyond what the engine's own flush does.
+    fn flush(&self, sync_data: bool) -> Result<(), BackendError>;
+    /// Where the data lives, if on disk.
+    fn path(&self) -> Option<&Path>;
+}
+
+/// sled 0.34, with an fdatasync of its data file after its own flush.
+///
+/// sled's flush writes its log with `sync_file_range`, which does not flush the drive's
+/// write cache or file metadata; the extra `fdatasync` covers power loss (docs/ARCHITECTURE.md,
+/// "Safety").
+pub struct SledBackend {
+    db: sled::Db,
+    tree: sled::Tree,
+    data_file: File,
+    path: PathBuf,
+}
+
+impl SledBackend {
+    /// Opens (or creates) a sled database in `path`.
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<SledBackend, BackendError> {
+        let io = |what: &str| {
+            let what = format!("{what} {}", path.display());
+            move |source| BackendError::Io { what, source }
+        };
+        std::fs::create_dir_all(path).map_err(io("create data directory"))?;
+        let config = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput);
+        // sled releases its file lock from background threads shortly after a `Db` in this
+        // process is dropped; wait briefly for that instead of failing a reopen.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let tree = db.open_tree("theta")?;
+        db.flush()?;
+        let data_file = File::open(path.join("db")).map_err(io("open sled data file in"))?;
+        // Make the directory entries of a new database durable too.
+        File::open(path).and_then(|d| d.sync_all()).map_err(io("fsync directory"))?;
+        data_file.sync_all().map_err(io("fsync sled data file in"))?;
+        Ok(SledBackend { db, tree, data_file, path: path.to_path_buf() })
+    }
+}
+
+fn sled_iter(it: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + Send + 'static) -> KvIter {
+    Box::new(it.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(BackendError::from)))
+}
+
+impl Backend for SledBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+    fn range(&self, start: &[u8], end: &[u8]) -> KvIter {
+        sled_iter(self.tree.range(start.to_vec()..end.to_vec()))
+    }
+    fn range_rev(&self, start: &[u8], end: &[u8]) -> KvIter {
+        sled_iter(self.tree.range(start.to_vec()..end.to_vec()).rev())
+    }
+    fn apply(&self, batch: WriteBatch) -> Result<(), BackendError> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        Ok(self.tree.apply_batch(b)?)
+    }
+    fn flush(&self, sync_data: bool) -> Result<(), BackendError> {
+        self.db.flush()?;
+        if sync_data {
+            self.data_file.sync_data().map_err(|source| BackendError::Io {
+                what: format!("fdatasync {}", self.path.join("db").display()),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+}
+
+/// Everything in memory; for tests and benchmarks of the logic alone. Not durable.
+#[derive(Default)]
+pub struct MemoryBackend {
+    map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl MemoryBackend {
+    /// An empty in-memory backend.
+    pub fn new() -> MemoryBackend {
+        MemoryBackend::default()
+    }
+
+    fn collect(&self, start: &[u8], end: &[u8], rev: bool) -> KvIter {
+        let map = self.map.read().expect("memory backend lock");
+        let range = map.range(start.to_vec()..end.to_vec()).map(|(k, v)| Ok((k.clone(), v.clone())));
+        let items: Vec<_> = if rev { range.rev().collect() } else { range.collect() };
+        Box::new(items.into_iter())
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        Ok(self.map.read().expect("memory backend lock").get(key).cloned())
+    }
+    fn range(&self, start: &[u8], end: &[u8]) -> KvIter {
+        self.collect(start, end, false)
+    }
+    fn range_rev(&self, start: &[u8], end: &[u8]) -> KvIter {
+        self.collect(start, end, true)
+    }
+    fn apply(&self, batch: WriteBatch) -> Result<(), BackendError> {
+        let mut map = self.map.write().expect("memory backend lock");
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+        Ok(())
+    }
+    fn flush(&self, _sync_data: bool) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn path(&self) -> Option<&Path> {
+        None
+    }
+}

@@ -1,0 +1,1164 @@
+//! The store: opening, the append pipeline (verify stage → group commit), and reads.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{Signer, SigningKey};
+use theta_schemas::{AuthorKey, CommandKind, EntityId, Envelope, LogEntry, SessionId};
+
+use crate::backend::{Backend, BackendError, KvIter, MemoryBackend, SledBackend, WriteBatch};
+use crate::config::{Durability, StoreConfig, VerifyOnOpen};
+use crate::error::{AppendError, OpenError, ReadError, RejectionCode};
+use crate::keys;
+use crate::merkle::{self, Frontier, Hash, Prover};
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::session::{Meta, SessionState};
+use crate::validate::validate;
+use crate::verifier::{self, Checked, KeyCache};
+
+/// Domain prefix of signed tree heads.
+pub const TREE_HEAD_DOMAIN: &[u8] = b"theta/tree-head/v1\0";
+
+/// The acknowledgement of an accepted append. Returned only once the entry is durable (in
+/// the default [`Durability::Sync`] mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The session.
+    pub session: SessionId,
+    /// The entry's seq.
+    pub seq: u64,
+    /// The command's Lamport timestamp.
+    pub lamport: u64,
+    /// The command's nonce.
+    pub nonce: u64,
+    /// The entry hash.
+    pub entry_hash: Hash,
+    /// Size of the tree the entry was committed in (≥ `seq`: the whole group commit).
+    pub tree_size: u64,
+    /// Root of that tree; `InclusionProof(seq, tree_size)` proves the entry against it.
+    pub tree_root: Hash,
+}
+
+/// A session's head, as readers see it (durable entries only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The session.
+    pub session: SessionId,
+    /// Seq of the last entry (= tree size).
+    pub seq: u64,
+    /// The session's Lamport clock.
+    pub clock: u64,
+    /// Merkle root over entries `1..=seq`.
+    pub tree_root: Hash,
+    /// Hash of the last entry (zeros when empty).
+    pub last_entry_hash: Hash,
+    /// The session's name.
+    pub name: String,
+}
+
+/// A tree head signed by the store's service key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedTreeHead {
+    /// The session.
+    pub session: SessionId,
+    /// Tree size.
+    pub tree_size: u64,
+    /// Root.
+    pub root: Hash,
+    /// Store clock when signed, Unix ms.
+    pub timestamp_ms: u64,
+    /// Ed25519 signature over [`SignedTreeHead::message`].
+    pub signature: [u8; 64],
+    /// The service's public key.
+    pub public_key: [u8; 32],
+}
+
+impl SignedTreeHead {
+    /// The signed bytes: `TREE_HEAD_DOMAIN || session || tree_size (BE) || timestamp_ms (BE) || root`.
+    pub fn message(session: &SessionId, tree_size: u64, timestamp_ms: u64, root: &Hash) -> Vec<u8> {
+        let mut m = Vec::with_capacity(TREE_HEAD_DOMAIN.len() + 64);
+        m.extend_from_slice(TREE_HEAD_DOMAIN);
+        m.extend_from_slice(&session.0);
+        m.extend_from_slice(&tree_size.to_be_bytes());
+        m.extend_from_slice(&timestamp_ms.to_be_bytes());
+        m.extend_from_slice(root);
+        m
+    }
+
+    /// Checks the signature under `public_key` (strict).
+    pub fn verify(&self) -> bool {
+        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.public_key) else { return false };
+        let msg = SignedTreeHead::message(&self.session, self.tree_size, self.timestamp_ms, &self.root);
+        key.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&self.signature)).is_ok()
+    }
+}
+
+/// One record of the rejection trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Position in its trail (monotonic).
+    pub index: u64,
+    /// Store clock, Unix ms.
+    pub time_ms: u64,
+    /// The reason code.
+    pub code: RejectionCode,
+    /// The author, when the envelope decoded.
+    pub author: Option<AuthorKey>,
+    /// SHA-256 of the envelope bytes as received.
+    pub envelope_hash: Hash,
+    /// The error message.
+    pub reason: String,
+}
+
+impl Rejection {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(73 + self.reason.len());
+        v.extend_from_slice(&self.time_ms.to_be_bytes());
+        v.push(self.code as u8);
+        v.extend_from_slice(&self.author.unwrap_or_default().0);
+        v.extend_from_slice(&self.envelope_hash);
+        v.extend_from_slice(self.reason.as_bytes());
+        v
+    }
+
+    fn decode(index: u64, b: &[u8]) -> Option<Rejection> {
+        if b.len() < 73 {
+            return None;
+        }
+        let author = AuthorKey(b[9..41].try_into().ok()?);
+        Some(Rejection {
+            index,
+            time_ms: keys::be_u64(b, 0),
+            code: RejectionCode::from_u8(b[8])?,
+            author: (author != AuthorKey::default()).then_some(author),
+            envelope_hash: b[41..73].try_into().ok()?,
+            reason: String::from_utf8_lossy(&b[73..]).into_owned(),
+        })
+    }
+}
+
+/// An RFC 6962 inclusion proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InclusionProof {
+    /// The entry's seq (leaf index + 1).
+    pub seq: u64,
+    /// Tree size the proof is for.
+    pub tree_size: u64,
+    /// The entry's leaf hash.
+    pub leaf_hash: Hash,
+    /// Audit path, bottom up.
+    pub path: Vec<Hash>,
+    /// Root of the tree of `tree_size`.
+    pub root: Hash,
+}
+
+impl InclusionProof {
+    /// Checks the proof against its own root.
+    pub fn verify(&self) -> bool {
+        merkle::verify_inclusion(&self.leaf_hash, self.seq - 1, self.tree_size, &self.path, &self.root)
+    }
+}
+
+/// Why a trusted import failed. Nothing of the failing call is written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ImportError {
+    /// An entry does not continue the chain (seq, previous hash or its own hash).
+    #[error("entry at seq {seq} does not continue the chain: {detail}")]
+    Chain {
+        /// The entry's position.
+        seq: u64,
+        /// What does not match.
+        detail: String,
+    },
+    /// An entry's command fails a check it must have passed when first accepted.
+    #[error("entry at seq {seq} is not acceptable: {error}")]
+    Rejected {
+        /// The entry's position.
+        seq: u64,
+        /// The check that failed.
+        #[source]
+        error: AppendError,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Corruption {
+    seq: u64,
+    detail: String,
+}
+
+#[derive(Debug, Clone)]
+struct View {
+    head: Head,
+    corrupted: Option<Corruption>,
+}
+
+/// State shared by the store handle, the pipeline threads and readers.
+struct Shared {
+    backend: Arc<dyn Backend>,
+    config: StoreConfig,
+    metrics: Metrics,
+    views: RwLock<BTreeMap<SessionId, View>>,
+    service_key: SigningKey,
+    closing: AtomicBool,
+}
+
+/// Calls its callback exactly once: with the outcome, or with `ShuttingDown` if dropped.
+struct Responder(Option<Box<dyn FnOnce(Result<Receipt, AppendError>) + Send>>);
+
+impl Responder {
+    fn send(mut self, r: Result<Receipt, AppendError>) {
+        if let Some(f) = self.0.take() {
+            f(r)
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(AppendError::ShuttingDown))
+        }
+    }
+}
+
+struct AppendJob {
+    bytes: Vec<u8>,
+    reply: Responder,
+    submitted: Instant,
+}
+
+struct ImportJob {
+    session: SessionId,
+    entries: Vec<LogEntry>,
+    reply: SyncSender<Result<u64, ImportError>>,
+}
+
+enum Job {
+    Append(AppendJob),
+    Import(ImportJob),
+    Shutdown(SyncSender<()>),
+}
+
+enum Stage2 {
+    Appends(Vec<(Checked, Responder, Instant)>),
+    Import(ImportJob),
+    Shutdown(SyncSender<()>),
+}
+
+/// The log store. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Store {
+    shared: Arc<Shared>,
+    tx: SyncSender<Job>,
+    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Store {
+    /// Opens (or creates) a store in the directory `path`: a sled database and the service
+    /// key file `service.key`. Verifies every session as `config.verify_on_open` says; a
+    /// session that fails is reported by [`Store::corrupted`] and refuses to serve.
+    pub fn open(path: impl AsRef<Path>, config: StoreConfig) -> Result<Store, OpenError> {
+        let path = path.as_ref();
+        let backend = SledBackend::open(path, config.cache_capacity_bytes)?;
+        let key = service_key(&path.join("service.key"))?;
+        Store::with_backend(Arc::new(backend), config, key)
+    }
+
+    /// A store that keeps everything in memory (tests, benchmarks of the logic).
+    pub fn open_in_memory(config: StoreConfig) -> Store {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        Store::with_backend(Arc::new(MemoryBackend::new()), config, key).expect("the memory backend cannot fail")
+    }
+
+    /// Opens a store over any backend.
+    pub fn with_backend(backend: Arc<dyn Backend>, config: StoreConfig, service_key: SigningKey) -> Result<Store, OpenError> {
+        let mut states = BTreeMap::new();
+        let mut views = BTreeMap::new();
+        let metas: Vec<(SessionId, Vec<u8>)> = backend
+            .range(&[keys::tag::META], &[keys::tag::META + 1])
+            .map(|kv| kv.map(|(k, v)| (SessionId(k[1..17].try_into().expect("session key")), v)))
+            .collect::<Result<_, _>>()?;
+        for (id, raw) in metas {
+            let corrupt = |seq: u64, detail: String| View {
+                head: Head { session: id, seq, clock: 0, tree_root: [0; 32], last_entry_hash: [0; 32], name: String::new() },
+                corrupted: Some(Corruption { seq, detail }),
+            };
+            let Some(meta) = Meta::decode(&raw) else {
+                views.insert(id, corrupt(0, "unreadable session header".into()));
+                continue;
+            };
+            let mut state = match SessionState::load(&*backend, id, meta) {
+                Ok(s) => s,
+                Err(e) => {
+                    views.insert(id, corrupt(0, e.to_string()));
+                    continue;
+                }
+            };
+            let from = match config.verify_on_open {
+                VerifyOnOpen::Full => 1,
+                VerifyOnOpen::Tail => state.meta.verified_upto + 1,
+            };
+            match verify_session(&*backend, &state, from) {
+                Ok(()) => {
+                    if state.meta.verified_upto != state.meta.head_seq {
+                        state.meta.verified_upto = state.meta.head_seq;
+                        let mut b = WriteBatch::default();
+                        b.put(keys::meta(&id), state.meta.encode());
+                        backend.apply(b)?;
+                    }
+                    views.insert(id, View { head: head_of(&state), corrupted: None });
+                    states.insert(id, state);
+                }
+                Err(c) => {
+                    views.insert(id, corrupt(c.seq, c.detail));
+                }
+            }
+        }
+        let global_trail_next = last_key_u64(&*backend, keys::tag::TRAIL, &SessionId::default())?.map_or(0, |i| i + 1);
+        let shared = Arc::new(Shared {
+            backend,
+            config,
+            metrics: Metrics::default(),
+            views: RwLock::new(views),
+            service_key,
+            closing: AtomicBool::new(false),
+        });
+        let (tx, rx) = sync_channel::<Job>(shared.config.queue_capacity.max(1));
+        let (tx2, rx2) = sync_channel::<Stage2>(2);
+        let v_shared = shared.clone();
+        let verifier = std::thread::Builder::new()
+            .name("theta-verify".into())
+            .spawn(move || verify_loop(v_shared, rx, tx2))
+            .expect("spawn verifier thread");
+        let committer = Committer { shared: shared.clone(), states, global_trail_next, dirty_since: None };
+        let committer = std::thread::Builder::new()
+            .name("theta-commit".into())
+            .spawn(move || committer.run(rx2))
+            .expect("spawn committer thread");
+        Ok(Store { shared, tx, threads: std::sync::Mutex::new(vec![verifier, committer]) })
+    }
+
+    /// Submits an envelope; `reply` is called exactly once with the outcome, from a store
+    /// thread (keep it short: send it to a channel). Blocks while the submission queue is full.
+    pub fn submit(&self, envelope: Vec<u8>, reply: impl FnOnce(Result<Receipt, AppendError>) + Send + 'static) {
+        let reply = Responder(Some(Box::new(reply)));
+        if self.shared.closing.load(Relaxed) {
+            return reply.send(Err(AppendError::ShuttingDown));
+        }
+        self.shared.metrics.queue_depth.fetch_add(1, Relaxed);
+        let job = Job::Append(AppendJob { bytes: envelope, reply, submitted: Instant::now() });
+        if let Err(e) = self.tx.send(job) {
+            self.shared.metrics.queue_depth.fetch_sub(1, Relaxed);
+            if let Job::Append(j) = e.0 {
+                j.reply.send(Err(AppendError::ShuttingDown));
+            }
+        }
+    }
+
+    /// Appends one envelope and waits for its receipt.
+    pub fn append(&self, envelope: &[u8]) -> Result<Receipt, AppendError> {
+        let (tx, rx) = sync_channel(1);
+        self.submit(envelope.to_vec(), move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(AppendError::ShuttingDown))
+    }
+
+    /// Appends several envelopes (group-committed together) and waits for every outcome, in
+    /// order. Each one is accepted or rejected on its own.
+    pub fn append_batch(&self, envelopes: Vec<Vec<u8>>) -> Vec<Result<Receipt, AppendError>> {
+        let receivers: Vec<_> = envelopes
+            .into_iter()
+            .map(|e| {
+                let (tx, rx) = sync_channel(1);
+                self.submit(e, move |r| {
+                    let _ = tx.send(r);
+                });
+                rx
+            })
+            .collect();
+        receivers.into_iter().map(|rx| rx.recv().unwrap_or(Err(AppendError::ShuttingDown))).collect()
+    }
+
+    /// Trusted import (restore from a backup): appends entries that were already accepted
+    /// elsewhere, keeping their seq, receipt time and hashes. Signatures and rate limits are
+    /// not checked; chain continuity and every other rule are. Durable like appends.
+    pub fn import(&self, session: SessionId, entries: Vec<LogEntry>) -> Result<u64, ImportError> {
+        let (tx, rx) = sync_channel(1);
+        let shutting = ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown };
+        if self.shared.closing.load(Relaxed) || self.tx.send(Job::Import(ImportJob { session, entries, reply: tx })).is_err() {
+            return Err(shutting);
+        }
+        rx.recv().unwrap_or(Err(shutting))
+    }
+
+    /// Stops accepting appends, answers every queued one, flushes and joins the threads.
+    /// Idempotent; also run on drop.
+    pub fn close(&self) {
+        if self.shared.closing.swap(true, Relaxed) {
+            return;
+        }
+        let (tx, rx) = sync_channel(1);
+        if self.tx.send(Job::Shutdown(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+        for t in self.threads.lock().expect("threads lock").drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// The store's telemetry.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &StoreConfig {
+        &self.shared.config
+    }
+
+    /// The public key that signs tree heads.
+    pub fn service_public_key(&self) -> [u8; 32] {
+        self.shared.service_key.verifying_key().to_bytes()
+    }
+
+    /// Every session with its head, in session-id order (corrupted ones excluded; see
+    /// [`Store::corrupted`]).
+    pub fn sessions(&self) -> Vec<Head> {
+        let views = self.shared.views.read().expect("views lock");
+        views.values().filter(|v| v.corrupted.is_none()).map(|v| v.head.clone()).collect()
+    }
+
+    /// Sessions that failed verification: (session, first bad seq, what failed).
+    pub fn corrupted(&self) -> Vec<(SessionId, u64, String)> {
+        let views = self.shared.views.read().expect("views lock");
+        views
+            .iter()
+            .filter_map(|(id, v)| v.corrupted.as_ref().map(|c| (*id, c.seq, c.detail.clone())))
+            .collect()
+    }
+
+    fn view(&self, session: &SessionId) -> Result<Head, ReadError> {
+        let views = self.shared.views.read().expect("views lock");
+        match views.get(session) {
+            None => Err(ReadError::UnknownSession { session: *session }),
+            Some(View { corrupted: Some(c), .. }) => {
+                Err(ReadError::Corrupted { session: *session, seq: c.seq, detail: c.detail.clone() })
+            }
+            Some(v) => Ok(v.head.clone()),
+        }
+    }
+
+    /// The session's durable head.
+    pub fn head(&self, session: &SessionId) -> Result<Head, ReadError> {
+        self.view(session)
+    }
+
+    /// One entry.
+    pub fn entry(&self, session: &SessionId, seq: u64) -> Result<LogEntry, ReadError> {
+        let head = self.view(session)?;
+        if seq == 0 || seq > head.seq {
+            return Err(ReadError::OutOfRange { what: "seq", value: seq, head: head.seq });
+        }
+        read_entry(&*self.shared.backend, session, seq)
+    }
+
+    /// Entries with seq in `from..=to` (clamped to the head), streamed from storage.
+    pub fn read_range(&self, session: &SessionId, from: u64, to: u64) -> Result<Entries, ReadError> {
+        let head = self.view(session)?;
+        let (from, to) = (from.max(1), to.min(head.seq));
+        let iter = self.shared.backend.range(&keys::entry(session, from), &keys::entry(session, to.saturating_add(1)));
+        Ok(Entries { session: *session, inner: EntriesInner::Direct(iter), backend: self.shared.backend.clone(), to })
+    }
+
+    /// Entries signed by `author` with seq in `from..=to`, through the author index.
+    pub fn read_by_author(&self, session: &SessionId, author: &AuthorKey, from: u64, to: u64) -> Result<Entries, ReadError> {
+        let head = self.view(session)?;
+        let to = to.min(head.seq);
+        let iter = self
+            .shared
+            .backend
+            .range(&keys::by_author(session, author, from.max(1)), &keys::by_author(session, author, to.saturating_add(1)));
+        Ok(Entries { session: *session, inner: EntriesInner::Index(iter), backend: self.shared.backend.clone(), to })
+    }
+
+    /// Entries whose scope is `entity`, with seq in `from..=to`, through the entity index.
+    pub fn read_by_entity(&self, session: &SessionId, entity: EntityId, from: u64, to: u64) -> Result<Entries, ReadError> {
+        let head = self.view(session)?;
+        let to = to.min(head.seq);
+        let iter = self
+            .shared
+            .backend
+            .range(&keys::by_entity(session, entity, from.max(1)), &keys::by_entity(session, entity, to.saturating_add(1)));
+        Ok(Entries { session: *session, inner: EntriesInner::Index(iter), backend: self.shared.backend.clone(), to })
+    }
+
+    /// The rejection trail of a session (or, with `None`, the global trail of rejections that
+    /// named no known session), oldest first; at most `rejection_trail_entries` records.
+    pub fn rejections(&self, session: Option<&SessionId>) -> Result<Vec<Rejection>, ReadError> {
+        let id = match session {
+            Some(s) => {
+                self.view(s)?;
+                *s
+            }
+            None => SessionId::default(),
+        };
+        let p = keys::prefix(keys::tag::TRAIL, &id);
+        let mut out = Vec::new();
+        for kv in self.shared.backend.range(&p, &keys::prefix_end(&p)) {
+            let (k, v) = kv?;
+            let index = keys::be_u64(&k, 17);
+            if let Some(r) = Rejection::decode(index, &v) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    fn prover(&self, session: SessionId) -> Prover<impl FnMut(u8, u64) -> Result<Hash, ReadError> + '_> {
+        let backend = &self.shared.backend;
+        Prover::new(move |level, index| {
+            backend.get(&keys::node(&session, level, index))?.and_then(|v| v.try_into().ok()).ok_or_else(|| {
+                ReadError::Corrupted { session, seq: index << level, detail: format!("Merkle node ({level}, {index}) missing") }
+            })
+        })
+    }
+
+    /// The Merkle root of the first `size` entries.
+    pub fn tree_root(&self, session: &SessionId, size: u64) -> Result<Hash, ReadError> {
+        let head = self.view(session)?;
+        if size > head.seq {
+            return Err(ReadError::OutOfRange { what: "tree size", value: size, head: head.seq });
+        }
+        if size == 0 {
+            return Ok(merkle::empty_root());
+        }
+        self.prover(*session).subtree(0, size)
+    }
+
+    /// An inclusion proof of entry `seq` in the tree of `tree_size` entries.
+    pub fn inclusion_proof(&self, session: &SessionId, seq: u64, tree_size: u64) -> Result<InclusionProof, ReadError> {
+        let head = self.view(session)?;
+        if tree_size > head.seq {
+            return Err(ReadError::OutOfRange { what: "tree size", value: tree_size, head: head.seq });
+        }
+        if seq == 0 || seq > tree_size {
+            return Err(ReadError::OutOfRange { what: "seq", value: seq, head: tree_size });
+        }
+        let mut prover = self.prover(*session);
+        let path = prover.inclusion(seq - 1, tree_size)?;
+        let leaf_hash = prover.subtree(seq - 1, seq)?;
+        let root = prover.subtree(0, tree_size)?;
+        Ok(InclusionProof { seq, tree_size, leaf_hash, path, root })
+    }
+
+    /// A consistency proof between the trees of `old_size` and `new_size` entries.
+    pub fn consistency_proof(&self, session: &SessionId, old_size: u64, new_size: u64) -> Result<Vec<Hash>, ReadError> {
+        let head = self.view(session)?;
+        if new_size > head.seq {
+            return Err(ReadError::OutOfRange { what: "new size", value: new_size, head: head.seq });
+        }
+        if old_size > new_size {
+            return Err(ReadError::OutOfRange { what: "old size", value: old_size, head: new_size });
+        }
+        self.prover(*session).consistency(old_size, new_size)
+    }
+
+    /// The current tree head, signed by the service key.
+    pub fn signed_tree_head(&self, session: &SessionId) -> Result<SignedTreeHead, ReadError> {
+        let head = self.view(session)?;
+        let timestamp_ms = now_ms();
+        let msg = SignedTreeHead::message(session, head.seq, timestamp_ms, &head.tree_root);
+        Ok(SignedTreeHead {
+            session: *session,
+            tree_size: head.seq,
+            root: head.tree_root,
+            timestamp_ms,
+            signature: self.shared.service_key.sign(&msg).to_bytes(),
+            public_key: self.service_public_key(),
+        })
+    }
+
+    /// Stores a projection checkpoint (a cache: it can always be rebuilt from the log).
+    pub fn put_checkpoint(&self, session: &SessionId, seq: u64, bytes: Vec<u8>) -> Result<(), ReadError> {
+        self.view(session)?;
+        let mut b = WriteBatch::default();
+        b.put(keys::checkpoint(session, seq), bytes);
+        self.shared.backend.apply(b)?;
+        Ok(())
+    }
+
+    /// The newest checkpoint at or below `seq`, if any.
+    pub fn checkpoint_at_or_below(&self, session: &SessionId, seq: u64) -> Result<Option<(u64, Vec<u8>)>, ReadError> {
+        self.view(session)?;
+        let start = keys::checkpoint(session, 0);
+        let end = keys::checkpoint(session, seq.saturating_add(1));
+        match self.shared.backend.range_rev(&start, &end).next() {
+            None => Ok(None),
+            Some(kv) => {
+                let (k, v) = kv?;
+                Ok(Some((keys::be_u64(&k, 17), v)))
+            }
+        }
+    }
+
+    /// Deletes every checkpoint of a session; returns how many there were.
+    pub fn delete_checkpoints(&self, session: &SessionId) -> Result<usize, ReadError> {
+        self.view(session)?;
+        let p = keys::prefix(keys::tag::CHECKPOINT, session);
+        let mut b = WriteBatch::default();
+        for kv in self.shared.backend.range(&p, &keys::prefix_end(&p)) {
+            b.delete(kv?.0);
+        }
+        let n = b.len();
+        self.shared.backend.apply(b)?;
+        Ok(n)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn head_of(state: &SessionState) -> Head {
+    Head {
+        session: state.id,
+        seq: state.meta.head_seq,
+        clock: state.meta.clock,
+        tree_root: state.frontier.root(),
+        last_entry_hash: state.meta.last_hash,
+        name: state.meta.name.clone(),
+    }
+}
+
+fn read_entry(backend: &dyn Backend, session: &SessionId, seq: u64) -> Result<LogEntry, ReadError> {
+    let raw = backend
+        .get(&keys::entry(session, seq))?
+        .ok_or_else(|| ReadError::Corrupted { session: *session, seq, detail: "entry missing".into() })?;
+    decode_entry(session, seq, &raw)
+}
+
+fn decode_entry(session: &SessionId, seq: u64, raw: &[u8]) -> Result<LogEntry, ReadError> {
+    let e = LogEntry::decode(raw)
+        .map_err(|e| ReadError::Corrupted { session: *session, seq, detail: format!("entry does not decode: {e}") })?;
+    if e.seq != seq {
+        return Err(ReadError::Corrupted { session: *session, seq, detail: format!("entry claims seq {}", e.seq) });
+    }
+    Ok(e)
+}
+
+enum EntriesInner {
+    Direct(KvIter),
+    Index(KvIter),
+}
+
+/// A lazy stream of log entries in seq order.
+pub struct Entries {
+    session: SessionId,
+    inner: EntriesInner,
+    backend: Arc<dyn Backend>,
+    to: u64,
+}
+
+impl Iterator for Entries {
+    type Item = Result<LogEntry, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (k, v) = match &mut self.inner {
+            EntriesInner::Direct(it) | EntriesInner::Index(it) => match it.next()? {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
+            },
+        };
+        let seq = keys::be_u64(&k, k.len() - 8);
+        if seq > self.to {
+            return None;
+        }
+        Some(match self.inner {
+            EntriesInner::Direct(_) => decode_entry(&self.session, seq, &v),
+            EntriesInner::Index(_) => read_entry(&*self.backend, &self.session, seq),
+        })
+    }
+}
+
+fn service_key(path: &Path) -> Result<SigningKey, OpenError> {
+    let err = |reason: String| OpenError::ServiceKey { path: path.display().to_string(), reason };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mut secret = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut secret).map_err(|e| err(format!("not 64 hex digits: {e}")))?;
+            Ok(SigningKey::from_bytes(&secret))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let tmp = path.with_extension("key.tmp");
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let write = || -> std::io::Result<()> {
+                use std::io::Write as _;
+                let mut f = opts.open(&tmp)?;
+                writeln!(f, "{}", hex::encode(key.to_bytes()))?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, path)?;
+                if let Some(dir) = path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(())
+            };
+            write().map_err(|e| err(format!("cannot create: {e}")))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+fn last_key_u64(backend: &dyn Backend, tag: u8, session: &SessionId) -> Result<Option<u64>, BackendError> {
+    let p = keys::prefix(tag, session);
+    match backend.range_rev(&p, &keys::prefix_end(&p)).next() {
+        None => Ok(None),
+        Some(kv) => Ok(Some(keys::be_u64(&kv?.0, 17))),
+    }
+}
+
+/// Verifies a session's stored entries from `from` to its head: decoding, seq continuity,
+/// chain hashes, Merkle leaves and nodes (from 1 only), indexes and nonces.
+fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Result<(), Corruption> {
+    let id = state.id;
+    let head = state.meta.head_seq;
+    let bad = |seq: u64, detail: String| Corruption { seq, detail };
+    let storage = |seq: u64| move |e: BackendError| Corruption { seq, detail: format!("storage: {e}") };
+    let mut prev = if from <= 1 {
+        [0u8; 32]
+    } else {
+        read_entry(backend, &id, from - 1).map_err(|e| bad(from - 1, e.to_string()))?.entry_hash
+    };
+    let mut rebuilt = (from <= 1).then(Frontier::new);
+    let mut seq = from.max(1);
+    let iter = backend.range(&keys::entry(&id, seq), &keys::prefix_end(&keys::prefix(keys::tag::ENTRY, &id)));
+    for kv in iter {
+        let (k, raw) = kv.map_err(storage(seq))?;
+        let key_seq = keys::be_u64(&k, 17);
+        if key_seq != seq {
+            return Err(if key_seq > head {
+                bad(key_seq, format!("entry beyond the head {head}"))
+            } else {
+                bad(seq, format!("entry missing (next stored is {key_seq})"))
+            });
+        }
+        if seq > head {
+            return Err(bad(seq, format!("entry beyond the head {head}")));
+        }
+        let e = decode_entry(&id, seq, &raw).map_err(|e| bad(seq, e.to_string()))?;
+        if e.prev_hash != prev {
+            return Err(bad(seq, "previous-hash link broken".into()));
+        }
+        let h = merkle::entry_hash(&id, seq, e.receipt_time_ms, &e.prev_hash, &e.envelope);
+        if h != e.entry_hash {
+            return Err(bad(seq, "entry hash does not match its contents".into()));
+        }
+        let leaf = merkle::leaf_hash(&h);
+        let stored_leaf = backend.get(&keys::node(&id, 0, seq - 1)).map_err(storage(seq))?;
+        if stored_leaf.as_deref() != Some(&leaf[..]) {
+            return Err(bad(seq, "Merkle leaf does not match the entry".into()));
+        }
+        if let Some(f) = rebuilt.as_mut() {
+            let mut mismatch = None;
+            f.push(leaf, |level, index, hash| {
+                if level > 0 && mismatch.is_none() {
+                    match backend.get(&keys::node(&id, level, index)) {
+                        Ok(Some(v)) if v == hash[..] => {}
+                        _ => mismatch = Some((level, index)),
+                    }
+                }
+            });
+            if let Some((level, index)) = mismatch {
+                return Err(bad(seq, format!("Merkle node ({level}, {index}) does not match")));
+            }
+        }
+        let (_, body) = Envelope::open(&e.envelope).map_err(|err| bad(seq, format!("envelope does not decode: {err}")))?;
+        let has = |key: Vec<u8>| backend.get(&key).map(|v| v.is_some());
+        if !has(keys::by_author(&id, &body.author, seq)).map_err(storage(seq))? {
+            return Err(bad(seq, "author index entry missing".into()));
+        }
+        if body.entity != 0 && !has(keys::by_entity(&id, body.entity, seq)).map_err(storage(seq))? {
+            return Err(bad(seq, "entity index entry missing".into()));
+        }
+        let nonce = backend.get(&keys::nonce(&id, &body.author, body.nonce)).map_err(storage(seq))?;
+        if nonce.as_deref() != Some(&seq.to_be_bytes()[..]) {
+            return Err(bad(seq, "nonce table entry missing".into()));
+        }
+        prev = h;
+        seq += 1;
+    }
+    if seq != head + 1 && !(head == 0 && seq == 1) && from <= head {
+        return Err(bad(seq, format!("entries end at {} but the head is {head}", seq - 1)));
+    }
+    if prev != state.meta.last_hash && head >= from {
+        return Err(bad(head, "last entry hash differs from the session header".into()));
+    }
+    if let Some(f) = rebuilt {
+        if f.root() != state.frontier.root() {
+            return Err(bad(head, "Merkle root differs from the stored tree".into()));
+        }
+    }
+    Ok(())
+}
+
+fn verify_loop(shared: Arc<Shared>, rx: Receiver<Job>, tx: SyncSender<Stage2>) {
+    let mut keys = KeyCache::new(shared.config.key_cache_entries);
+    let max = shared.config.max_batch_entries.max(1);
+    loop {
+        let Ok(first) = rx.recv() else { return };
+        let mut jobs = vec![first];
+        while jobs.len() < max {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let mut appends: Vec<AppendJob> = Vec::new();
+        let mut stop = false;
+        let flush = |appends: &mut Vec<AppendJob>, keys: &mut KeyCache| -> bool {
+            if appends.is_empty() {
+                return true;
+            }
+            let jobs = std::mem::take(appends);
+            let (inputs, rest): (Vec<Vec<u8>>, Vec<(Responder, Instant)>) =
+                jobs.into_iter().map(|j| (j.bytes, (j.reply, j.submitted))).unzip();
+            let checked = verifier::check_batch(inputs, &shared.config, keys, &shared.metrics);
+            let items = checked.into_iter().zip(rest).map(|(c, (r, t))| (c, r, t)).collect();
+            tx.send(Stage2::Appends(items)).is_ok()
+        };
+        for job in jobs {
+            match job {
+                Job::Append(a) => appends.push(a),
+                Job::Import(i) => {
+                    stop |= !flush(&mut appends, &mut keys);
+                    stop |= tx.send(Stage2::Import(i)).is_err();
+                }
+                Job::Shutdown(done) => {
+                    flush(&mut appends, &mut keys);
+                    let _ = tx.send(Stage2::Shutdown(done));
+                    stop = true;
+                }
+            }
+        }
+        stop |= !flush(&mut appends, &mut keys);
+        if stop {
+            // Answer anything still queued.
+            while let Ok(job) = rx.try_recv() {
+                if let Job::Append(a) = job {
+                    shared.metrics.queue_depth.fetch_sub(1, Relaxed);
+                    a.reply.send(Err(AppendError::ShuttingDown));
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// The single writer: stateful checks, group commit, replies.
+struct Committer {
+    shared: Arc<Shared>,
+    states: BTreeMap<SessionId, SessionState>,
+    global_trail_next: u64,
+    /// When the first unflushed batch was applied (interval durability).
+    dirty_since: Option<Instant>,
+}
+
+struct Outcome {
+    reply: Responder,
+    submitted: Instant,
+    result: Result<(SessionId, crate::session::Accepted), AppendError>,
+}
+
+impl Committer {
+    fn run(mut self, rx: Receiver<Stage2>) {
+        let tick = match self.shared.config.durability {
+            Durability::IntervalMs(ms) => Some(Duration::from_millis(ms.max(1))),
+            _ => None,
+        };
+        let mut failed = false;
+        loop {
+            let item = match tick {
+                Some(t) => match rx.recv_timeout(t) {
+                    Ok(i) => i,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.flush_if_due(t, &mut failed);
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(i) => i,
+                    Err(_) => break,
+                },
+            };
+            let mut items = vec![item];
+            while let Ok(more) = rx.try_recv() {
+                items.push(more);
+            }
+            let mut group: Vec<(Checked, Responder, Instant)> = Vec::new();
+            for item in items {
+                match item {
+                    Stage2::Appends(a) => group.extend(a),
+                    Stage2::Import(job) => {
+                        self.commit(std::mem::take(&mut group), &mut failed);
+                        let r = if failed {
+                            Err(ImportError::Rejected { seq: 0, error: AppendError::Storage("store failed earlier".into()) })
+                        } else {
+                            self.import(job.session, job.entries, &mut failed)
+                        };
+                        let _ = job.reply.send(r);
+                    }
+                    Stage2::Shutdown(done) => {
+                        self.commit(std::mem::take(&mut group), &mut failed);
+                        if self.dirty_since.is_some() {
+                            let _ = self.shared.backend.flush(true);
+                        }
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+            }
+            self.commit(group, &mut failed);
+            if let Some(t) = tick {
+                self.flush_if_due(t, &mut failed);
+            }
+        }
+    }
+
+    fn flush_if_due(&mut self, interval: Duration, failed: &mut bool) {
+        if let Some(since) = self.dirty_since {
+            if since.elapsed() >= interval {
+                if self.shared.backend.flush(true).is_err() {
+                    *failed = true;
+                }
+                self.shared.metrics.flushes.fetch_add(1, Relaxed);
+                self.dirty_since = None;
+            }
+        }
+    }
+
+    /// Persists a batch per the durability mode.
+    fn persist(&mut self, batch: WriteBatch) -> Result<(), BackendError> {
+        self.shared.backend.apply(batch)?;
+        match self.shared.config.durability {
+            Durability::Sync => {
+                let t = Instant::now();
+                self.shared.backend.flush(true)?;
+                self.shared.metrics.flush_latency.observe_us(t.elapsed().as_micros() as u64);
+                self.shared.metrics.flushes.fetch_add(1, Relaxed);
+            }
+            Durability::IntervalMs(_) => {
+                self.dirty_since.get_or_insert_with(Instant::now);
+            }
+            Durability::None => {}
+        }
+        Ok(())
+    }
+
+    fn append_one(
+        &mut self,
+        body: &theta_schemas::CommandBody,
+        bytes: Vec<u8>,
+        now: u64,
+        batch: &mut WriteBatch,
+        touched: &mut BTreeSet<SessionId>,
+    ) -> Result<crate::session::Accepted, AppendError> {
+        let config = &self.shared.config;
+        let backend = &*self.shared.backend;
+        if let Some(View { corrupted: Some(c), .. }) = self.shared.views.read().expect("views lock").get(&body.session) {
+            return Err(AppendError::Corrupted { session: body.session, seq: c.seq, detail: c.detail.clone() });
+        }
+        let creating = !self.states.contains_key(&body.session);
+        if creating {
+            if body.command.kind() != CommandKind::CreateSession {
+                return Err(AppendError::UnknownSession { session: body.session });
+            }
+            self.states.insert(body.session, SessionState::new(body.session));
+        }
+        let state = self.states.get_mut(&body.session).expect("present");
+        if let Err(e) = state.check(body, backend, config, Some(now)) {
+            if creating {
+                self.states.remove(&body.session);
+            }
+            return Err(e);
+        }
+        let (accepted, _) = state.apply(body, bytes, now, batch);
+        touched.insert(body.session);
+        Ok(accepted)
+    }
+
+    fn trail(&mut self, session: Option<SessionId>, record: Rejection, batch: &mut WriteBatch) {
+        let max = self.shared.config.rejection_trail_entries;
+        if max == 0 {
+            return;
+        }
+        let (id, next) = match session.and_then(|s| self.states.get_mut(&s)) {
+            Some(state) => (state.id, &mut state.meta.trail_next),
+            None => (SessionId::default(), &mut self.global_trail_next),
+        };
+        let idx = *next;
+        *next += 1;
+        batch.put(keys::trail(&id, idx), Rejection { index: idx, ..record }.encode());
+        if idx >= max {
+            batch.delete(keys::trail(&id, idx - max));
+        }
+    }
+
+    fn commit(&mut self, group: Vec<(Checked, Responder, Instant)>, failed: &mut bool) {
+        if group.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let mut batch = WriteBatch::default();
+        let mut touched = BTreeSet::new();
+        let mut trail_touched = BTreeSet::new();
+        let mut outcomes = Vec::with_capacity(group.len());
+        for (checked, reply, submitted) in group {
+            let Checked { bytes, envelope_hash, result, origin } = checked;
+            let (author, session, result) = match result {
+                Err(e) => (origin.map(|o| o.1), origin.map(|o| o.0), Err(e)),
+                Ok(body) => {
+                    let r = if *failed {
+                        Err(AppendError::Storage("the store stopped after a storage failure".into()))
+                    } else {
+                        self.append_one(&body, bytes, now, &mut batch, &mut touched)
+                    };
+                    (Some(body.author), Some(body.session), r.map(|a| (body.session, a)))
+                }
+            };
+            if let Err(e) = &result {
+                let known = session.filter(|s| self.states.contains_key(s));
+                if let Some(s) = known {
+                    trail_touched.insert(s);
+                }
+                let record =
+                    Rejection { index: 0, time_ms: now, code: e.code(), author, envelope_hash, reason: e.to_string() };
+                self.trail(known, record, &mut batch);
+            }
+            outcomes.push(Outcome { reply, submitted, result });
+        }
+        let every = self.shared.config.verified_checkpoint_every_entries.max(1);
+        for s in touched.iter().chain(&trail_touched) {
+            let state = &mut self.states.get_mut(s).expect("touched session");
+            state.pending_nonces.clear();
+            // Entries this store hashed itself count as verified; Tail verification on open
+            // starts after the last such point.
+            if state.meta.head_seq - state.meta.verified_upto >= every {
+                state.meta.verified_upto = state.meta.head_seq;
+            }
+            batch.put(keys::meta(s), state.meta.encode());
+        }
+        let persisted = if batch.is_empty() { Ok(()) } else { self.persist(batch) };
+        if let Err(e) = &persisted {
+            *failed = true;
+            tracing_error(&format!("storage failure, the store stops accepting appends: {e}"));
+        }
+        let mut roots: HashMap<SessionId, (u64, Hash)> = HashMap::new();
+        if persisted.is_ok() {
+            let mut views = self.shared.views.write().expect("views lock");
+            for s in &touched {
+                let state = &self.states[s];
+                let head = head_of(state);
+                roots.insert(*s, (head.seq, head.tree_root));
+                views.insert(*s, View { head, corrupted: None });
+            }
+        }
+        let metrics = &self.shared.metrics;
+        metrics.batches_committed.fetch_add(1, Relaxed);
+        for o in outcomes {
+            let result = match (o.result, &persisted) {
+                (Ok((session, a)), Ok(())) => {
+                    let (tree_size, tree_root) = roots[&session];
+                    Ok(Receipt {
+                        session,
+                        seq: a.seq,
+                        lamport: a.lamport,
+                        nonce: a.nonce,
+                        entry_hash: a.entry_hash,
+                        tree_size,
+                        tree_root,
+                    })
+                }
+                (Ok(_), Err(e)) => Err(AppendError::Storage(e.to_string())),
+                (Err(e), _) => Err(e),
+            };
+            match &result {
+                Ok(_) => metrics.appends_accepted.fetch_add(1, Relaxed),
+                Err(e) => {
+                    metrics.reject(e.code());
+                    0
+                }
+            };
+            metrics.ack_latency.observe_us(o.submitted.elapsed().as_micros() as u64);
+            metrics.queue_depth.fetch_sub(1, Relaxed);
+            o.reply.send(result);
+        }
+    }
+
+    fn import(&mut self, session: SessionId, entries: Vec<LogEntry>, failed: &mut bool) -> Result<u64, ImportError> {
+        let config = self.shared.config.clone();
+        let backend = self.shared.backend.clone();
+        if let Some(View { corrupted: Some(c), .. }) = self.shared.views.read().expect("views lock").get(&session) {
+            let error = AppendError::Corrupted { session, seq: c.seq, detail: c.detail.clone() };
+            return Err(ImportError::Rejected { seq: c.seq, error });
+        }
+        let existed = self.states.contains_key(&session);
+        let mut state = self.states.get(&session).cloned().unwrap_or_else(|| SessionState::new(session));
+        let mut batch = WriteBatch::default();
+        let n = entries.len() as u64;
+        for e in entries {
+            let seq = state.meta.head_seq + 1;
+            let chain = |detail: &str| ImportError::Chain { seq: e.seq, detail: detail.into() };
+            if e.seq != seq {
+                return Err(chain(&format!("expected seq {seq}")));
+            }
+            if e.prev_hash != state.meta.last_hash {
+                return Err(chain("previous hash does not match the log"));
+            }
+            let (_, body) = Envelope::open(&e.envelope)
+                .map_err(|err| ImportError::Rejected { seq, error: AppendError::Malformed(err) })?;
+            validate(&body).map_err(|error| ImportError::Rejected { seq, error })?;
+            if body.session != session {
+                return Err(chain("entry belongs to another session"));
+            }
+            state.check(&body, &*backend, &config, None).map_err(|error| ImportError::Rejected { seq, error })?;
+            let (accepted, _) = state.apply(&body, e.envelope, e.receipt_time_ms, &mut batch);
+            if accepted.entry_hash != e.entry_hash {
+                return Err(chain("entry hash does not match its contents"));
+            }
+        }
+        state.pending_nonces.clear();
+        batch.put(keys::meta(&session), state.meta.encode());
+        if let Err(e) = self.persist(batch) {
+            *failed = true;
+            return Err(ImportError::Rejected { seq: 0, error: AppendError::Storage(e.to_string()) });
+        }
+        let _ = existed;
+        self.shared.metrics.imported_entries.fetch_add(n, Relaxed);
+        let head = head_of(&state);
+        let seq = head.seq;
+        self.shared.views.write().expect("views lock").insert(session, View { head, corrupted: None });
+        self.states.insert(session, state);
+        Ok(seq)
+    }
+}
+
+fn tracing_error(msg: &str) {
+    eprintln!("theta-store: {msg}");
+}

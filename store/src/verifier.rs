@@ -1,0 +1,167 @@
+//! The verification stage: payload guard, schema, scope and signatures, batched.
+//!
+//! Runs on its own thread ahead of the committer, so the next batch is verified while the
+//! previous one is being flushed. Signatures of a batch are split across
+//! `verify_threads`; each part is checked with ed25519 batch verification and, if that fails,
+//! one by one with strict verification so that only the bad ones are rejected.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use sha2::{Digest, Sha256};
+use theta_schemas::signing::{self, SignatureError, command_message};
+use theta_schemas::{AuthorKey, CommandBody, Envelope, SessionId};
+
+use crate::config::StoreConfig;
+use crate::error::AppendError;
+use crate::merkle::Hash;
+use crate::metrics::Metrics;
+use crate::validate::validate;
+
+/// An append after the stateless stage.
+pub(crate) struct Checked {
+    /// The envelope bytes as received.
+    pub bytes: Vec<u8>,
+    /// SHA-256 of the bytes, for the rejection trail.
+    pub envelope_hash: Hash,
+    /// The decoded body, or why the stage rejected it.
+    pub result: Result<CommandBody, AppendError>,
+    /// Session and author named by the body, when it decoded (for the rejection trail).
+    pub origin: Option<(SessionId, AuthorKey)>,
+}
+
+/// Bounded cache of decoded, non-weak public keys.
+pub(crate) struct KeyCache {
+    keys: HashMap<AuthorKey, VerifyingKey>,
+    capacity: usize,
+}
+
+impl KeyCache {
+    pub fn new(capacity: usize) -> KeyCache {
+        KeyCache { keys: HashMap::new(), capacity: capacity.max(1) }
+    }
+
+    pub fn get(&mut self, key: &AuthorKey) -> Result<VerifyingKey, SignatureError> {
+        if let Some(k) = self.keys.get(key) {
+            return Ok(*k);
+        }
+        let k = signing::verifying_key(key)?;
+        if self.keys.len() >= self.capacity {
+            // Bounded: start over rather than grow; re-decoding is cheap relative to a miss storm.
+            self.keys.clear();
+        }
+        self.keys.insert(*key, k);
+        Ok(k)
+    }
+}
+
+/// Guard, decode and validate one envelope; returns the body and envelope if they pass.
+fn precheck(
+    bytes: &[u8],
+    config: &StoreConfig,
+    origin: &mut Option<(SessionId, AuthorKey)>,
+) -> Result<(Envelope, CommandBody), AppendError> {
+    if bytes.len() > config.max_envelope_bytes {
+        return Err(AppendError::PayloadTooLarge { len: bytes.len(), max: config.max_envelope_bytes });
+    }
+    let (envelope, body) = Envelope::open(bytes).map_err(AppendError::Malformed)?;
+    *origin = Some((body.session, body.author));
+    validate(&body)?;
+    Ok((envelope, body))
+}
+
+struct Pending<'a> {
+    idx: usize,
+    message: Vec<u8>,
+    signature: Signature,
+    key: VerifyingKey,
+    raw_signature: &'a [u8; 64],
+}
+
+/// Verifies a part of a batch; returns the indexes that failed.
+fn verify_part(part: &[Pending<'_>], batch: bool) -> (Vec<usize>, bool) {
+    if batch && part.len() > 1 {
+        let msgs: Vec<&[u8]> = part.iter().map(|p| p.message.as_slice()).collect();
+        let sigs: Vec<Signature> = part.iter().map(|p| p.signature).collect();
+        let keys: Vec<VerifyingKey> = part.iter().map(|p| p.key).collect();
+        if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
+            return (Vec::new(), false);
+        }
+    }
+    let failed = part
+        .iter()
+        .filter(|p| p.key.verify_strict(&p.message, &Signature::from_bytes(p.raw_signature)).is_err())
+        .map(|p| p.idx)
+        .collect();
+    (failed, batch && part.len() > 1)
+}
+
+/// Runs the stateless stage over a batch of envelopes.
+pub(crate) fn check_batch(
+    inputs: Vec<Vec<u8>>,
+    config: &StoreConfig,
+    keys: &mut KeyCache,
+    metrics: &Metrics,
+) -> Vec<Checked> {
+    let mut out: Vec<Checked> = Vec::with_capacity(inputs.len());
+    let mut envelopes: Vec<Option<(Envelope, VerifyingKey)>> = Vec::with_capacity(inputs.len());
+    for bytes in inputs {
+        let envelope_hash: Hash = Sha256::digest(&bytes).into();
+        let mut origin = None;
+        let (envelope, result) = match precheck(&bytes, config, &mut origin) {
+            Ok((envelope, body)) => match keys.get(&body.author) {
+                Ok(key) => (Some((envelope, key)), Ok(body)),
+                Err(e) => (None, Err(AppendError::Signature(e))),
+            },
+            Err(e) => (None, Err(e)),
+        };
+        envelopes.push(envelope);
+        out.push(Checked { bytes, envelope_hash, result, origin });
+    }
+    let started = Instant::now();
+    let pending: Vec<Pending<'_>> = out
+        .iter()
+        .zip(&envelopes)
+        .enumerate()
+        .filter_map(|(idx, (c, e))| {
+            c.result.as_ref().ok()?;
+            let (envelope, key) = e.as_ref()?;
+            Some(Pending {
+                idx,
+                message: command_message(&envelope.body),
+                signature: Signature::from_bytes(&envelope.signature),
+                key: *key,
+                raw_signature: &envelope.signature,
+            })
+        })
+        .collect();
+    if pending.is_empty() {
+        return out;
+    }
+    let threads = config.verify_threads.max(1).min(pending.len().div_ceil(16)).max(1);
+    let part_len = pending.len().div_ceil(threads);
+    let results: Vec<(Vec<usize>, bool)> = if threads == 1 {
+        vec![verify_part(&pending, config.batch_verify)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = pending
+                .chunks(part_len)
+                .map(|part| s.spawn(move || verify_part(part, config.batch_verify)))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("verify thread")).collect()
+        })
+    };
+    metrics.verify_latency.observe_us(started.elapsed().as_micros() as u64);
+    metrics.signatures_verified.fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    drop(pending);
+    for (failed, fell_back) in results {
+        if fell_back {
+            metrics.batch_verify_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        for idx in failed {
+            out[idx].result = Err(AppendError::Signature(SignatureError::BadSignature));
+        }
+    }
+    out
+}

@@ -1,0 +1,8 @@
+//! Integration tests of theta-store, as one binary.
+
+mod checks;
+mod crash;
+mod durability;
+mod helpers;
+mod props;
+mod reads;
