@@ -80,6 +80,8 @@ pub struct SledBackend {
     tree: sled::Tree,
     data_file: File,
     path: PathBuf,
+    /// Blob files (sled's out-of-line storage for large pages) already fdatasync'ed.
+    synced_blobs: std::sync::Mutex<std::collections::BTreeSet<std::ffi::OsString>>,
 }
 
 impl SledBackend {
@@ -115,7 +117,40 @@ impl SledBackend {
         // Make the directory entries of a new database durable too.
         File::open(path).and_then(|d| d.sync_all()).map_err(io("fsync directory"))?;
         data_file.sync_all().map_err(io("fsync sled data file in"))?;
-        Ok(SledBackend { db, tree, data_file, path: path.to_path_buf() })
+        Ok(SledBackend { db, tree, data_file, path: path.to_path_buf(), synced_blobs: Default::default() })
+    }
+}
+
+impl SledBackend {
+    /// sled writes pages too large for its log to files in `blobs/` without syncing them;
+    /// fdatasync every blob file not synced yet, then the directory.
+    fn sync_new_blobs(&self) -> Result<(), BackendError> {
+        let dir = self.path.join("blobs");
+        let io = |what: String| move |source| BackendError::Io { what, source };
+        let Ok(listing) = std::fs::read_dir(&dir) else { return Ok(()) };
+        let mut synced = self.synced_blobs.lock().expect("blob set lock");
+        let mut present = std::collections::BTreeSet::new();
+        let mut new = false;
+        for entry in listing {
+            let entry = entry.map_err(io(format!("list {}", dir.display())))?;
+            let name = entry.file_name();
+            if !synced.contains(&name) {
+                let p = entry.path();
+                match File::open(&p) {
+                    Ok(f) => f.sync_data().map_err(io(format!("fdatasync {}", p.display())))?,
+                    // Collected by sled since the listing.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(format!("open {}", p.display()))(e)),
+                }
+                new = true;
+            }
+            present.insert(name);
+        }
+        if new {
+            File::open(&dir).and_then(|d| d.sync_all()).map_err(io(format!("fsync {}", dir.display())))?;
+        }
+        *synced = present;
+        Ok(())
     }
 }
 
@@ -150,6 +185,7 @@ impl Backend for SledBackend {
                 what: format!("fdatasync {}", self.path.join("db").display()),
                 source,
             })?;
+            self.sync_new_blobs()?;
         }
         Ok(())
     }

@@ -59,6 +59,9 @@ pub struct StoreConfig {
     pub verify_on_open: VerifyOnOpen,
     /// Spacing of the chain's verified points, entries. Default 10,000.
     pub verified_checkpoint_every_entries: u64,
+    /// Largest log block (consecutive entries stored under one key), bytes. A single entry
+    /// larger than this gets a block of its own. Default 32,768.
+    pub max_block_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -79,6 +82,7 @@ impl Default for StoreConfig {
             cache_capacity_bytes: 256 * 1024 * 1024,
             verify_on_open: VerifyOnOpen::Full,
             verified_checkpoint_every_entries: 10_000,
+            max_block_bytes: 32 * 1024,
         }
     }
 }

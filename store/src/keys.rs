@@ -6,8 +6,8 @@
 //!
 //! | tag | rest of key | value |
 //! | --- | --- | --- |
-//! | `E` | seq | `LogEntry` bytes |
-//! | `N` | level (1), index | Merkle node hash (level 0: leaf hashes) |
+//! | `E` | first seq | log block: consecutive `LogEntry`s, each behind a u32 LE length |
+//! | `N` | level (1), index | Merkle node hash, levels 4 and up (lower ones are recomputed) |
 //! | `A` | author (32), seq | empty: author index |
 //! | `I` | entity, seq | empty: entity index |
 //! | `K` | author (32), nonce | seq that used the nonce |

@@ -28,6 +28,7 @@
 //! ```
 
 pub mod backend;
+mod blocks;
 pub mod config;
 pub mod error;
 pub mod guard;

@@ -4,16 +4,17 @@
 //! in the same atomic batch as the entry that changed it, so a reopened store resumes with
 //! exactly the state of its last durable entry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use theta_schemas::{
     AuthorKey, Command, CommandBody, CommandKind, ComponentId, ConflictStrategy, EntityId, LogEntry, Role,
     SessionId,
 };
 
-use crate::backend::{Backend, BackendError, WriteBatch};
+use crate::backend::{Backend, WriteBatch};
+use crate::blocks::{self, STORED_MIN_LEVEL};
 use crate::config::StoreConfig;
-use crate::error::{AppendError, ConflictReason};
+use crate::error::{AppendError, ConflictReason, ReadError};
 use crate::guard::TokenBucket;
 use crate::keys;
 use crate::merkle::{self, Frontier, Hash};
@@ -88,6 +89,12 @@ pub(crate) struct SessionState {
     pub buckets: HashMap<AuthorKey, TokenBucket>,
     /// Nonces used by entries of the batch being built (not yet in the backend).
     pub pending_nonces: HashMap<(AuthorKey, u64), u64>,
+    /// Encoded entries of the batch being built, from seq `pending_first`.
+    pending_entries: Vec<Vec<u8>>,
+    pending_first: u64,
+    /// Authors and scopes whose persisted Lamport or version must be rewritten at `finish`.
+    dirty_lamports: BTreeSet<AuthorKey>,
+    dirty_versions: BTreeSet<(EntityId, ComponentId)>,
 }
 
 fn conflict(body: &CommandBody, reason: ConflictReason) -> AppendError {
@@ -109,11 +116,15 @@ impl SessionState {
             deleted: HashMap::new(),
             buckets: HashMap::new(),
             pending_nonces: HashMap::new(),
+            pending_entries: Vec::new(),
+            pending_first: 0,
+            dirty_lamports: BTreeSet::new(),
+            dirty_versions: BTreeSet::new(),
         }
     }
 
     /// Loads a session's state from the backend (no verification; see `open`).
-    pub fn load(backend: &dyn Backend, id: SessionId, meta: Meta) -> Result<SessionState, BackendError> {
+    pub fn load(backend: &dyn Backend, id: SessionId, meta: Meta) -> Result<SessionState, ReadError> {
         let mut s = SessionState::new(id);
         let scan = |tag: u8| {
             let p = keys::prefix(tag, &id);
@@ -153,15 +164,7 @@ impl SessionState {
             let (k, v) = kv?;
             s.deleted.insert(keys::be_u64(&k, skip), keys::be_u64(&v, 0));
         }
-        s.frontier = Frontier::from_nodes(meta.head_seq, |level, index| {
-            backend
-                .get(&keys::node(&id, level, index))?
-                .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| BackendError::Io {
-                    what: format!("session {id}: Merkle node ({level}, {index}) missing"),
-                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
-                })
-        })?;
+        s.frontier = Frontier::from_nodes(meta.head_seq, |level, index| blocks::node_at(backend, &id, level, index))?;
         s.meta = meta;
         Ok(s)
     }
@@ -328,9 +331,14 @@ impl SessionState {
         let seq = self.meta.head_seq + 1;
         let entry_hash = merkle::entry_hash(&id, seq, receipt_time_ms, &self.meta.last_hash, &envelope);
         let entry = LogEntry { seq, envelope, prev_hash: self.meta.last_hash, entry_hash, receipt_time_ms };
-        batch.put(keys::entry(&id, seq), entry.encode());
+        if self.pending_entries.is_empty() {
+            self.pending_first = seq;
+        }
+        self.pending_entries.push(entry.encode());
         self.frontier.push(merkle::leaf_hash(&entry_hash), |level, index, h| {
-            batch.put(keys::node(&id, level, index), h.to_vec());
+            if level >= STORED_MIN_LEVEL {
+                batch.put(keys::node(&id, level, index), h.to_vec());
+            }
         });
         assert_eq!(self.frontier.size(), seq, "tree size equals the head seq");
         batch.put(keys::by_author(&id, &body.author, seq), Vec::new());
@@ -339,8 +347,8 @@ impl SessionState {
         }
         batch.put(keys::nonce(&id, &body.author, body.nonce), seq.to_be_bytes().to_vec());
         self.pending_nonces.insert((body.author, body.nonce), seq);
-        batch.put(keys::lamport(&id, &body.author), body.lamport.to_be_bytes().to_vec());
         self.lamports.insert(body.author, body.lamport);
+        self.dirty_lamports.insert(body.author);
         self.meta.clock = self.meta.clock.max(body.lamport);
         self.meta.head_seq = seq;
         self.meta.last_hash = entry_hash;
@@ -399,9 +407,8 @@ impl SessionState {
         }
         if body.entity != 0 {
             let mut bump = |scope: (EntityId, ComponentId)| {
-                let v = self.versions.entry(scope).or_insert(0);
-                *v += 1;
-                batch.put(keys::version(&id, scope.0, scope.1), v.to_be_bytes().to_vec());
+                *self.versions.entry(scope).or_insert(0) += 1;
+                self.dirty_versions.insert(scope);
             };
             bump((body.entity, ComponentId::NONE));
             if body.component != ComponentId::NONE {
@@ -409,5 +416,36 @@ impl SessionState {
             }
         }
         (Accepted { seq, lamport: body.lamport, nonce: body.nonce, entry_hash }, entry)
+    }
+
+    /// Ends the batch being built: writes the pending entries as blocks of at most
+    /// `max_block_bytes`, the changed Lamport timestamps and scope versions, and the header.
+    pub fn finish(&mut self, batch: &mut WriteBatch, max_block_bytes: usize) {
+        let id = self.id;
+        let mut first = self.pending_first;
+        let mut block: Vec<Vec<u8>> = Vec::new();
+        let mut size = 0;
+        for e in std::mem::take(&mut self.pending_entries) {
+            if !block.is_empty() && size + e.len() + 4 > max_block_bytes {
+                let n = block.len() as u64;
+                batch.put(keys::entry(&id, first), blocks::encode(&block));
+                first += n;
+                block.clear();
+                size = 0;
+            }
+            size += e.len() + 4;
+            block.push(e);
+        }
+        if !block.is_empty() {
+            batch.put(keys::entry(&id, first), blocks::encode(&block));
+        }
+        for a in std::mem::take(&mut self.dirty_lamports) {
+            batch.put(keys::lamport(&id, &a), self.lamports[&a].to_be_bytes().to_vec());
+        }
+        for scope in std::mem::take(&mut self.dirty_versions) {
+            batch.put(keys::version(&id, scope.0, scope.1), self.versions[&scope].to_be_bytes().to_vec());
+        }
+        self.pending_nonces.clear();
+        batch.put(keys::meta(&id), self.meta.encode());
     }
 }

@@ -12,6 +12,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use theta_schemas::{AuthorKey, CommandKind, EntityId, Envelope, LogEntry, SessionId};
 
 use crate::backend::{Backend, BackendError, KvIter, MemoryBackend, SledBackend, WriteBatch};
+use crate::blocks;
 use crate::config::{Durability, StoreConfig, VerifyOnOpen};
 use crate::error::{AppendError, OpenError, ReadError, RejectionCode};
 use crate::keys;
@@ -298,6 +299,10 @@ impl Store {
             };
             let mut state = match SessionState::load(&*backend, id, meta) {
                 Ok(s) => s,
+                Err(ReadError::Corrupted { seq, detail, .. }) => {
+                    views.insert(id, corrupt(seq, detail));
+                    continue;
+                }
                 Err(e) => {
                     views.insert(id, corrupt(0, e.to_string()));
                     continue;
@@ -469,37 +474,38 @@ impl Store {
         if seq == 0 || seq > head.seq {
             return Err(ReadError::OutOfRange { what: "seq", value: seq, head: head.seq });
         }
-        read_entry(&*self.shared.backend, session, seq)
+        blocks::read_entry(&*self.shared.backend, session, seq)
     }
 
     /// Entries with seq in `from..=to` (clamped to the head), streamed from storage.
     pub fn read_range(&self, session: &SessionId, from: u64, to: u64) -> Result<Entries, ReadError> {
         let head = self.view(session)?;
         let (from, to) = (from.max(1), to.min(head.seq));
-        let iter = self.shared.backend.range(&keys::entry(session, from), &keys::entry(session, to.saturating_add(1)));
-        Ok(Entries { session: *session, inner: EntriesInner::Direct(iter), backend: self.shared.backend.clone(), to })
+        let cursor = blocks::Cursor::new(&*self.shared.backend, session, from, to)?;
+        Ok(Entries { inner: EntriesInner::Direct(cursor) })
+    }
+
+    fn read_index(&self, session: &SessionId, start: Vec<u8>, end: Vec<u8>, to: u64) -> Result<Entries, ReadError> {
+        let index = self.shared.backend.range(&start, &end);
+        Ok(Entries {
+            inner: EntriesInner::Index { session: *session, index, backend: self.shared.backend.clone(), block: None, to },
+        })
     }
 
     /// Entries signed by `author` with seq in `from..=to`, through the author index.
     pub fn read_by_author(&self, session: &SessionId, author: &AuthorKey, from: u64, to: u64) -> Result<Entries, ReadError> {
         let head = self.view(session)?;
         let to = to.min(head.seq);
-        let iter = self
-            .shared
-            .backend
-            .range(&keys::by_author(session, author, from.max(1)), &keys::by_author(session, author, to.saturating_add(1)));
-        Ok(Entries { session: *session, inner: EntriesInner::Index(iter), backend: self.shared.backend.clone(), to })
+        let (start, end) = (keys::by_author(session, author, from.max(1)), keys::by_author(session, author, to.saturating_add(1)));
+        self.read_index(session, start, end, to)
     }
 
     /// Entries whose scope is `entity`, with seq in `from..=to`, through the entity index.
     pub fn read_by_entity(&self, session: &SessionId, entity: EntityId, from: u64, to: u64) -> Result<Entries, ReadError> {
         let head = self.view(session)?;
         let to = to.min(head.seq);
-        let iter = self
-            .shared
-            .backend
-            .range(&keys::by_entity(session, entity, from.max(1)), &keys::by_entity(session, entity, to.saturating_add(1)));
-        Ok(Entries { session: *session, inner: EntriesInner::Index(iter), backend: self.shared.backend.clone(), to })
+        let (start, end) = (keys::by_entity(session, entity, from.max(1)), keys::by_entity(session, entity, to.saturating_add(1)));
+        self.read_index(session, start, end, to)
     }
 
     /// The rejection trail of a session (or, with `None`, the global trail of rejections that
@@ -525,12 +531,8 @@ impl Store {
     }
 
     fn prover(&self, session: SessionId) -> Prover<impl FnMut(u8, u64) -> Result<Hash, ReadError> + '_> {
-        let backend = &self.shared.backend;
-        Prover::new(move |level, index| {
-            backend.get(&keys::node(&session, level, index))?.and_then(|v| v.try_into().ok()).ok_or_else(|| {
-                ReadError::Corrupted { session, seq: index << level, detail: format!("Merkle node ({level}, {index}) missing") }
-            })
-        })
+        let backend = &*self.shared.backend;
+        Prover::new(move |level, index| blocks::node_at(backend, &session, level, index))
     }
 
     /// The Merkle root of the first `size` entries.
@@ -642,53 +644,46 @@ fn head_of(state: &SessionState) -> Head {
     }
 }
 
-fn read_entry(backend: &dyn Backend, session: &SessionId, seq: u64) -> Result<LogEntry, ReadError> {
-    let raw = backend
-        .get(&keys::entry(session, seq))?
-        .ok_or_else(|| ReadError::Corrupted { session: *session, seq, detail: "entry missing".into() })?;
-    decode_entry(session, seq, &raw)
-}
-
-fn decode_entry(session: &SessionId, seq: u64, raw: &[u8]) -> Result<LogEntry, ReadError> {
-    let e = LogEntry::decode(raw)
-        .map_err(|e| ReadError::Corrupted { session: *session, seq, detail: format!("entry does not decode: {e}") })?;
-    if e.seq != seq {
-        return Err(ReadError::Corrupted { session: *session, seq, detail: format!("entry claims seq {}", e.seq) });
-    }
-    Ok(e)
-}
-
 enum EntriesInner {
-    Direct(KvIter),
-    Index(KvIter),
+    Direct(blocks::Cursor),
+    Index { session: SessionId, index: KvIter, backend: Arc<dyn Backend>, block: Option<(u64, Vec<u8>, usize)>, to: u64 },
 }
 
 /// A lazy stream of log entries in seq order.
 pub struct Entries {
-    session: SessionId,
     inner: EntriesInner,
-    backend: Arc<dyn Backend>,
-    to: u64,
 }
 
 impl Iterator for Entries {
     type Item = Result<LogEntry, ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (k, v) = match &mut self.inner {
-            EntriesInner::Direct(it) | EntriesInner::Index(it) => match it.next()? {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(e.into())),
-            },
-        };
-        let seq = keys::be_u64(&k, k.len() - 8);
-        if seq > self.to {
-            return None;
+        match &mut self.inner {
+            EntriesInner::Direct(cursor) => cursor.next(),
+            EntriesInner::Index { session, index, backend, block, to } => {
+                let k = match index.next()? {
+                    Ok((k, _)) => k,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                let seq = keys::be_u64(&k, k.len() - 8);
+                if seq > *to {
+                    return None;
+                }
+                // Keep the last block: index hits of one author or entity often share blocks.
+                let hit = block.as_ref().is_some_and(|(first, _, n)| seq >= *first && seq < first + *n as u64);
+                if !hit {
+                    match blocks::find(&**backend, session, seq) {
+                        Ok((first, raw)) => {
+                            let n = blocks::split(&raw).map_or(0, |p| p.len());
+                            *block = Some((first, raw, n));
+                        }
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                let (first, raw, _) = block.as_ref().expect("block");
+                Some(blocks::entry_in(session, seq, *first, raw))
+            }
         }
-        Some(match self.inner {
-            EntriesInner::Direct(_) => decode_entry(&self.session, seq, &v),
-            EntriesInner::Index(_) => read_entry(&*self.backend, &self.session, seq),
-        })
     }
 }
 
@@ -733,80 +728,93 @@ fn last_key_u64(backend: &dyn Backend, tag: u8, session: &SessionId) -> Result<O
     }
 }
 
-/// Verifies a session's stored entries from `from` to its head: decoding, seq continuity,
-/// chain hashes, Merkle leaves and nodes (from 1 only), indexes and nonces.
+/// Verifies a session's stored entries from `from` to its head: block framing, decoding,
+/// seq continuity, chain hashes, stored Merkle nodes (when verifying from 1), indexes and
+/// nonces.
 fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Result<(), Corruption> {
     let id = state.id;
     let head = state.meta.head_seq;
     let bad = |seq: u64, detail: String| Corruption { seq, detail };
     let storage = |seq: u64| move |e: BackendError| Corruption { seq, detail: format!("storage: {e}") };
-    let mut prev = if from <= 1 {
+    let from = from.max(1);
+    if from > head {
+        // Nothing to check but that no entry lies beyond the head.
+        let beyond = backend.range(&keys::entry(&id, head + 1), &keys::prefix_end(&keys::prefix(keys::tag::ENTRY, &id))).next();
+        return match beyond {
+            Some(Ok((k, _))) => Err(bad(keys::be_u64(&k, 17), format!("entry beyond the head {head}"))),
+            Some(Err(e)) => Err(storage(head)(e)),
+            None => Ok(()),
+        };
+    }
+    let mut prev = if from == 1 {
         [0u8; 32]
     } else {
-        read_entry(backend, &id, from - 1).map_err(|e| bad(from - 1, e.to_string()))?.entry_hash
+        blocks::read_entry(backend, &id, from - 1).map_err(|e| bad(from - 1, e.to_string()))?.entry_hash
     };
-    let mut rebuilt = (from <= 1).then(Frontier::new);
-    let mut seq = from.max(1);
-    let iter = backend.range(&keys::entry(&id, seq), &keys::prefix_end(&keys::prefix(keys::tag::ENTRY, &id)));
+    let mut rebuilt = (from == 1).then(Frontier::new);
+    let mut seq = from;
+    let first_block = blocks::find(backend, &id, from).map_err(|e| bad(from, e.to_string()))?.0;
+    let iter = backend.range(&keys::entry(&id, first_block), &keys::prefix_end(&keys::prefix(keys::tag::ENTRY, &id)));
     for kv in iter {
         let (k, raw) = kv.map_err(storage(seq))?;
-        let key_seq = keys::be_u64(&k, 17);
-        if key_seq != seq {
-            return Err(if key_seq > head {
-                bad(key_seq, format!("entry beyond the head {head}"))
-            } else {
-                bad(seq, format!("entry missing (next stored is {key_seq})"))
-            });
+        let block_first = keys::be_u64(&k, 17);
+        if block_first > head {
+            return Err(bad(block_first, format!("entry beyond the head {head}")));
         }
-        if seq > head {
-            return Err(bad(seq, format!("entry beyond the head {head}")));
-        }
-        let e = decode_entry(&id, seq, &raw).map_err(|e| bad(seq, e.to_string()))?;
-        if e.prev_hash != prev {
-            return Err(bad(seq, "previous-hash link broken".into()));
-        }
-        let h = merkle::entry_hash(&id, seq, e.receipt_time_ms, &e.prev_hash, &e.envelope);
-        if h != e.entry_hash {
-            return Err(bad(seq, "entry hash does not match its contents".into()));
-        }
-        let leaf = merkle::leaf_hash(&h);
-        let stored_leaf = backend.get(&keys::node(&id, 0, seq - 1)).map_err(storage(seq))?;
-        if stored_leaf.as_deref() != Some(&leaf[..]) {
-            return Err(bad(seq, "Merkle leaf does not match the entry".into()));
-        }
-        if let Some(f) = rebuilt.as_mut() {
-            let mut mismatch = None;
-            f.push(leaf, |level, index, hash| {
-                if level > 0 && mismatch.is_none() {
-                    match backend.get(&keys::node(&id, level, index)) {
-                        Ok(Some(v)) if v == hash[..] => {}
-                        _ => mismatch = Some((level, index)),
-                    }
-                }
-            });
-            if let Some((level, index)) = mismatch {
-                return Err(bad(seq, format!("Merkle node ({level}, {index}) does not match")));
+        let parts = blocks::split(&raw).map_err(|i| bad(block_first + i as u64, "block framing broken".into()))?;
+        for (i, part) in parts.into_iter().enumerate() {
+            let at = block_first + i as u64;
+            if at < seq {
+                continue; // before `from`, inside the first block
             }
+            if at != seq {
+                return Err(bad(seq, format!("entry missing (next stored is {at})")));
+            }
+            if seq > head {
+                return Err(bad(seq, format!("entry beyond the head {head}")));
+            }
+            let e = blocks::decode_entry(&id, seq, part).map_err(|e| bad(seq, e.to_string()))?;
+            if e.prev_hash != prev {
+                return Err(bad(seq, "previous-hash link broken".into()));
+            }
+            let h = merkle::entry_hash(&id, seq, e.receipt_time_ms, &e.prev_hash, &e.envelope);
+            if h != e.entry_hash {
+                return Err(bad(seq, "entry hash does not match its contents".into()));
+            }
+            if let Some(f) = rebuilt.as_mut() {
+                let mut mismatch = None;
+                f.push(merkle::leaf_hash(&h), |level, index, hash| {
+                    if level >= blocks::STORED_MIN_LEVEL && mismatch.is_none() {
+                        match backend.get(&keys::node(&id, level, index)) {
+                            Ok(Some(v)) if v == hash[..] => {}
+                            _ => mismatch = Some((level, index)),
+                        }
+                    }
+                });
+                if let Some((level, index)) = mismatch {
+                    return Err(bad(seq, format!("Merkle node ({level}, {index}) does not match")));
+                }
+            }
+            let (_, body) = Envelope::open(&e.envelope).map_err(|err| bad(seq, format!("envelope does not decode: {err}")))?;
+            let has = |key: Vec<u8>| backend.get(&key).map(|v| v.is_some());
+            if !has(keys::by_author(&id, &body.author, seq)).map_err(storage(seq))? {
+                return Err(bad(seq, "author index entry missing".into()));
+            }
+            if body.entity != 0 && !has(keys::by_entity(&id, body.entity, seq)).map_err(storage(seq))? {
+                return Err(bad(seq, "entity index entry missing".into()));
+            }
+            let nonce = backend.get(&keys::nonce(&id, &body.author, body.nonce)).map_err(storage(seq))?;
+            if nonce.as_deref() != Some(&seq.to_be_bytes()[..]) {
+                return Err(bad(seq, "nonce table entry missing".into()));
+            }
+            prev = h;
+            seq += 1;
         }
-        let (_, body) = Envelope::open(&e.envelope).map_err(|err| bad(seq, format!("envelope does not decode: {err}")))?;
-        let has = |key: Vec<u8>| backend.get(&key).map(|v| v.is_some());
-        if !has(keys::by_author(&id, &body.author, seq)).map_err(storage(seq))? {
-            return Err(bad(seq, "author index entry missing".into()));
-        }
-        if body.entity != 0 && !has(keys::by_entity(&id, body.entity, seq)).map_err(storage(seq))? {
-            return Err(bad(seq, "entity index entry missing".into()));
-        }
-        let nonce = backend.get(&keys::nonce(&id, &body.author, body.nonce)).map_err(storage(seq))?;
-        if nonce.as_deref() != Some(&seq.to_be_bytes()[..]) {
-            return Err(bad(seq, "nonce table entry missing".into()));
-        }
-        prev = h;
-        seq += 1;
     }
-    if seq != head + 1 && !(head == 0 && seq == 1) && from <= head {
+    if seq != head + 1 {
         return Err(bad(seq, format!("entries end at {} but the head is {head}", seq - 1)));
     }
-    if prev != state.meta.last_hash && head >= from {
+    if prev != state.meta.last_hash {
         return Err(bad(head, "last entry hash differs from the session header".into()));
     }
     if let Some(f) = rebuilt {
@@ -1054,15 +1062,15 @@ impl Committer {
             outcomes.push(Outcome { reply, submitted, result });
         }
         let every = self.shared.config.verified_checkpoint_every_entries.max(1);
+        let max_block_bytes = self.shared.config.max_block_bytes;
         for s in touched.iter().chain(&trail_touched) {
-            let state = &mut self.states.get_mut(s).expect("touched session");
-            state.pending_nonces.clear();
+            let state = self.states.get_mut(s).expect("touched session");
             // Entries this store hashed itself count as verified; Tail verification on open
             // starts after the last such point.
             if state.meta.head_seq - state.meta.verified_upto >= every {
                 state.meta.verified_upto = state.meta.head_seq;
             }
-            batch.put(keys::meta(s), state.meta.encode());
+            state.finish(&mut batch, max_block_bytes);
         }
         let persisted = if batch.is_empty() { Ok(()) } else { self.persist(batch) };
         if let Err(e) = &persisted {
@@ -1143,8 +1151,7 @@ impl Committer {
                 return Err(chain("entry hash does not match its contents"));
             }
         }
-        state.pending_nonces.clear();
-        batch.put(keys::meta(&session), state.meta.encode());
+        state.finish(&mut batch, config.max_block_bytes);
         if let Err(e) = self.persist(batch) {
             *failed = true;
             return Err(ImportError::Rejected { seq: 0, error: AppendError::Storage(e.to_string()) });

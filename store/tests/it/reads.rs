@@ -162,17 +162,28 @@ fn a_changed_byte_in_a_stored_entry_is_detected_on_open_with_its_position() {
             assert_eq!(r.seq, 28);
         }
         let target = if mode == VerifyOnOpen::Tail { 28 } else { seq };
-        // Change one byte inside the stored entry, behind the store's back.
+        // Change one byte inside the stored entry, behind the store's back. Entries live in
+        // blocks (`E | session | first seq`, each entry behind a u32 LE length).
         {
             let db = sled::open(dir.path()).unwrap();
             let tree = db.open_tree("theta").unwrap();
-            let mut key = vec![b'E'];
-            key.extend_from_slice(&s.0);
-            key.extend_from_slice(&target.to_be_bytes());
-            let mut value = tree.get(&key).unwrap().expect("entry present").to_vec();
-            let at = value.len() - 40; // inside the envelope
-            value[at] ^= 0x20;
-            tree.insert(key, value).unwrap();
+            let mut prefix = vec![b'E'];
+            prefix.extend_from_slice(&s.0);
+            let (key, block) = tree
+                .scan_prefix(&prefix)
+                .map(Result::unwrap)
+                .filter(|(k, _)| u64::from_be_bytes(k[17..25].try_into().unwrap()) <= target)
+                .last()
+                .expect("block present");
+            let first = u64::from_be_bytes(key[17..25].try_into().unwrap());
+            let mut block = block.to_vec();
+            let mut at = 0usize;
+            for _ in first..target {
+                at += 4 + u32::from_le_bytes(block[at..at + 4].try_into().unwrap()) as usize;
+            }
+            let len = u32::from_le_bytes(block[at..at + 4].try_into().unwrap()) as usize;
+            block[at + 4 + len - 40] ^= 0x20; // inside the envelope
+            tree.insert(key, block).unwrap();
             db.flush().unwrap();
         }
         let store = Store::open(dir.path(), config).unwrap();
@@ -188,5 +199,54 @@ fn a_changed_byte_in_a_stored_entry_is_detected_on_open_with_its_position() {
         let err = store.append(&owner.cmd(s, 1, Name::id(), 0, Command::Rename { name: "x".into() })).unwrap_err();
         assert!(matches!(err, theta_store::AppendError::Corrupted { .. }), "{err}");
         assert_eq!(store.head(&healthy).unwrap().seq, 1);
+    }
+}
+
+#[test]
+fn reads_and_proofs_cross_block_boundaries() {
+    for max_block_bytes in [1, 1_000, 32 * 1024] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { max_block_bytes, ..relaxed() };
+        let s = session(6);
+        let mut owner = Author::new(1);
+        let mut editor = Author::new(2);
+        let (head, entries) = {
+            let store = Store::open(dir.path(), config.clone()).unwrap();
+            create_session(&store, &mut owner, s);
+            grant(&store, &mut owner, s, &editor, theta_schemas::Role::Editor);
+            create_entity(&store, &mut owner, s, 1, 0);
+            create_entity(&store, &mut owner, s, 2, 0);
+            let batch: Vec<Vec<u8>> = (0..150u64)
+                .map(|i| {
+                    let a = if i % 2 == 0 { &mut owner } else { &mut editor };
+                    let t = Transform { translation: [i as f32, 0.0, 0.0], ..Transform::default() };
+                    a.cmd(s, 1 + i % 2, Transform::id(), 0, Command::SetTransform(t))
+                })
+                .collect();
+            assert!(store.append_batch(batch).iter().all(Result::is_ok));
+            (store.head(&s).unwrap(), all_entries(&store, &s))
+        };
+        // Reopen: full verification walks every block.
+        let store = Store::open(dir.path(), config).unwrap();
+        assert!(store.corrupted().is_empty(), "{max_block_bytes}: {:?}", store.corrupted());
+        assert_eq!(store.head(&s).unwrap(), head);
+        assert_eq!(all_entries(&store, &s), entries);
+        for (from, to) in [(1, 1), (3, 9), (40, 41), (100, 154), (154, 154)] {
+            let got: Vec<u64> = store.read_range(&s, from, to).unwrap().map(|e| e.unwrap().seq).collect();
+            assert_eq!(got, (from..=to).collect::<Vec<_>>(), "{max_block_bytes}: {from}..={to}");
+        }
+        let by_entity: Vec<u64> = store.read_by_entity(&s, 2, 10, 60).unwrap().map(|e| e.unwrap().seq).collect();
+        let want: Vec<u64> = entries
+            .iter()
+            .filter(|e| e.seq >= 10 && e.seq <= 60 && Envelope::open(&e.envelope).unwrap().1.entity == 2)
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(by_entity, want);
+        let by_author = store.read_by_author(&s, &editor.id(), 1, u64::MAX).unwrap().count();
+        assert_eq!(by_author, 75);
+        for seq in [1, 2, 3, 4, 5, 77, 153, 154] {
+            assert!(store.inclusion_proof(&s, seq, head.seq).unwrap().verify(), "{max_block_bytes}: {seq}");
+        }
+        assert_eq!(store.tree_root(&s, head.seq).unwrap(), head.tree_root);
     }
 }

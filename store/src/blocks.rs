@@ -1,0 +1,178 @@
+//! Log blocks: consecutive entries of one session stored under one key.
+//!
+//! A group commit writes a session's new entries as blocks of at most
+//! `max_block_bytes` (key `E | session | first seq`), each a sequence of
+//! `u32 little-endian length || LogEntry bytes`. One sled write per block instead of one per
+//! entry is what makes durable appends fast; reads find the block holding a seq with one
+//! reverse range step.
+//!
+//! Merkle nodes below level 4 (16 leaves) are not stored: they are recomputed from the
+//! entries when a proof needs them. Levels from [`STORED_MIN_LEVEL`] up are stored.
+
+use theta_schemas::{LogEntry, SessionId};
+
+use crate::backend::{Backend, KvIter};
+use crate::error::ReadError;
+use crate::keys;
+use crate::merkle::{self, Hash};
+
+/// Lowest Merkle level whose node hashes are stored.
+pub(crate) const STORED_MIN_LEVEL: u8 = 4;
+
+/// Encodes entries (already encoded `LogEntry` buffers) as one block.
+pub(crate) fn encode(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.iter().map(|e| e.len() + 4).sum());
+    for e in entries {
+        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+/// Splits a block into its entries' bytes; `Err(i)` when the framing breaks at entry `i`.
+pub(crate) fn split(raw: &[u8]) -> Result<Vec<&[u8]>, usize> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < raw.len() {
+        let Some(len) = raw.get(at..at + 4) else { return Err(out.len()) };
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let Some(e) = raw.get(at + 4..at + 4 + len) else { return Err(out.len()) };
+        out.push(e);
+        at += 4 + len;
+    }
+    Ok(out)
+}
+
+fn corrupt(session: &SessionId, seq: u64, detail: impl Into<String>) -> ReadError {
+    ReadError::Corrupted { session: *session, seq, detail: detail.into() }
+}
+
+/// Decodes one entry and checks that it is the one at `seq`.
+pub(crate) fn decode_entry(session: &SessionId, seq: u64, raw: &[u8]) -> Result<LogEntry, ReadError> {
+    let e = LogEntry::decode(raw).map_err(|e| corrupt(session, seq, format!("entry does not decode: {e}")))?;
+    if e.seq != seq {
+        return Err(corrupt(session, seq, format!("entry claims seq {}", e.seq)));
+    }
+    Ok(e)
+}
+
+/// The block holding `seq`: (first seq, bytes).
+pub(crate) fn find(backend: &dyn Backend, session: &SessionId, seq: u64) -> Result<(u64, Vec<u8>), ReadError> {
+    let start = keys::entry(session, 0);
+    let end = keys::entry(session, seq.saturating_add(1));
+    match backend.range_rev(&start, &end).next() {
+        None => Err(corrupt(session, seq, "entry missing")),
+        Some(kv) => {
+            let (k, v) = kv?;
+            Ok((keys::be_u64(&k, 17), v))
+        }
+    }
+}
+
+/// Decodes the entry at `seq` out of its block.
+pub(crate) fn entry_in(session: &SessionId, seq: u64, first: u64, raw: &[u8]) -> Result<LogEntry, ReadError> {
+    let parts = split(raw).map_err(|i| corrupt(session, first + i as u64, "block framing broken"))?;
+    let part = parts.get((seq - first) as usize).ok_or_else(|| corrupt(session, seq, "entry missing"))?;
+    decode_entry(session, seq, part)
+}
+
+/// Reads one entry.
+pub(crate) fn read_entry(backend: &dyn Backend, session: &SessionId, seq: u64) -> Result<LogEntry, ReadError> {
+    let (first, raw) = find(backend, session, seq)?;
+    entry_in(session, seq, first, &raw)
+}
+
+/// The Merkle node (`level`, `index`): stored from [`STORED_MIN_LEVEL`] up, recomputed from
+/// the entries below it.
+pub(crate) fn node_at(backend: &dyn Backend, session: &SessionId, level: u8, index: u64) -> Result<Hash, ReadError> {
+    if level >= STORED_MIN_LEVEL {
+        return backend
+            .get(&keys::node(session, level, index))?
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| corrupt(session, index << level, format!("Merkle node ({level}, {index}) missing")));
+    }
+    let lo = index << level;
+    let hi = (index + 1) << level;
+    let mut leaves = Vec::with_capacity((hi - lo) as usize);
+    let mut block: Option<(u64, Vec<u8>)> = None;
+    for seq in lo + 1..=hi {
+        let cached = block.as_ref().is_some_and(|(first, raw)| {
+            seq >= *first && split(raw).is_ok_and(|p| ((seq - first) as usize) < p.len())
+        });
+        if !cached {
+            block = Some(find(backend, session, seq)?);
+        }
+        let (first, raw) = block.as_ref().expect("block");
+        leaves.push(merkle::leaf_hash(&entry_in(session, seq, *first, raw)?.entry_hash));
+    }
+    while leaves.len() > 1 {
+        leaves = leaves.chunks(2).map(|p| merkle::node_hash(&p[0], &p[1])).collect();
+    }
+    Ok(leaves[0])
+}
+
+/// Streams entries with seq in `from..=to` from consecutive blocks.
+pub(crate) struct Cursor {
+    session: SessionId,
+    blocks: KvIter,
+    current: Vec<(u64, Vec<u8>)>,
+    next_seq: u64,
+    to: u64,
+    failed: bool,
+}
+
+impl Cursor {
+    /// A cursor over `from..=to` (`from` ≥ 1).
+    pub fn new(backend: &dyn Backend, session: &SessionId, from: u64, to: u64) -> Result<Cursor, ReadError> {
+        let first = if from > to { from } else { find(backend, session, from)?.0 };
+        let end = keys::entry(session, to.saturating_add(1));
+        let blocks = backend.range(&keys::entry(session, first), &end);
+        Ok(Cursor { session: *session, blocks, current: Vec::new(), next_seq: from, to, failed: false })
+    }
+}
+
+impl Iterator for Cursor {
+    type Item = Result<LogEntry, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.next_seq > self.to {
+            return None;
+        }
+        loop {
+            if let Some(pos) = self.current.iter().position(|(s, _)| *s == self.next_seq) {
+                let (seq, raw) = std::mem::take(&mut self.current[pos]);
+                self.current.drain(..=pos);
+                self.next_seq += 1;
+                let r = decode_entry(&self.session, seq, &raw);
+                self.failed = r.is_err();
+                return Some(r);
+            }
+            self.current.clear();
+            let (k, raw) = match self.blocks.next() {
+                None => {
+                    self.failed = true;
+                    return Some(Err(corrupt(&self.session, self.next_seq, "entry missing")));
+                }
+                Some(Err(e)) => {
+                    self.failed = true;
+                    return Some(Err(e.into()));
+                }
+                Some(Ok(kv)) => kv,
+            };
+            let first = keys::be_u64(&k, 17);
+            match split(&raw) {
+                Ok(parts) => {
+                    self.current = parts.into_iter().enumerate().map(|(i, p)| (first + i as u64, p.to_vec())).collect();
+                }
+                Err(i) => {
+                    self.failed = true;
+                    return Some(Err(corrupt(&self.session, first + i as u64, "block framing broken")));
+                }
+            }
+            if self.current.first().is_some_and(|(s, _)| *s > self.next_seq) {
+                self.failed = true;
+                return Some(Err(corrupt(&self.session, self.next_seq, "entry missing")));
+            }
+        }
+    }
+}
