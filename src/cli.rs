@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Run a scripted editing session against a real store and verify it (start here).
+    Demo(crate::demo::DemoArgs),
     /// Print the schema manifest: protocol version, schema hash and component ids.
     Manifest,
     /// Generate an Ed25519 key pair and write the secret key to a file (hex, mode 0600).
@@ -44,6 +46,7 @@ enum Cmd {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Demo(args) => crate::demo::run(args),
         Cmd::Manifest => {
             print!("{}", theta_schemas::manifest::render());
             Ok(())

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 mod cli;
+mod demo;
 
 fn main() -> ExitCode {
     match cli::run() {

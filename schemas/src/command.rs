@@ -361,22 +361,15 @@ impl Command {
             .as_union_value(),
             Command::CreateEntity { shape, name, parent } => {
                 let name = Some(fbb.create_string(name));
-                fb::CreateEntity::create(
-                    fbb,
-                    &fb::CreateEntityArgs { shape: shape.to_fb(), name, parent: *parent },
-                )
-                .as_union_value()
+                fb::CreateEntity::create(fbb, &fb::CreateEntityArgs { shape: shape.to_fb(), name, parent: *parent })
+                    .as_union_value()
             }
-            Command::DeleteEntity => {
-                fb::DeleteEntity::create(fbb, &fb::DeleteEntityArgs {}).as_union_value()
-            }
+            Command::DeleteEntity => fb::DeleteEntity::create(fbb, &fb::DeleteEntityArgs {}).as_union_value(),
             Command::SetComponent { data } => {
                 let data = Some(fbb.create_vector(data));
                 fb::SetComponent::create(fbb, &fb::SetComponentArgs { data }).as_union_value()
             }
-            Command::RemoveComponent => {
-                fb::RemoveComponent::create(fbb, &fb::RemoveComponentArgs {}).as_union_value()
-            }
+            Command::RemoveComponent => fb::RemoveComponent::create(fbb, &fb::RemoveComponentArgs {}).as_union_value(),
             Command::SetTransform(t) => {
                 let (translation, rotation, scale) = t.to_fb();
                 fb::SetTransform::create(
@@ -435,8 +428,7 @@ impl Command {
         const T: &str = "CommandBody";
         let tag = b.command_type();
         let missing = || DecodeError::MissingField { table: T, field: "command" };
-        let kind = CommandKind::from_tag(tag.0)
-            .ok_or(DecodeError::UnknownVariant { union: "Command", tag: tag.0 })?;
+        let kind = CommandKind::from_tag(tag.0).ok_or(DecodeError::UnknownVariant { union: "Command", tag: tag.0 })?;
         Ok(match kind {
             CommandKind::CreateSession => {
                 let c = b.command_as_create_session().ok_or_else(missing)?;

@@ -223,7 +223,10 @@ impl Component for Mesh {
         let indices: Vec<u32> = t.indices().map(|v| v.iter().collect()).unwrap_or_default();
         finite(positions.as_flattened(), "Mesh.positions")?;
         if indices.len() % 3 != 0 {
-            return Err(DecodeError::InvalidValue { field: "Mesh.indices", reason: "must hold 3 indices per triangle" });
+            return Err(DecodeError::InvalidValue {
+                field: "Mesh.indices",
+                reason: "must hold 3 indices per triangle",
+            });
         }
         if indices.iter().any(|&i| i as usize >= positions.len()) {
             return Err(DecodeError::InvalidValue { field: "Mesh.indices", reason: "index out of range" });

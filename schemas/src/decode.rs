@@ -94,8 +94,7 @@ impl Limits {
     /// Limits for a command body or envelope: 64 KiB, depth 8, 64 tables.
     pub const COMMAND: Limits = Limits { max_bytes: MAX_ENVELOPE_BYTES, max_depth: 8, max_tables: 64 };
     /// Limits for a stored log entry: the envelope plus 1 KiB of framing.
-    pub const LOG_ENTRY: Limits =
-        Limits { max_bytes: MAX_ENVELOPE_BYTES + 1024, max_depth: 4, max_tables: 8 };
+    pub const LOG_ENTRY: Limits = Limits { max_bytes: MAX_ENVELOPE_BYTES + 1024, max_depth: 4, max_tables: 8 };
     /// Limits for a component value: 64 KiB, depth 8, 4096 tables.
     pub const COMPONENT: Limits = Limits { max_bytes: MAX_ENVELOPE_BYTES, max_depth: 8, max_tables: 4096 };
     /// Limits for a live frame: 64 KiB, depth 8, 16384 tables.
@@ -141,17 +140,11 @@ pub(crate) fn fixed<const N: usize>(
     field: &'static str,
 ) -> Result<[u8; N], DecodeError> {
     let v = v.ok_or(DecodeError::MissingField { table, field })?;
-    v.bytes()
-        .try_into()
-        .map_err(|_| DecodeError::BadLength { field, expected: N, actual: v.len() })
+    v.bytes().try_into().map_err(|_| DecodeError::BadLength { field, expected: N, actual: v.len() })
 }
 
 /// Reads a required string.
-pub(crate) fn string(
-    v: Option<&str>,
-    table: &'static str,
-    field: &'static str,
-) -> Result<String, DecodeError> {
+pub(crate) fn string(v: Option<&str>, table: &'static str, field: &'static str) -> Result<String, DecodeError> {
     v.map(str::to_owned).ok_or(DecodeError::MissingField { table, field })
 }
 

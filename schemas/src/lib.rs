@@ -35,16 +35,14 @@ pub mod wire;
     mismatched_lifetime_syntaxes,
     unsafe_op_in_unsafe_fn
 )]
+#[rustfmt::skip]
 #[path = "generated/mod.rs"]
 mod generated;
 
 /// The generated FlatBuffers types (`theta.fb` namespace).
 pub use generated::theta::fb;
 
-pub use command::{
-    AuthorKey, Command, CommandBody, CommandKind, ConflictStrategy, EntityId, Role, SessionId,
-    Shape,
-};
+pub use command::{AuthorKey, Command, CommandBody, CommandKind, ConflictStrategy, EntityId, Role, SessionId, Shape};
 pub use components::registry;
 pub use decode::{DecodeError, Limits};
 pub use envelope::Envelope;

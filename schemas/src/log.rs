@@ -29,13 +29,7 @@ impl LogEntry {
         let entry_hash = Some(fbb.create_vector(&self.entry_hash));
         let root = fb::LogEntry::create(
             &mut fbb,
-            &fb::LogEntryArgs {
-                seq: self.seq,
-                envelope,
-                prev_hash,
-                entry_hash,
-                receipt_time_ms: self.receipt_time_ms,
-            },
+            &fb::LogEntryArgs { seq: self.seq, envelope, prev_hash, entry_hash, receipt_time_ms: self.receipt_time_ms },
         );
         fb::finish_log_entry_buffer(&mut fbb, root);
         fbb.finished_data().to_vec()

@@ -8,10 +8,10 @@ use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
+use crate::PROTOCOL_VERSION;
 use crate::command::CommandKind;
 use crate::components::registry;
 use crate::ids::COMPONENT_ID_KEY;
-use crate::PROTOCOL_VERSION;
 
 /// The catalog's `.fbs` files, in the order they are hashed (sorted by name).
 pub const CATALOG: &[(&str, &str)] = &[
@@ -62,7 +62,12 @@ pub fn render() -> String {
     let _ = writeln!(s, "theta schema manifest");
     let _ = writeln!(s, "protocol_version: {PROTOCOL_VERSION}");
     let _ = writeln!(s, "schema_hash: {}", hex::encode(schema_hash()));
-    let _ = writeln!(s, "component_id: siphash-2-4, key {:?} (hex {})", std::str::from_utf8(&COMPONENT_ID_KEY).unwrap_or("?"), hex::encode(COMPONENT_ID_KEY));
+    let _ = writeln!(
+        s,
+        "component_id: siphash-2-4, key {:?} (hex {})",
+        std::str::from_utf8(&COMPONENT_ID_KEY).unwrap_or("?"),
+        hex::encode(COMPONENT_ID_KEY)
+    );
     let _ = writeln!(s, "components:");
     for d in registry() {
         let _ = writeln!(s, "  {:<18} v{}  {}", d.name, d.encoding_version, d.id);

@@ -220,7 +220,10 @@ fn caps_from(c: Option<fb::Capabilities<'_>>) -> Capabilities {
     }
 }
 
-fn values<'a>(fbb: &mut Fbb<'a>, vs: &[ComponentValue]) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::ComponentValue<'a>>>> {
+fn values<'a>(
+    fbb: &mut Fbb<'a>,
+    vs: &[ComponentValue],
+) -> WIPOffset<Vector<'a, ForwardsUOffset<fb::ComponentValue<'a>>>> {
     let offs: Vec<_> = vs
         .iter()
         .map(|v| {
@@ -234,7 +237,9 @@ fn values<'a>(fbb: &mut Fbb<'a>, vs: &[ComponentValue]) -> WIPOffset<Vector<'a, 
     fbb.create_vector(&offs)
 }
 
-fn values_from(v: Option<Vector<'_, ForwardsUOffset<fb::ComponentValue<'_>>>>) -> Result<Vec<ComponentValue>, DecodeError> {
+fn values_from(
+    v: Option<Vector<'_, ForwardsUOffset<fb::ComponentValue<'_>>>>,
+) -> Result<Vec<ComponentValue>, DecodeError> {
     v.iter()
         .flatten()
         .map(|v| {
@@ -440,7 +445,10 @@ impl Message {
                 const T: &str = "Delta";
                 let d = f.message_as_delta().ok_or_else(missing)?;
                 if d.to_seq() < d.from_seq() {
-                    return Err(DecodeError::InvalidValue { field: "Delta.to_seq", reason: "must not precede from_seq" });
+                    return Err(DecodeError::InvalidValue {
+                        field: "Delta.to_seq",
+                        reason: "must not precede from_seq",
+                    });
                 }
                 let mut descriptors = Vec::new();
                 for x in d.descriptors().iter().flatten() {
@@ -457,19 +465,18 @@ impl Message {
                     state_hash: fixed(d.state_hash(), T, "state_hash")?,
                     spawned: ids(d.spawned()),
                     upserts: values_from(d.upserts())?,
-                    removals: d
-                        .removals()
-                        .iter()
-                        .flatten()
-                        .map(|r| (r.entity(), ComponentId(r.component())))
-                        .collect(),
+                    removals: d.removals().iter().flatten().map(|r| (r.entity(), ComponentId(r.component()))).collect(),
                     despawned: ids(d.despawned()),
                     descriptors,
                 })
             }
             fb::Message::Heartbeat => {
                 let h = f.message_as_heartbeat().ok_or_else(missing)?;
-                Message::Heartbeat(Heartbeat { sequence: h.sequence(), sent_at_us: h.sent_at_us(), echo_us: h.echo_us() })
+                Message::Heartbeat(Heartbeat {
+                    sequence: h.sequence(),
+                    sent_at_us: h.sent_at_us(),
+                    echo_us: h.echo_us(),
+                })
             }
             fb::Message::CommandReceipt => {
                 const T: &str = "CommandReceipt";

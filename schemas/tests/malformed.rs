@@ -100,7 +100,10 @@ fn bad_offsets_are_rejected() {
 #[test]
 fn oversized_buffers_are_rejected_before_parsing() {
     let big = vec![0u8; MAX_ENVELOPE_BYTES + 1];
-    assert_eq!(Message::decode(&big), Err(DecodeError::TooLarge { len: MAX_ENVELOPE_BYTES + 1, max: MAX_ENVELOPE_BYTES }));
+    assert_eq!(
+        Message::decode(&big),
+        Err(DecodeError::TooLarge { len: MAX_ENVELOPE_BYTES + 1, max: MAX_ENVELOPE_BYTES })
+    );
     assert!(matches!(Envelope::decode(&big), Err(DecodeError::TooLarge { .. })));
     assert!(matches!(CommandBody::decode(&big), Err(DecodeError::TooLarge { .. })));
     // A real but too-big set-component command is also refused.
@@ -123,16 +126,10 @@ fn depth_and_table_limits_are_enforced() {
     let delta = Message::encode(&roundtrip::every_message()[5]);
     let shallow = Limits { max_depth: 2, ..Limits::FRAME };
     let err = Message::decode_with(&delta, shallow).unwrap_err();
-    assert!(
-        matches!(err, DecodeError::Malformed { source: InvalidFlatbuffer::DepthLimitReached, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, DecodeError::Malformed { source: InvalidFlatbuffer::DepthLimitReached, .. }), "{err}");
     let few_tables = Limits { max_tables: 3, ..Limits::FRAME };
     let err = Message::decode_with(&delta, few_tables).unwrap_err();
-    assert!(
-        matches!(err, DecodeError::Malformed { source: InvalidFlatbuffer::TooManyTables, .. }),
-        "{err}"
-    );
+    assert!(matches!(err, DecodeError::Malformed { source: InvalidFlatbuffer::TooManyTables, .. }), "{err}");
 }
 
 #[test]

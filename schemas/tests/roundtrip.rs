@@ -144,7 +144,11 @@ pub fn every_message() -> Vec<Message> {
             upserts: vec![v],
             removals: vec![(4, Name::id())],
             despawned: vec![6],
-            descriptors: vec![ComponentDescriptor { name: "theta.Transform".into(), id: Transform::id(), encoding_version: 1 }],
+            descriptors: vec![ComponentDescriptor {
+                name: "theta.Transform".into(),
+                id: Transform::id(),
+                encoding_version: 1,
+            }],
         }),
         Message::Heartbeat(Heartbeat { sequence: 1, sent_at_us: 1000, echo_us: 900 }),
         Message::CommandReceipt(CommandReceipt {

@@ -5,11 +5,11 @@
 //! bytes yields the listed fields.
 
 use ed25519_dalek::SigningKey;
+use theta_schemas::Envelope;
 use theta_schemas::command::{AuthorKey, Command, CommandBody, SessionId};
 use theta_schemas::components::Transform;
 use theta_schemas::ids::{ComponentId, ComponentMeta};
 use theta_schemas::signing::{self, COMMAND_DOMAIN, SignatureError};
-use theta_schemas::Envelope;
 
 /// Secret key of the vectors: the 32 bytes 0x00, 0x01, ..., 0x1f.
 fn vector_key() -> SigningKey {

@@ -59,7 +59,15 @@ fn args() -> Args {
     a
 }
 
-fn body(session: SessionId, key: &SigningKey, lamport: u64, nonce: u64, entity: u64, command: Command, component: ComponentId) -> Vec<u8> {
+fn body(
+    session: SessionId,
+    key: &SigningKey,
+    lamport: u64,
+    nonce: u64,
+    entity: u64,
+    command: Command,
+    component: ComponentId,
+) -> Vec<u8> {
     let b = CommandBody {
         session,
         author: author_key(key),
@@ -76,13 +84,18 @@ fn body(session: SessionId, key: &SigningKey, lamport: u64, nonce: u64, entity: 
 
 fn transform(i: u64) -> Command {
     let f = i as f32;
-    Command::SetTransform(Transform { translation: [f * 0.01, 1.5, -f * 0.02], rotation: [0.0, 0.38268, 0.0, 0.92388], scale: [1.0; 3] })
+    Command::SetTransform(Transform {
+        translation: [f * 0.01, 1.5, -f * 0.02],
+        rotation: [0.0, 0.38268, 0.0, 0.92388],
+        scale: [1.0; 3],
+    })
 }
 
 fn ceiling(seconds: f64) -> f64 {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let key = SigningKey::from_bytes(&[3; 32]);
-    let msgs: Vec<Vec<u8>> = (0..64u64).map(|i| body(SessionId([1; 16]), &key, i + 1, i, 1, transform(i), Transform::id())).collect();
+    let msgs: Vec<Vec<u8>> =
+        (0..64u64).map(|i| body(SessionId([1; 16]), &key, i + 1, i, 1, transform(i), Transform::id())).collect();
     let sigs: Vec<Signature> = msgs.iter().map(|m| ed25519_dalek::Signer::sign(&key, m)).collect();
     let keys: Vec<VerifyingKey> = vec![key.verifying_key(); 64];
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -153,7 +166,9 @@ fn durable_appends(dir: &std::path::Path, authors: usize, window: usize, command
         .iter()
         .enumerate()
         .map(|(a, k)| {
-            (0..per_author as u64).map(|i| body(session, k, lamport + 1 + i, i, a as u64 + 1, transform(i), Transform::id())).collect()
+            (0..per_author as u64)
+                .map(|i| body(session, k, lamport + 1 + i, i, a as u64 + 1, transform(i), Transform::id()))
+                .collect()
         })
         .collect();
     let envelope_bytes = streams[0][0].len();
@@ -191,7 +206,12 @@ fn durable_appends(dir: &std::path::Path, authors: usize, window: usize, command
     let elapsed = started.elapsed().as_secs_f64();
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
     lat.sort();
-    let run = Run { appends_per_sec: lat.len() as f64 / elapsed, p50: percentile(&lat, 0.5), p99: percentile(&lat, 0.99), envelope_bytes };
+    let run = Run {
+        appends_per_sec: lat.len() as f64 / elapsed,
+        p50: percentile(&lat, 0.5),
+        p99: percentile(&lat, 0.99),
+        envelope_bytes,
+    };
     let store = Arc::try_unwrap(store).ok().expect("sole owner");
     (run, store, session)
 }
@@ -206,6 +226,31 @@ fn trusted_import(dir: &std::path::Path, source: &Store, session: SessionId) -> 
     entries.len() as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Median latency of one small batch + sled flush, without and with the fdatasync that
+/// Theta adds for power-loss durability.
+fn flush_cost(dir: &std::path::Path) -> (Duration, Duration) {
+    use theta_store::backend::{Backend, SledBackend, WriteBatch};
+    let _ = std::fs::remove_dir_all(dir);
+    let backend = SledBackend::open(dir, 64 << 20).expect("open sled");
+    let mut measure = |sync: bool| {
+        let mut times: Vec<Duration> = (0..300u64)
+            .map(|i| {
+                let mut b = WriteBatch::default();
+                b.put(i.to_be_bytes().to_vec(), vec![7; 300]);
+                let t = Instant::now();
+                backend.apply(b).unwrap();
+                backend.flush(sync).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    };
+    let plain = measure(false);
+    let synced = measure(true);
+    (plain, synced)
+}
+
 fn main() {
     let a = args();
     MODE.set((a.durability, a.memory)).expect("once");
@@ -215,6 +260,14 @@ fn main() {
         "theta-store append bench: {cores} cores, {} commands per run, durability {:?}, {backend}",
         a.commands, a.durability
     );
+    if !a.memory {
+        let (plain, synced) = flush_cost(&a.dir.join("flush"));
+        println!(
+            "flush of one 300-byte write, median: sled flush {:.3} ms, sled flush + fdatasync {:.3} ms",
+            plain.as_secs_f64() * 1e3,
+            synced.as_secs_f64() * 1e3
+        );
+    }
     let ceiling = ceiling(3.0);
     println!("ceiling: ed25519 batch verification alone, {cores} threads: {ceiling:.0} signatures/s");
     println!("{:>7} {:>7} {:>12} {:>10} {:>10} {:>8}", "authors", "window", "appends/s", "p50 ms", "p99 ms", "x ceil");

@@ -127,7 +127,9 @@ impl SledBackend {
     fn sync_new_blobs(&self) -> Result<(), BackendError> {
         let dir = self.path.join("blobs");
         let io = |what: String| move |source| BackendError::Io { what, source };
-        let Ok(listing) = std::fs::read_dir(&dir) else { return Ok(()) };
+        let Ok(listing) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
         let mut synced = self.synced_blobs.lock().expect("blob set lock");
         let mut present = std::collections::BTreeSet::new();
         let mut new = false;

@@ -34,9 +34,13 @@ pub(crate) fn split(raw: &[u8]) -> Result<Vec<&[u8]>, usize> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < raw.len() {
-        let Some(len) = raw.get(at..at + 4) else { return Err(out.len()) };
+        let Some(len) = raw.get(at..at + 4) else {
+            return Err(out.len());
+        };
         let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-        let Some(e) = raw.get(at + 4..at + 4 + len) else { return Err(out.len()) };
+        let Some(e) = raw.get(at + 4..at + 4 + len) else {
+            return Err(out.len());
+        };
         out.push(e);
         at += 4 + len;
     }
@@ -96,9 +100,9 @@ pub(crate) fn node_at(backend: &dyn Backend, session: &SessionId, level: u8, ind
     let mut leaves = Vec::with_capacity((hi - lo) as usize);
     let mut block: Option<(u64, Vec<u8>)> = None;
     for seq in lo + 1..=hi {
-        let cached = block.as_ref().is_some_and(|(first, raw)| {
-            seq >= *first && split(raw).is_ok_and(|p| ((seq - first) as usize) < p.len())
-        });
+        let cached = block
+            .as_ref()
+            .is_some_and(|(first, raw)| seq >= *first && split(raw).is_ok_and(|p| ((seq - first) as usize) < p.len()));
         if !cached {
             block = Some(find(backend, session, seq)?);
         }

@@ -7,8 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use theta_schemas::{
-    AuthorKey, Command, CommandBody, CommandKind, ComponentId, ConflictStrategy, EntityId, LogEntry, Role,
-    SessionId,
+    AuthorKey, Command, CommandBody, CommandKind, ComponentId, ConflictStrategy, EntityId, LogEntry, Role, SessionId,
 };
 
 use crate::backend::{Backend, WriteBatch};
@@ -75,7 +74,7 @@ pub(crate) struct Accepted {
 }
 
 /// One session's state.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct SessionState {
     pub id: SessionId,
     pub meta: Meta,
@@ -139,7 +138,8 @@ impl SessionState {
         }
         for kv in scan(keys::tag::POLICY) {
             let (k, v) = kv?;
-            let strategy = ConflictStrategy::ALL.get(usize::from(v[0])).copied().unwrap_or(ConflictStrategy::LastWriteWins);
+            let strategy =
+                ConflictStrategy::ALL.get(usize::from(v[0])).copied().unwrap_or(ConflictStrategy::LastWriteWins);
             s.policies.insert(ComponentId(keys::be_u64(&k, skip)), strategy);
         }
         for kv in scan(keys::tag::LAMPORT) {
@@ -231,7 +231,8 @@ impl SessionState {
         }
         // Rate.
         if let Some(now_ms) = now_ms {
-            let bucket = self.buckets.entry(body.author).or_insert_with(|| TokenBucket::full(config.rate_burst, now_ms));
+            let bucket =
+                self.buckets.entry(body.author).or_insert_with(|| TokenBucket::full(config.rate_burst, now_ms));
             bucket
                 .take(config.rate_per_sec, config.rate_burst, now_ms)
                 .map_err(|retry_after_ms| AppendError::RateLimited { author: body.author, retry_after_ms })?;

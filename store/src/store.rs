@@ -93,7 +93,9 @@ impl SignedTreeHead {
 
     /// Checks the signature under `public_key` (strict).
     pub fn verify(&self) -> bool {
-        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.public_key) else { return false };
+        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.public_key) else {
+            return false;
+        };
         let msg = SignedTreeHead::message(&self.session, self.tree_size, self.timestamp_ms, &self.root);
         key.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&self.signature)).is_ok()
     }
@@ -281,7 +283,11 @@ impl Store {
     }
 
     /// Opens a store over any backend.
-    pub fn with_backend(backend: Arc<dyn Backend>, config: StoreConfig, service_key: SigningKey) -> Result<Store, OpenError> {
+    pub fn with_backend(
+        backend: Arc<dyn Backend>,
+        config: StoreConfig,
+        service_key: SigningKey,
+    ) -> Result<Store, OpenError> {
         let mut states = BTreeMap::new();
         let mut views = BTreeMap::new();
         let metas: Vec<(SessionId, Vec<u8>)> = backend
@@ -290,7 +296,14 @@ impl Store {
             .collect::<Result<_, _>>()?;
         for (id, raw) in metas {
             let corrupt = |seq: u64, detail: String| View {
-                head: Head { session: id, seq, clock: 0, tree_root: [0; 32], last_entry_hash: [0; 32], name: String::new() },
+                head: Head {
+                    session: id,
+                    seq,
+                    clock: 0,
+                    tree_root: [0; 32],
+                    last_entry_hash: [0; 32],
+                    name: String::new(),
+                },
                 corrupted: Some(Corruption { seq, detail }),
             };
             let Some(meta) = Meta::decode(&raw) else {
@@ -400,7 +413,9 @@ impl Store {
     pub fn import(&self, session: SessionId, entries: Vec<LogEntry>) -> Result<u64, ImportError> {
         let (tx, rx) = sync_channel(1);
         let shutting = ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown };
-        if self.shared.closing.load(Relaxed) || self.tx.send(Job::Import(ImportJob { session, entries, reply: tx })).is_err() {
+        if self.shared.closing.load(Relaxed)
+            || self.tx.send(Job::Import(ImportJob { session, entries, reply: tx })).is_err()
+        {
             return Err(shutting);
         }
         rx.recv().unwrap_or(Err(shutting))
@@ -446,10 +461,7 @@ impl Store {
     /// Sessions that failed verification: (session, first bad seq, what failed).
     pub fn corrupted(&self) -> Vec<(SessionId, u64, String)> {
         let views = self.shared.views.read().expect("views lock");
-        views
-            .iter()
-            .filter_map(|(id, v)| v.corrupted.as_ref().map(|c| (*id, c.seq, c.detail.clone())))
-            .collect()
+        views.iter().filter_map(|(id, v)| v.corrupted.as_ref().map(|c| (*id, c.seq, c.detail.clone()))).collect()
     }
 
     fn view(&self, session: &SessionId) -> Result<Head, ReadError> {
@@ -488,23 +500,43 @@ impl Store {
     fn read_index(&self, session: &SessionId, start: Vec<u8>, end: Vec<u8>, to: u64) -> Result<Entries, ReadError> {
         let index = self.shared.backend.range(&start, &end);
         Ok(Entries {
-            inner: EntriesInner::Index { session: *session, index, backend: self.shared.backend.clone(), block: None, to },
+            inner: EntriesInner::Index {
+                session: *session,
+                index,
+                backend: self.shared.backend.clone(),
+                block: None,
+                to,
+            },
         })
     }
 
     /// Entries signed by `author` with seq in `from..=to`, through the author index.
-    pub fn read_by_author(&self, session: &SessionId, author: &AuthorKey, from: u64, to: u64) -> Result<Entries, ReadError> {
+    pub fn read_by_author(
+        &self,
+        session: &SessionId,
+        author: &AuthorKey,
+        from: u64,
+        to: u64,
+    ) -> Result<Entries, ReadError> {
         let head = self.view(session)?;
         let to = to.min(head.seq);
-        let (start, end) = (keys::by_author(session, author, from.max(1)), keys::by_author(session, author, to.saturating_add(1)));
+        let (start, end) =
+            (keys::by_author(session, author, from.max(1)), keys::by_author(session, author, to.saturating_add(1)));
         self.read_index(session, start, end, to)
     }
 
     /// Entries whose scope is `entity`, with seq in `from..=to`, through the entity index.
-    pub fn read_by_entity(&self, session: &SessionId, entity: EntityId, from: u64, to: u64) -> Result<Entries, ReadError> {
+    pub fn read_by_entity(
+        &self,
+        session: &SessionId,
+        entity: EntityId,
+        from: u64,
+        to: u64,
+    ) -> Result<Entries, ReadError> {
         let head = self.view(session)?;
         let to = to.min(head.seq);
-        let (start, end) = (keys::by_entity(session, entity, from.max(1)), keys::by_entity(session, entity, to.saturating_add(1)));
+        let (start, end) =
+            (keys::by_entity(session, entity, from.max(1)), keys::by_entity(session, entity, to.saturating_add(1)));
         self.read_index(session, start, end, to)
     }
 
@@ -646,7 +678,13 @@ fn head_of(state: &SessionState) -> Head {
 
 enum EntriesInner {
     Direct(blocks::Cursor),
-    Index { session: SessionId, index: KvIter, backend: Arc<dyn Backend>, block: Option<(u64, Vec<u8>, usize)>, to: u64 },
+    Index {
+        session: SessionId,
+        index: KvIter,
+        backend: Arc<dyn Backend>,
+        block: Option<(u64, Vec<u8>, usize)>,
+        to: u64,
+    },
 }
 
 /// A lazy stream of log entries in seq order.
@@ -739,7 +777,8 @@ fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Res
     let from = from.max(1);
     if from > head {
         // Nothing to check but that no entry lies beyond the head.
-        let beyond = backend.range(&keys::entry(&id, head + 1), &keys::prefix_end(&keys::prefix(keys::tag::ENTRY, &id))).next();
+        let beyond =
+            backend.range(&keys::entry(&id, head + 1), &keys::prefix_end(&keys::prefix(keys::tag::ENTRY, &id))).next();
         return match beyond {
             Some(Ok((k, _))) => Err(bad(keys::be_u64(&k, 17), format!("entry beyond the head {head}"))),
             Some(Err(e)) => Err(storage(head)(e)),
@@ -795,7 +834,8 @@ fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Res
                     return Err(bad(seq, format!("Merkle node ({level}, {index}) does not match")));
                 }
             }
-            let (_, body) = Envelope::open(&e.envelope).map_err(|err| bad(seq, format!("envelope does not decode: {err}")))?;
+            let (_, body) =
+                Envelope::open(&e.envelope).map_err(|err| bad(seq, format!("envelope does not decode: {err}")))?;
             let has = |key: Vec<u8>| backend.get(&key).map(|v| v.is_some());
             if !has(keys::by_author(&id, &body.author, seq)).map_err(storage(seq))? {
                 return Err(bad(seq, "author index entry missing".into()));
@@ -926,7 +966,10 @@ impl Committer {
                     Stage2::Import(job) => {
                         self.commit(std::mem::take(&mut group), &mut failed);
                         let r = if failed {
-                            Err(ImportError::Rejected { seq: 0, error: AppendError::Storage("store failed earlier".into()) })
+                            Err(ImportError::Rejected {
+                                seq: 0,
+                                error: AppendError::Storage("store failed earlier".into()),
+                            })
                         } else {
                             self.import(job.session, job.entries, &mut failed)
                         };
@@ -989,7 +1032,8 @@ impl Committer {
     ) -> Result<crate::session::Accepted, AppendError> {
         let config = &self.shared.config;
         let backend = &*self.shared.backend;
-        if let Some(View { corrupted: Some(c), .. }) = self.shared.views.read().expect("views lock").get(&body.session) {
+        if let Some(View { corrupted: Some(c), .. }) = self.shared.views.read().expect("views lock").get(&body.session)
+        {
             return Err(AppendError::Corrupted { session: body.session, seq: c.seq, detail: c.detail.clone() });
         }
         let creating = !self.states.contains_key(&body.session);
@@ -1126,44 +1170,75 @@ impl Committer {
             let error = AppendError::Corrupted { session, seq: c.seq, detail: c.detail.clone() };
             return Err(ImportError::Rejected { seq: c.seq, error });
         }
-        let existed = self.states.contains_key(&session);
-        let mut state = self.states.get(&session).cloned().unwrap_or_else(|| SessionState::new(session));
-        let mut batch = WriteBatch::default();
-        let n = entries.len() as u64;
-        for e in entries {
-            let seq = state.meta.head_seq + 1;
-            let chain = |detail: &str| ImportError::Chain { seq: e.seq, detail: detail.into() };
-            if e.seq != seq {
-                return Err(chain(&format!("expected seq {seq}")));
+        // Work on the live state; a failed import reloads it from storage, where nothing of the
+        // failed call was written (cheaper than cloning the state for every call).
+        let mut state = self.states.remove(&session).unwrap_or_else(|| SessionState::new(session));
+        let before = state.meta.head_seq;
+        let mut batch = match import_into(&mut state, entries, &config, &*backend) {
+            Ok(batch) => batch,
+            Err(e) => {
+                if before > 0 {
+                    let meta = backend.get(&keys::meta(&session)).ok().flatten().and_then(|raw| Meta::decode(&raw));
+                    if let Some(meta) = meta {
+                        match SessionState::load(&*backend, session, meta) {
+                            Ok(s) => {
+                                self.states.insert(session, s);
+                            }
+                            Err(err) => {
+                                *failed = true;
+                                tracing_error(&format!("session {session}: reload after a failed import: {err}"));
+                            }
+                        }
+                    }
+                }
+                return Err(e);
             }
-            if e.prev_hash != state.meta.last_hash {
-                return Err(chain("previous hash does not match the log"));
-            }
-            let (_, body) = Envelope::open(&e.envelope)
-                .map_err(|err| ImportError::Rejected { seq, error: AppendError::Malformed(err) })?;
-            validate(&body).map_err(|error| ImportError::Rejected { seq, error })?;
-            if body.session != session {
-                return Err(chain("entry belongs to another session"));
-            }
-            state.check(&body, &*backend, &config, None).map_err(|error| ImportError::Rejected { seq, error })?;
-            let (accepted, _) = state.apply(&body, e.envelope, e.receipt_time_ms, &mut batch);
-            if accepted.entry_hash != e.entry_hash {
-                return Err(chain("entry hash does not match its contents"));
-            }
-        }
+        };
+        let n = state.meta.head_seq;
         state.finish(&mut batch, config.max_block_bytes);
         if let Err(e) = self.persist(batch) {
             *failed = true;
             return Err(ImportError::Rejected { seq: 0, error: AppendError::Storage(e.to_string()) });
         }
-        let _ = existed;
-        self.shared.metrics.imported_entries.fetch_add(n, Relaxed);
         let head = head_of(&state);
-        let seq = head.seq;
+        self.shared.metrics.imported_entries.fetch_add(n - before, Relaxed);
         self.shared.views.write().expect("views lock").insert(session, View { head, corrupted: None });
         self.states.insert(session, state);
-        Ok(seq)
+        Ok(n)
     }
+}
+
+/// Checks and applies imported entries to `state`; returns their writes.
+fn import_into(
+    state: &mut SessionState,
+    entries: Vec<LogEntry>,
+    config: &StoreConfig,
+    backend: &dyn Backend,
+) -> Result<WriteBatch, ImportError> {
+    let session = state.id;
+    let mut batch = WriteBatch::default();
+    for e in entries {
+        let seq = state.meta.head_seq + 1;
+        let chain = |detail: &str| ImportError::Chain { seq: e.seq, detail: detail.into() };
+        if e.seq != seq {
+            return Err(chain(&format!("expected seq {seq}")));
+        }
+        if e.prev_hash != state.meta.last_hash {
+            return Err(chain("previous hash does not match the log"));
+        }
+        let (_, body) = Envelope::open(&e.envelope)
+            .map_err(|err| ImportError::Rejected { seq, error: AppendError::Malformed(err) })?;
+        validate(&body).map_err(|error| ImportError::Rejected { seq, error })?;
+        if body.session != session {
+            return Err(chain("entry belongs to another session"));
+        }
+        state.check(&body, backend, config, None).map_err(|error| ImportError::Rejected { seq, error })?;
+        let (accepted, _) = state.apply(&body, e.envelope, e.receipt_time_ms, &mut batch);
+        if accepted.entry_hash != e.entry_hash {
+            return Err(chain("entry hash does not match its contents"));
+        }
+    }
+    Ok(batch)
 }
 
 fn tracing_error(msg: &str) {

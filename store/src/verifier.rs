@@ -145,10 +145,8 @@ pub(crate) fn check_batch(
         vec![verify_part(&pending, config.batch_verify)]
     } else {
         std::thread::scope(|s| {
-            let handles: Vec<_> = pending
-                .chunks(part_len)
-                .map(|part| s.spawn(move || verify_part(part, config.batch_verify)))
-                .collect();
+            let handles: Vec<_> =
+                pending.chunks(part_len).map(|part| s.spawn(move || verify_part(part, config.batch_verify))).collect();
             handles.into_iter().map(|h| h.join().expect("verify thread")).collect()
         })
     };

@@ -81,7 +81,9 @@ fn malformed_and_invalid_commands_are_rejected() {
     rejected(&store, &[], RejectionCode::Schema, |e| matches!(e, AppendError::Malformed(_)));
     // Wrong scope for the kind.
     let bytes = owner.cmd(s, 5, Name::id(), 0, Command::SetTransform(Transform::default()));
-    rejected(&store, &bytes, RejectionCode::Schema, |e| matches!(e, AppendError::Invalid { kind: CommandKind::SetTransform, .. }));
+    rejected(&store, &bytes, RejectionCode::Schema, |e| {
+        matches!(e, AppendError::Invalid { kind: CommandKind::SetTransform, .. })
+    });
     // Component bytes that do not decode as the scope's component.
     let bytes = owner.cmd(s, 5, Mesh::id(), 0, Command::SetComponent { data: Name("x".into()).encode() });
     rejected(&store, &bytes, RejectionCode::Schema, |e| matches!(e, AppendError::Invalid { .. }));
@@ -97,7 +99,13 @@ fn malformed_and_invalid_commands_are_rejected() {
 #[test]
 fn unknown_session_and_existing_session() {
     let (store, mut owner, s) = setup(relaxed());
-    let bytes = owner.cmd(session(7), 1, ComponentId::NONE, 0, Command::CreateEntity { shape: Shape::Cube, name: "x".into(), parent: 0 });
+    let bytes = owner.cmd(
+        session(7),
+        1,
+        ComponentId::NONE,
+        0,
+        Command::CreateEntity { shape: Shape::Cube, name: "x".into(), parent: 0 },
+    );
     rejected(&store, &bytes, RejectionCode::Session, |e| matches!(e, AppendError::UnknownSession { .. }));
     let bytes = owner.cmd(s, 0, ComponentId::NONE, 0, Command::CreateSession { name: "again".into() });
     rejected(&store, &bytes, RejectionCode::Session, |e| matches!(e, AppendError::SessionExists { .. }));
@@ -145,12 +153,29 @@ fn replayed_nonce_is_rejected_also_after_reopening() {
     {
         let store = Store::open(dir.path(), relaxed()).unwrap();
         create_session(&store, &mut owner, s);
-        let first = owner.cmd(s, 0, ComponentId::NONE, 0, Command::SetConflictPolicy { component: Transform::id(), strategy: ConflictStrategy::Merge });
+        let first = owner.cmd(
+            s,
+            0,
+            ComponentId::NONE,
+            0,
+            Command::SetConflictPolicy { component: Transform::id(), strategy: ConflictStrategy::Merge },
+        );
         let r = store.append(&first).unwrap();
         // The very same envelope again.
-        rejected(&store, &first, RejectionCode::Replay, |e| matches!(e, AppendError::Replay { first_seq, .. } if *first_seq == r.seq));
+        rejected(
+            &store,
+            &first,
+            RejectionCode::Replay,
+            |e| matches!(e, AppendError::Replay { first_seq, .. } if *first_seq == r.seq),
+        );
         // Same nonce, new Lamport and new content: still a replay.
-        let mut body = owner.body(s, 0, ComponentId::NONE, 0, Command::SetConflictPolicy { component: Name::id(), strategy: ConflictStrategy::Reject });
+        let mut body = owner.body(
+            s,
+            0,
+            ComponentId::NONE,
+            0,
+            Command::SetConflictPolicy { component: Name::id(), strategy: ConflictStrategy::Reject },
+        );
         body.nonce = owner.nonce - 1;
         replay = owner.seal(&body);
         rejected(&store, &replay, RejectionCode::Replay, |e| matches!(e, AppendError::Replay { .. }));
@@ -170,7 +195,9 @@ fn lamport_regression_and_future_skew_are_rejected() {
     let mut body = owner.body(s, 1, Transform::id(), 0, Command::SetTransform(Transform::default()));
     body.lamport = owner.lamport - 1;
     let bytes = owner.seal(&body);
-    rejected(&store, &bytes, RejectionCode::Lamport, |e| matches!(e, AppendError::LamportRegression { lamport: 2, previous: 2, .. }));
+    rejected(&store, &bytes, RejectionCode::Lamport, |e| {
+        matches!(e, AppendError::LamportRegression { lamport: 2, previous: 2, .. })
+    });
     // Skew: more than 1,000 ahead of the session clock (2).
     let mut body = owner.body(s, 1, Transform::id(), 0, Command::SetTransform(Transform::default()));
     body.lamport = 1_003;
@@ -195,9 +222,8 @@ fn a_flood_gets_at_most_burst_plus_rate_times_t() {
     grant(&store, &mut owner, s, &editor, Role::Editor);
     create_entity(&store, &mut owner, s, 1, 0);
     let started = std::time::Instant::now();
-    let batch: Vec<Vec<u8>> = (0..2_000)
-        .map(|_| editor.cmd(s, 1, Transform::id(), 0, Command::SetTransform(Transform::default())))
-        .collect();
+    let batch: Vec<Vec<u8>> =
+        (0..2_000).map(|_| editor.cmd(s, 1, Transform::id(), 0, Command::SetTransform(Transform::default()))).collect();
     let results = store.append_batch(batch);
     let elapsed = started.elapsed().as_secs_f64();
     let accepted = results.iter().filter(|r| r.is_ok()).count() as f64;
@@ -228,7 +254,13 @@ fn stale_base_version_is_rejected_and_fresh_one_accepted() {
     store.append(&owner.cmd(s, 1, Parent::id(), 1, Command::Reparent { parent: 0 })).unwrap();
     // A policy switch makes Transform reject-strategy too.
     store
-        .append(&owner.cmd(s, 0, ComponentId::NONE, 0, Command::SetConflictPolicy { component: Transform::id(), strategy: ConflictStrategy::Reject }))
+        .append(&owner.cmd(
+            s,
+            0,
+            ComponentId::NONE,
+            0,
+            Command::SetConflictPolicy { component: Transform::id(), strategy: ConflictStrategy::Reject },
+        ))
         .unwrap();
     let bytes = editor.cmd(s, 1, Transform::id(), 5, Command::SetTransform(Transform::default()));
     rejected(&store, &bytes, RejectionCode::Conflict, |e| {
@@ -245,20 +277,47 @@ fn hierarchy_and_lifecycle_conflicts() {
     create_entity(&store, &mut owner, s, 2, 1);
     create_entity(&store, &mut owner, s, 3, 2);
     let conflict = |store: &Store, bytes: Vec<u8>, want: ConflictReason| {
-        rejected(store, &bytes, RejectionCode::Conflict, |e| matches!(e, AppendError::Conflict { reason, .. } if *reason == want));
+        rejected(
+            store,
+            &bytes,
+            RejectionCode::Conflict,
+            |e| matches!(e, AppendError::Conflict { reason, .. } if *reason == want),
+        );
     };
-    let create = |o: &mut Author, e: u64, parent: u64| o.cmd(s, e, ComponentId::NONE, 0, Command::CreateEntity { shape: Shape::Sphere, name: String::new(), parent });
+    let create = |o: &mut Author, e: u64, parent: u64| {
+        o.cmd(s, e, ComponentId::NONE, 0, Command::CreateEntity { shape: Shape::Sphere, name: String::new(), parent })
+    };
     conflict(&store, create(&mut owner, 1, 0), ConflictReason::EntityExists);
     conflict(&store, create(&mut owner, 9, 77), ConflictReason::ParentMissing { parent: 77 });
     // 1 → 2 → 3: putting 1 under 3 is a cycle, and so is 1 under itself.
-    conflict(&store, owner.cmd(s, 1, Parent::id(), 0, Command::Reparent { parent: 3 }), ConflictReason::WouldCycle { parent: 3 });
-    conflict(&store, owner.cmd(s, 1, Parent::id(), 0, Command::Reparent { parent: 1 }), ConflictReason::WouldCycle { parent: 1 });
+    conflict(
+        &store,
+        owner.cmd(s, 1, Parent::id(), 0, Command::Reparent { parent: 3 }),
+        ConflictReason::WouldCycle { parent: 3 },
+    );
+    conflict(
+        &store,
+        owner.cmd(s, 1, Parent::id(), 0, Command::Reparent { parent: 1 }),
+        ConflictReason::WouldCycle { parent: 1 },
+    );
     // Deleting a parent with children is refused; bottom-up works. Entity scope version of 3 is 1.
-    conflict(&store, owner.cmd(s, 2, ComponentId::NONE, 1, Command::DeleteEntity), ConflictReason::HasChildren { children: 1 });
+    conflict(
+        &store,
+        owner.cmd(s, 2, ComponentId::NONE, 1, Command::DeleteEntity),
+        ConflictReason::HasChildren { children: 1 },
+    );
     store.append(&owner.cmd(s, 3, ComponentId::NONE, 1, Command::DeleteEntity)).unwrap();
-    conflict(&store, owner.cmd(s, 3, Name::id(), 0, Command::Rename { name: "x".into() }), ConflictReason::EntityDeleted { deleted_at: 5 });
+    conflict(
+        &store,
+        owner.cmd(s, 3, Name::id(), 0, Command::Rename { name: "x".into() }),
+        ConflictReason::EntityDeleted { deleted_at: 5 },
+    );
     conflict(&store, create(&mut owner, 3, 0), ConflictReason::EntityDeleted { deleted_at: 5 });
-    conflict(&store, owner.cmd(s, 42, Material::id(), 0, Command::SetMaterial(Material::default())), ConflictReason::EntityMissing);
+    conflict(
+        &store,
+        owner.cmd(s, 42, Material::id(), 0, Command::SetMaterial(Material::default())),
+        ConflictReason::EntityMissing,
+    );
     // The last owner cannot be revoked.
     let me = owner.id();
     conflict(&store, owner.cmd(s, 0, ComponentId::NONE, 0, Command::RevokeRole { key: me }), ConflictReason::LastOwner);
@@ -267,7 +326,13 @@ fn hierarchy_and_lifecycle_conflicts() {
     let (store2, mut o2, s2) = setup(config);
     create_entity(&store2, &mut o2, s2, 1, 0);
     create_entity(&store2, &mut o2, s2, 2, 1);
-    let bytes = o2.cmd(s2, 3, ComponentId::NONE, 0, Command::CreateEntity { shape: Shape::Cube, name: String::new(), parent: 2 });
+    let bytes = o2.cmd(
+        s2,
+        3,
+        ComponentId::NONE,
+        0,
+        Command::CreateEntity { shape: Shape::Cube, name: String::new(), parent: 2 },
+    );
     conflict(&store2, bytes, ConflictReason::TooDeep { max: 2 });
 }
 
@@ -325,9 +390,11 @@ fn every_cell_of_the_role_by_kind_matrix() {
             let (entity, base, command) = match kind {
                 CommandKind::GrantRole => (0, 0, Command::GrantRole { key: Author::new(200).id(), role: Role::Viewer }),
                 CommandKind::RevokeRole => (0, 0, Command::RevokeRole { key: Author::new(201).id() }),
-                CommandKind::SetConflictPolicy => {
-                    (0, 0, Command::SetConflictPolicy { component: Material::id(), strategy: ConflictStrategy::LastWriteWins })
-                }
+                CommandKind::SetConflictPolicy => (
+                    0,
+                    0,
+                    Command::SetConflictPolicy { component: Material::id(), strategy: ConflictStrategy::LastWriteWins },
+                ),
                 CommandKind::CreateEntity => {
                     next_entity += 1;
                     (next_entity, 0, Command::CreateEntity { shape: Shape::Cone, name: "c".into(), parent: e })
@@ -339,7 +406,9 @@ fn every_cell_of_the_role_by_kind_matrix() {
                 CommandKind::Select => (e, 0, Command::Select),
                 CommandKind::Deselect => (e, 0, Command::Deselect),
                 CommandKind::ChangeTool => (e, 0, Command::ChangeTool { tool: "move".into() }),
-                CommandKind::MoveVertices => (e, 0, Command::MoveVertices { indices: vec![1], positions: vec![[2.0, 0.0, 0.0]] }),
+                CommandKind::MoveVertices => {
+                    (e, 0, Command::MoveVertices { indices: vec![1], positions: vec![[2.0, 0.0, 0.0]] })
+                }
                 CommandKind::AddFaces => (e, 0, Command::AddFaces { indices: vec![0, 2, 3] }),
                 CommandKind::RemoveFaces => (e, 1, Command::RemoveFaces { faces: vec![0] }),
                 CommandKind::Rename => (e, 0, Command::Rename { name: "r".into() }),
@@ -364,7 +433,11 @@ fn every_cell_of_the_role_by_kind_matrix() {
     // And the store's table agrees with the documented one in every cell.
     for kind in CommandKind::ALL {
         for role in roles {
-            assert_eq!(theta_store::policy::allowed(role, kind), documented_matrix(kind).contains(&role), "{role} × {kind}");
+            assert_eq!(
+                theta_store::policy::allowed(role, kind),
+                documented_matrix(kind).contains(&role),
+                "{role} × {kind}"
+            );
         }
     }
 }
@@ -377,9 +450,13 @@ fn revoked_roles_stop_working_and_regrants_apply_from_their_entry_on() {
     create_entity(&store, &mut editor, s, 1, 0);
     store.append(&owner.cmd(s, 0, ComponentId::NONE, 0, Command::RevokeRole { key: editor.id() })).unwrap();
     let bytes = editor.cmd(s, 1, Name::id(), 0, Command::Rename { name: "nope".into() });
-    rejected(&store, &bytes, RejectionCode::Permission, |e| matches!(e, AppendError::PermissionDenied { role: Role::None, .. }));
+    rejected(&store, &bytes, RejectionCode::Permission, |e| {
+        matches!(e, AppendError::PermissionDenied { role: Role::None, .. })
+    });
     grant(&store, &mut owner, s, &editor, Role::Viewer);
     let bytes = editor.cmd(s, 1, Name::id(), 0, Command::Rename { name: "nope".into() });
-    rejected(&store, &bytes, RejectionCode::Permission, |e| matches!(e, AppendError::PermissionDenied { role: Role::Viewer, .. }));
+    rejected(&store, &bytes, RejectionCode::Permission, |e| {
+        matches!(e, AppendError::PermissionDenied { role: Role::Viewer, .. })
+    });
     store.append(&editor.cmd(s, 1, theta_schemas::components::Selection::id(), 0, Command::Select)).unwrap();
 }

@@ -115,7 +115,8 @@ fn crash_recovery_keeps_every_acknowledged_entry() {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut lines = Vec::new();
         loop {
-            let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("round {round}: child silent"));
+            let line =
+                rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("round {round}: child silent"));
             let ready = line == "ready";
             lines.push(line);
             if ready {

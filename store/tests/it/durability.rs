@@ -1,8 +1,8 @@
 //! Durability modes and reopening.
 
+use theta_schemas::Command;
 use theta_schemas::components::Transform;
 use theta_schemas::ids::ComponentMeta;
-use theta_schemas::Command;
 use theta_store::{Durability, Store, StoreConfig};
 
 use crate::helpers::*;
@@ -18,8 +18,9 @@ fn every_mode_persists_across_a_clean_close() {
             let store = Store::open(dir.path(), config.clone()).unwrap();
             create_session(&store, &mut owner, s);
             create_entity(&store, &mut owner, s, 1, 0);
-            let batch: Vec<Vec<u8>> =
-                (0..100).map(|_| owner.cmd(s, 1, Transform::id(), 0, Command::SetTransform(Transform::default()))).collect();
+            let batch: Vec<Vec<u8>> = (0..100)
+                .map(|_| owner.cmd(s, 1, Transform::id(), 0, Command::SetTransform(Transform::default())))
+                .collect();
             assert!(store.append_batch(batch).iter().all(Result::is_ok));
             let head = store.head(&s).unwrap();
             assert_eq!(head.seq, 102);

@@ -24,7 +24,14 @@ impl Author {
     }
 
     /// The next body for `command` on (`entity`, `component`) with `base_version`.
-    pub fn body(&mut self, session: SessionId, entity: u64, component: ComponentId, base: u64, command: Command) -> CommandBody {
+    pub fn body(
+        &mut self,
+        session: SessionId,
+        entity: u64,
+        component: ComponentId,
+        base: u64,
+        command: Command,
+    ) -> CommandBody {
         self.lamport += 1;
         self.nonce += 1;
         CommandBody {
@@ -46,7 +53,14 @@ impl Author {
     }
 
     /// The next signed envelope.
-    pub fn cmd(&mut self, session: SessionId, entity: u64, component: ComponentId, base: u64, command: Command) -> Vec<u8> {
+    pub fn cmd(
+        &mut self,
+        session: SessionId,
+        entity: u64,
+        component: ComponentId,
+        base: u64,
+        command: Command,
+    ) -> Vec<u8> {
         let body = self.body(session, entity, component, base, command);
         self.seal(&body)
     }
@@ -71,7 +85,10 @@ pub fn scope_of(kind: CommandKind) -> ComponentId {
 }
 
 pub fn triangle() -> Mesh {
-    Mesh { positions: vec![[0.0; 3], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]], indices: vec![0, 1, 2, 1, 3, 2] }
+    Mesh {
+        positions: vec![[0.0; 3], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0]],
+        indices: vec![0, 1, 2, 1, 3, 2],
+    }
 }
 
 /// Creates a session owned by `owner`.
@@ -85,7 +102,13 @@ pub fn grant(store: &Store, owner: &mut Author, s: SessionId, who: &Author, role
 
 pub fn create_entity(store: &Store, a: &mut Author, s: SessionId, entity: u64, parent: u64) -> Receipt {
     store
-        .append(&a.cmd(s, entity, ComponentId::NONE, 0, Command::CreateEntity { shape: Shape::Cube, name: format!("e{entity}"), parent }))
+        .append(&a.cmd(
+            s,
+            entity,
+            ComponentId::NONE,
+            0,
+            Command::CreateEntity { shape: Shape::Cube, name: format!("e{entity}"), parent },
+        ))
         .unwrap()
 }
 

@@ -48,7 +48,8 @@ fn reads_by_range_author_and_entity() {
     assert_eq!(by(&editor), expected(&editor));
     assert_eq!(by(&owner).len() + by(&editor).len(), 27);
     let entity3: Vec<u64> = store.read_by_entity(&s, 3, 1, u64::MAX).unwrap().map(|e| e.unwrap().seq).collect();
-    let want: Vec<u64> = all.iter().filter(|e| Envelope::open(&e.envelope).unwrap().1.entity == 3).map(|e| e.seq).collect();
+    let want: Vec<u64> =
+        all.iter().filter(|e| Envelope::open(&e.envelope).unwrap().1.entity == 3).map(|e| e.seq).collect();
     assert_eq!(entity3, want);
     assert_eq!(entity3.len(), 5);
     // Chain links.
@@ -100,7 +101,13 @@ fn receipts_prove_inclusion() {
     assert_eq!(r.seq, 28);
     let proof = store.inclusion_proof(&s, r.seq, r.tree_size).unwrap();
     assert_eq!(proof.root, r.tree_root);
-    assert!(merkle::verify_inclusion(&merkle::leaf_hash(&r.entry_hash), r.seq - 1, r.tree_size, &proof.path, &r.tree_root));
+    assert!(merkle::verify_inclusion(
+        &merkle::leaf_hash(&r.entry_hash),
+        r.seq - 1,
+        r.tree_size,
+        &proof.path,
+        &r.tree_root
+    ));
 }
 
 #[test]

@@ -1,0 +1,3 @@
+//! End-to-end tests of the `theta` command, as a user runs it.
+
+mod cli;
