@@ -21,9 +21,12 @@
 //! let store = Store::open("./theta-data", StoreConfig::default())?;
 //! # let envelope_bytes: Vec<u8> = vec![];
 //! let receipt = store.append(&envelope_bytes)?;
-//! for entry in store.read_range(&receipt.session, 1, receipt.seq)? {
+//! let session = store.session(receipt.session);
+//! for entry in session.read_range(1, receipt.seq)? {
 //!     println!("{}", entry?.seq);
 //! }
+//! let proof = session.inclusion_proof(receipt.seq, receipt.tree_size)?;
+//! assert!(proof.verify() && proof.root == receipt.tree_root);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -45,5 +48,5 @@ pub use config::{Durability, StoreConfig, VerifyOnOpen};
 pub use error::{AppendError, ConflictReason, OpenError, ReadError, RejectionCode};
 pub use metrics::MetricsSnapshot;
 pub use store::{
-    Entries, Head, ImportError, InclusionProof, Receipt, Rejection, SignedTreeHead, Store, TREE_HEAD_DOMAIN,
+    Entries, Head, ImportError, InclusionProof, Receipt, Rejection, Session, SignedTreeHead, Store, TREE_HEAD_DOMAIN,
 };

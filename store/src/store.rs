@@ -659,6 +659,92 @@ impl Store {
     }
 }
 
+/// A handle on one session of a store: the same operations with the session fixed.
+#[derive(Clone, Copy)]
+pub struct Session<'a> {
+    store: &'a Store,
+    id: SessionId,
+}
+
+impl<'a> Session<'a> {
+    /// The session id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Appends an envelope, which must name this session (else `Invalid`, nothing appended).
+    pub fn append(&self, envelope: &[u8]) -> Result<Receipt, AppendError> {
+        self.append_batch(vec![envelope.to_vec()]).pop().expect("one outcome")
+    }
+
+    /// Appends envelopes that must all name this session; one outcome each, in order.
+    pub fn append_batch(&self, envelopes: Vec<Vec<u8>>) -> Vec<Result<Receipt, AppendError>> {
+        let mut outcomes: Vec<Option<Result<Receipt, AppendError>>> = Vec::with_capacity(envelopes.len());
+        let mut pass = Vec::new();
+        for e in envelopes {
+            match Envelope::open(&e) {
+                Ok((_, body)) if body.session != self.id => outcomes.push(Some(Err(AppendError::Invalid {
+                    kind: body.command.kind(),
+                    reason: format!("names session {}, not {}", body.session, self.id),
+                }))),
+                _ => {
+                    outcomes.push(None);
+                    pass.push(e);
+                }
+            }
+        }
+        let mut results = self.store.append_batch(pass).into_iter();
+        outcomes.into_iter().map(|o| o.unwrap_or_else(|| results.next().expect("one result per envelope"))).collect()
+    }
+
+    /// The durable head.
+    pub fn head(&self) -> Result<Head, ReadError> {
+        self.store.head(&self.id)
+    }
+
+    /// Entries with seq in `from..=to`.
+    pub fn read_range(&self, from: u64, to: u64) -> Result<Entries, ReadError> {
+        self.store.read_range(&self.id, from, to)
+    }
+
+    /// Entries signed by `author`.
+    pub fn read_by_author(&self, author: &AuthorKey, from: u64, to: u64) -> Result<Entries, ReadError> {
+        self.store.read_by_author(&self.id, author, from, to)
+    }
+
+    /// Entries whose scope is `entity`.
+    pub fn read_by_entity(&self, entity: EntityId, from: u64, to: u64) -> Result<Entries, ReadError> {
+        self.store.read_by_entity(&self.id, entity, from, to)
+    }
+
+    /// The rejection trail.
+    pub fn rejections(&self) -> Result<Vec<Rejection>, ReadError> {
+        self.store.rejections(Some(&self.id))
+    }
+
+    /// An inclusion proof of `seq` in the tree of `tree_size`.
+    pub fn inclusion_proof(&self, seq: u64, tree_size: u64) -> Result<InclusionProof, ReadError> {
+        self.store.inclusion_proof(&self.id, seq, tree_size)
+    }
+
+    /// A consistency proof between two tree sizes.
+    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, ReadError> {
+        self.store.consistency_proof(&self.id, old_size, new_size)
+    }
+
+    /// The current tree head, signed by the service key.
+    pub fn signed_tree_head(&self) -> Result<SignedTreeHead, ReadError> {
+        self.store.signed_tree_head(&self.id)
+    }
+}
+
+impl Store {
+    /// A handle on one session (which need not exist yet: its first append may create it).
+    pub fn session(&self, id: SessionId) -> Session<'_> {
+        Session { store: self, id }
+    }
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
         self.close();

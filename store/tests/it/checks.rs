@@ -460,3 +460,44 @@ fn revoked_roles_stop_working_and_regrants_apply_from_their_entry_on() {
     });
     store.append(&editor.cmd(s, 1, theta_schemas::components::Selection::id(), 0, Command::Select)).unwrap();
 }
+
+#[test]
+fn the_rejection_trail_is_bounded() {
+    let config = StoreConfig { rejection_trail_entries: 5, ..relaxed() };
+    let (store, mut owner, s) = setup(config);
+    let stranger = Author::new(99);
+    for i in 0..12u64 {
+        let mut a = Author::new(99);
+        a.lamport = i;
+        a.nonce = i;
+        let bytes = a.cmd(s, 1, Name::id(), 0, Command::Rename { name: format!("{i}") });
+        assert!(matches!(store.append(&bytes), Err(AppendError::PermissionDenied { .. })));
+    }
+    let trail = store.rejections(Some(&s)).unwrap();
+    assert_eq!(trail.iter().map(|r| r.index).collect::<Vec<_>>(), vec![7, 8, 9, 10, 11]);
+    assert!(trail.iter().all(|r| r.author == Some(stranger.id()) && r.code == RejectionCode::Permission));
+    // The log itself only holds the session's creation.
+    assert_eq!(store.head(&s).unwrap().seq, 1);
+    let _ = &mut owner;
+}
+
+#[test]
+fn a_session_handle_refuses_envelopes_of_other_sessions() {
+    let (store, mut owner, s) = setup(relaxed());
+    let other = session(2);
+    let mut o2 = Author::new(3);
+    create_session(&store, &mut o2, other);
+    let handle = store.session(s);
+    let wrong = o2.cmd(other, 0, ComponentId::NONE, 0, Command::RevokeRole { key: Author::new(4).id() });
+    assert!(matches!(handle.append(&wrong), Err(AppendError::Invalid { .. })));
+    let right = owner.cmd(
+        s,
+        1,
+        ComponentId::NONE,
+        0,
+        Command::CreateEntity { shape: Shape::Cube, name: "x".into(), parent: 0 },
+    );
+    assert_eq!(handle.append(&right).unwrap().seq, 2);
+    assert_eq!(handle.head().unwrap().seq, 2);
+    assert_eq!(store.head(&other).unwrap().seq, 1);
+}
