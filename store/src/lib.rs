@@ -38,7 +38,8 @@ pub mod guard;
 mod keys;
 pub mod merkle;
 pub mod metrics;
-pub mod policy;
+/// The permission matrix, scope rules and default strategies (from theta-schemas).
+pub use theta_schemas::policy;
 mod session;
 mod store;
 pub mod validate;

@@ -17,7 +17,7 @@ use crate::error::{AppendError, ConflictReason, ReadError};
 use crate::guard::TokenBucket;
 use crate::keys;
 use crate::merkle::{self, Frontier, Hash};
-use crate::policy;
+use theta_schemas::policy;
 
 /// A live entity: its parent and number of children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

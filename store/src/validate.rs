@@ -6,7 +6,7 @@ use theta_schemas::signing::verifying_key;
 use theta_schemas::{Command, CommandBody, ComponentId, SessionId};
 
 use crate::error::AppendError;
-use crate::policy::{ScopeRule, scope_rule};
+use theta_schemas::policy::{ScopeRule, scope_rule};
 
 fn invalid(body: &CommandBody, reason: impl Into<String>) -> AppendError {
     AppendError::Invalid { kind: body.command.kind(), reason: reason.into() }

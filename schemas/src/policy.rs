@@ -1,11 +1,11 @@
 //! The rules that do not depend on state: who may do what, and how each scope reconciles.
 //!
-//! The permission matrix and the default strategies are documented in docs/PROTOCOL.md and
-//! enforced exactly as written here.
+//! The permission matrix, the scope rules and the default strategies are documented in
+//! docs/PROTOCOL.md; the store enforces them at append time and the projector folds by them.
 
-use theta_schemas::components::{Material, Mesh, Name, Parent, Selection, ToolState, Transform};
-use theta_schemas::ids::ComponentMeta;
-use theta_schemas::{CommandKind, ComponentId, ConflictStrategy, Role};
+use crate::command::{CommandKind, ConflictStrategy, Role};
+use crate::components::{Material, Mesh, Name, Parent, Selection, ToolState, Transform};
+use crate::ids::{ComponentId, ComponentMeta};
 
 /// Whether `role` may issue `kind`. `CreateSession` is never allowed inside an existing
 /// session; it is checked separately (any key may create a new session and becomes its owner).

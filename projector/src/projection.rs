@@ -1,0 +1,546 @@
+//! The projection: a session's world folded from its log, held in flecs.
+//!
+//! [`Projection::apply_entry`] is the fold. It is pure: no I/O, no clock, no randomness; the
+//! same entries give the same world and the same [`state hash`](crate::hash) on every machine.
+//! Entities are keyed by Theta's stable entity ids; flecs ids stay inside.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use flecs_ecs::prelude::*;
+use theta_schemas::components::{Mesh, Name, Parent, Primitive, Selection, ToolState, Transform};
+use theta_schemas::ids::ComponentMeta;
+use theta_schemas::policy::default_strategy;
+use theta_schemas::{
+    AuthorKey, Command, CommandBody, CommandKind, ComponentId, ConflictStrategy, DecodeError, EntityId, Envelope,
+    LogEntry, SessionId,
+};
+
+use crate::delta::Tracker;
+use crate::hash::{Hash, StateHash, item_hash};
+use crate::spatial::{SpatialIndex, world_of};
+use crate::values::Value;
+
+/// A last-write-wins stamp: (Lamport, author key), compared lexicographically.
+pub type Stamp = (u64, AuthorKey);
+
+/// Why an entry could not be folded. Entries accepted by a store never produce these; they
+/// mean the entries did not come from a valid log (or the projection is a mirror).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FoldError {
+    /// The entry's seq is not the next one.
+    #[error("expected seq {expected}, got {got}")]
+    OutOfOrder {
+        /// The next seq.
+        expected: u64,
+        /// The entry's seq.
+        got: u64,
+    },
+    /// The envelope, body or component bytes do not decode.
+    #[error("entry {seq} does not decode: {source}")]
+    Decode {
+        /// The entry.
+        seq: u64,
+        /// Why.
+        #[source]
+        source: DecodeError,
+    },
+    /// The entry belongs to another session.
+    #[error("entry {seq} belongs to session {session}")]
+    WrongSession {
+        /// The entry.
+        seq: u64,
+        /// Its session.
+        session: SessionId,
+    },
+    /// The command contradicts the world (entity missing or existing, parent missing, a
+    /// cycle, children left): a store would have rejected it.
+    #[error("entry {seq} violates a log invariant on entity {entity}: {what}")]
+    Invariant {
+        /// The entry.
+        seq: u64,
+        /// The entity.
+        entity: EntityId,
+        /// What is violated.
+        what: &'static str,
+    },
+}
+
+/// Per-entity bookkeeping beside the flecs entity.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub flecs: Entity,
+    /// Item hash of every present component.
+    pub items: BTreeMap<ComponentId, Hash>,
+    /// Last-write-wins stamps, kept after removal (tombstones).
+    pub stamps: BTreeMap<ComponentId, Stamp>,
+    /// Per-author selection registers: (Lamport, selected).
+    pub selection: BTreeMap<AuthorKey, (u64, bool)>,
+    pub parent: EntityId,
+    pub children: BTreeSet<EntityId>,
+}
+
+/// A session's world at some seq.
+pub struct Projection {
+    session: SessionId,
+    seq: u64,
+    world: World,
+    pub(crate) entities: BTreeMap<EntityId, Record>,
+    pub(crate) policies: BTreeMap<ComponentId, ConflictStrategy>,
+    hash: StateHash,
+    pub(crate) tracker: Tracker,
+    pub(crate) spatial: SpatialIndex,
+}
+
+impl std::fmt::Debug for Projection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Projection")
+            .field("session", &self.session)
+            .field("seq", &self.seq)
+            .field("entities", &self.entities.len())
+            .field("state_hash", &hex::encode(self.state_hash()))
+            .finish()
+    }
+}
+
+fn existence(entity: EntityId) -> Hash {
+    item_hash(entity, ComponentId::NONE, &[])
+}
+
+/// Sorts and dedups triangles and drops those naming missing vertices: the canonical mesh.
+pub(crate) fn canonical_mesh(mut mesh: Mesh) -> Mesh {
+    let n = mesh.positions.len() as u32;
+    let mut faces: Vec<[u32; 3]> =
+        mesh.indices.chunks_exact(3).map(|t| [t[0], t[1], t[2]]).filter(|t| t.iter().all(|i| *i < n)).collect();
+    faces.sort_unstable();
+    faces.dedup();
+    mesh.indices = faces.into_iter().flatten().collect();
+    mesh
+}
+
+impl Projection {
+    /// The empty projection of a session (seq 0).
+    pub fn new(session: SessionId) -> Projection {
+        Projection {
+            session,
+            seq: 0,
+            world: World::new(),
+            entities: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            hash: StateHash::default(),
+            tracker: Tracker::default(),
+            spatial: SpatialIndex::default(),
+        }
+    }
+
+    /// The session.
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// The seq of the last folded entry (0 when empty).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub(crate) fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// Starts a new delta window at the current seq, forgetting what was touched.
+    pub(crate) fn reset_tracker(&mut self) {
+        self.tracker = Tracker::starting_at(self.seq);
+    }
+
+    /// The state hash.
+    pub fn state_hash(&self) -> Hash {
+        self.hash.digest()
+    }
+
+    /// Number of (entity, component) items plus entities.
+    pub fn item_count(&self) -> u64 {
+        self.hash.items()
+    }
+
+    /// Number of live entities.
+    pub fn entity_count(&self) -> usize {
+        self.entities.len()
+    }
+
+    /// Live entity ids, in order.
+    pub fn entities(&self) -> impl Iterator<Item = EntityId> + '_ {
+        self.entities.keys().copied()
+    }
+
+    /// Whether an entity is live.
+    pub fn contains(&self, entity: EntityId) -> bool {
+        self.entities.contains_key(&entity)
+    }
+
+    /// The components present on an entity, in id order.
+    pub fn components(&self, entity: EntityId) -> Vec<ComponentId> {
+        self.entities.get(&entity).map(|r| r.items.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// One component value.
+    pub fn get(&self, entity: EntityId, component: ComponentId) -> Option<Value> {
+        let r = self.entities.get(&entity)?;
+        if !r.items.contains_key(&component) {
+            return None;
+        }
+        Value::get_from(self.world.entity_from_id(r.flecs), component)
+    }
+
+    /// The flecs world (for read-only queries by renderers in this process).
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The conflict policy overrides folded so far.
+    pub fn policies(&self) -> &BTreeMap<ComponentId, ConflictStrategy> {
+        &self.policies
+    }
+
+    /// Folds one log entry (the next seq).
+    pub fn apply_entry(&mut self, entry: &LogEntry) -> Result<(), FoldError> {
+        let seq = entry.seq;
+        if seq != self.seq + 1 {
+            return Err(FoldError::OutOfOrder { expected: self.seq + 1, got: seq });
+        }
+        let (_, body) = Envelope::open(&entry.envelope).map_err(|source| FoldError::Decode { seq, source })?;
+        self.apply_command(seq, &body)
+    }
+
+    /// Folds one decoded command as entry `seq` (the next seq).
+    pub fn apply_command(&mut self, seq: u64, body: &CommandBody) -> Result<(), FoldError> {
+        if seq != self.seq + 1 {
+            return Err(FoldError::OutOfOrder { expected: self.seq + 1, got: seq });
+        }
+        if body.session != self.session {
+            return Err(FoldError::WrongSession { seq, session: body.session });
+        }
+        self.fold(seq, body)?;
+        self.seq = seq;
+        Ok(())
+    }
+
+    fn strategy(&self, kind: CommandKind, component: ComponentId) -> ConflictStrategy {
+        self.policies.get(&component).copied().unwrap_or_else(|| default_strategy(kind))
+    }
+
+    fn record(&self, seq: u64, entity: EntityId) -> Result<&Record, FoldError> {
+        self.entities.get(&entity).ok_or(FoldError::Invariant { seq, entity, what: "entity does not exist" })
+    }
+
+    /// Whether a write with `stamp` to (`entity`, `component`) takes effect, recording its stamp.
+    fn wins(&mut self, entity: EntityId, component: ComponentId, stamp: Stamp, strategy: ConflictStrategy) -> bool {
+        let r = self.entities.get_mut(&entity).expect("checked entity");
+        match strategy {
+            ConflictStrategy::LastWriteWins => {
+                if r.stamps.get(&component).is_some_and(|old| *old >= stamp) {
+                    return false;
+                }
+                r.stamps.insert(component, stamp);
+                true
+            }
+            ConflictStrategy::Reject | ConflictStrategy::Merge => {
+                // Reject scopes are ordered by the log; keep the stamp so a later switch back
+                // to last-write-wins compares against it.
+                let old = r.stamps.get(&component).copied();
+                r.stamps.insert(component, old.map_or(stamp, |o| o.max(stamp)));
+                true
+            }
+        }
+    }
+
+    fn fold(&mut self, seq: u64, body: &CommandBody) -> Result<(), FoldError> {
+        let e = body.entity;
+        let stamp: Stamp = (body.lamport, body.author);
+        let kind = body.command.kind();
+        let strategy = self.strategy(kind, body.component);
+        let invariant = |what| FoldError::Invariant { seq, entity: e, what };
+        match &body.command {
+            Command::CreateSession { .. } | Command::GrantRole { .. } | Command::RevokeRole { .. } => {}
+            Command::SetConflictPolicy { component, strategy } => {
+                self.policies.insert(*component, *strategy);
+            }
+            Command::CreateEntity { shape, name, parent } => {
+                if self.entities.contains_key(&e) {
+                    return Err(invariant("entity already exists"));
+                }
+                if *parent != 0 && !self.entities.contains_key(parent) {
+                    return Err(invariant("parent does not exist"));
+                }
+                self.spawn(e);
+                let r = self.entities.get_mut(&e).expect("spawned");
+                for c in [Primitive::id(), Name::id(), Parent::id(), Transform::id()] {
+                    r.stamps.insert(c, stamp);
+                }
+                self.set_value(e, Value::Primitive(Primitive { shape: *shape }));
+                self.set_value(e, Value::Transform(Transform::default()));
+                if !name.is_empty() {
+                    self.set_value(e, Value::Name(Name(name.clone())));
+                }
+                if *parent != 0 {
+                    self.link(e, *parent);
+                }
+                self.update_spatial(e);
+            }
+            Command::DeleteEntity => {
+                let r = self.record(seq, e)?;
+                if !r.children.is_empty() {
+                    return Err(invariant("entity still has children"));
+                }
+                self.despawn(e);
+            }
+            Command::SetComponent { data } => {
+                self.record(seq, e)?;
+                let value = Value::decode(body.component, data).map_err(|source| FoldError::Decode { seq, source })?;
+                if matches!(value, Value::Parent(_) | Value::Selection(_)) {
+                    return Err(invariant("Parent and Selection change only through their commands"));
+                }
+                if self.wins(e, body.component, stamp, strategy) {
+                    let value = match value {
+                        Value::Mesh(m) => Value::Mesh(canonical_mesh(m)),
+                        v => v,
+                    };
+                    self.set_value(e, value);
+                    if body.component == Transform::id() {
+                        self.update_spatial(e);
+                    }
+                }
+            }
+            Command::RemoveComponent => {
+                self.record(seq, e)?;
+                if body.component == Parent::id() || body.component == Selection::id() {
+                    return Err(invariant("Parent and Selection change only through their commands"));
+                }
+                if self.wins(e, body.component, stamp, strategy) {
+                    self.remove_value(e, body.component);
+                    if body.component == Transform::id() {
+                        self.update_spatial(e);
+                    }
+                }
+            }
+            Command::SetTransform(t) => {
+                self.record(seq, e)?;
+                if self.wins(e, Transform::id(), stamp, strategy) {
+                    self.set_value(e, Value::Transform(*t));
+                    self.update_spatial(e);
+                }
+            }
+            Command::Select | Command::Deselect => {
+                self.record(seq, e)?;
+                let selected = matches!(body.command, Command::Select);
+                let r = self.entities.get_mut(&e).expect("checked");
+                let reg = r.selection.entry(body.author).or_insert((0, false));
+                // Each author's own flag is a register ordered by that author's Lamport clock,
+                // so concurrent selections of different authors commute.
+                if body.lamport > reg.0 {
+                    *reg = (body.lamport, selected);
+                    let authors: Vec<AuthorKey> =
+                        r.selection.iter().filter(|(_, (_, s))| *s).map(|(a, _)| *a).collect();
+                    if authors.is_empty() {
+                        self.remove_value(e, Selection::id());
+                    } else {
+                        self.set_value(e, Value::Selection(Selection { authors }));
+                    }
+                }
+            }
+            Command::ChangeTool { tool } => {
+                self.record(seq, e)?;
+                if self.wins(e, ToolState::id(), stamp, strategy) {
+                    self.set_value(e, Value::ToolState(ToolState { author: body.author, tool: tool.clone() }));
+                }
+            }
+            Command::MoveVertices { indices, positions } => {
+                self.record(seq, e)?;
+                if let Some(Value::Mesh(mut mesh)) = self.get(e, Mesh::id()) {
+                    if self.wins(e, Mesh::id(), stamp, strategy) {
+                        for (i, p) in indices.iter().zip(positions) {
+                            if let Some(slot) = mesh.positions.get_mut(*i as usize) {
+                                *slot = *p;
+                            }
+                        }
+                        self.set_value(e, Value::Mesh(mesh));
+                    }
+                }
+            }
+            Command::AddFaces { indices } => {
+                self.record(seq, e)?;
+                if let Some(Value::Mesh(mut mesh)) = self.get(e, Mesh::id()) {
+                    // A set union of triangles: commutative and idempotent.
+                    mesh.indices.extend_from_slice(indices);
+                    self.set_value(e, Value::Mesh(canonical_mesh(mesh)));
+                }
+            }
+            Command::RemoveFaces { faces } => {
+                self.record(seq, e)?;
+                if let Some(Value::Mesh(mut mesh)) = self.get(e, Mesh::id()) {
+                    if self.wins(e, Mesh::id(), stamp, strategy) {
+                        let drop: BTreeSet<usize> = faces.iter().map(|f| *f as usize).collect();
+                        mesh.indices = mesh
+                            .indices
+                            .chunks_exact(3)
+                            .enumerate()
+                            .filter(|(i, _)| !drop.contains(i))
+                            .flat_map(|(_, t)| t.iter().copied())
+                            .collect();
+                        self.set_value(e, Value::Mesh(mesh));
+                    }
+                }
+            }
+            Command::Rename { name } => {
+                self.record(seq, e)?;
+                if self.wins(e, Name::id(), stamp, strategy) {
+                    self.set_value(e, Value::Name(Name(name.clone())));
+                }
+            }
+            Command::Reparent { parent } => {
+                let old = self.record(seq, e)?.parent;
+                if *parent != 0 {
+                    if !self.entities.contains_key(parent) {
+                        return Err(invariant("parent does not exist"));
+                    }
+                    let mut a = *parent;
+                    while a != 0 {
+                        if a == e {
+                            return Err(invariant("reparent would create a cycle"));
+                        }
+                        a = self.entities[&a].parent;
+                    }
+                }
+                if self.wins(e, Parent::id(), stamp, strategy) && old != *parent {
+                    if old != 0 {
+                        self.unlink(e);
+                    }
+                    if *parent != 0 {
+                        self.link(e, *parent);
+                    } else {
+                        self.remove_value(e, Parent::id());
+                    }
+                    self.update_spatial(e);
+                }
+            }
+            Command::SetMaterial(m) => {
+                self.record(seq, e)?;
+                if self.wins(e, theta_schemas::components::Material::id(), stamp, strategy) {
+                    self.set_value(e, Value::Material(*m));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates an entity with no components.
+    pub(crate) fn spawn(&mut self, e: EntityId) {
+        assert!(!self.entities.contains_key(&e), "entity {e} spawned twice");
+        self.tracker.touch_entity(e, false);
+        let flecs = self.world.entity().id();
+        self.entities.insert(
+            e,
+            Record {
+                flecs,
+                items: BTreeMap::new(),
+                stamps: BTreeMap::new(),
+                selection: BTreeMap::new(),
+                parent: 0,
+                children: BTreeSet::new(),
+            },
+        );
+        self.hash.add(&existence(e));
+    }
+
+    /// Deletes an entity and all its components.
+    pub(crate) fn despawn(&mut self, e: EntityId) {
+        let comps: Vec<ComponentId> = self.entities[&e].items.keys().copied().collect();
+        for c in comps {
+            self.remove_value(e, c);
+        }
+        if self.entities[&e].parent != 0 {
+            self.unlink(e);
+        }
+        self.tracker.touch_entity(e, true);
+        let r = self.entities.remove(&e).expect("live entity");
+        assert!(r.children.is_empty(), "despawned entity {e} has children");
+        self.world.entity_from_id(r.flecs).destruct();
+        self.hash.remove(&existence(e));
+        self.spatial.remove(e);
+    }
+
+    /// Sets a component value, updating the hash and the delta tracker.
+    pub(crate) fn set_value(&mut self, e: EntityId, value: Value) {
+        let c = value.id();
+        let bytes = value.encode();
+        let item = item_hash(e, c, &bytes);
+        let r = self.entities.get_mut(&e).expect("live entity");
+        let old = r.items.insert(c, item);
+        self.tracker.touch_component(e, c, old.is_some());
+        if let Some(old) = old {
+            self.hash.remove(&old);
+        }
+        self.hash.add(&item);
+        if let Value::Parent(p) = &value {
+            r.parent = p.0;
+        }
+        value.set_on(self.world.entity_from_id(r.flecs));
+    }
+
+    /// Removes a component value if present.
+    pub(crate) fn remove_value(&mut self, e: EntityId, c: ComponentId) {
+        let r = self.entities.get_mut(&e).expect("live entity");
+        if let Some(old) = r.items.remove(&c) {
+            self.tracker.touch_component(e, c, true);
+            self.hash.remove(&old);
+            Value::remove_from(self.world.entity_from_id(r.flecs), c);
+        }
+    }
+
+    fn link(&mut self, e: EntityId, parent: EntityId) {
+        self.entities.get_mut(&parent).expect("parent").children.insert(e);
+        self.set_value(e, Value::Parent(Parent(parent)));
+    }
+
+    fn unlink(&mut self, e: EntityId) {
+        let old = self.entities[&e].parent;
+        self.entities.get_mut(&old).expect("old parent").children.remove(&e);
+        self.entities.get_mut(&e).expect("entity").parent = 0;
+    }
+
+    /// Recomputes world positions of `e` and its descendants in the spatial index.
+    pub(crate) fn update_spatial(&mut self, e: EntityId) {
+        let mut stack = vec![e];
+        while let Some(x) = stack.pop() {
+            let pos = world_of(self, x).translation;
+            self.spatial.insert(x, pos);
+            stack.extend(self.entities[&x].children.iter().rev().copied());
+        }
+    }
+
+    /// Links children to parents after entities were restored without hierarchy bookkeeping
+    /// (snapshots, checkpoints), then rebuilds the spatial index.
+    pub(crate) fn rebuild_hierarchy(&mut self) {
+        let links: Vec<(EntityId, EntityId)> = self
+            .entities
+            .keys()
+            .filter_map(|e| match self.get(*e, Parent::id()) {
+                Some(Value::Parent(p)) if p.0 != 0 => Some((*e, p.0)),
+                _ => None,
+            })
+            .collect();
+        for r in self.entities.values_mut() {
+            r.children.clear();
+            r.parent = 0;
+        }
+        for (child, parent) in links {
+            self.entities.get_mut(&child).expect("child").parent = parent;
+            if let Some(p) = self.entities.get_mut(&parent) {
+                p.children.insert(child);
+            }
+        }
+        self.spatial = SpatialIndex::default();
+        let roots: Vec<EntityId> = self.entities.iter().filter(|(_, r)| r.parent == 0).map(|(e, _)| *e).collect();
+        for e in roots {
+            self.update_spatial(e);
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of theta-projector, as one binary.
+
+mod logs;
+mod props;
+mod scene;
