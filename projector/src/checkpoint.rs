@@ -113,17 +113,18 @@ impl Projection {
             w.u8(*s as u8);
         }
         w.u64(self.entities.len() as u64);
-        for (e, r) in &self.entities {
-            w.u64(*e);
+        for e in self.entities() {
+            let r = &self.entities[&e];
+            w.u64(e);
             w.u16(r.items.len() as u16);
             for c in r.items.keys() {
-                let bytes = self.get(*e, *c).expect("present item").encode();
+                let bytes = self.get(e, c).expect("present item").encode();
                 w.u64(c.0);
                 w.u32(bytes.len() as u32);
                 w.bytes(&bytes);
             }
             w.u16(r.stamps.len() as u16);
-            for (c, (lamport, author)) in &r.stamps {
+            for (c, (lamport, author)) in r.stamps.iter() {
                 w.u64(c.0);
                 w.u64(*lamport);
                 w.bytes(&author.0);
@@ -174,6 +175,7 @@ impl Projection {
         }
         let mut r = Reader { b: &body, at: 0 };
         let mut p = Projection::new(session);
+        p.begin_replay();
         for _ in 0..r.u32()? {
             let c = ComponentId(r.u64()?);
             let s = ConflictStrategy::ALL
@@ -194,13 +196,19 @@ impl Projection {
             for _ in 0..r.u16()? {
                 let c = ComponentId(r.u64()?);
                 let len = r.u32()? as usize;
-                let v = Value::decode(c, r.take(len)?).map_err(|err| CheckpointError::Corrupt(err.to_string()))?;
-                p.set_value(e, v);
+                let bytes = r.take(len)?;
+                let v = Value::decode(c, bytes).map_err(|err| CheckpointError::Corrupt(err.to_string()))?;
+                // The stored bytes are hashed as they are: non-canonical ones change the state
+                // hash, which is checked below.
+                p.set_value_bytes(e, v, bytes);
             }
             for _ in 0..r.u16()? {
                 let c = ComponentId(r.u64()?);
                 let lamport = r.u64()?;
                 let author = AuthorKey(r.array()?);
+                if crate::slots::slot(c).is_none() {
+                    return Err(CheckpointError::Corrupt(format!("stamp of unknown component {c}")));
+                }
                 p.entities.get_mut(&e).expect("spawned").stamps.insert(c, (lamport, author));
             }
             for _ in 0..r.u16()? {
@@ -214,8 +222,8 @@ impl Projection {
             return Err(CheckpointError::Corrupt("trailing bytes".into()));
         }
         p.set_seq(seq);
-        p.rebuild_hierarchy();
-        p.reset_tracker();
+        p.link_hierarchy();
+        p.end_replay();
         if p.state_hash() != state_hash {
             return Err(CheckpointError::StateMismatch);
         }

@@ -4,7 +4,7 @@
 //! whether it existed at the cut. Taking a delta compares that with now: an entity moved 100
 //! times yields one update; one created and deleted in between yields nothing.
 
-use std::collections::BTreeMap;
+use crate::fast::IdMap;
 
 use theta_schemas::ids::ComponentMeta;
 use theta_schemas::wire::{ComponentDescriptor, ComponentValue, Delta};
@@ -18,8 +18,8 @@ use crate::values::{Value, descriptors};
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tracker {
     pub from_seq: u64,
-    entities: BTreeMap<EntityId, bool>,
-    components: BTreeMap<(EntityId, ComponentId), bool>,
+    entities: IdMap<EntityId, bool>,
+    components: IdMap<(EntityId, ComponentId), bool>,
 }
 
 impl Tracker {
@@ -89,6 +89,7 @@ impl Projection {
     /// The changes since the last cut (or since creation), and starts a new window. With
     /// `with_descriptors`, the delta also advertises every component descriptor.
     pub fn take_delta(&mut self, with_descriptors: bool) -> Delta {
+        assert!(!self.is_replaying(), "take_delta during replay: call end_replay first");
         let tracker = std::mem::take(&mut self.tracker);
         self.tracker.from_seq = self.seq();
         let mut delta = Delta {
@@ -103,14 +104,19 @@ impl Projection {
             descriptors: if with_descriptors { wire_descriptors() } else { Vec::new() },
         };
         let existed_entity = |e: EntityId| tracker.entities.get(&e).copied().unwrap_or(true);
-        for (e, existed) in &tracker.entities {
+        let mut touched_entities: Vec<(EntityId, bool)> = tracker.entities.iter().map(|(e, x)| (*e, *x)).collect();
+        touched_entities.sort_unstable();
+        let mut touched_components: Vec<((EntityId, ComponentId), bool)> =
+            tracker.components.iter().map(|(k, x)| (*k, *x)).collect();
+        touched_components.sort_unstable();
+        for (e, existed) in &touched_entities {
             match (*existed, self.contains(*e)) {
                 (false, true) => delta.spawned.push(*e),
                 (true, false) => delta.despawned.push(*e),
                 _ => {}
             }
         }
-        for ((e, c), existed) in &tracker.components {
+        for ((e, c), existed) in &touched_components {
             if !self.contains(*e) {
                 continue;
             }

@@ -11,9 +11,11 @@
 pub mod checkpoint;
 pub mod delta;
 mod dump;
+mod fast;
 pub mod hash;
 pub mod interest;
 pub mod projection;
+mod slots;
 pub mod snapshot;
 pub mod spatial;
 pub mod values;

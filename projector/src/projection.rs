@@ -16,8 +16,10 @@ use theta_schemas::{
 };
 
 use crate::delta::Tracker;
+use crate::fast::IdMap;
 use crate::hash::{Hash, StateHash, item_hash};
-use crate::spatial::{SpatialIndex, world_of};
+use crate::slots::{Slots, slot};
+use crate::spatial::{SpatialIndex, compose, world_of};
 use crate::values::Value;
 
 /// A last-write-wins stamp: (Lamport, author key), compared lexicographically.
@@ -70,13 +72,15 @@ pub enum FoldError {
 pub(crate) struct Record {
     pub flecs: Entity,
     /// Item hash of every present component.
-    pub items: BTreeMap<ComponentId, Hash>,
+    pub items: Slots<Hash>,
     /// Last-write-wins stamps, kept after removal (tombstones).
-    pub stamps: BTreeMap<ComponentId, Stamp>,
+    pub stamps: Slots<Stamp>,
     /// Per-author selection registers: (Lamport, selected).
     pub selection: BTreeMap<AuthorKey, (u64, bool)>,
     pub parent: EntityId,
     pub children: BTreeSet<EntityId>,
+    /// The local Transform (a copy of the flecs value, read on every spatial update).
+    pub local: Transform,
 }
 
 /// A session's world at some seq.
@@ -84,11 +88,15 @@ pub struct Projection {
     session: SessionId,
     seq: u64,
     world: World,
-    pub(crate) entities: BTreeMap<EntityId, Record>,
+    pub(crate) entities: IdMap<EntityId, Record>,
     pub(crate) policies: BTreeMap<ComponentId, ConflictStrategy>,
     hash: StateHash,
     pub(crate) tracker: Tracker,
     pub(crate) spatial: SpatialIndex,
+    /// Reused for canonical bytes on the fold's hot path.
+    fbb: flatbuffers::FlatBufferBuilder<'static>,
+    /// Replay mode: no delta tracking and no spatial upkeep until [`Projection::end_replay`].
+    replaying: bool,
 }
 
 impl std::fmt::Debug for Projection {
@@ -124,11 +132,34 @@ impl Projection {
             session,
             seq: 0,
             world: World::new(),
-            entities: BTreeMap::new(),
+            entities: IdMap::default(),
             policies: BTreeMap::new(),
             hash: StateHash::default(),
             tracker: Tracker::default(),
             spatial: SpatialIndex::default(),
+            fbb: flatbuffers::FlatBufferBuilder::with_capacity(256),
+            replaying: false,
+        }
+    }
+
+    /// Enters replay mode for a long fold (opening at a seq, rebuilding from a checkpoint):
+    /// deltas are not tracked and the spatial index is not maintained, which makes the fold
+    /// faster. [`Projection::end_replay`] rebuilds the index and starts a fresh delta window.
+    pub fn begin_replay(&mut self) {
+        self.replaying = true;
+    }
+
+    /// Whether the projection is in replay mode.
+    pub fn is_replaying(&self) -> bool {
+        self.replaying
+    }
+
+    /// Leaves replay mode (see [`Projection::begin_replay`]).
+    pub fn end_replay(&mut self) {
+        if self.replaying {
+            self.replaying = false;
+            self.rebuild_spatial();
+            self.reset_tracker();
         }
     }
 
@@ -166,9 +197,11 @@ impl Projection {
         self.entities.len()
     }
 
-    /// Live entity ids, in order.
-    pub fn entities(&self) -> impl Iterator<Item = EntityId> + '_ {
-        self.entities.keys().copied()
+    /// Live entity ids, in ascending order.
+    pub fn entities(&self) -> impl Iterator<Item = EntityId> + use<> {
+        let mut ids: Vec<EntityId> = self.entities.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
     }
 
     /// Whether an entity is live.
@@ -178,7 +211,7 @@ impl Projection {
 
     /// The components present on an entity, in id order.
     pub fn components(&self, entity: EntityId) -> Vec<ComponentId> {
-        self.entities.get(&entity).map(|r| r.items.keys().copied().collect()).unwrap_or_default()
+        self.entities.get(&entity).map(|r| r.items.keys().collect()).unwrap_or_default()
     }
 
     /// One component value.
@@ -311,6 +344,9 @@ impl Projection {
             }
             Command::RemoveComponent => {
                 self.record(seq, e)?;
+                if slot(body.component).is_none() {
+                    return Err(invariant("unknown component"));
+                }
                 if body.component == Parent::id() || body.component == Selection::id() {
                     return Err(invariant("Parent and Selection change only through their commands"));
                 }
@@ -434,17 +470,20 @@ impl Projection {
     /// Creates an entity with no components.
     pub(crate) fn spawn(&mut self, e: EntityId) {
         assert!(!self.entities.contains_key(&e), "entity {e} spawned twice");
-        self.tracker.touch_entity(e, false);
+        if !self.replaying {
+            self.tracker.touch_entity(e, false);
+        }
         let flecs = self.world.entity().id();
         self.entities.insert(
             e,
             Record {
                 flecs,
-                items: BTreeMap::new(),
-                stamps: BTreeMap::new(),
+                items: Slots::default(),
+                stamps: Slots::default(),
                 selection: BTreeMap::new(),
                 parent: 0,
                 children: BTreeSet::new(),
+                local: Transform::default(),
             },
         );
         self.hash.add(&existence(e));
@@ -452,14 +491,16 @@ impl Projection {
 
     /// Deletes an entity and all its components.
     pub(crate) fn despawn(&mut self, e: EntityId) {
-        let comps: Vec<ComponentId> = self.entities[&e].items.keys().copied().collect();
+        let comps: Vec<ComponentId> = self.entities[&e].items.keys().collect();
         for c in comps {
             self.remove_value(e, c);
         }
         if self.entities[&e].parent != 0 {
             self.unlink(e);
         }
-        self.tracker.touch_entity(e, true);
+        if !self.replaying {
+            self.tracker.touch_entity(e, true);
+        }
         let r = self.entities.remove(&e).expect("live entity");
         assert!(r.children.is_empty(), "despawned entity {e} has children");
         self.world.entity_from_id(r.flecs).destruct();
@@ -469,18 +510,31 @@ impl Projection {
 
     /// Sets a component value, updating the hash and the delta tracker.
     pub(crate) fn set_value(&mut self, e: EntityId, value: Value) {
+        let item = item_hash(e, value.id(), value.write(&mut self.fbb));
+        self.set_value_hashed(e, value, item);
+    }
+
+    /// Sets a component value whose canonical bytes are already at hand.
+    pub(crate) fn set_value_bytes(&mut self, e: EntityId, value: Value, bytes: &[u8]) {
+        let item = item_hash(e, value.id(), bytes);
+        self.set_value_hashed(e, value, item);
+    }
+
+    fn set_value_hashed(&mut self, e: EntityId, value: Value, item: Hash) {
         let c = value.id();
-        let bytes = value.encode();
-        let item = item_hash(e, c, &bytes);
         let r = self.entities.get_mut(&e).expect("live entity");
         let old = r.items.insert(c, item);
-        self.tracker.touch_component(e, c, old.is_some());
+        if !self.replaying {
+            self.tracker.touch_component(e, c, old.is_some());
+        }
         if let Some(old) = old {
             self.hash.remove(&old);
         }
         self.hash.add(&item);
-        if let Value::Parent(p) = &value {
-            r.parent = p.0;
+        match &value {
+            Value::Parent(p) => r.parent = p.0,
+            Value::Transform(t) => r.local = *t,
+            _ => {}
         }
         value.set_on(self.world.entity_from_id(r.flecs));
     }
@@ -489,7 +543,12 @@ impl Projection {
     pub(crate) fn remove_value(&mut self, e: EntityId, c: ComponentId) {
         let r = self.entities.get_mut(&e).expect("live entity");
         if let Some(old) = r.items.remove(&c) {
-            self.tracker.touch_component(e, c, true);
+            if c == Transform::id() {
+                r.local = Transform::default();
+            }
+            if !self.replaying {
+                self.tracker.touch_component(e, c, true);
+            }
             self.hash.remove(&old);
             Value::remove_from(self.world.entity_from_id(r.flecs), c);
         }
@@ -508,22 +567,44 @@ impl Projection {
 
     /// Recomputes world positions of `e` and its descendants in the spatial index.
     pub(crate) fn update_spatial(&mut self, e: EntityId) {
-        let mut stack = vec![e];
-        while let Some(x) = stack.pop() {
-            let pos = world_of(self, x).translation;
-            self.spatial.insert(x, pos);
-            stack.extend(self.entities[&x].children.iter().rev().copied());
+        if self.replaying {
+            return;
+        }
+        let parent = self.entities[&e].parent;
+        let base = if parent == 0 { Transform::default() } else { world_of(self, parent) };
+        let mut stack = vec![(e, base)];
+        while let Some((x, parent_world)) = stack.pop() {
+            let r = &self.entities[&x];
+            let world = if r.parent == 0 { r.local } else { compose(&parent_world, &r.local) };
+            for c in r.children.iter().rev() {
+                stack.push((*c, world));
+            }
+            self.spatial.insert(x, world.translation);
         }
     }
 
     /// Links children to parents after entities were restored without hierarchy bookkeeping
     /// (snapshots, checkpoints), then rebuilds the spatial index.
     pub(crate) fn rebuild_hierarchy(&mut self) {
+        self.link_hierarchy();
+        self.rebuild_spatial();
+    }
+
+    /// Recomputes every world position from the roots down.
+    fn rebuild_spatial(&mut self) {
+        self.spatial = SpatialIndex::default();
+        let roots: Vec<EntityId> = self.entities().filter(|e| self.entities[e].parent == 0).collect();
+        for e in roots {
+            self.update_spatial(e);
+        }
+    }
+
+    /// Sets every entity's parent and children from the Parent components.
+    pub(crate) fn link_hierarchy(&mut self) {
         let links: Vec<(EntityId, EntityId)> = self
-            .entities
-            .keys()
-            .filter_map(|e| match self.get(*e, Parent::id()) {
-                Some(Value::Parent(p)) if p.0 != 0 => Some((*e, p.0)),
+            .entities()
+            .filter_map(|e| match self.get(e, Parent::id()) {
+                Some(Value::Parent(p)) if p.0 != 0 => Some((e, p.0)),
                 _ => None,
             })
             .collect();
@@ -536,11 +617,6 @@ impl Projection {
             if let Some(p) = self.entities.get_mut(&parent) {
                 p.children.insert(child);
             }
-        }
-        self.spatial = SpatialIndex::default();
-        let roots: Vec<EntityId> = self.entities.iter().filter(|(_, r)| r.parent == 0).map(|(e, _)| *e).collect();
-        for e in roots {
-            self.update_spatial(e);
         }
     }
 }

@@ -3,14 +3,12 @@
 //! World positions compose each entity's Transform with its ancestors'. Queries return ids in
 //! ascending order, so nothing about the grid's hash map reaches any output.
 
-use std::collections::{BTreeSet, HashMap};
+use crate::fast::IdMap;
 
 use theta_schemas::EntityId;
 use theta_schemas::components::Transform;
-use theta_schemas::ids::ComponentMeta;
 
 use crate::projection::Projection;
-use crate::values::Value;
 
 /// Edge of a grid cell, metres.
 pub const CELL_METRES: f32 = 4.0;
@@ -24,8 +22,9 @@ fn cell_of(p: [f32; 3]) -> Cell {
 /// Entities by grid cell, and each entity's world position.
 #[derive(Debug, Clone, Default)]
 pub struct SpatialIndex {
-    cells: HashMap<Cell, BTreeSet<EntityId>>,
-    positions: HashMap<EntityId, [f32; 3]>,
+    /// Unordered ids per cell (queries sort their results).
+    cells: IdMap<Cell, Vec<EntityId>>,
+    positions: IdMap<EntityId, [f32; 3]>,
 }
 
 impl SpatialIndex {
@@ -36,25 +35,25 @@ impl SpatialIndex {
             if c == cell_of(p) {
                 return;
             }
-            if let Some(set) = self.cells.get_mut(&c) {
-                set.remove(&e);
-                if set.is_empty() {
-                    self.cells.remove(&c);
-                }
-            }
+            self.unlist(c, e);
         }
-        self.cells.entry(cell_of(p)).or_default().insert(e);
+        self.cells.entry(cell_of(p)).or_default().push(e);
     }
 
     /// Forgets an entity.
     pub fn remove(&mut self, e: EntityId) {
         if let Some(old) = self.positions.remove(&e) {
-            let c = cell_of(old);
-            if let Some(set) = self.cells.get_mut(&c) {
-                set.remove(&e);
-                if set.is_empty() {
-                    self.cells.remove(&c);
-                }
+            self.unlist(cell_of(old), e);
+        }
+    }
+
+    fn unlist(&mut self, c: Cell, e: EntityId) {
+        if let Some(list) = self.cells.get_mut(&c) {
+            if let Some(i) = list.iter().position(|x| *x == e) {
+                list.swap_remove(i);
+            }
+            if list.is_empty() {
+                self.cells.remove(&c);
             }
         }
     }
@@ -143,16 +142,13 @@ pub fn world_of(p: &Projection, e: EntityId) -> Transform {
     let mut chain = Vec::new();
     let mut x = e;
     while x != 0 && chain.len() <= 1_024 {
-        chain.push(x);
-        x = p.entities.get(&x).map_or(0, |r| r.parent);
+        match p.entities.get(&x) {
+            Some(r) => {
+                chain.push(r.local);
+                x = r.parent;
+            }
+            None => break,
+        }
     }
-    let mut world = Transform::default();
-    for x in chain.into_iter().rev() {
-        let local = match p.get(x, Transform::id()) {
-            Some(Value::Transform(t)) => t,
-            _ => Transform::default(),
-        };
-        world = compose(&world, &local);
-    }
-    world
+    chain.iter().rev().fold(Transform::default(), |world, local| compose(&world, local))
 }

@@ -38,6 +38,11 @@ macro_rules! values {
                 match self { $(Value::$variant(v) => v.encode(),)+ }
             }
 
+            /// Builds the canonical bytes in a reusable builder.
+            pub fn write<'b, 'f>(&self, fbb: &'b mut flatbuffers::FlatBufferBuilder<'f>) -> &'b [u8] {
+                match self { $(Value::$variant(v) => v.write(fbb),)+ }
+            }
+
             /// Decodes canonical bytes of component `id`; unknown ids are an error.
             pub fn decode(id: ComponentId, bytes: &[u8]) -> Result<Value, DecodeError> {
                 $(if id == <$ty>::id() { return Ok(Value::$variant(<$ty>::decode(bytes)?)); })+

@@ -12,8 +12,16 @@ use crate::ids::{ComponentMeta, Descriptor};
 
 /// A component value with a canonical encoding.
 pub trait Component: ComponentMeta + Sized {
+    /// Builds the canonical FlatBuffers bytes in `fbb` (which it resets first) and returns
+    /// them; reusing one builder avoids an allocation per value.
+    fn write<'b, 'f>(&self, fbb: &'b mut FlatBufferBuilder<'f>) -> &'b [u8];
+
     /// The canonical FlatBuffers bytes of the value.
-    fn encode(&self) -> Vec<u8>;
+    fn encode(&self) -> Vec<u8> {
+        let mut fbb = FlatBufferBuilder::with_capacity(128);
+        self.write(&mut fbb).to_vec()
+    }
+
     /// Decodes and validates canonical bytes from outside.
     fn decode(buf: &[u8]) -> Result<Self, DecodeError>;
 }
@@ -155,9 +163,9 @@ pub fn registry() -> Vec<Descriptor> {
     ]
 }
 
-fn finish<'a, T>(mut fbb: FlatBufferBuilder<'a>, root: flatbuffers::WIPOffset<T>) -> Vec<u8> {
+fn finish<'b, T>(fbb: &'b mut FlatBufferBuilder<'_>, root: flatbuffers::WIPOffset<T>) -> &'b [u8] {
     fbb.finish_minimal(root);
-    fbb.finished_data().to_vec()
+    fbb.finished_data()
 }
 
 fn root<'b, T>(buf: &'b [u8], table: &'static str) -> Result<T::Inner, DecodeError>
@@ -168,11 +176,11 @@ where
 }
 
 impl Component for Transform {
-    fn encode(&self) -> Vec<u8> {
-        let mut fbb = FlatBufferBuilder::with_capacity(64);
+    fn write<'b, 'f>(&self, fbb: &'b mut FlatBufferBuilder<'f>) -> &'b [u8] {
+        fbb.reset();
         let (t, r, s) = self.to_fb();
         let root = fb::Transform::create(
-            &mut fbb,
+            fbb,
             &fb::TransformArgs { translation: Some(&t), rotation: Some(&r), scale: Some(&s) },
         );
         finish(fbb, root)
@@ -184,10 +192,10 @@ impl Component for Transform {
 }
 
 impl Component for Name {
-    fn encode(&self) -> Vec<u8> {
-        let mut fbb = FlatBufferBuilder::with_capacity(64);
+    fn write<'b, 'f>(&self, fbb: &'b mut FlatBufferBuilder<'f>) -> &'b [u8] {
+        fbb.reset();
         let value = Some(fbb.create_string(&self.0));
-        let root = fb::Name::create(&mut fbb, &fb::NameArgs { value });
+        let root = fb::Name::create(fbb, &fb::NameArgs { value });
         finish(fbb, root)
     }
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
@@ -197,9 +205,9 @@ impl Component for Name {
 }
 
 impl Component for Parent {
-    fn encode(&self) -> Vec<u8> {
-        let mut fbb = FlatBufferBuilder::with_capacity(32);
-        let root = fb::Parent::create(&mut fbb, &fb::ParentArgs { entity: self.0 });
+    fn write<'b, 'f>(&self, fbb: &'b mut FlatBufferBuilder<'f>) -> &'b [u8] {
+        fbb.reset();
+        let root = fb::Parent::create(fbb, &fb::ParentArgs { entity: self.0 });
         finish(fbb, root)
     }
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
@@ -208,12 +216,12 @@ impl Component for Parent {
 }
 
 impl Component for Mesh {
-    fn encode(&self) -> Vec<u8> {
-        let mut fbb = FlatBufferBuilder::with_capacity(64 + self.positions.len() * 12 + self.indices.len() * 4);
+    fn write<'b, 'f>(&self, fbb: &'b mut FlatBufferBuilder<'f>) -> &'b [u8] {
+        fbb.reset();
         let ps: Vec<fb::Vec3> = self.positions.iter().map(|p| fb::Vec3::new(p[0], p[1], p[2])).collect();
         let positions = Some(fbb.create_vector(&ps));
         let indices = Some(fbb.create_vector(&self.indices));
-        let root = fb::Mesh::create(&mut fbb, &fb::MeshArgs { positions, indices });
+        let root = fb::Mesh::create(fbb, &fb::MeshArgs { positions, indices });
         finish(fbb, root)
     }
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
@@ -236,11 +244,11 @@ impl Component for Mesh {
 }
 
 impl Component for Material {
-    fn encode(&self) -> Vec<u8> {
-        let mut fbb = FlatBufferBuilder::with_capacity(64);
+    fn write<'b, 'f>(&self, fbb: &'b mut FlatBufferBuilder<'f>) -> &'b [u8] {
+        fbb.reset();
         let c = self.base_color_fb();
         let root = fb::Material::create(
-            &mut fbb,
+            fbb,
             &fb::MaterialArgs { base_color: Some(&c), metallic: self.metallic, roughness: self.roughness },
         );
         finish(fbb, root)
@@ -252,18 +260,18 @@ impl Component for Material {
 }
 
 impl Component for Selection {
-    fn encode(&self) -> Vec<u8> {
-        let mut fbb = FlatBufferBuilder::with_capacity(64 + self.authors.len() * 48);
+    fn write<'b, 'f>(&self, fbb: &'b mut FlatBufferBuilder<'f>) -> &'b [u8] {
+        fbb.reset();
         let keys: Vec<_> = self
             .authors
             .iter()
             .map(|a| {
                 let key = Some(fbb.create_vector(&a.0));
-                fb::AuthorKey::create(&mut fbb, &fb::AuthorKeyArgs { key })
+                fb::AuthorKey::create(fbb, &fb::AuthorKeyArgs { key })
             })
             .collect();
         let authors = Some(fbb.create_vector(&keys));
-        let root = fb::Selection::create(&mut fbb, &fb::SelectionArgs { authors });
+        let root = fb::Selection::create(fbb, &fb::SelectionArgs { authors });
         finish(fbb, root)
     }
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
@@ -283,11 +291,11 @@ impl Component for Selection {
 }
 
 impl Component for ToolState {
-    fn encode(&self) -> Vec<u8> {
-        let mut fbb = FlatBufferBuilder::with_capacity(96);
+    fn write<'b, 'f>(&self, fbb: &'b mut FlatBufferBuilder<'f>) -> &'b [u8] {
+        fbb.reset();
         let author = Some(fbb.create_vector(&self.author.0));
         let tool = Some(fbb.create_string(&self.tool));
-        let root = fb::ToolState::create(&mut fbb, &fb::ToolStateArgs { author, tool });
+        let root = fb::ToolState::create(fbb, &fb::ToolStateArgs { author, tool });
         finish(fbb, root)
     }
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
@@ -300,9 +308,9 @@ impl Component for ToolState {
 }
 
 impl Component for Primitive {
-    fn encode(&self) -> Vec<u8> {
-        let mut fbb = FlatBufferBuilder::with_capacity(32);
-        let root = fb::Primitive::create(&mut fbb, &fb::PrimitiveArgs { shape: self.shape.to_fb() });
+    fn write<'b, 'f>(&self, fbb: &'b mut FlatBufferBuilder<'f>) -> &'b [u8] {
+        fbb.reset();
+        let root = fb::Primitive::create(fbb, &fb::PrimitiveArgs { shape: self.shape.to_fb() });
         finish(fbb, root)
     }
     fn decode(buf: &[u8]) -> Result<Self, DecodeError> {

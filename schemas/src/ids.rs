@@ -67,6 +67,12 @@ macro_rules! component {
         impl $crate::ids::ComponentMeta for $ty {
             const NAME: &'static str = $name;
             const ENCODING_VERSION: u32 = $version;
+
+            fn id() -> $crate::ids::ComponentId {
+                // Hashed once per process, then an atomic load.
+                static ID: ::std::sync::OnceLock<$crate::ids::ComponentId> = ::std::sync::OnceLock::new();
+                *ID.get_or_init(|| $crate::ids::ComponentId::of($name))
+            }
         }
     };
 }
