@@ -44,13 +44,16 @@ fn main() {
     let mut prev = [0u8; 32];
     let mut chunk = Vec::with_capacity(10_000);
     for seq in 1..=entries {
-        let a = if seq == 1 { 0 } else { rng.gen_range(0..8) };
+        let a = if seq <= 8 { 0 } else { rng.gen_range(0..8) };
         lamport[a] = lamport[a].max(*lamport.iter().max().unwrap_or(&0)) + 1;
         let (entity, component, command) = if seq == 1 {
             (0, ComponentId::NONE, Command::CreateSession { name: "history".into() })
-        } else if seq <= 10_001 {
+        } else if seq <= 8 {
+            let key = authors[seq as usize - 1];
+            (0, ComponentId::NONE, Command::GrantRole { key, role: theta_schemas::Role::Editor })
+        } else if seq <= 10_008 {
             (
-                seq - 1,
+                seq - 8,
                 ComponentId::NONE,
                 Command::CreateEntity { shape: Shape::Cube, name: format!("o{seq}"), parent: 0 },
             )

@@ -176,48 +176,11 @@ impl Projection {
         let mut r = Reader { b: &body, at: 0 };
         let mut p = Projection::new(session);
         p.begin_replay();
-        for _ in 0..r.u32()? {
-            let c = ComponentId(r.u64()?);
-            let s = ConflictStrategy::ALL
-                .get(usize::from(r.u8()?))
-                .copied()
-                .ok_or_else(|| CheckpointError::Corrupt("unknown strategy".into()))?;
-            p.policies.insert(c, s);
-        }
-        let n = r.u64()?;
-        let mut last = None;
-        for _ in 0..n {
-            let e = r.u64()?;
-            if last.is_some_and(|l| l >= e) {
-                return Err(CheckpointError::Corrupt("entities out of order".into()));
-            }
-            last = Some(e);
-            p.spawn(e);
-            for _ in 0..r.u16()? {
-                let c = ComponentId(r.u64()?);
-                let len = r.u32()? as usize;
-                let bytes = r.take(len)?;
-                let v = Value::decode(c, bytes).map_err(|err| CheckpointError::Corrupt(err.to_string()))?;
-                // The stored bytes are hashed as they are: non-canonical ones change the state
-                // hash, which is checked below.
-                p.set_value_bytes(e, v, bytes);
-            }
-            for _ in 0..r.u16()? {
-                let c = ComponentId(r.u64()?);
-                let lamport = r.u64()?;
-                let author = AuthorKey(r.array()?);
-                if crate::slots::slot(c).is_none() {
-                    return Err(CheckpointError::Corrupt(format!("stamp of unknown component {c}")));
-                }
-                p.entities.get_mut(&e).expect("spawned").stamps.insert(c, (lamport, author));
-            }
-            for _ in 0..r.u16()? {
-                let author = AuthorKey(r.array()?);
-                let lamport = r.u64()?;
-                let selected = r.u8()? != 0;
-                p.entities.get_mut(&e).expect("spawned").selection.insert(author, (lamport, selected));
-            }
-        }
+        // Deferred: flecs batches each entity's component adds into one table move.
+        p.world().defer_begin();
+        let parsed = read_body(&mut r, &mut p);
+        p.world().defer_end();
+        parsed?;
         if r.at != body.len() {
             return Err(CheckpointError::Corrupt("trailing bytes".into()));
         }
@@ -229,4 +192,51 @@ impl Projection {
         }
         Ok(p)
     }
+}
+
+/// Reads policies and entities into `p` (deferred by the caller).
+fn read_body(r: &mut Reader<'_>, p: &mut Projection) -> Result<(), CheckpointError> {
+    for _ in 0..r.u32()? {
+        let c = ComponentId(r.u64()?);
+        let s = ConflictStrategy::ALL
+            .get(usize::from(r.u8()?))
+            .copied()
+            .ok_or_else(|| CheckpointError::Corrupt("unknown strategy".into()))?;
+        p.policies.insert(c, s);
+    }
+    let n = r.u64()?;
+    let mut last = None;
+    for _ in 0..n {
+        let e = r.u64()?;
+        if last.is_some_and(|l| l >= e) {
+            return Err(CheckpointError::Corrupt("entities out of order".into()));
+        }
+        last = Some(e);
+        p.spawn(e);
+        for _ in 0..r.u16()? {
+            let c = ComponentId(r.u64()?);
+            let len = r.u32()? as usize;
+            let bytes = r.take(len)?;
+            let v = Value::decode(c, bytes).map_err(|err| CheckpointError::Corrupt(err.to_string()))?;
+            // The stored bytes are hashed as they are: non-canonical ones change the state
+            // hash, which is checked below.
+            p.set_value_bytes(e, v, bytes);
+        }
+        for _ in 0..r.u16()? {
+            let c = ComponentId(r.u64()?);
+            let lamport = r.u64()?;
+            let author = AuthorKey(r.array()?);
+            if crate::slots::slot(c).is_none() {
+                return Err(CheckpointError::Corrupt(format!("stamp of unknown component {c}")));
+            }
+            p.entities.get_mut(&e).expect("spawned").stamps.insert(c, (lamport, author));
+        }
+        for _ in 0..r.u16()? {
+            let author = AuthorKey(r.array()?);
+            let lamport = r.u64()?;
+            let selected = r.u8()? != 0;
+            p.entities.get_mut(&e).expect("spawned").selection.insert(author, (lamport, selected));
+        }
+    }
+    Ok(())
 }
