@@ -11,6 +11,21 @@ use theta_schemas::{Envelope, LogEntry, MAX_ENVELOPE_BYTES, Message};
 #[allow(dead_code)]
 mod roundtrip;
 
+/// A body with fixed scope fields around `command`.
+fn body(command: Command) -> CommandBody {
+    CommandBody {
+        session: theta_schemas::SessionId([1; 16]),
+        author: theta_schemas::AuthorKey([2; 32]),
+        lamport: 1,
+        nonce: 2,
+        wall_clock_ms: 3,
+        entity: 4,
+        component: theta_schemas::ComponentId(5),
+        base_version: 6,
+        command,
+    }
+}
+
 /// Runs every decoder of outside bytes over `bytes`; none may panic.
 fn decode_everything(bytes: &[u8]) {
     let _ = CommandBody::decode(bytes);
@@ -30,17 +45,7 @@ fn decode_everything(bytes: &[u8]) {
 fn valid_buffers() -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = roundtrip::every_message().iter().map(Message::encode).collect();
     for c in roundtrip::every_command() {
-        let body = CommandBody {
-            session: theta_schemas::SessionId([1; 16]),
-            author: theta_schemas::AuthorKey([2; 32]),
-            lamport: 1,
-            nonce: 2,
-            wall_clock_ms: 3,
-            entity: 4,
-            component: theta_schemas::ComponentId(5),
-            base_version: 6,
-            command: c,
-        };
+        let body = body(c);
         let bytes = body.encode();
         out.push(Envelope { body: bytes.clone(), signature: [9; 64] }.encode());
         out.push(bytes);
@@ -107,17 +112,7 @@ fn oversized_buffers_are_rejected_before_parsing() {
     assert!(matches!(Envelope::decode(&big), Err(DecodeError::TooLarge { .. })));
     assert!(matches!(CommandBody::decode(&big), Err(DecodeError::TooLarge { .. })));
     // A real but too-big set-component command is also refused.
-    let body = CommandBody {
-        session: theta_schemas::SessionId([1; 16]),
-        author: theta_schemas::AuthorKey([2; 32]),
-        lamport: 1,
-        nonce: 2,
-        wall_clock_ms: 3,
-        entity: 4,
-        component: theta_schemas::ComponentId(5),
-        base_version: 6,
-        command: Command::SetComponent { data: vec![0; MAX_ENVELOPE_BYTES] },
-    };
+    let body = body(Command::SetComponent { data: vec![0; MAX_ENVELOPE_BYTES] });
     assert!(matches!(CommandBody::decode(&body.encode()), Err(DecodeError::TooLarge { .. })));
 }
 
@@ -134,17 +129,7 @@ fn depth_and_table_limits_are_enforced() {
 
 #[test]
 fn invalid_values_are_rejected() {
-    let mut body = CommandBody {
-        session: theta_schemas::SessionId([1; 16]),
-        author: theta_schemas::AuthorKey([2; 32]),
-        lamport: 1,
-        nonce: 2,
-        wall_clock_ms: 3,
-        entity: 4,
-        component: theta_schemas::ComponentId(5),
-        base_version: 6,
-        command: Command::SetTransform(Transform { translation: [f32::NAN, 0.0, 0.0], ..Transform::default() }),
-    };
+    let mut body = body(Command::SetTransform(Transform { translation: [f32::NAN, 0.0, 0.0], ..Transform::default() }));
     assert!(matches!(CommandBody::decode(&body.encode()), Err(DecodeError::InvalidValue { .. })));
     body.command = Command::AddFaces { indices: vec![1, 2] };
     assert!(matches!(CommandBody::decode(&body.encode()), Err(DecodeError::InvalidValue { .. })));
@@ -158,17 +143,7 @@ fn invalid_values_are_rejected() {
 
 #[test]
 fn unknown_union_tags_and_enums_are_rejected() {
-    let body = CommandBody {
-        session: theta_schemas::SessionId([1; 16]),
-        author: theta_schemas::AuthorKey([2; 32]),
-        lamport: 1,
-        nonce: 2,
-        wall_clock_ms: 3,
-        entity: 4,
-        component: theta_schemas::ComponentId(5),
-        base_version: 6,
-        command: Command::Select,
-    };
+    let body = body(Command::Select);
     let bytes = body.encode();
     // The union tag is the only byte equal to 10 (Select); patch it to an unknown tag.
     let positions: Vec<usize> = bytes.iter().enumerate().filter(|(_, b)| **b == 10).map(|(i, _)| i).collect();
