@@ -1,7 +1,16 @@
 //! The gateway: where the store and the projector meet, and (in later issues) the service
 //! that exposes them over gRPC, QUIC and WebRTC.
 //!
-//! Today it holds [`history`]: opening a session's projection at any seq from the nearest
-//! checkpoint plus a replay, writing those checkpoints, and one entity's history.
+//! - [`server`]: `theta serve`: the gRPC services (append, replay, audit, admin; health and
+//!   reflection), the Prometheus endpoint, periodic checkpoints, graceful shutdown;
+//! - [`grpc`]: the `theta.v1` services over a store; [`status`]: errors to status codes;
+//! - [`history`]: a session's projection at any seq from the nearest checkpoint plus a replay.
 
+mod convert;
+pub mod grpc;
 pub mod history;
+pub mod metrics;
+pub mod server;
+pub mod status;
+
+pub use server::{Running, ServeConfig, ServeError, TlsFiles, start, start_with_store};

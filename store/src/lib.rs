@@ -49,5 +49,6 @@ pub use config::{Durability, StoreConfig, VerifyOnOpen};
 pub use error::{AppendError, ConflictReason, OpenError, ReadError, RejectionCode};
 pub use metrics::MetricsSnapshot;
 pub use store::{
-    Entries, Head, ImportError, InclusionProof, Receipt, Rejection, Session, SignedTreeHead, Store, TREE_HEAD_DOMAIN,
+    CommitListener, Entries, Head, ImportError, InclusionProof, Receipt, Rejection, Session, SignedTreeHead, Store,
+    TREE_HEAD_DOMAIN,
 };

@@ -209,7 +209,11 @@ struct Shared {
     views: RwLock<BTreeMap<SessionId, View>>,
     service_key: SigningKey,
     closing: AtomicBool,
+    listener: RwLock<Option<CommitListener>>,
 }
+
+/// Called by the commit thread with the new heads of the sessions a durable commit changed.
+pub type CommitListener = Arc<dyn Fn(&[Head]) + Send + Sync>;
 
 /// Calls its callback exactly once: with the outcome, or with `ShuttingDown` if dropped.
 struct Responder(Option<Box<dyn FnOnce(Result<Receipt, AppendError>) + Send>>);
@@ -349,6 +353,7 @@ impl Store {
             views: RwLock::new(views),
             service_key,
             closing: AtomicBool::new(false),
+            listener: RwLock::new(None),
         });
         let (tx, rx) = sync_channel::<Job>(shared.config.queue_capacity.max(1));
         let (tx2, rx2) = sync_channel::<Stage2>(2);
@@ -434,6 +439,12 @@ impl Store {
         for t in self.threads.lock().expect("threads lock").drain(..) {
             let _ = t.join();
         }
+    }
+
+    /// Registers the function told about every durable commit (replacing any earlier one).
+    /// It runs on the commit thread: keep it short (send to a channel).
+    pub fn set_commit_listener(&self, f: impl Fn(&[Head]) + Send + Sync + 'static) {
+        *self.shared.listener.write().expect("listener lock") = Some(Arc::new(f));
     }
 
     /// The store's telemetry.
@@ -1078,6 +1089,16 @@ impl Committer {
         }
     }
 
+    fn notify(&self, heads: &[Head]) {
+        if heads.is_empty() {
+            return;
+        }
+        let listener = self.shared.listener.read().expect("listener lock").clone();
+        if let Some(f) = listener {
+            f(heads);
+        }
+    }
+
     fn flush_if_due(&mut self, interval: Duration, failed: &mut bool) {
         if let Some(since) = self.dirty_since {
             if since.elapsed() >= interval {
@@ -1209,13 +1230,18 @@ impl Committer {
         }
         let mut roots: HashMap<SessionId, (u64, Hash)> = HashMap::new();
         if persisted.is_ok() {
-            let mut views = self.shared.views.write().expect("views lock");
-            for s in &touched {
-                let state = &self.states[s];
-                let head = head_of(state);
-                roots.insert(*s, (head.seq, head.tree_root));
-                views.insert(*s, View { head, corrupted: None });
+            let mut heads = Vec::with_capacity(touched.len());
+            {
+                let mut views = self.shared.views.write().expect("views lock");
+                for s in &touched {
+                    let state = &self.states[s];
+                    let head = head_of(state);
+                    roots.insert(*s, (head.seq, head.tree_root));
+                    views.insert(*s, View { head: head.clone(), corrupted: None });
+                    heads.push(head);
+                }
             }
+            self.notify(&heads);
         }
         let metrics = &self.shared.metrics;
         metrics.batches_committed.fetch_add(1, Relaxed);
@@ -1288,7 +1314,8 @@ impl Committer {
         }
         let head = head_of(&state);
         self.shared.metrics.imported_entries.fetch_add(n - before, Relaxed);
-        self.shared.views.write().expect("views lock").insert(session, View { head, corrupted: None });
+        self.shared.views.write().expect("views lock").insert(session, View { head: head.clone(), corrupted: None });
+        self.notify(std::slice::from_ref(&head));
         self.states.insert(session, state);
         Ok(n)
     }

@@ -1,0 +1,209 @@
+//! Telemetry: request counters and latencies, and the Prometheus `/metrics` endpoint.
+//!
+//! Every store counter is exported under its seed name with a `theta_` prefix and `_total`
+//! suffix (`theta_replay_rejections_total`, ...); latencies are histograms in seconds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use theta_store::metrics::{HistogramSnapshot, LATENCY_BUCKETS_US};
+use theta_store::{RejectionCode, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Calls and latency of one gRPC method.
+#[derive(Debug, Default, Clone)]
+struct MethodStats {
+    calls: u64,
+    latency: HistogramSnapshot,
+}
+
+/// Request telemetry of the gateway.
+#[derive(Debug, Default)]
+pub struct Observability {
+    methods: Mutex<BTreeMap<&'static str, MethodStats>>,
+}
+
+/// Records a call's latency when dropped.
+pub struct CallTimer<'a> {
+    obs: &'a Observability,
+    method: &'static str,
+    started: Instant,
+}
+
+impl Drop for CallTimer<'_> {
+    fn drop(&mut self) {
+        let us = self.started.elapsed().as_micros() as u64;
+        let mut m = self.obs.methods.lock().expect("metrics lock");
+        let s = m.entry(self.method).or_default();
+        s.calls += 1;
+        let i = LATENCY_BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(LATENCY_BUCKETS_US.len());
+        s.latency.buckets[i] += 1;
+        s.latency.count += 1;
+        s.latency.sum_us += us;
+    }
+}
+
+impl Observability {
+    /// Starts timing a call of `method`.
+    pub fn call(&self, method: &'static str) -> CallTimer<'_> {
+        CallTimer { obs: self, method, started: Instant::now() }
+    }
+
+    /// Every counter by name (store counters, then per-method call counts).
+    pub fn counters(&self, store: &Store) -> Vec<(String, u64)> {
+        let m = store.metrics();
+        let mut out = vec![
+            ("appends_accepted".to_string(), m.appends_accepted),
+            ("batches_committed".to_string(), m.batches_committed),
+            ("flushes".to_string(), m.flushes),
+            ("signatures_verified".to_string(), m.signatures_verified),
+            ("batch_verify_fallbacks".to_string(), m.batch_verify_fallbacks),
+            ("imported_entries".to_string(), m.imported_entries),
+            ("queue_depth".to_string(), m.queue_depth),
+        ];
+        for code in RejectionCode::ALL {
+            out.push((code.counter().to_string(), m.rejected(code)));
+        }
+        out.push(("conflicts".to_string(), m.rejected(RejectionCode::Conflict)));
+        for (method, s) in self.methods.lock().expect("metrics lock").iter() {
+            out.push((format!("grpc_calls.{method}"), s.calls));
+        }
+        out
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, store: &Store) -> String {
+        let m = store.metrics();
+        let mut s = String::new();
+        let counter = |s: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP theta_{name}_total {help}");
+            let _ = writeln!(s, "# TYPE theta_{name}_total counter");
+            let _ = writeln!(s, "theta_{name}_total {v}");
+        };
+        counter(&mut s, "appends_accepted", "Appends accepted into a log.", m.appends_accepted);
+        counter(&mut s, "batches_committed", "Group-commit batches written.", m.batches_committed);
+        counter(&mut s, "flushes", "Durable flushes (flush + fdatasync).", m.flushes);
+        counter(&mut s, "signatures_verified", "Signatures verified.", m.signatures_verified);
+        counter(
+            &mut s,
+            "batch_verify_fallbacks",
+            "Failed signature batches re-checked one by one.",
+            m.batch_verify_fallbacks,
+        );
+        counter(&mut s, "imported_entries", "Entries written by trusted import.", m.imported_entries);
+        for code in RejectionCode::ALL {
+            counter(
+                &mut s,
+                code.counter(),
+                &format!("Appends rejected with reason code {}.", code as u8),
+                m.rejected(code),
+            );
+        }
+        counter(
+            &mut s,
+            "conflicts",
+            "Appends rejected by a scope's conflict rules (same as conflict_rejections).",
+            m.rejected(RejectionCode::Conflict),
+        );
+        let _ = writeln!(s, "# HELP theta_queue_depth Appends submitted and not yet answered.");
+        let _ = writeln!(s, "# TYPE theta_queue_depth gauge");
+        let _ = writeln!(s, "theta_queue_depth {}", m.queue_depth);
+        histogram(&mut s, "theta_append_ack_seconds", "Append submit-to-acknowledgement latency.", &[], &m.ack_latency);
+        histogram(&mut s, "theta_flush_seconds", "Durable flush duration.", &[], &m.flush_latency);
+        histogram(
+            &mut s,
+            "theta_signature_verification_seconds",
+            "Signature verification time per batch.",
+            &[],
+            &m.verify_latency,
+        );
+        let methods = self.methods.lock().expect("metrics lock").clone();
+        let _ = writeln!(s, "# HELP theta_grpc_requests_total gRPC calls by method.");
+        let _ = writeln!(s, "# TYPE theta_grpc_requests_total counter");
+        for (method, st) in &methods {
+            let _ = writeln!(s, "theta_grpc_requests_total{{method=\"{method}\"}} {}", st.calls);
+        }
+        let _ = writeln!(
+            s,
+            "# HELP theta_grpc_request_seconds gRPC call latency by method (time to the response head for streams)."
+        );
+        let _ = writeln!(s, "# TYPE theta_grpc_request_seconds histogram");
+        for (method, st) in &methods {
+            histogram_body(&mut s, "theta_grpc_request_seconds", &[("method", method)], &st.latency);
+        }
+        let _ = writeln!(s, "# HELP theta_sessions Sessions in the store.");
+        let _ = writeln!(s, "# TYPE theta_sessions gauge");
+        let _ = writeln!(s, "theta_sessions {}", store.sessions().len());
+        s
+    }
+}
+
+fn histogram(s: &mut String, name: &str, help: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
+    let _ = writeln!(s, "# HELP {name} {help}");
+    let _ = writeln!(s, "# TYPE {name} histogram");
+    histogram_body(s, name, labels, h);
+}
+
+fn histogram_body(s: &mut String, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
+    let base: String = labels.iter().map(|(k, v)| format!("{k}=\"{v}\",")).collect();
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+        cumulative += h.buckets[i];
+        let _ = writeln!(s, "{name}_bucket{{{base}le=\"{}\"}} {cumulative}", *bound as f64 / 1e6);
+    }
+    cumulative += h.buckets[LATENCY_BUCKETS_US.len()];
+    let _ = writeln!(s, "{name}_bucket{{{base}le=\"+Inf\"}} {cumulative}");
+    let plain = base.trim_end_matches(',');
+    let braces = if plain.is_empty() { String::new() } else { format!("{{{plain}}}") };
+    let _ = writeln!(s, "{name}_sum{braces} {}", h.sum_us as f64 / 1e6);
+    let _ = writeln!(s, "{name}_count{braces} {}", h.count);
+}
+
+/// Serves `GET /metrics` (and `GET /healthz`) on `listener` until the task is dropped.
+/// A deliberately small HTTP/1.1 responder: one request per connection, bounded reads.
+pub async fn serve_metrics(listener: TcpListener, obs: std::sync::Arc<Observability>, store: std::sync::Arc<Store>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let (obs, store) = (obs.clone(), store.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            // Read until the end of the request head (bounded to 8 KiB, 5 s).
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while n < buf.len() {
+                    match conn.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => {
+                            n += k;
+                            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let method = head.split_whitespace().next().unwrap_or("");
+            let (status, ctype, body) = match (method, path) {
+                ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", obs.render(&store)),
+                ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
+                ("GET", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found: try /metrics\n".to_string()),
+                _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}

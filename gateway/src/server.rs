@@ -1,0 +1,220 @@
+//! Running the gateway: the gRPC server (with health and reflection), the metrics endpoint,
+//! periodic checkpoints, and a graceful shutdown that answers every in-flight append.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use theta_proto::v1::admin_service_server::AdminServiceServer;
+use theta_proto::v1::audit_service_server::AuditServiceServer;
+use theta_proto::v1::log_service_server::LogServiceServer;
+use theta_proto::v1::replay_service_server::ReplayServiceServer;
+use theta_store::{Store, StoreConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::grpc::Gateway;
+use crate::history::{DEFAULT_CHECKPOINT_EVERY_ENTRIES, write_checkpoints};
+use crate::metrics::{Observability, serve_metrics};
+
+/// Headroom over the envelope guard for gRPC framing, so that slightly oversized envelopes
+/// still reach the store's payload guard (and its counter) instead of tonic's limit.
+pub const GRPC_HEADROOM_BYTES: usize = 4 * 1024;
+
+/// TLS material for the gRPC endpoint (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+}
+
+/// Everything `theta serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Data directory (sled database and service key). Default `./theta-data`.
+    pub data_dir: PathBuf,
+    /// gRPC listen address. Default `127.0.0.1:50051`.
+    pub grpc_addr: SocketAddr,
+    /// Prometheus endpoint address (`/metrics`); `None` disables it. Default `127.0.0.1:9464`.
+    pub metrics_addr: Option<SocketAddr>,
+    /// TLS for gRPC; plaintext when `None` (the default, for loopback).
+    pub tls: Option<TlsFiles>,
+    /// Store settings.
+    pub store: StoreConfig,
+    /// Checkpoint spacing, entries. Default 10,000.
+    pub checkpoint_every_entries: u64,
+    /// How often sessions are checked for due checkpoints, milliseconds. Default 5,000.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            data_dir: PathBuf::from("theta-data"),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            tls: None,
+            store: StoreConfig::default(),
+            checkpoint_every_entries: DEFAULT_CHECKPOINT_EVERY_ENTRIES,
+            checkpoint_interval_ms: 5_000,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be opened.
+    #[error("open store in {dir}: {source}")]
+    Store {
+        /// The data directory.
+        dir: String,
+        /// Why.
+        #[source]
+        source: theta_store::OpenError,
+    },
+    /// A listen address could not be bound.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS files could not be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// A running gateway.
+pub struct Running {
+    /// The bound gRPC address (useful with port 0).
+    pub grpc_addr: SocketAddr,
+    /// The bound metrics address.
+    pub metrics_addr: Option<SocketAddr>,
+    store: Arc<Store>,
+    closing: tokio::sync::watch::Sender<bool>,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The store behind the server.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Stops accepting calls, lets in-flight ones finish, answers and flushes every queued
+    /// append, and closes the store.
+    pub async fn shutdown(mut self) {
+        let _ = self.closing.send(true);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.server).await;
+        for b in &self.background {
+            b.abort();
+        }
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+}
+
+/// Opens the store in `config.data_dir` and starts serving.
+pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
+    let (dir, store_config) = (config.data_dir.clone(), config.store.clone());
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, store_config))
+        .await
+        .expect("open task")
+        .map_err(|source| ServeError::Store { dir: config.data_dir.display().to_string(), source })?;
+    start_with_store(Arc::new(store), &config).await
+}
+
+/// Starts serving an already opened store.
+pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result<Running, ServeError> {
+    let obs = Arc::new(Observability::default());
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let gw = Gateway::new(store.clone(), obs.clone(), closing);
+    let limit = store.config().max_envelope_bytes + GRPC_HEADROOM_BYTES;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<LogServiceServer<Gateway>>().await;
+    health.set_serving::<ReplayServiceServer<Gateway>>().await;
+    health.set_serving::<AuditServiceServer<Gateway>>().await;
+    health.set_serving::<AdminServiceServer<Gateway>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(theta_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.grpc_addr, source })?;
+    let grpc_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.grpc_addr, source })?;
+
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        let cert = std::fs::read(&tls.cert).map_err(|e| ServeError::Tls(format!("{}: {e}", tls.cert.display())))?;
+        let key = std::fs::read(&tls.key).map_err(|e| ServeError::Tls(format!("{}: {e}", tls.key.display())))?;
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+    }
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(LogServiceServer::new(gw.clone()).max_decoding_message_size(limit))
+        .add_service(ReplayServiceServer::new(gw.clone()).max_decoding_message_size(limit))
+        .add_service(AuditServiceServer::new(gw.clone()).max_decoding_message_size(limit))
+        .add_service(AdminServiceServer::new(gw).max_decoding_message_size(limit));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stopped.await;
+    }));
+
+    let mut background = Vec::new();
+    let metrics_addr = match config.metrics_addr {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+            let bound = l.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+            background.push(tokio::spawn(serve_metrics(l, obs, store.clone())));
+            Some(bound)
+        }
+        None => None,
+    };
+    background.push(tokio::spawn(checkpoint_loop(
+        store.clone(),
+        config.checkpoint_every_entries,
+        config.checkpoint_interval_ms,
+    )));
+    Ok(Running { grpc_addr, metrics_addr, store, closing: closing_tx, stop: Some(stop), server, background })
+}
+
+/// Writes due checkpoints of every session, periodically.
+async fn checkpoint_loop(store: Arc<Store>, every: u64, interval_ms: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(100)));
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for head in store.sessions() {
+                let last = store.checkpoint_at_or_below(&head.session, head.seq).ok().flatten().map_or(0, |(s, _)| s);
+                if head.seq >= last + every {
+                    let _ = write_checkpoints(&store, &head.session, every);
+                }
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,66 @@
+//! Errors to gRPC status codes, in one place, with the reason in the message.
+//!
+//! | error | code |
+//! | --- | --- |
+//! | malformed or invalid command | `INVALID_ARGUMENT` |
+//! | bad signature or key | `UNAUTHENTICATED` |
+//! | role does not allow the kind | `PERMISSION_DENIED` |
+//! | replayed nonce, session exists | `ALREADY_EXISTS` |
+//! | rate limit, payload guard | `RESOURCE_EXHAUSTED` |
+//! | conflict (stale base version, ...), Lamport regression or skew | `FAILED_PRECONDITION` |
+//! | unknown session | `NOT_FOUND` |
+//! | seq or size beyond the head | `OUT_OF_RANGE` |
+//! | stored log corrupted | `DATA_LOSS` |
+//! | storage failure, shutting down | `UNAVAILABLE` |
+
+use theta_store::{AppendError, ReadError};
+use tonic::{Code, Status};
+
+use crate::history::HistoryError;
+
+/// The status code of an append error.
+pub fn append_code(e: &AppendError) -> Code {
+    match e {
+        AppendError::Malformed(_) | AppendError::Invalid { .. } => Code::InvalidArgument,
+        AppendError::Signature(_) => Code::Unauthenticated,
+        AppendError::PermissionDenied { .. } => Code::PermissionDenied,
+        AppendError::Replay { .. } | AppendError::SessionExists { .. } => Code::AlreadyExists,
+        AppendError::RateLimited { .. } | AppendError::PayloadTooLarge { .. } => Code::ResourceExhausted,
+        AppendError::Conflict { .. } | AppendError::LamportRegression { .. } | AppendError::LamportSkew { .. } => {
+            Code::FailedPrecondition
+        }
+        AppendError::UnknownSession { .. } => Code::NotFound,
+        AppendError::Corrupted { .. } => Code::DataLoss,
+        AppendError::Storage(_) | AppendError::ShuttingDown => Code::Unavailable,
+    }
+}
+
+/// The status of an append error.
+pub fn append_status(e: &AppendError) -> Status {
+    Status::new(append_code(e), format!("{}: {e}", e.code().counter()))
+}
+
+/// The status of a read error.
+pub fn read_status(e: &ReadError) -> Status {
+    let code = match e {
+        ReadError::UnknownSession { .. } => Code::NotFound,
+        ReadError::OutOfRange { .. } => Code::OutOfRange,
+        ReadError::Corrupted { .. } => Code::DataLoss,
+        ReadError::Storage(_) => Code::Unavailable,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// The status of a history error.
+pub fn history_status(e: &HistoryError) -> Status {
+    match e {
+        HistoryError::Read(r) => read_status(r),
+        HistoryError::Fold(f) => Status::data_loss(f.to_string()),
+        HistoryError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
+    }
+}
+
+/// A malformed request field.
+pub fn bad_field(field: &str, why: &str) -> Status {
+    Status::invalid_argument(format!("{field}: {why}"))
+}

@@ -1,0 +1,14 @@
+//! Compiles proto/theta.proto with a vendored protoc (no system protoc needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure().file_descriptor_set_path(out.join("theta_descriptor.bin")).compile_with_config(
+        config,
+        &["proto/theta.proto"],
+        &["proto"],
+    )?;
+    println!("cargo:rerun-if-changed=proto/theta.proto");
+    Ok(())
+}
