@@ -20,7 +20,85 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum SessionCmd {
+    /// Create a session owned by a key; prints the new session id.
+    Create {
+        /// The owner's secret key file (from `theta keygen`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Session name.
+        #[arg(long, default_value = "untitled")]
+        name: String,
+        #[command(flatten)]
+        server: crate::client::Server,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Re-verify a range of the log: signatures, hash chain, Merkle tree.
+    Verify {
+        /// Session id (32 hex digits).
+        #[arg(long)]
+        session: String,
+        /// First seq.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last seq (0: the head).
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+        #[command(flatten)]
+        server: crate::client::Server,
+    },
+    /// Fetch an entry and its inclusion proof and check both locally.
+    Prove {
+        /// Session id (32 hex digits).
+        #[arg(long)]
+        session: String,
+        /// The entry's seq.
+        seq: u64,
+        #[command(flatten)]
+        server: crate::client::Server,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Run the log store as a service: gRPC (append, replay, audit), /metrics.
+    Serve(crate::serve::ServeArgs),
+    /// Sessions on a running server.
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// Sign a command described in JSON and append it, e.g.
+    /// --json '{"kind":"Rename","entity":1,"name":"table"}'.
+    Append {
+        /// The author's secret key file.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Session id (32 hex digits).
+        #[arg(long)]
+        session: String,
+        /// The command as JSON (docs/PROTOCOL.md, "CLI command JSON").
+        #[arg(long)]
+        json: String,
+        #[command(flatten)]
+        server: crate::client::Server,
+    },
+    /// Replay a session's log as text or JSON lines.
+    Log {
+        #[command(flatten)]
+        args: crate::client::LogArgs,
+        #[command(flatten)]
+        server: crate::client::Server,
+    },
+    /// Audit a session: verify the log, prove an entry's inclusion.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Counters and sessions of a running server.
+    Stats {
+        #[command(flatten)]
+        server: crate::client::Server,
+    },
     /// Run a scripted editing session against a real store and verify it (start here).
     Demo(crate::demo::DemoArgs),
     /// Print the schema manifest: protocol version, schema hash and component ids.
@@ -45,7 +123,23 @@ enum Cmd {
 /// Parses the command line and runs the chosen subcommand.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let rt = || tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     match cli.command {
+        Cmd::Serve(args) => crate::serve::run(args),
+        Cmd::Session(SessionCmd::Create { key, name, server }) => {
+            rt()?.block_on(crate::client::create_session(&server, &key, name))
+        }
+        Cmd::Append { key, session, json, server } => {
+            rt()?.block_on(crate::client::append(&server, &key, &session, &json))
+        }
+        Cmd::Log { args, server } => rt()?.block_on(crate::client::log(&server, args)),
+        Cmd::Audit(AuditCmd::Verify { session, from, to, server }) => {
+            rt()?.block_on(crate::client::verify(&server, &session, from, to))
+        }
+        Cmd::Audit(AuditCmd::Prove { session, seq, server }) => {
+            rt()?.block_on(crate::client::prove(&server, &session, seq))
+        }
+        Cmd::Stats { server } => rt()?.block_on(crate::client::stats(&server)),
         Cmd::Demo(args) => crate::demo::run(args),
         Cmd::Manifest => {
             print!("{}", theta_schemas::manifest::render());

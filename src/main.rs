@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 mod cli;
+mod client;
 mod demo;
+mod serve;
 
 fn main() -> ExitCode {
     match cli::run() {

@@ -1,0 +1,201 @@
+//! `theta serve`: run the log store as a service.
+//!
+//! Settings come from flags, then `THETA_*` environment variables, then an optional TOML file
+//! (`--config`), then defaults. The TOML keys are the flag names with `_` for `-`:
+//!
+//! ```toml
+//! data = "./theta-data"          # data directory
+//! grpc_addr = "127.0.0.1:50051"  # gRPC listen address
+//! metrics_addr = "127.0.0.1:9464" # Prometheus /metrics address, or "off"
+//! tls_cert = "cert.pem"          # gRPC TLS certificate chain (PEM), with tls_key
+//! tls_key = "key.pem"
+//! durability = "sync"            # sync | none | interval:MS
+//! max_envelope_bytes = 65536     # bytes
+//! rate_per_sec = 1000.0          # commands per second per author and session
+//! rate_burst = 2000.0            # commands
+//! max_lamport_skew = 100000      # Lamport ticks
+//! checkpoint_every = 10000       # entries
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use theta_gateway::{ServeConfig, TlsFiles};
+use theta_store::{Durability, StoreConfig};
+
+/// Options of `theta serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (flags and environment win over it).
+    #[arg(long, env = "THETA_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory: the sled database and the service key [default: ./theta-data].
+    #[arg(long, env = "THETA_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "THETA_GRPC_ADDR", value_name = "ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// Prometheus endpoint address, or "off" [default: 127.0.0.1:9464].
+    #[arg(long, env = "THETA_METRICS_ADDR", value_name = "ADDR|off")]
+    metrics_addr: Option<String>,
+    /// TLS certificate chain for gRPC (PEM); needs --tls-key.
+    #[arg(long, env = "THETA_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key for gRPC (PEM); needs --tls-cert.
+    #[arg(long, env = "THETA_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// When appends are acknowledged: sync (durable, default), interval:MS, or none.
+    #[arg(long, env = "THETA_DURABILITY", value_name = "MODE")]
+    durability: Option<String>,
+    /// Largest accepted envelope, bytes [default: 65536].
+    #[arg(long, env = "THETA_MAX_ENVELOPE_BYTES", value_name = "BYTES")]
+    max_envelope_bytes: Option<usize>,
+    /// Token-bucket rate per author and session, commands/s [default: 1000].
+    #[arg(long, env = "THETA_RATE_PER_SEC", value_name = "N")]
+    rate_per_sec: Option<f64>,
+    /// Token-bucket burst per author and session, commands [default: 2000].
+    #[arg(long, env = "THETA_RATE_BURST", value_name = "N")]
+    rate_burst: Option<f64>,
+    /// How far ahead of the session clock a Lamport timestamp may be [default: 100000].
+    #[arg(long, env = "THETA_MAX_LAMPORT_SKEW", value_name = "TICKS")]
+    max_lamport_skew: Option<u64>,
+    /// Checkpoint spacing, entries [default: 10000].
+    #[arg(long, env = "THETA_CHECKPOINT_EVERY", value_name = "ENTRIES")]
+    checkpoint_every: Option<u64>,
+}
+
+/// The TOML file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    grpc_addr: Option<SocketAddr>,
+    metrics_addr: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    durability: Option<String>,
+    max_envelope_bytes: Option<usize>,
+    rate_per_sec: Option<f64>,
+    rate_burst: Option<f64>,
+    max_lamport_skew: Option<u64>,
+    checkpoint_every: Option<u64>,
+}
+
+fn durability(s: &str) -> anyhow::Result<Durability> {
+    Ok(match s {
+        "sync" => Durability::Sync,
+        "none" => Durability::None,
+        other => match other.strip_prefix("interval:") {
+            Some(ms) => Durability::IntervalMs(
+                ms.parse().with_context(|| format!("durability {other:?}: MS must be a number"))?,
+            ),
+            None => bail!("durability must be sync, none or interval:MS, not {other:?}"),
+        },
+    })
+}
+
+impl ServeArgs {
+    /// Validates the settings into a checked configuration.
+    pub fn resolve(self) -> anyhow::Result<ServeConfig> {
+        let file: FileConfig = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("read config {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("parse config {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let d = ServeConfig::default();
+        let s = StoreConfig::default();
+        let metrics = self.metrics_addr.or(file.metrics_addr);
+        let metrics_addr = match metrics.as_deref() {
+            None => d.metrics_addr,
+            Some("off") => None,
+            Some(a) => Some(a.parse().with_context(|| format!("metrics address {a:?}"))?),
+        };
+        let tls = match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => bail!("TLS needs both --tls-cert and --tls-key"),
+        };
+        let store = StoreConfig {
+            durability: match self.durability.or(file.durability) {
+                Some(m) => durability(&m)?,
+                None => s.durability,
+            },
+            max_envelope_bytes: self.max_envelope_bytes.or(file.max_envelope_bytes).unwrap_or(s.max_envelope_bytes),
+            rate_per_sec: self.rate_per_sec.or(file.rate_per_sec).unwrap_or(s.rate_per_sec),
+            rate_burst: self.rate_burst.or(file.rate_burst).unwrap_or(s.rate_burst),
+            max_lamport_skew: self.max_lamport_skew.or(file.max_lamport_skew).unwrap_or(s.max_lamport_skew),
+            ..s
+        };
+        if store.max_envelope_bytes == 0 || store.max_envelope_bytes > theta_schemas::MAX_ENVELOPE_BYTES {
+            bail!("max_envelope_bytes must be 1..={}", theta_schemas::MAX_ENVELOPE_BYTES);
+        }
+        if !(store.rate_per_sec > 0.0 && store.rate_burst >= 1.0) {
+            bail!("rate_per_sec must be positive and rate_burst at least 1");
+        }
+        let checkpoint_every_entries =
+            self.checkpoint_every.or(file.checkpoint_every).unwrap_or(d.checkpoint_every_entries);
+        if checkpoint_every_entries == 0 {
+            bail!("checkpoint_every must be positive");
+        }
+        Ok(ServeConfig {
+            data_dir: self.data.or(file.data).unwrap_or(d.data_dir),
+            grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(d.grpc_addr),
+            metrics_addr,
+            tls,
+            store,
+            checkpoint_every_entries,
+            ..d
+        })
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("THETA_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = args.resolve()?;
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    rt.block_on(async move {
+        let running = theta_gateway::start(config.clone()).await?;
+        let store = running.store().clone();
+        tracing::info!(
+            data = %config.data_dir.display(),
+            grpc = %running.grpc_addr,
+            metrics = ?running.metrics_addr,
+            tls = config.tls.is_some(),
+            sessions = store.sessions().len(),
+            service_key = %hex::encode(store.service_public_key()),
+            "theta serving"
+        );
+        for (session, seq, why) in store.corrupted() {
+            tracing::error!(%session, seq, %why, "session failed verification and is not served");
+        }
+        shutdown_signal().await;
+        tracing::info!(queued = store.metrics().queue_depth, "shutting down: answering queued appends and flushing");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
