@@ -151,11 +151,14 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
     health.set_serving::<ReplayServiceServer<Gateway>>().await;
     health.set_serving::<AuditServiceServer<Gateway>>().await;
     health.set_serving::<AdminServiceServer<Gateway>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(theta_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    // Reflection v1 and v1alpha: older grpcurl and evans releases only speak v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(theta_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1().map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_alpha = reflection_builder().build_v1alpha().map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -174,6 +177,7 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
     let router = builder
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(LogServiceServer::new(gw.clone()).max_decoding_message_size(limit))
         .add_service(ReplayServiceServer::new(gw.clone()).max_decoding_message_size(limit))
         .add_service(AuditServiceServer::new(gw.clone()).max_decoding_message_size(limit))
