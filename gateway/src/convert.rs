@@ -42,6 +42,18 @@ pub fn head(h: &Head) -> pb::HeadResponse {
     }
 }
 
+/// An entry message without the decoded convenience fields.
+pub fn bare_entry(e: LogEntry) -> pb::Entry {
+    pb::Entry {
+        seq: e.seq,
+        prev_hash: e.prev_hash.to_vec(),
+        entry_hash: e.entry_hash.to_vec(),
+        receipt_time_ms: e.receipt_time_ms,
+        envelope: e.envelope,
+        ..Default::default()
+    }
+}
+
 /// An entry message, with the decoded convenience fields.
 pub fn entry(e: LogEntry) -> pb::Entry {
     let mut out = pb::Entry {

@@ -99,11 +99,21 @@ fn send_entries(
     batch: usize,
     keep: impl Fn(&pb::Entry) -> bool,
 ) -> Result<u64, Status> {
+    send_entries_with(tx, entries, batch, keep, convert::entry)
+}
+
+fn send_entries_with(
+    tx: &mpsc::Sender<Result<pb::EntryBatch, Status>>,
+    entries: impl Iterator<Item = Result<LogEntry, theta_store::ReadError>>,
+    batch: usize,
+    keep: impl Fn(&pb::Entry) -> bool,
+    convert: fn(LogEntry) -> pb::Entry,
+) -> Result<u64, Status> {
     let mut out = Vec::with_capacity(batch);
     let mut bytes = 0;
     let mut last = 0;
     for e in entries {
-        let e = convert::entry(e.map_err(|e| read_status(&e))?);
+        let e = convert(e.map_err(|e| read_status(&e))?);
         last = e.seq;
         if keep(&e) {
             bytes += e.envelope.len() + 160;
@@ -227,6 +237,7 @@ impl ReplayService for Gateway {
         }
         let kind_names: Vec<&'static str> = kinds.iter().map(|k| k.name()).collect();
         let (from, entity, batch) = (r.from_seq.max(1), r.entity, batch_size(r.batch_size));
+        let bare = r.envelope_only && author.is_none() && entity == 0 && kind_names.is_empty();
         let store = self.store.clone();
         Ok(Response::new(blocking_stream(move |tx| {
             let keep = |e: &pb::Entry| {
@@ -238,7 +249,8 @@ impl ReplayService for Gateway {
                 _ => store.read_range(&s, from, to),
             }
             .map_err(|e| read_status(&e))?;
-            send_entries(tx, entries, batch, keep).map(drop)
+            let convert = if bare { convert::bare_entry } else { convert::entry };
+            send_entries_with(tx, entries, batch, keep, convert).map(drop)
         })))
     }
 

@@ -32,22 +32,36 @@ async fn python_client_from_the_protocol_doc_and_grpcurl_via_reflection() {
     let script = repo_root().join("tests/python/theta_client.py");
     let work = dir.path().join("py");
     let (addr2, script2, work2) = (addr.clone(), script.clone(), work.clone());
-    let (ok, out) = tokio::task::spawn_blocking(move || run(Command::new("python3").arg(&script2).arg(&addr2).arg(&work2)))
-        .await
-        .unwrap();
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || run(Command::new("python3").arg(&script2).arg(&addr2).arg(&work2)))
+            .await
+            .unwrap();
     assert!(ok, "python client failed:\n{out}");
     assert!(out.contains("python client: ok"), "{out}");
 
     let addr3 = addr.clone();
-    let (ok, out) = tokio::task::spawn_blocking(move || run(Command::new("grpcurl").args(["-plaintext", &addr3, "list"])))
-        .await
-        .unwrap();
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || run(Command::new("grpcurl").args(["-plaintext", &addr3, "list"])))
+            .await
+            .unwrap();
     assert!(ok, "grpcurl list failed:\n{out}");
-    for service in ["theta.v1.LogService", "theta.v1.ReplayService", "theta.v1.AuditService", "theta.v1.AdminService", "grpc.health.v1.Health"] {
+    for service in [
+        "theta.v1.LogService",
+        "theta.v1.ReplayService",
+        "theta.v1.AuditService",
+        "theta.v1.AdminService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(out.contains(service), "{service} missing from:\n{out}");
     }
     let (ok, out) = tokio::task::spawn_blocking(move || {
-        run(Command::new("grpcurl").args(["-plaintext", "-d", "{\"service\":\"\"}", &addr, "grpc.health.v1.Health/Check"]))
+        run(Command::new("grpcurl").args([
+            "-plaintext",
+            "-d",
+            "{\"service\":\"\"}",
+            &addr,
+            "grpc.health.v1.Health/Check",
+        ]))
     })
     .await
     .unwrap();
