@@ -301,6 +301,7 @@ pub async fn log(server: &Server, a: LogArgs) -> anyhow::Result<()> {
         entity: a.entity.unwrap_or(0),
         kinds: a.kinds,
         batch_size: 4096,
+        envelope_only: false,
     };
     let mut stream = ReplayServiceClient::new(ch).read_log(req).await.map_err(status)?.into_inner();
     let started = Instant::now();

