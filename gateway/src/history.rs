@@ -5,7 +5,7 @@
 //! speed, and a corrupt one is detected by the projector and skipped.
 
 use theta_projector::{CheckpointError, FoldError, Projection};
-use theta_schemas::{EntityId, SessionId};
+use theta_schemas::{CommandBody, EntityId, Envelope, SessionId};
 use theta_store::{Entries, ReadError, Store};
 
 /// Default spacing of checkpoints, entries.
@@ -44,6 +44,9 @@ pub struct Opened {
 }
 
 /// The projection of `session` at `at_seq` (0 gives the empty world).
+///
+/// The newest checkpoint is restored on one thread while the entries after it are read and
+/// decoded on another; the decoded commands are then folded in order.
 pub fn project(store: &Store, session: &SessionId, at_seq: u64) -> Result<Opened, HistoryError> {
     let head = store.head(session)?.seq;
     if at_seq > head {
@@ -51,27 +54,76 @@ pub fn project(store: &Store, session: &SessionId, at_seq: u64) -> Result<Opened
     }
     let mut skipped = Vec::new();
     let mut below = at_seq;
-    let (mut projection, checkpoint_seq) = loop {
+    loop {
         let Some((seq, bytes)) = store.checkpoint_at_or_below(session, below)? else {
-            break (Projection::new(*session), None);
+            return finish(store, session, at_seq, Projection::new(*session), None, skipped);
         };
-        match Projection::from_checkpoint(&bytes) {
-            Ok(p) if p.session() == *session && p.seq() == seq => break (p, Some(seq)),
+        let (restored, decoded) = std::thread::scope(|s| {
+            let reader = s.spawn(|| decode_range(store, session, seq + 1, at_seq));
+            let restored = Projection::from_checkpoint(&bytes);
+            (restored, reader.join().expect("reader thread"))
+        });
+        match restored {
+            Ok(p) if p.session() == *session && p.seq() == seq => {
+                let mut projection = p;
+                projection.begin_replay();
+                let mut replayed = 0;
+                for (entry_seq, body) in decoded? {
+                    projection.apply_command(entry_seq, &body)?;
+                    replayed += 1;
+                }
+                projection.end_replay();
+                assert_eq!(projection.seq(), at_seq, "replay reached the requested seq");
+                return Ok(Opened { projection, checkpoint_seq: Some(seq), replayed, skipped });
+            }
             Ok(_) => skipped.push((seq, CheckpointError::Corrupt("checkpoint of another position".into()))),
             Err(e) => skipped.push((seq, e)),
         }
         // Try the next older checkpoint.
         match seq.checked_sub(1) {
             Some(b) => below = b,
-            None => break (Projection::new(*session), None),
+            None => return finish(store, session, at_seq, Projection::new(*session), None, skipped),
         }
-    };
+    }
+}
+
+/// Reads and decodes entries `from..=to`.
+fn decode_range(
+    store: &Store,
+    session: &SessionId,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, CommandBody)>, HistoryError> {
+    let mut out = Vec::with_capacity(to.saturating_sub(from) as usize + 1);
+    if from > to {
+        return Ok(out);
+    }
+    for entry in store.read_range(session, from, to)? {
+        let entry = entry?;
+        let (_, body) = Envelope::open(&entry.envelope)
+            .map_err(|source| HistoryError::Fold(FoldError::Decode { seq: entry.seq, source }))?;
+        out.push((entry.seq, body));
+    }
+    Ok(out)
+}
+
+/// Replays `from` (a projection at some seq) up to `at_seq` on this thread.
+fn finish(
+    store: &Store,
+    session: &SessionId,
+    at_seq: u64,
+    mut projection: Projection,
+    checkpoint_seq: Option<u64>,
+    skipped: Vec<(u64, CheckpointError)>,
+) -> Result<Opened, HistoryError> {
     let from = projection.seq() + 1;
     projection.begin_replay();
     let mut replayed = 0;
-    for entry in store.read_range(session, from, at_seq)? {
-        projection.apply_entry(&entry?)?;
-        replayed += 1;
+    if from <= at_seq {
+        for entry in store.read_range(session, from, at_seq)? {
+            projection.apply_entry(&entry?)?;
+            replayed += 1;
+        }
     }
     projection.end_replay();
     assert_eq!(projection.seq(), at_seq, "replay reached the requested seq");

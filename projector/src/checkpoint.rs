@@ -9,11 +9,12 @@
 //! "THCK" | version u32 (=1) | session [16] | seq u64 | state_hash [32] | digest [32]
 //!        | body_len u64 | zstd(body)
 //! digest = SHA-256(session || seq || state_hash || body_len || zstd(body)): every byte is covered
-//! body:  n_policies u32 | (component u64, strategy u8)*
+//! body:  n_authors u32 | author [32]*          (every key named below, ascending)
+//!        n_policies u32 | (component u64, strategy u8)*
 //!        n_entities u64 | per entity, ascending id:
 //!          id u64 | n_values u16 | (component u64, len u32, canonical bytes)*
-//!          n_stamps u16 | (component u64, lamport u64, author [32])*
-//!          n_selection u16 | (author [32], lamport u64, selected u8)*
+//!          n_stamps u16 | (component u64, lamport u64, author index u32)*
+//!          n_selection u16 | (author index u32, lamport u64, selected u8)*
 //! ```
 
 use sha2::{Digest, Sha256};
@@ -107,6 +108,18 @@ impl Projection {
     /// Encodes the projection and its fold state as checkpoint bytes.
     pub fn checkpoint(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(1024));
+        // Author keys repeat across stamps: write each once and refer to it by index.
+        let mut authors = std::collections::BTreeSet::new();
+        for r in self.entities.values() {
+            authors.extend(r.stamps.values().map(|(_, a)| *a));
+            authors.extend(r.selection.keys().copied());
+        }
+        let index: std::collections::BTreeMap<AuthorKey, u32> =
+            authors.iter().enumerate().map(|(i, a)| (*a, i as u32)).collect();
+        w.u32(authors.len() as u32);
+        for a in &authors {
+            w.bytes(&a.0);
+        }
         w.u32(self.policies.len() as u32);
         for (c, s) in &self.policies {
             w.u64(c.0);
@@ -127,11 +140,11 @@ impl Projection {
             for (c, (lamport, author)) in r.stamps.iter() {
                 w.u64(c.0);
                 w.u64(*lamport);
-                w.bytes(&author.0);
+                w.u32(index[author]);
             }
             w.u16(r.selection.len() as u16);
             for (author, (lamport, selected)) in &r.selection {
-                w.bytes(&author.0);
+                w.u32(index[author]);
                 w.u64(*lamport);
                 w.u8(u8::from(*selected));
             }
@@ -196,6 +209,20 @@ impl Projection {
 
 /// Reads policies and entities into `p` (deferred by the caller).
 fn read_body(r: &mut Reader<'_>, p: &mut Projection) -> Result<(), CheckpointError> {
+    let n_authors = r.u32()? as usize;
+    if n_authors > r.b.len() / 32 {
+        return Err(CheckpointError::Corrupt(format!("{n_authors} authors declared")));
+    }
+    let mut authors = Vec::with_capacity(n_authors);
+    for _ in 0..n_authors {
+        authors.push(AuthorKey(r.array()?));
+    }
+    let author = |i: u32| {
+        authors
+            .get(i as usize)
+            .copied()
+            .ok_or_else(|| CheckpointError::Corrupt(format!("author index {i} out of range")))
+    };
     for _ in 0..r.u32()? {
         let c = ComponentId(r.u64()?);
         let s = ConflictStrategy::ALL
@@ -225,14 +252,14 @@ fn read_body(r: &mut Reader<'_>, p: &mut Projection) -> Result<(), CheckpointErr
         for _ in 0..r.u16()? {
             let c = ComponentId(r.u64()?);
             let lamport = r.u64()?;
-            let author = AuthorKey(r.array()?);
+            let author = author(r.u32()?)?;
             if crate::slots::slot(c).is_none() {
                 return Err(CheckpointError::Corrupt(format!("stamp of unknown component {c}")));
             }
             p.entities.get_mut(&e).expect("spawned").stamps.insert(c, (lamport, author));
         }
         for _ in 0..r.u16()? {
-            let author = AuthorKey(r.array()?);
+            let author = author(r.u32()?)?;
             let lamport = r.u64()?;
             let selected = r.u8()? != 0;
             p.entities.get_mut(&e).expect("spawned").selection.insert(author, (lamport, selected));

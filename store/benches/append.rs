@@ -232,7 +232,7 @@ fn flush_cost(dir: &std::path::Path) -> (Duration, Duration) {
     use theta_store::backend::{Backend, SledBackend, WriteBatch};
     let _ = std::fs::remove_dir_all(dir);
     let backend = SledBackend::open(dir, 64 << 20).expect("open sled");
-    let mut measure = |sync: bool| {
+    let measure = |sync: bool| {
         let mut times: Vec<Duration> = (0..300u64)
             .map(|i| {
                 let mut b = WriteBatch::default();
