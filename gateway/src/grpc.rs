@@ -47,16 +47,23 @@ pub struct Gateway {
     pub(crate) obs: Arc<Observability>,
     /// Becomes true when the server shuts down: long-lived streams end.
     closing: watch::Receiver<bool>,
+    /// How long a subscriber may leave its buffer full before it is told to resume later.
+    slow_subscriber: std::time::Duration,
 }
 
 impl Gateway {
     /// Services over `store`; registers the store's commit listener.
-    pub fn new(store: Arc<Store>, obs: Arc<Observability>, closing: watch::Receiver<bool>) -> Gateway {
+    pub fn new(
+        store: Arc<Store>,
+        obs: Arc<Observability>,
+        closing: watch::Receiver<bool>,
+        slow_subscriber: std::time::Duration,
+    ) -> Gateway {
         let (tx, rx) = watch::channel(0u64);
         store.set_commit_listener(move |_| {
             tx.send_modify(|n| *n += 1);
         });
-        Gateway { store, heads: rx, obs, closing }
+        Gateway { store, heads: rx, obs, closing, slow_subscriber }
     }
 
     fn submit(&self, envelope: Vec<u8>) -> oneshot::Receiver<Result<Receipt, AppendError>> {
@@ -292,11 +299,14 @@ impl ReplayService for Gateway {
         let r = req.into_inner();
         let s = convert::session(&r.session)?;
         self.store.head(&s).map_err(|e| read_status(&e))?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER_BATCHES);
+        // One slot more than the data may use: the "fell behind" status always fits.
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER_BATCHES + 1);
         let store = self.store.clone();
         let mut heads = self.heads.clone();
         let mut closing = self.closing.clone();
-        let batch = batch_size(r.batch_size);
+        let batch = batch_size(r.batch_size) as u64;
+        let patience = self.slow_subscriber;
+        let obs = self.obs.clone();
         let mut next = r.from_seq.max(1);
         tokio::spawn(async move {
             loop {
@@ -309,24 +319,39 @@ impl ReplayService for Gateway {
                     }
                 };
                 if head >= next {
-                    // Catch up on a blocking thread; the bounded channel paces it to the client.
-                    let (store, tx2) = (store.clone(), tx.clone());
-                    let from = next;
-                    let sent = tokio::task::spawn_blocking(move || {
-                        let entries = store.read_range(&s, from, head).map_err(|e| read_status(&e))?;
-                        send_entries(&tx2, entries, batch, |_| true)
+                    // Read one batch on a blocking thread, then wait for the client to make room.
+                    let (store2, from, to) = (store.clone(), next, head.min(next + batch - 1));
+                    let read = tokio::task::spawn_blocking(move || -> Result<Vec<pb::Entry>, Status> {
+                        let entries = store2.read_range(&s, from, to).map_err(|e| read_status(&e))?;
+                        entries.map(|e| e.map(convert::entry).map_err(|e| read_status(&e))).collect()
                     })
                     .await;
-                    match sent {
-                        Ok(Ok(last)) if last >= from => next = last + 1,
-                        Ok(Ok(_)) => {}
+                    let entries = match read {
+                        Ok(Ok(entries)) => entries,
                         Ok(Err(status)) => {
                             let _ = tx.send(Err(status)).await;
                             return;
                         }
                         Err(_) => return,
+                    };
+                    let waited = tokio::time::Instant::now();
+                    while tx.capacity() <= 1 {
+                        if tx.is_closed() {
+                            return;
+                        }
+                        if waited.elapsed() >= patience {
+                            // The client stopped reading: tell it where to resume, and let go.
+                            obs.subscriber_dropped();
+                            let _ = tx.try_send(Err(Status::resource_exhausted(format!(
+                                "subscriber fell behind (not reading for {} ms); resume with from_seq={next}",
+                                patience.as_millis()
+                            ))));
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                     }
-                    if tx.is_closed() {
+                    next = to + 1;
+                    if tx.send(Ok(pb::EntryBatch { entries })).await.is_err() {
                         return;
                     }
                     continue;

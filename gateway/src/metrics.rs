@@ -24,6 +24,7 @@ struct MethodStats {
 #[derive(Debug, Default)]
 pub struct Observability {
     methods: Mutex<BTreeMap<&'static str, MethodStats>>,
+    subscribers_dropped: std::sync::atomic::AtomicU64,
 }
 
 /// Records a call's latency when dropped.
@@ -52,6 +53,15 @@ impl Observability {
         CallTimer { obs: self, method, started: Instant::now() }
     }
 
+    /// Counts a subscriber told to resume later because it stopped reading.
+    pub fn subscriber_dropped(&self) {
+        self.subscribers_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn dropped(&self) -> u64 {
+        self.subscribers_dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Every counter by name (store counters, then per-method call counts).
     pub fn counters(&self, store: &Store) -> Vec<(String, u64)> {
         let m = store.metrics();
@@ -68,6 +78,7 @@ impl Observability {
             out.push((code.counter().to_string(), m.rejected(code)));
         }
         out.push(("conflicts".to_string(), m.rejected(RejectionCode::Conflict)));
+        out.push(("slow_subscriber_drops".to_string(), self.dropped()));
         for (method, s) in self.methods.lock().expect("metrics lock").iter() {
             out.push((format!("grpc_calls.{method}"), s.calls));
         }
@@ -107,6 +118,12 @@ impl Observability {
             "conflicts",
             "Appends rejected by a scope's conflict rules (same as conflict_rejections).",
             m.rejected(RejectionCode::Conflict),
+        );
+        counter(
+            &mut s,
+            "slow_subscriber_drops",
+            "Subscribe streams ended because the client stopped reading.",
+            self.dropped(),
         );
         let _ = writeln!(s, "# HELP theta_queue_depth Appends submitted and not yet answered.");
         let _ = writeln!(s, "# TYPE theta_queue_depth gauge");

@@ -49,6 +49,9 @@ pub struct ServeConfig {
     pub checkpoint_every_entries: u64,
     /// How often sessions are checked for due checkpoints, milliseconds. Default 5,000.
     pub checkpoint_interval_ms: u64,
+    /// How long a Subscribe client may stop reading (its buffer full) before its stream ends
+    /// with `RESOURCE_EXHAUSTED` and the seq to resume from, milliseconds. Default 30,000.
+    pub slow_subscriber_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -61,6 +64,7 @@ impl Default for ServeConfig {
             store: StoreConfig::default(),
             checkpoint_every_entries: DEFAULT_CHECKPOINT_EVERY_ENTRIES,
             checkpoint_interval_ms: 5_000,
+            slow_subscriber_ms: 30_000,
         }
     }
 }
@@ -143,7 +147,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
 pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result<Running, ServeError> {
     let obs = Arc::new(Observability::default());
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
-    let gw = Gateway::new(store.clone(), obs.clone(), closing);
+    let gw = Gateway::new(store.clone(), obs.clone(), closing, Duration::from_millis(config.slow_subscriber_ms));
     let limit = store.config().max_envelope_bytes + GRPC_HEADROOM_BYTES;
 
     let (health, health_service) = tonic_health::server::health_reporter();

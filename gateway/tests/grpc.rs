@@ -387,3 +387,62 @@ async fn grpc_over_tls_with_a_pinned_certificate() {
     }
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_told_where_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServeConfig {
+        data_dir: dir.path().join("data"),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: None,
+        store: StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
+        slow_subscriber_ms: 300,
+        ..ServeConfig::default()
+    };
+    let running = start(config).await.unwrap();
+    let ch = channel(&running).await;
+    let mut log = LogServiceClient::new(ch.clone());
+    let n = ComponentId::NONE;
+    let mut owner = Author::new(1);
+    log.create_session(req(owner.cmd(S, 0, n, 0, Command::CreateSession { name: "slow".into() }))).await.unwrap();
+    log.append(req(owner.cmd(S, 1, n, 0, Command::CreateEntity { shape: Shape::Cube, name: "x".into(), parent: 0 })))
+        .await
+        .unwrap();
+    // Subscribe with one entry per batch, and do not read.
+    let mut sub = ReplayServiceClient::new(ch.clone())
+        .subscribe(pb::SubscribeRequest { session: S.0.to_vec(), from_seq: 1, batch_size: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let batch: Vec<_> =
+        (0..2_000).map(|_| req(owner.cmd(S, 1, Name::id(), 0, Command::Rename { name: "n".repeat(8_000) }))).collect();
+    let mut responses = log.append_stream(tokio_stream::iter(batch)).await.unwrap().into_inner();
+    let mut acked = 0;
+    while let Some(r) = responses.next().await {
+        assert!(matches!(r.unwrap().result, Some(pb::append_stream_response::Result::Receipt(_))));
+        acked += 1;
+    }
+    assert_eq!(acked, 2_000);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Now read: buffered entries arrive in order, then the stream ends with the resume seq.
+    let mut last = 0;
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after seq {last}"))
+        {
+            Some(Ok(b)) => {
+                for e in b.entries {
+                    assert_eq!(e.seq, last + 1);
+                    last = e.seq;
+                }
+            }
+            Some(Err(status)) => break status,
+            None => panic!("stream ended without telling the client (last seq {last})"),
+        }
+    };
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains(&format!("from_seq={}", last + 1)), "{} (last {last})", err.message());
+    assert!(last < 2_002, "the server did not buffer everything for a stalled client");
+    running.shutdown().await;
+}
