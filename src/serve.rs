@@ -199,3 +199,64 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn resolve(argv: &[&str]) -> anyhow::Result<ServeConfig> {
+        Wrap::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))?.args.resolve()
+    }
+
+    #[test]
+    fn defaults_file_and_flags_in_that_order() {
+        let d = resolve(&[]).unwrap();
+        assert_eq!(d.grpc_addr, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(d.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(d.store.durability, Durability::Sync);
+        assert_eq!(d.data_dir, PathBuf::from("theta-data"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("theta.toml");
+        std::fs::write(
+            &file,
+            "data = \"/srv/theta\"\ngrpc_addr = \"127.0.0.1:7000\"\nmetrics_addr = \"off\"\ndurability = \"interval:20\"\nrate_per_sec = 50.0\n",
+        )
+        .unwrap();
+        let f = resolve(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(f.data_dir, PathBuf::from("/srv/theta"));
+        assert_eq!(f.grpc_addr, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(f.metrics_addr, None);
+        assert_eq!(f.store.durability, Durability::IntervalMs(20));
+        assert_eq!(f.store.rate_per_sec, 50.0);
+        // A flag wins over the file.
+        let g = resolve(&["--config", file.to_str().unwrap(), "--grpc-addr", "127.0.0.1:7001", "--durability", "none"])
+            .unwrap();
+        assert_eq!(g.grpc_addr, "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(g.store.durability, Durability::None);
+    }
+
+    #[test]
+    fn bad_settings_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "grpc_adr = \"127.0.0.1:1\"\n").unwrap();
+        let e = resolve(&["--config", file.to_str().unwrap()]).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `grpc_adr`"), "{e:#}");
+        let e = resolve(&["--durability", "sometimes"]).unwrap_err();
+        assert!(e.to_string().contains("sync, none or interval:MS"), "{e}");
+        let e = resolve(&["--tls-cert", "a.pem"]).unwrap_err();
+        assert!(e.to_string().contains("both --tls-cert and --tls-key"), "{e}");
+        let e = resolve(&["--max-envelope-bytes", "70000"]).unwrap_err();
+        assert!(e.to_string().contains("max_envelope_bytes"), "{e}");
+        assert!(resolve(&["--grpc-addr", "not an address"]).is_err());
+    }
+}
