@@ -390,15 +390,15 @@ impl Projection {
             }
             Command::MoveVertices { indices, positions } => {
                 self.record(seq, e)?;
-                if let Some(Value::Mesh(mut mesh)) = self.get(e, Mesh::id()) {
-                    if self.wins(e, Mesh::id(), stamp, strategy) {
-                        for (i, p) in indices.iter().zip(positions) {
-                            if let Some(slot) = mesh.positions.get_mut(*i as usize) {
-                                *slot = *p;
-                            }
+                if let Some(Value::Mesh(mut mesh)) = self.get(e, Mesh::id())
+                    && self.wins(e, Mesh::id(), stamp, strategy)
+                {
+                    for (i, p) in indices.iter().zip(positions) {
+                        if let Some(slot) = mesh.positions.get_mut(*i as usize) {
+                            *slot = *p;
                         }
-                        self.set_value(e, Value::Mesh(mesh));
                     }
+                    self.set_value(e, Value::Mesh(mesh));
                 }
             }
             Command::AddFaces { indices } => {
@@ -411,18 +411,18 @@ impl Projection {
             }
             Command::RemoveFaces { faces } => {
                 self.record(seq, e)?;
-                if let Some(Value::Mesh(mut mesh)) = self.get(e, Mesh::id()) {
-                    if self.wins(e, Mesh::id(), stamp, strategy) {
-                        let drop: BTreeSet<usize> = faces.iter().map(|f| *f as usize).collect();
-                        mesh.indices = mesh
-                            .indices
-                            .chunks_exact(3)
-                            .enumerate()
-                            .filter(|(i, _)| !drop.contains(i))
-                            .flat_map(|(_, t)| t.iter().copied())
-                            .collect();
-                        self.set_value(e, Value::Mesh(mesh));
-                    }
+                if let Some(Value::Mesh(mut mesh)) = self.get(e, Mesh::id())
+                    && self.wins(e, Mesh::id(), stamp, strategy)
+                {
+                    let drop: BTreeSet<usize> = faces.iter().map(|f| *f as usize).collect();
+                    mesh.indices = mesh
+                        .indices
+                        .chunks_exact(3)
+                        .enumerate()
+                        .filter(|(i, _)| !drop.contains(i))
+                        .flat_map(|(_, t)| t.iter().copied())
+                        .collect();
+                    self.set_value(e, Value::Mesh(mesh));
                 }
             }
             Command::Rename { name } => {

@@ -506,7 +506,7 @@ impl Command {
             CommandKind::AddFaces => {
                 let c = b.command_as_add_faces().ok_or_else(missing)?;
                 let indices: Vec<u32> = c.indices().map(|v| v.iter().collect()).unwrap_or_default();
-                if indices.len() % 3 != 0 {
+                if !indices.len().is_multiple_of(3) {
                     return Err(DecodeError::InvalidValue {
                         field: "AddFaces.indices",
                         reason: "must hold 3 indices per triangle",

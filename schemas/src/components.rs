@@ -230,7 +230,7 @@ impl Component for Mesh {
             t.positions().map(|v| v.iter().map(|p| [p.x(), p.y(), p.z()]).collect()).unwrap_or_default();
         let indices: Vec<u32> = t.indices().map(|v| v.iter().collect()).unwrap_or_default();
         finite(positions.as_flattened(), "Mesh.positions")?;
-        if indices.len() % 3 != 0 {
+        if !indices.len().is_multiple_of(3) {
             return Err(DecodeError::InvalidValue {
                 field: "Mesh.indices",
                 reason: "must hold 3 indices per triangle",

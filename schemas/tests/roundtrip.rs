@@ -15,7 +15,11 @@ fn key(n: u8) -> AuthorKey {
 
 /// One command of every kind.
 pub fn every_command() -> Vec<Command> {
-    let t = Transform { translation: [1.5, -2.0, 3.25], rotation: [0.0, 0.7071, 0.0, 0.7071], scale: [2.0, 2.0, 2.0] };
+    let t = Transform {
+        translation: [1.5, -2.0, 3.25],
+        rotation: [0.0, std::f32::consts::FRAC_1_SQRT_2, 0.0, std::f32::consts::FRAC_1_SQRT_2],
+        scale: [2.0, 2.0, 2.0],
+    };
     let m = Material { base_color: [1.0, 0.2, 0.1, 1.0], metallic: 0.3, roughness: 0.8 };
     vec![
         Command::CreateSession { name: "scene".into() },

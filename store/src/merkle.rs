@@ -150,7 +150,7 @@ impl<E, F: FnMut(u8, u64) -> Result<Hash, E>> Prover<F> {
     /// MTH of leaves `[lo, hi)`, `hi > lo`.
     pub fn subtree(&mut self, lo: u64, hi: u64) -> Result<Hash, E> {
         let n = hi - lo;
-        if n.is_power_of_two() && lo % n == 0 {
+        if n.is_power_of_two() && lo.is_multiple_of(n) {
             return (self.node)(n.trailing_zeros() as u8, lo / n);
         }
         let k = largest_pow2_below(n);

@@ -954,10 +954,10 @@ fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Res
     if prev != state.meta.last_hash {
         return Err(bad(head, "last entry hash differs from the session header".into()));
     }
-    if let Some(f) = rebuilt {
-        if f.root() != state.frontier.root() {
-            return Err(bad(head, "Merkle root differs from the stored tree".into()));
-        }
+    if let Some(f) = rebuilt
+        && f.root() != state.frontier.root()
+    {
+        return Err(bad(head, "Merkle root differs from the stored tree".into()));
     }
     Ok(())
 }
@@ -1100,14 +1100,14 @@ impl Committer {
     }
 
     fn flush_if_due(&mut self, interval: Duration, failed: &mut bool) {
-        if let Some(since) = self.dirty_since {
-            if since.elapsed() >= interval {
-                if self.shared.backend.flush(true).is_err() {
-                    *failed = true;
-                }
-                self.shared.metrics.flushes.fetch_add(1, Relaxed);
-                self.dirty_since = None;
+        if let Some(since) = self.dirty_since
+            && since.elapsed() >= interval
+        {
+            if self.shared.backend.flush(true).is_err() {
+                *failed = true;
             }
+            self.shared.metrics.flushes.fetch_add(1, Relaxed);
+            self.dirty_since = None;
         }
     }
 

@@ -54,10 +54,10 @@ pub fn validate(body: &CommandBody) -> Result<(), AppendError> {
                 return Err(invalid(body, "granting role None: use RevokeRole"));
             }
         }
-        Command::SetConflictPolicy { component, .. } => {
-            if *component != ComponentId::NONE && !is_registered(*component) {
-                return Err(invalid(body, format!("unknown component {component}")));
-            }
+        Command::SetConflictPolicy { component, .. }
+            if *component != ComponentId::NONE && !is_registered(*component) =>
+        {
+            return Err(invalid(body, format!("unknown component {component}")));
         }
         Command::SetComponent { data } => {
             let c = body.component;
