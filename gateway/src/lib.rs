@@ -10,6 +10,7 @@ mod convert;
 pub mod grpc;
 pub mod history;
 pub mod metrics;
+pub mod quic;
 pub mod server;
 pub mod status;
 

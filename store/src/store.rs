@@ -491,6 +491,18 @@ impl Store {
         self.view(session)
     }
 
+    /// The current role of `key` in `session` ([`Role::None`] without a grant), and the head seq.
+    pub fn role(&self, session: &SessionId, key: &AuthorKey) -> Result<(theta_schemas::Role, u64), ReadError> {
+        let head = self.view(session)?;
+        let role = self
+            .shared
+            .backend
+            .get(&keys::member(session, key))?
+            .and_then(|v| v.first().and_then(|b| theta_schemas::Role::ALL.get(usize::from(*b)).copied()))
+            .unwrap_or(theta_schemas::Role::None);
+        Ok((role, head.seq))
+    }
+
     /// One entry.
     pub fn entry(&self, session: &SessionId, seq: u64) -> Result<LogEntry, ReadError> {
         let head = self.view(session)?;

@@ -1,0 +1,177 @@
+//! The QUIC endpoint on loopback with a real quinn client: handshake, commands, receipts and
+//! bad input.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use quinn::crypto::rustls::QuicClientConfig;
+use theta_client::frame::{self, Decoder};
+use theta_client::handshake::{ClientHandshake, ClientStep, CloseCode, HandshakeError};
+use theta_gateway::quic::{ALPN, COMMAND_ERROR_BASE, load_or_create_identity, serve_quic};
+use theta_schemas::components::Name;
+use theta_schemas::ids::ComponentMeta;
+use theta_schemas::signing::author_key;
+use theta_schemas::wire::Capabilities;
+use theta_schemas::{Command, CommandBody, ComponentId, Envelope, Message, Role, SessionId, Shape};
+use theta_store::{Store, StoreConfig};
+
+const S: SessionId = SessionId([0x44; 16]);
+
+fn sign(key: &SigningKey, lamport: u64, entity: u64, component: ComponentId, command: Command) -> Vec<u8> {
+    let body = CommandBody {
+        session: S,
+        author: author_key(key),
+        lamport,
+        nonce: lamport * 1_000 + entity,
+        wall_clock_ms: 0,
+        entity,
+        component,
+        base_version: 0,
+        command,
+    };
+    Envelope::sign(&body, key).encode()
+}
+
+fn client(cert: rustls::pki_types::CertificateDer<'static>) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap())));
+    ep
+}
+
+struct Control {
+    tx: quinn::SendStream,
+    rx: quinn::RecvStream,
+    dec: Decoder,
+    pending: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl Control {
+    async fn send(&mut self, payload: &[u8]) {
+        self.tx.write_all(&frame::encode(payload)).await.unwrap();
+    }
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(f) = self.pending.pop_front() {
+                return Some(f);
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.rx.read_chunk(1 << 16, true))
+                .await
+                .expect("timely")
+                .ok()??;
+            self.pending.extend(self.dec.push(&chunk.bytes).unwrap());
+        }
+    }
+}
+
+async fn connect(ep: &quinn::Endpoint, addr: std::net::SocketAddr) -> (quinn::Connection, Control) {
+    let conn = ep.connect(addr, "localhost").unwrap().await.unwrap();
+    let (tx, rx) = conn.open_bi().await.unwrap();
+    (conn, Control { tx, rx, dec: Decoder::new(1 << 16), pending: Default::default() })
+}
+
+async fn handshake(ctl: &mut Control, key: &SigningKey) -> Result<theta_schemas::wire::Welcome, HandshakeError> {
+    let (mut hs, hello) = ClientHandshake::start(key.clone(), S, Capabilities::default(), rand::random());
+    ctl.send(&hello).await;
+    loop {
+        let msg = ctl.recv().await.expect("server answers");
+        match hs.on_message(&msg)? {
+            ClientStep::Send(p) => ctl.send(&p).await,
+            ClientStep::Done(w) => return Ok(w),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_commands_and_bad_input_over_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open(
+            dir.path().join("data"),
+            StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
+        )
+        .unwrap(),
+    );
+    let owner = SigningKey::from_bytes(&[1; 32]);
+    let editor = SigningKey::from_bytes(&[2; 32]);
+    let viewer = SigningKey::from_bytes(&[3; 32]);
+    let n = ComponentId::NONE;
+    store.append(&sign(&owner, 1, 0, n, Command::CreateSession { name: "quic".into() })).unwrap();
+    store.append(&sign(&owner, 2, 0, n, Command::GrantRole { key: author_key(&editor), role: Role::Editor })).unwrap();
+    store.append(&sign(&owner, 3, 0, n, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
+    store
+        .append(&sign(&owner, 4, 1, n, Command::CreateEntity { shape: Shape::Cube, name: "c".into(), parent: 0 }))
+        .unwrap();
+
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let cert = identity.cert.clone();
+    // The identity is kept: a second load gives the same fingerprint.
+    assert_eq!(load_or_create_identity(dir.path()).unwrap().fingerprint, identity.fingerprint);
+    let server = serve_quic(store.clone(), "127.0.0.1:0".parse().unwrap(), identity, 2_000).unwrap();
+    let ep = client(cert);
+
+    // An editor: handshake, then commands on a uni stream, receipts on control.
+    let (conn, mut ctl) = connect(&ep, server.addr).await;
+    let w = handshake(&mut ctl, &editor).await.unwrap();
+    assert_eq!((w.role, w.head_seq, w.session), (Role::Editor, 4, S));
+    let mut cmds = conn.open_uni().await.unwrap();
+    for l in 10..20u64 {
+        cmds.write_all(&frame::encode(&sign(&editor, l, 1, Name::id(), Command::Rename { name: format!("n{l}") })))
+            .await
+            .unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 10 {
+        match Message::decode(&ctl.recv().await.unwrap()).unwrap() {
+            Message::CommandReceipt(r) => seqs.push(r.seq),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(seqs, (5..=14).collect::<Vec<_>>());
+    assert_eq!(store.head(&S).unwrap().seq, 14);
+
+    // A viewer's command stream: a typed error per command, the same store check and counter.
+    let (vconn, mut vctl) = connect(&ep, server.addr).await;
+    assert_eq!(handshake(&mut vctl, &viewer).await.unwrap().role, Role::Viewer);
+    let mut vcmds = vconn.open_uni().await.unwrap();
+    vcmds
+        .write_all(&frame::encode(&sign(&viewer, 30, 1, Name::id(), Command::Rename { name: "no".into() })))
+        .await
+        .unwrap();
+    match Message::decode(&vctl.recv().await.unwrap()).unwrap() {
+        Message::Error(e) => {
+            assert_eq!(e.code, COMMAND_ERROR_BASE + theta_store::RejectionCode::Permission as u32);
+            assert_eq!(e.nonce, 30_001);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.metrics().counter("permission_denials"), Some(1));
+
+    // A key without a role, and a stranger's session: refused after the proof.
+    let (_, mut sctl) = connect(&ep, server.addr).await;
+    let e = handshake(&mut sctl, &SigningKey::from_bytes(&[9; 32])).await.unwrap_err();
+    assert!(matches!(e, HandshakeError::Refused { code, .. } if code == CloseCode::NoRole as u32), "{e:?}");
+
+    // Garbage and a header claiming 4 GiB close the connection; others keep working.
+    let (gconn, mut gctl) = connect(&ep, server.addr).await;
+    gctl.tx.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), gconn.closed()).await.expect("closed");
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == 7u32.into()),
+        "{closed:?}"
+    );
+    cmds.write_all(&frame::encode(&sign(&editor, 40, 1, Name::id(), Command::Rename { name: "still".into() })))
+        .await
+        .unwrap();
+    assert!(matches!(Message::decode(&ctl.recv().await.unwrap()).unwrap(), Message::CommandReceipt(r) if r.seq == 15));
+    server.shutdown().await;
+}
