@@ -7,6 +7,7 @@
 //! data = "./theta-data"          # data directory
 //! grpc_addr = "127.0.0.1:50051"  # gRPC listen address
 //! metrics_addr = "127.0.0.1:9464" # Prometheus /metrics address, or "off"
+//! quic_addr = "127.0.0.1:50052"  # QUIC (UDP) address, or "off"
 //! tls_cert = "cert.pem"          # gRPC TLS certificate chain (PEM), with tls_key
 //! tls_key = "key.pem"
 //! durability = "sync"            # sync | none | interval:MS
@@ -40,6 +41,9 @@ pub struct ServeArgs {
     /// Prometheus endpoint address, or "off" [default: 127.0.0.1:9464].
     #[arg(long, env = "THETA_METRICS_ADDR", value_name = "ADDR|off")]
     metrics_addr: Option<String>,
+    /// QUIC (UDP) listen address, or "off" [default: 127.0.0.1:50052].
+    #[arg(long, env = "THETA_QUIC_ADDR", value_name = "ADDR|off")]
+    quic_addr: Option<String>,
     /// TLS certificate chain for gRPC (PEM); needs --tls-key.
     #[arg(long, env = "THETA_TLS_CERT", value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -73,6 +77,7 @@ struct FileConfig {
     data: Option<PathBuf>,
     grpc_addr: Option<SocketAddr>,
     metrics_addr: Option<String>,
+    quic_addr: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     durability: Option<String>,
@@ -114,6 +119,11 @@ impl ServeArgs {
             Some("off") => None,
             Some(a) => Some(a.parse().with_context(|| format!("metrics address {a:?}"))?),
         };
+        let quic_addr = match self.quic_addr.or(file.quic_addr).as_deref() {
+            None => d.quic_addr,
+            Some("off") => None,
+            Some(a) => Some(a.parse().with_context(|| format!("QUIC address {a:?}"))?),
+        };
         let tls = match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key)) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -145,6 +155,7 @@ impl ServeArgs {
             data_dir: self.data.or(file.data).unwrap_or(d.data_dir),
             grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(d.grpc_addr),
             metrics_addr,
+            quic_addr,
             tls,
             store,
             checkpoint_every_entries,
@@ -169,6 +180,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             data = %config.data_dir.display(),
             grpc = %running.grpc_addr,
             metrics = ?running.metrics_addr,
+            quic = ?running.quic_addr,
+            quic_cert_sha256 = running.quic_fingerprint.as_deref().unwrap_or("-"),
             tls = config.tls.is_some(),
             sessions = store.sessions().len(),
             service_key = %hex::encode(store.service_public_key()),

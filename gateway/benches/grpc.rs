@@ -118,8 +118,12 @@ fn main() {
     let direct = prepare(&store, direct_session, per_author);
 
     rt.block_on(async {
-        let serve =
-            ServeConfig { grpc_addr: "127.0.0.1:0".parse().unwrap(), metrics_addr: None, ..ServeConfig::default() };
+        let serve = ServeConfig {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            metrics_addr: None,
+            quic_addr: None,
+            ..ServeConfig::default()
+        };
         let running = start_with_store(store.clone(), &serve).await.expect("server");
         let ch = Channel::from_shared(format!("http://{}", running.grpc_addr)).unwrap().connect().await.unwrap();
 

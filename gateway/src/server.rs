@@ -41,6 +41,11 @@ pub struct ServeConfig {
     pub grpc_addr: SocketAddr,
     /// Prometheus endpoint address (`/metrics`); `None` disables it. Default `127.0.0.1:9464`.
     pub metrics_addr: Option<SocketAddr>,
+    /// QUIC endpoint address (UDP); `None` disables it. Default `127.0.0.1:50052`. Its
+    /// certificate is `quic-cert.der` in the data directory, made at first start.
+    pub quic_addr: Option<SocketAddr>,
+    /// Time a QUIC client has to complete the handshake, milliseconds. Default 5,000.
+    pub handshake_timeout_ms: u64,
     /// TLS for gRPC; plaintext when `None` (the default, for loopback).
     pub tls: Option<TlsFiles>,
     /// Store settings.
@@ -60,6 +65,8 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("theta-data"),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            quic_addr: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
+            handshake_timeout_ms: 5_000,
             tls: None,
             store: StoreConfig::default(),
             checkpoint_every_entries: DEFAULT_CHECKPOINT_EVERY_ENTRIES,
@@ -81,6 +88,9 @@ pub enum ServeError {
         #[source]
         source: theta_store::OpenError,
     },
+    /// The QUIC endpoint could not start.
+    #[error(transparent)]
+    Quic(#[from] crate::quic::QuicError),
     /// A listen address could not be bound.
     #[error("bind {addr}: {source}")]
     Bind {
@@ -104,6 +114,11 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// The bound metrics address.
     pub metrics_addr: Option<SocketAddr>,
+    /// The bound QUIC address.
+    pub quic_addr: Option<SocketAddr>,
+    /// SHA-256 fingerprint of the QUIC certificate (hex), for clients to pin.
+    pub quic_fingerprint: Option<String>,
+    quic: Option<crate::quic::QuicServer>,
     store: Arc<Store>,
     closing: tokio::sync::watch::Sender<bool>,
     stop: Option<oneshot::Sender<()>>,
@@ -125,6 +140,9 @@ impl Running {
             let _ = stop.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.server).await;
+        if let Some(q) = self.quic.take() {
+            q.shutdown().await;
+        }
         for b in &self.background {
             b.abort();
         }
@@ -206,7 +224,25 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
         config.checkpoint_every_entries,
         config.checkpoint_interval_ms,
     )));
-    Ok(Running { grpc_addr, metrics_addr, store, closing: closing_tx, stop: Some(stop), server, background })
+    let quic = match config.quic_addr {
+        Some(addr) => {
+            let identity = crate::quic::load_or_create_identity(&config.data_dir)?;
+            Some(crate::quic::serve_quic(store.clone(), addr, identity, config.handshake_timeout_ms)?)
+        }
+        None => None,
+    };
+    Ok(Running {
+        grpc_addr,
+        metrics_addr,
+        quic_addr: quic.as_ref().map(|q| q.addr),
+        quic_fingerprint: quic.as_ref().map(|q| q.fingerprint.clone()),
+        quic,
+        store,
+        closing: closing_tx,
+        stop: Some(stop),
+        server,
+        background,
+    })
 }
 
 /// Writes due checkpoints of every session, periodically.

@@ -75,7 +75,17 @@ fn serve_shuts_down_gracefully_on_sigterm_keeping_every_acknowledged_append() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut child = Command::new(env!("CARGO_BIN_EXE_theta"))
-        .args(["serve", "--data", data.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "off"])
+        .args([
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "off",
+            "--quic-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--rate-per-sec", "100000", "--rate-burst", "100000"])
         .stderr(Stdio::piped())
         .spawn()
