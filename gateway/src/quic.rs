@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use theta_client::frame::{self, Decoder};
 use theta_client::handshake::{Reject, ServerHandshake, ServerStep};
-use theta_schemas::wire::{Capabilities, CommandReceipt, WireError};
+use theta_schemas::wire::{Capabilities, CommandReceipt, Heartbeat, WireError};
 use theta_schemas::{Envelope, MAX_ENVELOPE_BYTES, Message};
 use theta_store::{AppendError, ReadError, Store};
 use tokio::sync::mpsc;
@@ -210,6 +210,38 @@ async fn connection(store: Arc<Store>, conn: quinn::Connection, timeout_ms: u64)
             }
         }
     });
+    // The client's heartbeats on the control stream are answered with an echo of their
+    // timestamp, so both sides can measure the round trip.
+    {
+        let (out_tx, conn) = (out_tx.clone(), conn.clone());
+        tokio::spawn(async move {
+            let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
+            let mut sequence = 0u64;
+            while let Ok(Some(chunk)) = control_rx.read_chunk(MAX_ENVELOPE_BYTES, true).await {
+                let Ok(frames) = decoder.push(&chunk.bytes) else {
+                    conn.close(7u32.into(), b"bad frame on the control stream");
+                    return;
+                };
+                for f in frames {
+                    match Message::decode(&f) {
+                        Ok(Message::Heartbeat(h)) => {
+                            sequence += 1;
+                            let now_us =
+                                SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+                            let reply = Heartbeat { sequence, sent_at_us: now_us, echo_us: h.sent_at_us };
+                            if out_tx.send(Message::Heartbeat(reply).encode()).await.is_err() {
+                                return;
+                            }
+                        }
+                        _ => {
+                            conn.close(7u32.into(), b"unexpected message on the control stream");
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
     // Commands arrive on unidirectional streams opened by the client.
     while let Ok(mut stream) = conn.accept_uni().await {
         let (store, out_tx, conn) = (store.clone(), out_tx.clone(), conn.clone());

@@ -139,6 +139,14 @@ async fn handshake_commands_and_bad_input_over_quic() {
     assert_eq!(seqs, (5..=14).collect::<Vec<_>>());
     assert_eq!(store.head(&S).unwrap().seq, 14);
 
+    // Heartbeats on the control stream are echoed (round-trip measurement).
+    let hb = theta_schemas::wire::Heartbeat { sequence: 1, sent_at_us: 123_456, echo_us: 0 };
+    ctl.send(&Message::Heartbeat(hb).encode()).await;
+    match Message::decode(&ctl.recv().await.unwrap()).unwrap() {
+        Message::Heartbeat(h) => assert_eq!((h.sequence, h.echo_us), (1, 123_456)),
+        other => panic!("{other:?}"),
+    }
+
     // A viewer's command stream: a typed error per command, the same store check and counter.
     let (vconn, mut vctl) = connect(&ep, server.addr).await;
     assert_eq!(handshake(&mut vctl, &viewer).await.unwrap().role, Role::Viewer);
