@@ -60,7 +60,7 @@ impl Gateway {
         slow_subscriber: std::time::Duration,
     ) -> Gateway {
         let (tx, rx) = watch::channel(0u64);
-        store.set_commit_listener(move |_| {
+        store.add_commit_listener(move |_| {
             tx.send_modify(|n| *n += 1);
         });
         Gateway { store, heads: rx, obs, closing, slow_subscriber }

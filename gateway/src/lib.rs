@@ -9,6 +9,7 @@
 mod convert;
 pub mod grpc;
 pub mod history;
+pub mod live;
 pub mod metrics;
 pub mod quic;
 pub mod server;

@@ -110,6 +110,7 @@ pub fn serve_quic(
     identity: Identity,
     handshake_timeout_ms: u64,
 ) -> Result<QuicServer, QuicError> {
+    let hub = crate::live::LiveHub::new(store.clone());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -126,10 +127,10 @@ pub fn serve_quic(
     let ep = endpoint.clone();
     let task = tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
-            let store = store.clone();
+            let (store, hub) = (store.clone(), hub.clone());
             tokio::spawn(async move {
                 if let Ok(conn) = incoming.await {
-                    connection(store, conn, handshake_timeout_ms).await;
+                    connection(store, hub, conn, handshake_timeout_ms).await;
                 }
             });
         }
@@ -142,7 +143,7 @@ fn server_capabilities() -> Capabilities {
 }
 
 /// One connection: handshake, then commands.
-async fn connection(store: Arc<Store>, conn: quinn::Connection, timeout_ms: u64) {
+async fn connection(store: Arc<Store>, hub: Arc<crate::live::LiveHub>, conn: quinn::Connection, timeout_ms: u64) {
     let Ok((mut control_tx, mut control_rx)) = conn.accept_bi().await else { return };
     let mut hs = ServerHandshake::new(server_capabilities(), rand::random(), now_ms(), timeout_ms);
     let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
@@ -210,6 +211,18 @@ async fn connection(store: Arc<Store>, conn: quinn::Connection, timeout_ms: u64)
             }
         }
     });
+    // Replication: a server-opened stream with the snapshot, then deltas in seq order.
+    if let Ok(mut frames) = hub.subscribe(accepted.session) {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let Ok(mut stream) = conn.open_uni().await else { return };
+            while let Some(payload) = frames.recv().await {
+                if stream.write_all(&frame::encode(&payload)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     // The client's heartbeats on the control stream are answered with an echo of their
     // timestamp, so both sides can measure the round trip.
     {

@@ -183,3 +183,102 @@ async fn handshake_commands_and_bad_input_over_quic() {
     assert!(matches!(Message::decode(&ctl.recv().await.unwrap()).unwrap(), Message::CommandReceipt(r) if r.seq == 15));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_mirror_the_live_projection_over_quic() {
+    use theta_projector::Assembler;
+    use theta_schemas::components::Transform;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open(
+            dir.path().join("data"),
+            StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
+        )
+        .unwrap(),
+    );
+    let owner = SigningKey::from_bytes(&[1; 32]);
+    let editor = SigningKey::from_bytes(&[2; 32]);
+    let viewer = SigningKey::from_bytes(&[3; 32]);
+    let n = ComponentId::NONE;
+    store.append(&sign(&owner, 1, 0, n, Command::CreateSession { name: "live".into() })).unwrap();
+    store.append(&sign(&owner, 2, 0, n, Command::GrantRole { key: author_key(&editor), role: Role::Editor })).unwrap();
+    store.append(&sign(&owner, 3, 0, n, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
+    for e in 1..=3u64 {
+        store
+            .append(&sign(
+                &owner,
+                3 + e,
+                e,
+                n,
+                Command::CreateEntity { shape: Shape::Sphere, name: format!("s{e}"), parent: 0 },
+            ))
+            .unwrap();
+    }
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let cert = identity.cert.clone();
+    let server = serve_quic(store.clone(), "127.0.0.1:0".parse().unwrap(), identity, 2_000).unwrap();
+    let ep = client(cert);
+
+    // Three viewers join; each gets the snapshot on the replication stream.
+    let mut mirrors = Vec::new();
+    for _ in 0..3 {
+        let (conn, mut ctl) = connect(&ep, server.addr).await;
+        handshake(&mut ctl, &viewer).await.unwrap();
+        let mut rep = conn.accept_uni().await.unwrap();
+        let mut dec = Decoder::new(1 << 16);
+        let mut asm = Assembler::new();
+        let mirror = loop {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), rep.read_chunk(1 << 16, true))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let mut done = None;
+            for f in dec.push(&chunk.bytes).unwrap() {
+                let Message::SnapshotChunk(c) = Message::decode(&f).unwrap() else { panic!("snapshot first") };
+                done = asm.add(c).unwrap().or(done);
+            }
+            if let Some(m) = done {
+                break m;
+            }
+        };
+        assert_eq!(mirror.seq(), 6);
+        mirrors.push((conn, ctl, rep, dec, mirror));
+    }
+
+    // An editor moves things; every viewer's mirror follows through deltas.
+    let (econn, mut ectl) = connect(&ep, server.addr).await;
+    handshake(&mut ectl, &editor).await.unwrap();
+    let mut cmds = econn.open_uni().await.unwrap();
+    for l in 10..60u64 {
+        let t = Transform { translation: [l as f32, 0.0, 0.0], ..Transform::default() };
+        cmds.write_all(&frame::encode(&sign(&editor, l, 1 + l % 3, Transform::id(), Command::SetTransform(t))))
+            .await
+            .unwrap();
+    }
+    let mut receipts = 0;
+    while receipts < 50 {
+        if let Message::CommandReceipt(_) = Message::decode(&ectl.recv().await.unwrap()).unwrap() {
+            receipts += 1;
+        }
+    }
+    let head = store.head(&S).unwrap().seq;
+    assert_eq!(head, 56);
+    let want = theta_gateway::history::project(&store, &S, head).unwrap().projection.state_hash();
+    for (_, _, rep, dec, mirror) in &mut mirrors {
+        while mirror.seq() < head {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), rep.read_chunk(1 << 16, true))
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            for f in dec.push(&chunk.bytes).unwrap() {
+                let Message::Delta(d) = Message::decode(&f).unwrap() else { panic!("deltas after the snapshot") };
+                mirror.apply_delta(&d).unwrap();
+            }
+        }
+        assert_eq!(mirror.state_hash(), want, "mirror equals the server's projection at seq {head}");
+    }
+    server.shutdown().await;
+}

@@ -209,7 +209,7 @@ struct Shared {
     views: RwLock<BTreeMap<SessionId, View>>,
     service_key: SigningKey,
     closing: AtomicBool,
-    listener: RwLock<Option<CommitListener>>,
+    listeners: RwLock<Vec<CommitListener>>,
 }
 
 /// Called by the commit thread with the new heads of the sessions a durable commit changed.
@@ -353,7 +353,7 @@ impl Store {
             views: RwLock::new(views),
             service_key,
             closing: AtomicBool::new(false),
-            listener: RwLock::new(None),
+            listeners: RwLock::new(Vec::new()),
         });
         let (tx, rx) = sync_channel::<Job>(shared.config.queue_capacity.max(1));
         let (tx2, rx2) = sync_channel::<Stage2>(2);
@@ -441,10 +441,10 @@ impl Store {
         }
     }
 
-    /// Registers the function told about every durable commit (replacing any earlier one).
-    /// It runs on the commit thread: keep it short (send to a channel).
-    pub fn set_commit_listener(&self, f: impl Fn(&[Head]) + Send + Sync + 'static) {
-        *self.shared.listener.write().expect("listener lock") = Some(Arc::new(f));
+    /// Adds a function told about every durable commit. It runs on the commit thread: keep
+    /// it short (send to a channel).
+    pub fn add_commit_listener(&self, f: impl Fn(&[Head]) + Send + Sync + 'static) {
+        self.shared.listeners.write().expect("listener lock").push(Arc::new(f));
     }
 
     /// The store's telemetry.
@@ -1105,8 +1105,8 @@ impl Committer {
         if heads.is_empty() {
             return;
         }
-        let listener = self.shared.listener.read().expect("listener lock").clone();
-        if let Some(f) = listener {
+        let listeners = self.shared.listeners.read().expect("listener lock").clone();
+        for f in listeners {
             f(heads);
         }
     }
