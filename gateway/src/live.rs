@@ -86,9 +86,22 @@ impl LiveHub {
         let mut p: Projection = opened.projection;
         let _ = p.take_delta(false);
         let mut viewers: Vec<Slot> = Vec::new();
-        while let Ok(first) = rx.recv() {
+        loop {
+            // While a viewer waits for a resync, retry it every 50 ms even without commits.
+            let first = if viewers.iter().any(|v| v.resync) {
+                match rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                    Ok(c) => Some(c),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                }
+            };
             let mut commits = false;
-            for cmd in std::iter::once(first).chain(rx.try_iter()) {
+            for cmd in first.into_iter().chain(rx.try_iter()) {
                 match cmd {
                     Cmd::Commit => commits = true,
                     Cmd::Subscribe(tx) => {

@@ -82,6 +82,8 @@ pub fn load_or_create_identity(dir: &Path) -> Result<Identity, QuicError> {
 
 /// A running QUIC endpoint.
 pub struct QuicServer {
+    /// The live projections and their viewers.
+    pub hub: Arc<crate::live::LiveHub>,
     /// The bound address.
     pub addr: SocketAddr,
     /// The certificate fingerprint clients can pin.
@@ -125,9 +127,10 @@ pub fn serve_quic(
     let endpoint = quinn::Endpoint::server(config, addr).map_err(|source| QuicError::Bind { addr, source })?;
     let bound = endpoint.local_addr().map_err(|source| QuicError::Bind { addr, source })?;
     let ep = endpoint.clone();
+    let hub2 = hub.clone();
     let task = tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
-            let (store, hub) = (store.clone(), hub.clone());
+            let (store, hub) = (store.clone(), hub2.clone());
             tokio::spawn(async move {
                 if let Ok(conn) = incoming.await {
                     connection(store, hub, conn, handshake_timeout_ms).await;
@@ -135,7 +138,7 @@ pub fn serve_quic(
             });
         }
     });
-    Ok(QuicServer { addr: bound, fingerprint: identity.fingerprint, endpoint, task })
+    Ok(QuicServer { hub, addr: bound, fingerprint: identity.fingerprint, endpoint, task })
 }
 
 fn server_capabilities() -> Capabilities {

@@ -282,3 +282,103 @@ async fn viewers_mirror_the_live_projection_over_quic() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_viewer_is_resynced_without_slowing_the_others() {
+    use theta_projector::Assembler;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open(
+            dir.path().join("data"),
+            StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
+        )
+        .unwrap(),
+    );
+    let owner = SigningKey::from_bytes(&[1; 32]);
+    let viewer = SigningKey::from_bytes(&[3; 32]);
+    let n = ComponentId::NONE;
+    store.append(&sign(&owner, 1, 0, n, Command::CreateSession { name: "slow".into() })).unwrap();
+    store.append(&sign(&owner, 2, 0, n, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
+    store
+        .append(&sign(&owner, 3, 1, n, Command::CreateEntity { shape: Shape::Cube, name: "c".into(), parent: 0 }))
+        .unwrap();
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let cert = identity.cert.clone();
+    let server = serve_quic(store.clone(), "127.0.0.1:0".parse().unwrap(), identity, 2_000).unwrap();
+    let ep = client(cert);
+    // The slow viewer handshakes and then never reads its replication stream.
+    let (slow_conn, mut slow_ctl) = connect(&ep, server.addr).await;
+    handshake(&mut slow_ctl, &viewer).await.unwrap();
+    let mut slow_rep = slow_conn.accept_uni().await.unwrap();
+    // A fast viewer reads everything as it comes.
+    let (fast_conn, mut fast_ctl) = connect(&ep, server.addr).await;
+    handshake(&mut fast_ctl, &viewer).await.unwrap();
+    let mut fast_rep = fast_conn.accept_uni().await.unwrap();
+    let fast = tokio::spawn(async move {
+        let (mut dec, mut asm, mut mirror) =
+            (Decoder::new(1 << 16), Assembler::new(), None::<theta_projector::Projection>);
+        loop {
+            let Ok(Ok(Some(chunk))) =
+                tokio::time::timeout(Duration::from_secs(5), fast_rep.read_chunk(1 << 16, true)).await
+            else {
+                break;
+            };
+            for f in dec.push(&chunk.bytes).unwrap() {
+                match Message::decode(&f).unwrap() {
+                    Message::SnapshotChunk(c) => {
+                        if let Some(m) = asm.add(c).unwrap() {
+                            mirror = Some(m);
+                        }
+                    }
+                    Message::Delta(d) => mirror.as_mut().expect("snapshot first").apply_delta(&d).unwrap(),
+                    other => panic!("{other:?}"),
+                }
+            }
+            if mirror.as_ref().is_some_and(|m| m.seq() == 3 + 600) {
+                return mirror.unwrap().state_hash();
+            }
+        }
+        panic!("the fast viewer did not reach the head");
+    });
+    // The owner appends 600 commits one at a time (one delta each), with large names.
+    for l in 10..610u64 {
+        store
+            .append(&sign(&owner, l, 1, Name::id(), Command::Rename { name: "x".repeat(4_000) + &l.to_string() }))
+            .unwrap();
+    }
+    let want = theta_gateway::history::project(&store, &S, 603).unwrap().projection.state_hash();
+    assert_eq!(fast.await.unwrap(), want, "the fast viewer kept up and converged");
+    assert!(server.hub.resyncs.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the slow viewer was resynced");
+    // Reading now, the slow viewer finds a fresh snapshot after the deltas it had room for.
+    let (mut dec, mut saw_snapshot_after_delta, mut saw_delta) = (Decoder::new(1 << 16), false, false);
+    let mut asm = Assembler::new();
+    let mut last_mirror = None;
+    while !saw_snapshot_after_delta || last_mirror.is_none() {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), slow_rep.read_chunk(1 << 16, true))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        for f in dec.push(&chunk.bytes).unwrap() {
+            match Message::decode(&f).unwrap() {
+                Message::Delta(_) => saw_delta = true,
+                Message::SnapshotChunk(c) => {
+                    if saw_delta {
+                        saw_snapshot_after_delta = true;
+                        if c.chunk_index == 0 {
+                            asm = Assembler::new();
+                        }
+                        if let Some(m) = asm.add(c).unwrap() {
+                            last_mirror = Some(m);
+                        }
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    let m = last_mirror.unwrap();
+    assert_eq!(m.state_hash(), theta_gateway::history::project(&store, &S, m.seq()).unwrap().projection.state_hash());
+    server.shutdown().await;
+}
