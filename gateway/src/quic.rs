@@ -174,11 +174,13 @@ async fn connection(store: Arc<Store>, hub: Arc<crate::live::LiveHub>, conn: qui
         };
         let mut done = None;
         for f in frames {
-            let step = hs.on_message(&f, now_ms(), |session, key| match store.role(session, key) {
-                Ok(x) => Ok(x),
-                Err(ReadError::UnknownSession { .. }) => Err(Reject::UnknownSession(*session)),
-                Err(_) => Err(Reject::UnknownSession(*session)),
-            });
+            let step =
+                hs.on_message(&f, now_ms(), |session, key| match (store.role(session, key), store.head(session)) {
+                    (Ok((role, _)), Ok(head)) => Ok((role, head.seq, head.clock)),
+                    (Err(ReadError::UnknownSession { .. }), _) | (_, Err(_)) | (Err(_), _) => {
+                        Err(Reject::UnknownSession(*session))
+                    }
+                });
             match step {
                 ServerStep::Send(bytes) => {
                     if control_tx.write_all(&frame::encode(&bytes)).await.is_err() {

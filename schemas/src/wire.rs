@@ -66,6 +66,8 @@ pub struct Welcome {
     pub role: Role,
     /// Head seq at the time of joining.
     pub head_seq: u64,
+    /// The session's Lamport clock at the time of joining.
+    pub lamport_clock: u64,
 }
 
 /// A component type a receiver needs.
@@ -294,7 +296,13 @@ impl Message {
             Message::Welcome(w) => {
                 let capabilities = Some(caps(&mut fbb, &w.capabilities));
                 let session = Some(fbb.create_vector(&w.session.0));
-                let args = fb::WelcomeArgs { capabilities, session, role: w.role.to_fb(), head_seq: w.head_seq };
+                let args = fb::WelcomeArgs {
+                    capabilities,
+                    session,
+                    role: w.role.to_fb(),
+                    head_seq: w.head_seq,
+                    lamport_clock: w.lamport_clock,
+                };
                 (fb::Message::Welcome, fb::Welcome::create(&mut fbb, &args).as_union_value())
             }
             Message::SnapshotChunk(s) => {
@@ -420,6 +428,7 @@ impl Message {
                     session: SessionId(fixed(w.session(), "Welcome", "session")?),
                     role: Role::from_fb(w.role())?,
                     head_seq: w.head_seq(),
+                    lamport_clock: w.lamport_clock(),
                 })
             }
             fb::Message::SnapshotChunk => {

@@ -129,7 +129,13 @@ pub fn every_message() -> Vec<Message> {
         }),
         Message::Challenge(Challenge { server_nonce: [9; 32], capabilities: caps.clone() }),
         Message::Proof(Proof { signature: [10; 64] }),
-        Message::Welcome(Welcome { capabilities: caps, session: SessionId([8; 16]), role: Role::Viewer, head_seq: 99 }),
+        Message::Welcome(Welcome {
+            capabilities: caps,
+            session: SessionId([8; 16]),
+            role: Role::Viewer,
+            head_seq: 99,
+            lamport_clock: 123,
+        }),
         Message::SnapshotChunk(SnapshotChunk {
             session: SessionId([8; 16]),
             seq: 99,

@@ -307,13 +307,14 @@ impl ServerHandshake {
         None
     }
 
-    /// Handles a frame payload from the client. `lookup` gives the client's role in the session
-    /// and the session's head seq (or the refusal), and runs only after the proof verified.
+    /// Handles a frame payload from the client. `lookup` gives the client's role in the session,
+    /// the session's head seq and Lamport clock (or the refusal), and runs only after the proof
+    /// verified.
     pub fn on_message(
         &mut self,
         payload: &[u8],
         now_ms: u64,
-        lookup: impl FnOnce(&SessionId, &AuthorKey) -> Result<(Role, u64), Reject>,
+        lookup: impl FnOnce(&SessionId, &AuthorKey) -> Result<(Role, u64, u64), Reject>,
     ) -> ServerStep {
         if let Some(step) = self.poll_timeout(now_ms) {
             return step;
@@ -347,7 +348,7 @@ impl ServerHandshake {
                 if !verified {
                     return self.close(Reject::BadProof);
                 }
-                let (role, head_seq) = match lookup(&parsed.session, &parsed.public_key) {
+                let (role, head_seq, lamport_clock) = match lookup(&parsed.session, &parsed.public_key) {
                     Ok(x) => x,
                     Err(r) => return self.close(r),
                 };
@@ -360,6 +361,7 @@ impl ServerHandshake {
                     session: parsed.session,
                     role,
                     head_seq,
+                    lamport_clock,
                 })
                 .encode();
                 ServerStep::Done {

@@ -23,8 +23,8 @@ fn server() -> ServerHandshake {
     ServerHandshake::new(caps(&["zstd", "zstd-dict"], true, 16_384), [9; 32], 1_000, 5_000)
 }
 
-fn allow(role: Role) -> impl FnOnce(&SessionId, &theta_schemas::AuthorKey) -> Result<(Role, u64), Reject> {
-    move |s, _| if *s == S { Ok((role, 42)) } else { Err(Reject::UnknownSession(*s)) }
+fn allow(role: Role) -> impl FnOnce(&SessionId, &theta_schemas::AuthorKey) -> Result<(Role, u64, u64), Reject> {
+    move |s, _| if *s == S { Ok((role, 42, 77)) } else { Err(Reject::UnknownSession(*s)) }
 }
 
 fn code_of(step: &ServerStep) -> u32 {
@@ -54,7 +54,7 @@ fn a_full_handshake_agrees_on_the_intersection() {
     assert_eq!(accepted.key.0, key.verifying_key().to_bytes());
     assert_eq!(accepted.capabilities, caps(&["zstd"], true, 16_384));
     let ClientStep::Done(w) = client.on_message(&welcome).unwrap() else { panic!("done") };
-    assert_eq!((w.role, w.head_seq, w.session), (Role::Viewer, 42, S));
+    assert_eq!((w.role, w.head_seq, w.lamport_clock, w.session), (Role::Viewer, 42, 77, S));
     assert!(server.is_finished());
 }
 
@@ -122,6 +122,7 @@ fn timeouts_garbage_and_out_of_order_messages() {
         session: S,
         role: Role::Owner,
         head_seq: 0,
+        lamport_clock: 0,
     })
     .encode();
     assert_eq!(c.on_message(&welcome), Err(HandshakeError::Unexpected("Welcome")));

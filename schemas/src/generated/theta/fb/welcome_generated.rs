@@ -23,6 +23,7 @@ impl<'a> Welcome<'a> {
   pub const VT_SESSION: ::flatbuffers::VOffsetT = 6;
   pub const VT_ROLE: ::flatbuffers::VOffsetT = 8;
   pub const VT_HEAD_SEQ: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LAMPORT_CLOCK: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -34,6 +35,7 @@ impl<'a> Welcome<'a> {
     args: &'args WelcomeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Welcome<'bldr>> {
     let mut builder = WelcomeBuilder::new(_fbb);
+    builder.add_lamport_clock(args.lamport_clock);
     builder.add_head_seq(args.head_seq);
     if let Some(x) = args.session { builder.add_session(x); }
     if let Some(x) = args.capabilities { builder.add_capabilities(x); }
@@ -71,6 +73,15 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Welcome::VT_HEAD_SEQ, Some(0)).unwrap()}
   }
+  /// The session's Lamport clock: a client's next timestamp must exceed its own last one and
+  /// stay within the server's skew of this.
+  #[inline]
+  pub fn lamport_clock(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Welcome::VT_LAMPORT_CLOCK, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Welcome<'_> {
@@ -83,6 +94,7 @@ impl ::flatbuffers::Verifiable for Welcome<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("session", Self::VT_SESSION, false)?
      .visit_field::<Role>("role", Self::VT_ROLE, false)?
      .visit_field::<u64>("head_seq", Self::VT_HEAD_SEQ, false)?
+     .visit_field::<u64>("lamport_clock", Self::VT_LAMPORT_CLOCK, false)?
      .finish();
     Ok(())
   }
@@ -92,6 +104,7 @@ pub struct WelcomeArgs<'a> {
     pub session: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub role: Role,
     pub head_seq: u64,
+    pub lamport_clock: u64,
 }
 impl<'a> Default for WelcomeArgs<'a> {
   #[inline]
@@ -101,6 +114,7 @@ impl<'a> Default for WelcomeArgs<'a> {
       session: None,
       role: Role::None,
       head_seq: 0,
+      lamport_clock: 0,
     }
   }
 }
@@ -127,6 +141,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WelcomeBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Welcome::VT_HEAD_SEQ, head_seq, 0);
   }
   #[inline]
+  pub fn add_lamport_clock(&mut self, lamport_clock: u64) {
+    self.fbb_.push_slot::<u64>(Welcome::VT_LAMPORT_CLOCK, lamport_clock, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WelcomeBuilder {
@@ -148,6 +166,7 @@ impl ::core::fmt::Debug for Welcome<'_> {
       ds.field("session", &self.session());
       ds.field("role", &self.role());
       ds.field("head_seq", &self.head_seq());
+      ds.field("lamport_clock", &self.lamport_clock());
       ds.finish()
   }
 }
