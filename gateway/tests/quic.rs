@@ -382,3 +382,92 @@ async fn a_slow_viewer_is_resynced_without_slowing_the_others() {
     assert_eq!(m.state_hash(), theta_gateway::history::project(&store, &S, m.seq()).unwrap().projection.state_hash());
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_pins_submits_and_mirrors() {
+    use theta_client::quic::{Client, Event, Options, Trust};
+    use theta_schemas::components::Transform;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open(
+            dir.path().join("data"),
+            StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
+        )
+        .unwrap(),
+    );
+    let owner = SigningKey::from_bytes(&[1; 32]);
+    let editor = SigningKey::from_bytes(&[2; 32]);
+    let viewer = SigningKey::from_bytes(&[3; 32]);
+    let n = ComponentId::NONE;
+    store.append(&sign(&owner, 1, 0, n, Command::CreateSession { name: "client".into() })).unwrap();
+    store.append(&sign(&owner, 2, 0, n, Command::GrantRole { key: author_key(&editor), role: Role::Editor })).unwrap();
+    store.append(&sign(&owner, 3, 0, n, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let server = serve_quic(store.clone(), "127.0.0.1:0".parse().unwrap(), identity, 2_000).unwrap();
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&server.fingerprint, &mut pin).unwrap();
+    let options = |key: &SigningKey, trust: Trust| Options {
+        server: server.addr,
+        server_name: "localhost".into(),
+        trust,
+        key: key.clone(),
+        session: S,
+        capabilities: Capabilities::default(),
+    };
+    // A wrong pin fails to connect.
+    assert!(Client::connect(options(&editor, Trust::Fingerprint([0; 32]))).await.is_err());
+
+    let mut ed = Client::connect(options(&editor, Trust::Fingerprint(pin))).await.unwrap();
+    let mut vw = Client::connect(options(&viewer, Trust::Fingerprint(pin))).await.unwrap();
+    assert_eq!((ed.welcome().role, vw.welcome().role), (Role::Editor, Role::Viewer));
+    assert_eq!(ed.welcome().lamport_clock, 3);
+
+    // The editor builds something; Lamport timestamps and nonces are automatic.
+    let mut nonces = Vec::new();
+    nonces.push(
+        ed.submit(1, n, 0, Command::CreateEntity { shape: Shape::Cone, name: "cone".into(), parent: 0 }).await.unwrap(),
+    );
+    for i in 0..20 {
+        let t = Transform { translation: [i as f32, 1.0, 0.0], ..Transform::default() };
+        nonces.push(ed.submit(1, Transform::id(), 0, Command::SetTransform(t)).await.unwrap());
+    }
+    let mut receipts = Vec::new();
+    while receipts.len() < nonces.len() {
+        match tokio::time::timeout(Duration::from_secs(10), ed.next_event()).await.unwrap().unwrap() {
+            Event::Receipt(r) => receipts.push(r.nonce),
+            Event::Rejected(e) => panic!("rejected: {e:?}"),
+            _ => {}
+        }
+    }
+    assert_eq!(receipts, nonces, "receipts matched by nonce, in order");
+    // A viewer's submission is rejected with the permission code, matched by its nonce.
+    let nonce = vw.submit(1, Transform::id(), 0, Command::SetTransform(Transform::default())).await.unwrap();
+    let head = store.head(&S).unwrap().seq;
+    let want = theta_gateway::history::project(&store, &S, head).unwrap().projection.state_hash();
+    let mut rejected = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), vw.next_event()).await.unwrap().unwrap() {
+            Event::Rejected(e) => {
+                assert_eq!((e.nonce, e.code), (nonce, 100 + theta_store::RejectionCode::Permission as u32));
+                rejected = true;
+            }
+            Event::Synced { seq, .. } if seq == head && rejected => break,
+            _ => {}
+        }
+        if rejected && vw.mirror().is_some_and(|m| m.seq() == head) {
+            break;
+        }
+    }
+    assert_eq!(vw.mirror().unwrap().state_hash(), want);
+    // Heartbeats measure the round trip.
+    vw.heartbeat().await.unwrap();
+    loop {
+        if let Event::Rtt(rtt) = tokio::time::timeout(Duration::from_secs(10), vw.next_event()).await.unwrap().unwrap()
+        {
+            assert!(rtt < Duration::from_secs(5));
+            break;
+        }
+    }
+    server.shutdown().await;
+}
