@@ -335,19 +335,20 @@ async fn a_slow_viewer_is_resynced_without_slowing_the_others() {
                     other => panic!("{other:?}"),
                 }
             }
-            if mirror.as_ref().is_some_and(|m| m.seq() == 3 + 600) {
+            if mirror.as_ref().is_some_and(|m| m.seq() == 3 + 1_500) {
                 return mirror.unwrap().state_hash();
             }
         }
         panic!("the fast viewer did not reach the head");
     });
-    // The owner appends 600 commits one at a time (one delta each), with large names.
-    for l in 10..610u64 {
+    // 1,500 commits one at a time (one delta each) with 8 KB names: far more than the slow
+    // viewer's queue and QUIC's flow-control windows hold.
+    for l in 10..1_510u64 {
         store
-            .append(&sign(&owner, l, 1, Name::id(), Command::Rename { name: "x".repeat(4_000) + &l.to_string() }))
+            .append(&sign(&owner, l, 1, Name::id(), Command::Rename { name: "x".repeat(8_000) + &l.to_string() }))
             .unwrap();
     }
-    let want = theta_gateway::history::project(&store, &S, 603).unwrap().projection.state_hash();
+    let want = theta_gateway::history::project(&store, &S, 1_503).unwrap().projection.state_hash();
     assert_eq!(fast.await.unwrap(), want, "the fast viewer kept up and converged");
     assert!(server.hub.resyncs.load(std::sync::atomic::Ordering::Relaxed) >= 1, "the slow viewer was resynced");
     // Reading now, the slow viewer finds a fresh snapshot after the deltas it had room for.
