@@ -320,7 +320,7 @@ async fn a_slow_viewer_is_resynced_without_slowing_the_others() {
             (Decoder::new(1 << 16), Assembler::new(), None::<theta_projector::Projection>);
         loop {
             let Ok(Ok(Some(chunk))) =
-                tokio::time::timeout(Duration::from_secs(5), fast_rep.read_chunk(1 << 16, true)).await
+                tokio::time::timeout(Duration::from_secs(30), fast_rep.read_chunk(1 << 16, true)).await
             else {
                 break;
             };

@@ -159,6 +159,8 @@ impl Assembler {
             return Ok(None);
         }
         let (session, seq, _, state_hash) = header;
+        // Complete: the assembler is ready for another snapshot (a resync).
+        self.header = None;
         let mut p = Projection::new(session);
         let chunks = std::mem::take(&mut self.chunks);
         for (index, c) in &chunks {

@@ -172,7 +172,7 @@ fn a_changed_byte_in_a_stored_entry_is_detected_on_open_with_its_position() {
         // Change one byte inside the stored entry, behind the store's back. Entries live in
         // blocks (`E | session | first seq`, each entry behind a u32 LE length).
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = open_raw_sled(dir.path());
             let tree = db.open_tree("theta").unwrap();
             let mut prefix = vec![b'E'];
             prefix.extend_from_slice(&s.0);
@@ -255,5 +255,20 @@ fn reads_and_proofs_cross_block_boundaries() {
             assert!(store.inclusion_proof(&s, seq, head.seq).unwrap().verify(), "{max_block_bytes}: {seq}");
         }
         assert_eq!(store.tree_root(&s, head.seq).unwrap(), head.tree_root);
+    }
+}
+
+/// Opens the sled database under a store directly, waiting for a just-dropped store's
+/// background threads to release sled's file lock (as `Store::open` does).
+fn open_raw_sled(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("open sled in {}: {e}", path.display()),
+        }
     }
 }
