@@ -21,10 +21,19 @@ struct MethodStats {
 }
 
 /// Request telemetry of the gateway.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Observability {
     methods: Mutex<BTreeMap<&'static str, MethodStats>>,
     subscribers_dropped: std::sync::atomic::AtomicU64,
+    quic_connections: std::sync::atomic::AtomicU64,
+    handshake_refusals: Mutex<BTreeMap<u32, u64>>,
+    live: std::sync::OnceLock<std::sync::Arc<crate::live::LiveHub>>,
+}
+
+impl std::fmt::Debug for Observability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observability").finish_non_exhaustive()
+    }
 }
 
 /// Records a call's latency when dropped.
@@ -51,6 +60,21 @@ impl Observability {
     /// Starts timing a call of `method`.
     pub fn call(&self, method: &'static str) -> CallTimer<'_> {
         CallTimer { obs: self, method, started: Instant::now() }
+    }
+
+    /// Counts a completed QUIC handshake.
+    pub fn quic_connected(&self) {
+        self.quic_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts a refused QUIC handshake by close code.
+    pub fn handshake_refused(&self, code: u32) {
+        *self.handshake_refusals.lock().expect("metrics lock").entry(code).or_default() += 1;
+    }
+
+    /// Attaches the live fan-out, whose counters are then exported.
+    pub fn attach_live(&self, hub: std::sync::Arc<crate::live::LiveHub>) {
+        let _ = self.live.set(hub);
     }
 
     /// Counts a subscriber told to resume later because it stopped reading.
@@ -151,6 +175,22 @@ impl Observability {
         for (method, st) in &methods {
             histogram_body(&mut s, "theta_grpc_request_seconds", &[("method", method)], &st.latency);
         }
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        counter(
+            &mut s,
+            "quic_connections",
+            "QUIC connections that completed the handshake.",
+            self.quic_connections.load(relaxed),
+        );
+        let _ = writeln!(s, "# HELP theta_quic_handshake_refusals_total Refused QUIC handshakes by close code.");
+        let _ = writeln!(s, "# TYPE theta_quic_handshake_refusals_total counter");
+        for (code, n) in self.handshake_refusals.lock().expect("metrics lock").iter() {
+            let _ = writeln!(s, "theta_quic_handshake_refusals_total{{code=\"{code}\"}} {n}");
+        }
+        let (resyncs, deltas) =
+            self.live.get().map_or((0, 0), |h| (h.resyncs.load(relaxed), h.deltas_sent.load(relaxed)));
+        counter(&mut s, "viewer_resyncs", "Viewers resynced with a fresh snapshot because they fell behind.", resyncs);
+        counter(&mut s, "deltas_sent", "Deltas sent to live viewers.", deltas);
         let _ = writeln!(s, "# HELP theta_sessions Sessions in the store.");
         let _ = writeln!(s, "# TYPE theta_sessions gauge");
         let _ = writeln!(s, "theta_sessions {}", store.sessions().len());

@@ -112,7 +112,19 @@ pub fn serve_quic(
     identity: Identity,
     handshake_timeout_ms: u64,
 ) -> Result<QuicServer, QuicError> {
+    serve_quic_with(store, addr, identity, handshake_timeout_ms, Arc::new(crate::metrics::Observability::default()))
+}
+
+/// Starts the QUIC endpoint, counting connections and refusals in `obs`.
+pub fn serve_quic_with(
+    store: Arc<Store>,
+    addr: SocketAddr,
+    identity: Identity,
+    handshake_timeout_ms: u64,
+    obs: Arc<crate::metrics::Observability>,
+) -> Result<QuicServer, QuicError> {
     let hub = crate::live::LiveHub::new(store.clone());
+    obs.attach_live(hub.clone());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -130,10 +142,10 @@ pub fn serve_quic(
     let hub2 = hub.clone();
     let task = tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
-            let (store, hub) = (store.clone(), hub2.clone());
+            let (store, hub, obs) = (store.clone(), hub2.clone(), obs.clone());
             tokio::spawn(async move {
                 if let Ok(conn) = incoming.await {
-                    connection(store, hub, conn, handshake_timeout_ms).await;
+                    connection(store, hub, obs, conn, handshake_timeout_ms).await;
                 }
             });
         }
@@ -146,7 +158,13 @@ fn server_capabilities() -> Capabilities {
 }
 
 /// One connection: handshake, then commands.
-async fn connection(store: Arc<Store>, hub: Arc<crate::live::LiveHub>, conn: quinn::Connection, timeout_ms: u64) {
+async fn connection(
+    store: Arc<Store>,
+    hub: Arc<crate::live::LiveHub>,
+    obs: Arc<crate::metrics::Observability>,
+    conn: quinn::Connection,
+    timeout_ms: u64,
+) {
     let Ok((mut control_tx, mut control_rx)) = conn.accept_bi().await else { return };
     let mut hs = ServerHandshake::new(server_capabilities(), rand::random(), now_ms(), timeout_ms);
     let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
@@ -191,10 +209,12 @@ async fn connection(store: Arc<Store>, hub: Arc<crate::live::LiveHub>, conn: qui
                     if control_tx.write_all(&frame::encode(&welcome)).await.is_err() {
                         return;
                     }
+                    obs.quic_connected();
                     done = Some(accepted);
                     break;
                 }
                 ServerStep::Close { error, reject } => {
+                    obs.handshake_refused(reject.code() as u32);
                     let _ = control_tx.write_all(&frame::encode(&error)).await;
                     let _ = control_tx.finish();
                     tokio::time::sleep(Duration::from_millis(50)).await;

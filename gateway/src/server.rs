@@ -214,7 +214,7 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
         Some(addr) => {
             let l = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
             let bound = l.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-            background.push(tokio::spawn(serve_metrics(l, obs, store.clone())));
+            background.push(tokio::spawn(serve_metrics(l, obs.clone(), store.clone())));
             Some(bound)
         }
         None => None,
@@ -227,7 +227,7 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
     let quic = match config.quic_addr {
         Some(addr) => {
             let identity = crate::quic::load_or_create_identity(&config.data_dir)?;
-            Some(crate::quic::serve_quic(store.clone(), addr, identity, config.handshake_timeout_ms)?)
+            Some(crate::quic::serve_quic_with(store.clone(), addr, identity, config.handshake_timeout_ms, obs.clone())?)
         }
         None => None,
     };

@@ -76,7 +76,8 @@ from prometheus_client.parser import text_string_to_metric_families
 text = urllib.request.urlopen(sys.argv[1]).read().decode()
 names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 for seed in ["replay_rejections", "rate_limit_drops", "payload_guard_drops", "conflicts", "queue_depth",
-             "signature_failures", "permission_denials", "appends_accepted"]:
+             "signature_failures", "permission_denials", "appends_accepted", "quic_connections",
+             "viewer_resyncs", "deltas_sent"]:
     assert any(seed in n for n in names), seed
 assert any(n.startswith("theta_append_ack_seconds") for n in names)
 print("parsed", len(names), "samples")
