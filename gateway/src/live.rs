@@ -162,6 +162,10 @@ impl LiveHub {
 
     /// Sends a fresh snapshot if the viewer's queue has room for all of it.
     fn try_snapshot(&self, p: &Projection, v: &mut Slot) {
+        // A snapshot has at least one chunk: skip building it while the queue is (nearly) full.
+        if v.tx.capacity() < 2 {
+            return;
+        }
         let chunks = p.snapshot(DEFAULT_CHUNK_BYTES, None);
         if v.tx.capacity() < chunks.len() + 1 {
             return;

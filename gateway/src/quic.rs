@@ -299,8 +299,10 @@ async fn connection(
                     }
                 };
                 for envelope in frames {
-                    let nonce = Envelope::open(&envelope).map(|(_, b)| b.nonce).unwrap_or(0);
-                    let named = Envelope::open(&envelope).map(|(_, b)| b.session).ok();
+                    let (nonce, named) = match Envelope::open(&envelope) {
+                        Ok((_, b)) => (b.nonce, Some(b.session)),
+                        Err(_) => (0, None),
+                    };
                     if named.is_some_and(|s| s != session) {
                         let e = WireError {
                             code: COMMAND_ERROR_BASE + 2,

@@ -33,6 +33,20 @@ fn sign(key: &SigningKey, lamport: u64, entity: u64, component: ComponentId, com
     Envelope::sign(&body, key).encode()
 }
 
+/// A store in `dir` holding session `S`: created by the owner (seq 1), an editor granted at
+/// seq 2 and a viewer at seq 3. Returns the store and the three keys.
+fn session_with_editor_and_viewer(dir: &std::path::Path) -> (Arc<Store>, SigningKey, SigningKey, SigningKey) {
+    let config = StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() };
+    let store = Arc::new(Store::open(dir.join("data"), config).unwrap());
+    let (owner, editor, viewer) =
+        (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]), SigningKey::from_bytes(&[3; 32]));
+    let n = ComponentId::NONE;
+    store.append(&sign(&owner, 1, 0, n, Command::CreateSession { name: "quic".into() })).unwrap();
+    store.append(&sign(&owner, 2, 0, n, Command::GrantRole { key: author_key(&editor), role: Role::Editor })).unwrap();
+    store.append(&sign(&owner, 3, 0, n, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
+    (store, owner, editor, viewer)
+}
+
 fn client(cert: rustls::pki_types::CertificateDer<'static>) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
@@ -94,20 +108,8 @@ async fn handshake(ctl: &mut Control, key: &SigningKey) -> Result<theta_schemas:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_commands_and_bad_input_over_quic() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Store::open(
-            dir.path().join("data"),
-            StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
-        )
-        .unwrap(),
-    );
-    let owner = SigningKey::from_bytes(&[1; 32]);
-    let editor = SigningKey::from_bytes(&[2; 32]);
-    let viewer = SigningKey::from_bytes(&[3; 32]);
+    let (store, owner, editor, viewer) = session_with_editor_and_viewer(dir.path());
     let n = ComponentId::NONE;
-    store.append(&sign(&owner, 1, 0, n, Command::CreateSession { name: "quic".into() })).unwrap();
-    store.append(&sign(&owner, 2, 0, n, Command::GrantRole { key: author_key(&editor), role: Role::Editor })).unwrap();
-    store.append(&sign(&owner, 3, 0, n, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
     store
         .append(&sign(&owner, 4, 1, n, Command::CreateEntity { shape: Shape::Cube, name: "c".into(), parent: 0 }))
         .unwrap();
@@ -190,20 +192,8 @@ async fn viewers_mirror_the_live_projection_over_quic() {
     use theta_schemas::components::Transform;
 
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Store::open(
-            dir.path().join("data"),
-            StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
-        )
-        .unwrap(),
-    );
-    let owner = SigningKey::from_bytes(&[1; 32]);
-    let editor = SigningKey::from_bytes(&[2; 32]);
-    let viewer = SigningKey::from_bytes(&[3; 32]);
+    let (store, owner, editor, viewer) = session_with_editor_and_viewer(dir.path());
     let n = ComponentId::NONE;
-    store.append(&sign(&owner, 1, 0, n, Command::CreateSession { name: "live".into() })).unwrap();
-    store.append(&sign(&owner, 2, 0, n, Command::GrantRole { key: author_key(&editor), role: Role::Editor })).unwrap();
-    store.append(&sign(&owner, 3, 0, n, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
     for e in 1..=3u64 {
         store
             .append(&sign(
@@ -390,20 +380,8 @@ async fn the_rust_client_pins_submits_and_mirrors() {
     use theta_schemas::components::Transform;
 
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Store::open(
-            dir.path().join("data"),
-            StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
-        )
-        .unwrap(),
-    );
-    let owner = SigningKey::from_bytes(&[1; 32]);
-    let editor = SigningKey::from_bytes(&[2; 32]);
-    let viewer = SigningKey::from_bytes(&[3; 32]);
+    let (store, _owner, editor, viewer) = session_with_editor_and_viewer(dir.path());
     let n = ComponentId::NONE;
-    store.append(&sign(&owner, 1, 0, n, Command::CreateSession { name: "client".into() })).unwrap();
-    store.append(&sign(&owner, 2, 0, n, Command::GrantRole { key: author_key(&editor), role: Role::Editor })).unwrap();
-    store.append(&sign(&owner, 3, 0, n, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
     let identity = load_or_create_identity(dir.path()).unwrap();
     let server = serve_quic(store.clone(), "127.0.0.1:0".parse().unwrap(), identity, 2_000).unwrap();
     let mut pin = [0u8; 32];
