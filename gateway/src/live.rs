@@ -2,14 +2,21 @@
 //! projection and sends each viewer the snapshot, then coalesced deltas, through a bounded
 //! queue. The append path never waits on a viewer: a viewer whose queue is full is marked for
 //! a resync (a fresh snapshot once its queue has room) and counted.
+//!
+//! Per viewer, as negotiated: zstd compression (with a dictionary trained from the session's
+//! deltas and sent in-band), an area of interest (only entities inside are streamed), and a
+//! resume point (the deltas after it instead of a snapshot, while they are still kept).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 
+use theta_client::compress::{self, Encoding, Trainer};
+use theta_projector::interest::{Area, InterestView};
 use theta_projector::{DEFAULT_CHUNK_BYTES, Projection};
-use theta_schemas::{Message, SessionId};
+use theta_schemas::wire::{Delta, Dictionary};
+use theta_schemas::{MAX_ENVELOPE_BYTES, Message, SessionId};
 use theta_store::{ReadError, Store};
 use tokio::sync::mpsc;
 
@@ -17,26 +24,79 @@ use crate::history::project;
 
 /// Frames queued per viewer beyond its snapshot.
 pub const VIEWER_QUEUE_FRAMES: usize = 256;
+/// Recent deltas kept per session for viewers that reconnect and resume.
+pub const RESUME_DELTAS: usize = 1_024;
+
+/// How one viewer wants its stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ViewerOptions {
+    /// Frame encoding (from the agreed compression kinds).
+    pub encoding: Encoding,
+    /// Area-of-interest filtering: nothing is streamed until the first area arrives.
+    pub interest: bool,
+    /// The seq the viewer's mirror holds (0: none).
+    pub resume_seq: u64,
+    /// Largest snapshot chunk, bytes (0: the default).
+    pub max_chunk_bytes: usize,
+}
+
+/// One viewer's counters, shared with its connection.
+#[derive(Debug, Default)]
+pub struct ViewerStats {
+    /// Deltas queued for the viewer.
+    pub deltas: AtomicU64,
+    /// Snapshots sent because the viewer fell behind.
+    pub resyncs: AtomicU64,
+    /// Snapshot and delta frames the viewer resumed with instead of a snapshot.
+    pub resumed_deltas: AtomicU64,
+}
+
+/// A viewer's subscription.
+pub struct Subscription {
+    /// Viewer id within the hub (for [`LiveHub::set_interest`]).
+    pub id: u64,
+    /// Frame payloads: snapshot chunks, dictionaries and deltas, in order.
+    pub frames: mpsc::Receiver<Vec<u8>>,
+    /// The viewer's counters.
+    pub stats: Arc<ViewerStats>,
+}
 
 enum Cmd {
     Commit,
-    Subscribe(mpsc::Sender<Vec<u8>>),
+    Subscribe(Box<Slot>),
+    Interest(u64, Area),
 }
 
 struct Slot {
+    id: u64,
     tx: mpsc::Sender<Vec<u8>>,
+    options: ViewerOptions,
+    stats: Arc<ViewerStats>,
     described: bool,
     resync: bool,
+    dictionary_sent: u32,
+    /// `Some` for interest-managed viewers once they named an area.
+    view: Option<InterestView>,
+    area_moved: bool,
 }
 
 /// The live projections of watched sessions.
 pub struct LiveHub {
     store: Arc<Store>,
     sessions: Mutex<HashMap<SessionId, std_mpsc::Sender<Cmd>>>,
+    next_viewer: AtomicU64,
     /// Viewers resynced with a fresh snapshot because they fell behind.
     pub resyncs: AtomicU64,
     /// Deltas sent to viewers.
     pub deltas_sent: AtomicU64,
+    /// Delta and snapshot payload bytes before compression, for viewers with compression.
+    pub raw_bytes: AtomicU64,
+    /// The same payloads' bytes as queued (compressed where that was smaller).
+    pub compressed_bytes: AtomicU64,
+    /// Dictionaries trained.
+    pub dictionaries: AtomicU64,
+    /// Viewers that resumed from their seq without a snapshot.
+    pub resumes: AtomicU64,
 }
 
 impl LiveHub {
@@ -45,8 +105,13 @@ impl LiveHub {
         let hub = Arc::new(LiveHub {
             store: store.clone(),
             sessions: Mutex::new(HashMap::new()),
+            next_viewer: AtomicU64::new(1),
             resyncs: AtomicU64::new(0),
             deltas_sent: AtomicU64::new(0),
+            raw_bytes: AtomicU64::new(0),
+            compressed_bytes: AtomicU64::new(0),
+            dictionaries: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&hub);
         store.add_commit_listener(move |heads| {
@@ -61,30 +126,64 @@ impl LiveHub {
         hub
     }
 
+    /// Subscribes a viewer to a session with default options.
+    pub fn subscribe(self: &Arc<Self>, session: SessionId) -> Result<Subscription, ReadError> {
+        self.subscribe_with(session, ViewerOptions::default())
+    }
+
     /// Subscribes a viewer to a session: frame payloads (snapshot chunks, then deltas) arrive
     /// on the returned queue.
-    pub fn subscribe(self: &Arc<Self>, session: SessionId) -> Result<mpsc::Receiver<Vec<u8>>, ReadError> {
+    pub fn subscribe_with(
+        self: &Arc<Self>,
+        session: SessionId,
+        options: ViewerOptions,
+    ) -> Result<Subscription, ReadError> {
         self.store.head(&session)?;
         let (tx, rx) = mpsc::channel(VIEWER_QUEUE_FRAMES);
+        let id = self.next_viewer.fetch_add(1, Relaxed);
+        let stats = Arc::new(ViewerStats::default());
+        let slot = Slot {
+            id,
+            tx,
+            options,
+            stats: stats.clone(),
+            described: false,
+            resync: true,
+            dictionary_sent: 0,
+            view: None,
+            area_moved: false,
+        };
+        let _ = self.session_thread(session).send(Cmd::Subscribe(Box::new(slot)));
+        Ok(Subscription { id, frames: rx, stats })
+    }
+
+    /// Sets (or moves) an interest-managed viewer's area; the entities entering and leaving it
+    /// are sent at once.
+    pub fn set_interest(self: &Arc<Self>, session: SessionId, viewer: u64, area: Area) {
+        let _ = self.session_thread(session).send(Cmd::Interest(viewer, area));
+    }
+
+    fn session_thread(self: &Arc<Self>, session: SessionId) -> std_mpsc::Sender<Cmd> {
         let mut sessions = self.sessions.lock().expect("live sessions lock");
-        let sender = sessions.entry(session).or_insert_with(|| {
-            let (cmd_tx, cmd_rx) = std_mpsc::channel();
-            let hub = self.clone();
-            std::thread::Builder::new()
-                .name("theta-live".into())
-                .spawn(move || hub.run(session, cmd_rx))
-                .expect("spawn live session thread");
-            cmd_tx
-        });
-        let _ = sender.send(Cmd::Subscribe(tx));
-        Ok(rx)
+        sessions
+            .entry(session)
+            .or_insert_with(|| {
+                let (cmd_tx, cmd_rx) = std_mpsc::channel();
+                let hub = self.clone();
+                std::thread::Builder::new()
+                    .name("theta-live".into())
+                    .spawn(move || hub.run(session, cmd_rx))
+                    .expect("spawn live session thread");
+                cmd_tx
+            })
+            .clone()
     }
 
     fn run(&self, session: SessionId, rx: std_mpsc::Receiver<Cmd>) {
         let Ok(head) = self.store.head(&session) else { return };
         let Ok(opened) = project(&self.store, &session, head.seq) else { return };
-        let mut p: Projection = opened.projection;
-        let _ = p.take_delta(false);
+        let mut live = Live { hub: self, p: opened.projection, trainer: Trainer::new(), recent: VecDeque::new() };
+        let _ = live.p.take_delta(false);
         let mut viewers: Vec<Slot> = Vec::new();
         loop {
             // While a viewer waits for a resync, retry it every 50 ms even without commits.
@@ -104,78 +203,283 @@ impl LiveHub {
             for cmd in first.into_iter().chain(rx.try_iter()) {
                 match cmd {
                     Cmd::Commit => commits = true,
-                    Cmd::Subscribe(tx) => {
-                        let mut slot = Slot { tx, described: false, resync: true };
-                        self.try_snapshot(&p, &mut slot);
+                    Cmd::Subscribe(slot) => {
+                        let mut slot = *slot;
+                        if !live.resume(&mut slot) {
+                            live.try_snapshot(&mut slot);
+                        }
                         viewers.push(slot);
+                    }
+                    Cmd::Interest(id, area) => {
+                        if let Some(v) = viewers.iter_mut().find(|v| v.id == id && v.options.interest) {
+                            match &mut v.view {
+                                Some(view) => view.set_area(area),
+                                None => v.view = Some(InterestView::new(area)),
+                            }
+                            v.area_moved = true;
+                        }
                     }
                 }
             }
             if commits {
                 let Ok(head) = self.store.head(&session) else { return };
-                if head.seq > p.seq() {
-                    let Ok(entries) = self.store.read_range(&session, p.seq() + 1, head.seq) else { return };
+                if head.seq > live.p.seq() {
+                    let Ok(entries) = self.store.read_range(&session, live.p.seq() + 1, head.seq) else { return };
                     for e in entries {
                         let Ok(e) = e else { return };
-                        if p.apply_entry(&e).is_err() {
+                        if live.p.apply_entry(&e).is_err() {
                             return;
                         }
                     }
-                    let delta = p.take_delta(false);
-                    let plain = Message::Delta(delta.clone()).encode();
-                    let mut described = None;
-                    for v in &mut viewers {
-                        if v.resync {
-                            continue;
-                        }
-                        let payload = if v.described {
-                            plain.clone()
-                        } else {
-                            described
-                                .get_or_insert_with(|| {
-                                    let mut d = delta.clone();
-                                    d.descriptors = theta_projector::wire_descriptors();
-                                    Message::Delta(d).encode()
-                                })
-                                .clone()
-                        };
-                        match v.tx.try_send(payload) {
-                            Ok(()) => {
-                                v.described = true;
-                                self.deltas_sent.fetch_add(1, Relaxed);
-                            }
-                            Err(mpsc::error::TrySendError::Full(_)) => {
-                                v.resync = true;
-                                self.resyncs.fetch_add(1, Relaxed);
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => {}
-                        }
-                    }
+                    let delta = live.p.take_delta(false);
+                    live.fan_out(&delta, &mut viewers);
                 }
+            }
+            // Interest-managed viewers whose area moved get the entities entering and leaving.
+            let seq = live.p.seq();
+            for v in viewers.iter_mut().filter(|v| v.area_moved && !v.resync) {
+                v.area_moved = false;
+                let empty = Delta {
+                    session,
+                    from_seq: seq,
+                    to_seq: seq,
+                    state_hash: [0; 32],
+                    spawned: vec![],
+                    upserts: vec![],
+                    removals: vec![],
+                    despawned: vec![],
+                    descriptors: vec![],
+                };
+                live.send_delta(v, &empty, None);
             }
             viewers.retain(|v| !v.tx.is_closed());
             for v in viewers.iter_mut().filter(|v| v.resync) {
-                self.try_snapshot(&p, v);
+                live.try_snapshot(v);
             }
         }
     }
+}
 
-    /// Sends a fresh snapshot if the viewer's queue has room for all of it.
-    fn try_snapshot(&self, p: &Projection, v: &mut Slot) {
-        // A snapshot has at least one chunk: skip building it while the queue is (nearly) full.
-        if v.tx.capacity() < 2 {
+/// One session's live state on its thread.
+struct Live<'a> {
+    hub: &'a LiveHub,
+    p: Projection,
+    trainer: Trainer,
+    /// Recent deltas as plain frames: `(from_seq, to_seq, payload)`.
+    recent: VecDeque<(u64, u64, Vec<u8>)>,
+}
+
+/// Encoded forms of one delta for viewers without interest filtering, built on first use.
+#[derive(Default)]
+struct Shared {
+    plain: Option<Vec<u8>>,
+    described: Option<Vec<u8>>,
+    forms: HashMap<(bool, Encoding), Vec<u8>>,
+}
+
+impl Live<'_> {
+    fn fan_out(&mut self, delta: &Delta, viewers: &mut [Slot]) {
+        let plain = Message::Delta(delta.clone()).encode();
+        if plain.len() > MAX_ENVELOPE_BYTES {
+            // Too big for one frame: everyone not filtering gets a fresh snapshot instead.
+            for v in viewers.iter_mut().filter(|v| !v.options.interest && !v.resync) {
+                v.resync = true;
+            }
+            self.recent.clear();
+        } else {
+            if self.trainer.add(&plain) {
+                self.hub.dictionaries.fetch_add(1, Relaxed);
+            }
+            self.recent.push_back((delta.from_seq, delta.to_seq, plain.clone()));
+            if self.recent.len() > RESUME_DELTAS {
+                self.recent.pop_front();
+            }
+        }
+        let mut shared = Shared { plain: Some(plain), ..Shared::default() };
+        for v in viewers.iter_mut().filter(|v| !v.resync) {
+            self.send_delta(v, delta, Some(&mut shared));
+        }
+    }
+
+    /// Queues `delta` for one viewer (filtered to its area when it manages interest). A full
+    /// queue or an oversized frame marks the viewer for a resync.
+    fn send_delta(&mut self, v: &mut Slot, delta: &Delta, shared: Option<&mut Shared>) {
+        let payload = if v.options.interest {
+            let Some(view) = v.view.as_mut() else { return };
+            let mut filtered = view.filter(&self.p, delta);
+            if !v.described {
+                filtered.descriptors = theta_projector::wire_descriptors();
+            }
+            let raw = Message::Delta(filtered).encode();
+            if raw.len() > MAX_ENVELOPE_BYTES {
+                v.resync = true;
+                return;
+            }
+            self.encode(v, raw)
+        } else {
+            let Some(shared) = shared else { return };
+            let Some(plain) = shared.plain.clone().filter(|p| p.len() <= MAX_ENVELOPE_BYTES) else {
+                return; // marked for resync by the caller
+            };
+            let key = (v.described, v.options.encoding);
+            match shared.forms.get(&key) {
+                Some(p) => {
+                    self.count(v.options.encoding, plain.len(), p.len());
+                    p.clone()
+                }
+                None => {
+                    let raw = if v.described {
+                        plain
+                    } else {
+                        shared
+                            .described
+                            .get_or_insert_with(|| {
+                                let mut d = delta.clone();
+                                d.descriptors = theta_projector::wire_descriptors();
+                                Message::Delta(d).encode()
+                            })
+                            .clone()
+                    };
+                    let p = self.encode(v, raw);
+                    shared.forms.insert(key, p.clone());
+                    p
+                }
+            }
+        };
+        if !self.ensure_dictionary(v) {
             return;
         }
-        let chunks = p.snapshot(DEFAULT_CHUNK_BYTES, None);
-        if v.tx.capacity() < chunks.len() + 1 {
+        match v.tx.try_send(payload) {
+            Ok(()) => {
+                v.described = true;
+                v.stats.deltas.fetch_add(1, Relaxed);
+                self.hub.deltas_sent.fetch_add(1, Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.mark_resync(v),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn mark_resync(&self, v: &mut Slot) {
+        v.resync = true;
+        v.stats.resyncs.fetch_add(1, Relaxed);
+        self.hub.resyncs.fetch_add(1, Relaxed);
+    }
+
+    /// Sends the current dictionary to a `zstd-dict` viewer that lacks it. False when its queue
+    /// is full (the viewer is then marked for a resync).
+    fn ensure_dictionary(&self, v: &mut Slot) -> bool {
+        if v.options.encoding != Encoding::ZstdDict {
+            return true;
+        }
+        let Some((id, data)) = self.trainer.dictionary() else { return true };
+        if v.dictionary_sent == id {
+            return true;
+        }
+        let frame = Message::Dictionary(Dictionary { id, data: data.to_vec() }).encode();
+        if v.tx.try_send(frame).is_err() {
+            self.mark_resync(v);
+            return false;
+        }
+        v.dictionary_sent = id;
+        true
+    }
+
+    /// Compresses `raw` as the viewer's encoding asks.
+    fn encode(&mut self, v: &Slot, raw: Vec<u8>) -> Vec<u8> {
+        let raw_len = raw.len();
+        let out = match v.options.encoding {
+            Encoding::Raw => return raw,
+            Encoding::Zstd => compress::compress(raw, None),
+            Encoding::ZstdDict => compress::compress(raw, self.trainer.compressor()),
+        };
+        self.count(v.options.encoding, raw_len, out.len());
+        out
+    }
+
+    fn count(&self, encoding: Encoding, raw: usize, sent: usize) {
+        if encoding != Encoding::Raw {
+            self.hub.raw_bytes.fetch_add(raw as u64, Relaxed);
+            self.hub.compressed_bytes.fetch_add(sent as u64, Relaxed);
+        }
+    }
+
+    /// Sends the deltas after the viewer's resume point when they are all still kept and fit
+    /// its queue. False when it needs a snapshot instead.
+    fn resume(&mut self, v: &mut Slot) -> bool {
+        let from = v.options.resume_seq;
+        if from == 0 || v.options.interest || from > self.p.seq() {
+            return false;
+        }
+        let frames: Vec<Vec<u8>> = if from == self.p.seq() {
+            // Already current: an empty delta confirms the state hash.
+            let d = Delta {
+                session: self.p.session(),
+                from_seq: from,
+                to_seq: from,
+                state_hash: self.p.state_hash(),
+                spawned: vec![],
+                upserts: vec![],
+                removals: vec![],
+                despawned: vec![],
+                descriptors: vec![],
+            };
+            vec![Message::Delta(d).encode()]
+        } else {
+            let Some(start) = self.recent.iter().position(|(f, _, _)| *f == from) else { return false };
+            let kept: Vec<_> = self.recent.iter().skip(start).collect();
+            let chained = kept.windows(2).all(|w| w[0].1 == w[1].0);
+            if !chained || kept.last().map(|k| k.1) != Some(self.p.seq()) || kept.len() + 2 > v.tx.capacity() {
+                return false;
+            }
+            kept.into_iter().map(|(_, _, p)| p.clone()).collect()
+        };
+        if !self.ensure_dictionary(v) {
+            return false;
+        }
+        for f in frames {
+            let payload = self.encode(v, f);
+            if v.tx.try_send(payload).is_err() {
+                return false;
+            }
+            v.stats.resumed_deltas.fetch_add(1, Relaxed);
+        }
+        v.resync = false;
+        v.described = true;
+        self.hub.resumes.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// Sends a fresh snapshot if the viewer's queue has room for all of it.
+    fn try_snapshot(&mut self, v: &mut Slot) {
+        // A snapshot has at least one chunk: skip building it while the queue is (nearly) full.
+        if v.tx.capacity() < 3 {
+            return;
+        }
+        let chunk = match v.options.max_chunk_bytes {
+            0 => DEFAULT_CHUNK_BYTES,
+            n => n.min(DEFAULT_CHUNK_BYTES),
+        };
+        let chunks = if v.options.interest {
+            match v.view.as_mut() {
+                Some(view) => view.snapshot(&self.p, chunk),
+                // No area yet: an empty projection at the current seq.
+                None => self.p.snapshot(chunk, Some(&Default::default())),
+            }
+        } else {
+            self.p.snapshot(chunk, None)
+        };
+        if v.tx.capacity() < chunks.len() + 2 || !self.ensure_dictionary(v) {
             return;
         }
         for c in chunks {
-            if v.tx.try_send(Message::SnapshotChunk(c).encode()).is_err() {
+            let payload = self.encode(v, Message::SnapshotChunk(c).encode());
+            if v.tx.try_send(payload).is_err() {
                 return;
             }
         }
         v.resync = false;
         v.described = false;
+        v.area_moved = false;
     }
 }

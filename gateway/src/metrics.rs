@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use theta_store::metrics::{HistogramSnapshot, LATENCY_BUCKETS_US};
@@ -28,6 +29,88 @@ pub struct Observability {
     quic_connections: std::sync::atomic::AtomicU64,
     handshake_refusals: Mutex<BTreeMap<u32, u64>>,
     live: std::sync::OnceLock<std::sync::Arc<crate::live::LiveHub>>,
+    connections: Mutex<BTreeMap<u64, std::sync::Arc<ConnectionStats>>>,
+    next_connection: std::sync::atomic::AtomicU64,
+}
+
+/// One live connection's telemetry (QUIC or WebRTC), shown in `/metrics` and sent to the client
+/// once a second as a `Stats` message for its overlay.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Id, unique within the process (the `connection` label).
+    pub id: u64,
+    /// `quic` or `webrtc`.
+    pub transport: &'static str,
+    /// The client's role, lower case.
+    pub role: String,
+    /// Bytes received from the client (frames, including headers).
+    pub bytes_in: AtomicU64,
+    /// Bytes sent to the client.
+    pub bytes_out: AtomicU64,
+    /// Last round trip measured from the server's heartbeats, microseconds.
+    pub rtt_us: AtomicU64,
+    /// Frames waiting in the viewer's queue.
+    pub queue_depth: AtomicU64,
+    /// The viewer's fan-out counters, once subscribed.
+    pub viewer: std::sync::OnceLock<std::sync::Arc<crate::live::ViewerStats>>,
+    rates: Mutex<Rates>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Rates {
+    at: Option<Instant>,
+    totals: [u64; 3],
+    per_sec: [u64; 3],
+}
+
+impl ConnectionStats {
+    fn totals(&self) -> [u64; 3] {
+        let deltas = self.viewer.get().map_or(0, |v| v.deltas.load(Relaxed));
+        [self.bytes_in.load(Relaxed), self.bytes_out.load(Relaxed), deltas]
+    }
+
+    /// Recomputes the per-second rates (bytes in, bytes out, deltas) since the last call and
+    /// returns the connection's stats message.
+    pub fn sample(&self) -> theta_schemas::wire::Stats {
+        let now = Instant::now();
+        let totals = self.totals();
+        let mut r = self.rates.lock().expect("rates lock");
+        if let Some(at) = r.at {
+            let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+            let before = r.totals;
+            for ((rate, now), then) in r.per_sec.iter_mut().zip(totals).zip(before) {
+                *rate = (now.saturating_sub(then) as f64 / secs).round() as u64;
+            }
+        }
+        r.at = Some(now);
+        r.totals = totals;
+        theta_schemas::wire::Stats {
+            rtt_us: self.rtt_us.load(Relaxed),
+            bytes_in_per_sec: r.per_sec[0],
+            bytes_out_per_sec: r.per_sec[1],
+            deltas_per_sec: r.per_sec[2],
+            queue_depth: self.queue_depth.load(Relaxed) as u32,
+            transport: self.transport.to_string(),
+            resyncs: self.viewer.get().map_or(0, |v| v.resyncs.load(Relaxed)),
+        }
+    }
+
+    fn last_rates(&self) -> [u64; 3] {
+        self.rates.lock().expect("rates lock").per_sec
+    }
+}
+
+/// Removes a connection from `/metrics` when dropped.
+pub struct ConnectionGuard {
+    obs: std::sync::Arc<Observability>,
+    /// The connection's stats.
+    pub stats: std::sync::Arc<ConnectionStats>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.obs.connections.lock().expect("metrics lock").remove(&self.stats.id);
+    }
 }
 
 impl std::fmt::Debug for Observability {
@@ -70,6 +153,23 @@ impl Observability {
     /// Counts a refused QUIC handshake by close code.
     pub fn handshake_refused(&self, code: u32) {
         *self.handshake_refusals.lock().expect("metrics lock").entry(code).or_default() += 1;
+    }
+
+    /// Registers a live connection; it leaves `/metrics` when the guard drops.
+    pub fn register_connection(
+        self: &std::sync::Arc<Self>,
+        transport: &'static str,
+        role: theta_schemas::Role,
+    ) -> ConnectionGuard {
+        let id = self.next_connection.fetch_add(1, Relaxed) + 1;
+        let stats = std::sync::Arc::new(ConnectionStats {
+            id,
+            transport,
+            role: format!("{role:?}").to_lowercase(),
+            ..ConnectionStats::default()
+        });
+        self.connections.lock().expect("metrics lock").insert(id, stats.clone());
+        ConnectionGuard { obs: self.clone(), stats }
     }
 
     /// Attaches the live fan-out, whose counters are then exported.
@@ -191,10 +291,82 @@ impl Observability {
             self.live.get().map_or((0, 0), |h| (h.resyncs.load(relaxed), h.deltas_sent.load(relaxed)));
         counter(&mut s, "viewer_resyncs", "Viewers resynced with a fresh snapshot because they fell behind.", resyncs);
         counter(&mut s, "deltas_sent", "Deltas sent to live viewers.", deltas);
+        if let Some(h) = self.live.get() {
+            counter(
+                &mut s,
+                "replication_raw_bytes",
+                "Replication payload bytes before compression, for viewers that negotiated it.",
+                h.raw_bytes.load(relaxed),
+            );
+            counter(
+                &mut s,
+                "replication_compressed_bytes",
+                "The same payloads' bytes as sent (compressed where that was smaller).",
+                h.compressed_bytes.load(relaxed),
+            );
+            counter(&mut s, "dictionaries_trained", "zstd dictionaries trained from session traffic.", {
+                h.dictionaries.load(relaxed)
+            });
+            counter(&mut s, "viewer_resumes", "Reconnected viewers resumed from their seq without a snapshot.", {
+                h.resumes.load(relaxed)
+            });
+        }
+        self.render_connections(&mut s);
         let _ = writeln!(s, "# HELP theta_sessions Sessions in the store.");
         let _ = writeln!(s, "# TYPE theta_sessions gauge");
         let _ = writeln!(s, "theta_sessions {}", store.sessions().len());
         s
+    }
+}
+
+impl Observability {
+    fn render_connections(&self, s: &mut String) {
+        let conns: Vec<_> = self.connections.lock().expect("metrics lock").values().cloned().collect();
+        let mut by_transport: BTreeMap<&str, u64> = BTreeMap::new();
+        for c in &conns {
+            *by_transport.entry(c.transport).or_default() += 1;
+        }
+        let _ = writeln!(s, "# HELP theta_live_connections Open live connections by transport.");
+        let _ = writeln!(s, "# TYPE theta_live_connections gauge");
+        for t in ["quic", "webrtc"] {
+            let _ = writeln!(s, "theta_live_connections{{transport=\"{t}\"}} {}", by_transport.get(t).unwrap_or(&0));
+        }
+        type Field = fn(&ConnectionStats) -> f64;
+        let gauges: [(&str, &str, &str, Field); 5] = [
+            ("theta_connection_rtt_seconds", "gauge", "Round-trip time from heartbeats.", |c| {
+                c.rtt_us.load(Relaxed) as f64 / 1e6
+            }),
+            ("theta_connection_receive_bytes_per_second", "gauge", "Bytes received per second.", |c| {
+                c.last_rates()[0] as f64
+            }),
+            ("theta_connection_send_bytes_per_second", "gauge", "Bytes sent per second.", |c| c.last_rates()[1] as f64),
+            ("theta_connection_deltas_per_second", "gauge", "Deltas sent per second.", |c| c.last_rates()[2] as f64),
+            ("theta_connection_queue_depth", "gauge", "Frames waiting in the viewer's queue.", |c| {
+                c.queue_depth.load(Relaxed) as f64
+            }),
+        ];
+        let counters: [(&str, &str, &str, Field); 2] = [
+            ("theta_connection_received_bytes_total", "counter", "Bytes received on this connection.", |c| {
+                c.bytes_in.load(Relaxed) as f64
+            }),
+            ("theta_connection_sent_bytes_total", "counter", "Bytes sent on this connection.", |c| {
+                c.bytes_out.load(Relaxed) as f64
+            }),
+        ];
+        for (name, kind, help, f) in gauges.iter().chain(counters.iter()) {
+            let _ = writeln!(s, "# HELP {name} {help} Per live connection.");
+            let _ = writeln!(s, "# TYPE {name} {kind}");
+            for c in &conns {
+                let _ = writeln!(
+                    s,
+                    "{name}{{connection=\"{}\",transport=\"{}\",role=\"{}\"}} {}",
+                    c.id,
+                    c.transport,
+                    c.role,
+                    f(c)
+                );
+            }
+        }
     }
 }
 

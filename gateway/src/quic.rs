@@ -21,6 +21,12 @@ use theta_schemas::{Envelope, MAX_ENVELOPE_BYTES, Message};
 use theta_store::{AppendError, ReadError, Store};
 use tokio::sync::mpsc;
 
+use crate::live::{Subscription, ViewerOptions};
+use std::sync::atomic::Ordering::Relaxed;
+use theta_client::compress::{self, Encoding};
+use theta_projector::interest::Area;
+use theta_schemas::SessionId;
+
 /// The ALPN protocol id.
 pub const ALPN: &[u8] = b"theta/1";
 /// Error codes on the control stream for rejected commands: 100 + the store's reason code.
@@ -153,8 +159,15 @@ pub fn serve_quic_with(
     Ok(QuicServer { hub, addr: bound, fingerprint: identity.fingerprint, endpoint, task })
 }
 
-fn server_capabilities() -> Capabilities {
-    Capabilities { compression: vec![], interest_management: false, max_chunk_bytes: 16 * 1024, datagrams: false }
+/// What the server offers: zstd with and without dictionaries, interest management, 16 KiB
+/// snapshot chunks; no datagrams.
+pub fn server_capabilities() -> Capabilities {
+    Capabilities {
+        compression: vec![compress::ZSTD_DICT.into(), compress::ZSTD.into()],
+        interest_management: true,
+        max_chunk_bytes: theta_projector::DEFAULT_CHUNK_BYTES as u32,
+        datagrams: false,
+    }
 }
 
 /// One connection: handshake, then commands.
@@ -169,6 +182,7 @@ async fn connection(
     let mut hs = ServerHandshake::new(server_capabilities(), rand::random(), now_ms(), timeout_ms);
     let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let mut hello_bytes = 0u64;
     let accepted = loop {
         let chunk = match tokio::time::timeout_at(deadline, control_rx.read_chunk(MAX_ENVELOPE_BYTES, true)).await {
             Err(_) => {
@@ -181,6 +195,7 @@ async fn connection(
             Ok(Ok(Some(c))) => c,
             Ok(_) => return,
         };
+        hello_bytes += chunk.bytes.len() as u64;
         let frames = match decoder.push(&chunk.bytes) {
             Ok(f) => f,
             Err(e) => {
@@ -227,49 +242,96 @@ async fn connection(
             break a;
         }
     };
-    // One writer owns the control stream; receipts and errors queue to it (bounded).
+    let guard = obs.register_connection("quic", accepted.role);
+    let stats = guard.stats.clone();
+    stats.bytes_in.fetch_add(hello_bytes, Relaxed);
+    // One writer owns the control stream; receipts, errors, heartbeats and stats queue to it.
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1_024);
-    let writer = tokio::spawn(async move {
-        while let Some(payload) = out_rx.recv().await {
-            if control_tx.write_all(&frame::encode(&payload)).await.is_err() {
-                break;
-            }
-        }
-    });
-    // Replication: a server-opened stream with the snapshot, then deltas in seq order.
-    if let Ok(mut frames) = hub.subscribe(accepted.session) {
-        let conn = conn.clone();
+    let writer = {
+        let stats = stats.clone();
         tokio::spawn(async move {
+            while let Some(payload) = out_rx.recv().await {
+                let bytes = frame::encode(&payload);
+                if control_tx.write_all(&bytes).await.is_err() {
+                    break;
+                }
+                stats.bytes_out.fetch_add(bytes.len() as u64, Relaxed);
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    // Replication: a server-opened stream with the snapshot, then deltas in seq order.
+    let options = ViewerOptions {
+        encoding: Encoding::from_agreed(&accepted.capabilities.compression),
+        interest: accepted.capabilities.interest_management,
+        resume_seq: accepted.resume_seq,
+        max_chunk_bytes: accepted.capabilities.max_chunk_bytes as usize,
+    };
+    let viewer = hub.subscribe_with(accepted.session, options).ok();
+    let viewer_id = viewer.as_ref().map(|v| v.id);
+    if let Some(Subscription { frames: mut queue, stats: vstats, .. }) = viewer {
+        let _ = stats.viewer.set(vstats);
+        let (conn, stats) = (conn.clone(), stats.clone());
+        tasks.push(tokio::spawn(async move {
             let Ok(mut stream) = conn.open_uni().await else { return };
-            while let Some(payload) = frames.recv().await {
-                if stream.write_all(&frame::encode(&payload)).await.is_err() {
+            while let Some(payload) = queue.recv().await {
+                stats.queue_depth.store(queue.len() as u64, Relaxed);
+                let bytes = frame::encode(&payload);
+                if stream.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                stats.bytes_out.fetch_add(bytes.len() as u64, Relaxed);
+            }
+        }));
+    }
+    // Once a second: a heartbeat (the client echoes it: the server's RTT) and the stats message.
+    {
+        let (out_tx, stats) = (out_tx.clone(), stats.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATS_INTERVAL);
+            let mut sequence = 0u64;
+            loop {
+                tick.tick().await;
+                sequence += 1;
+                let hb = Heartbeat { sequence, sent_at_us: now_us(), echo_us: 0 };
+                let st = stats.sample();
+                if out_tx.send(Message::Heartbeat(hb).encode()).await.is_err()
+                    || out_tx.send(Message::Stats(st).encode()).await.is_err()
+                {
                     return;
                 }
             }
-        });
+        }));
     }
-    // The client's heartbeats on the control stream are answered with an echo of their
-    // timestamp, so both sides can measure the round trip.
+    // The control stream after the handshake: heartbeats (answered with an echo, or an echo of
+    // ours giving the RTT) and interest updates.
     {
-        let (out_tx, conn) = (out_tx.clone(), conn.clone());
-        tokio::spawn(async move {
+        let (out_tx, conn, stats, hub) = (out_tx.clone(), conn.clone(), stats.clone(), hub.clone());
+        let session = accepted.session;
+        tasks.push(tokio::spawn(async move {
             let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
             let mut sequence = 0u64;
             while let Ok(Some(chunk)) = control_rx.read_chunk(MAX_ENVELOPE_BYTES, true).await {
+                stats.bytes_in.fetch_add(chunk.bytes.len() as u64, Relaxed);
                 let Ok(frames) = decoder.push(&chunk.bytes) else {
                     conn.close(7u32.into(), b"bad frame on the control stream");
                     return;
                 };
                 for f in frames {
                     match Message::decode(&f) {
+                        Ok(Message::Heartbeat(h)) if h.echo_us != 0 => {
+                            stats.rtt_us.store(now_us().saturating_sub(h.echo_us), Relaxed);
+                        }
                         Ok(Message::Heartbeat(h)) => {
                             sequence += 1;
-                            let now_us =
-                                SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-                            let reply = Heartbeat { sequence, sent_at_us: now_us, echo_us: h.sent_at_us };
+                            let reply = Heartbeat { sequence, sent_at_us: now_us(), echo_us: h.sent_at_us };
                             if out_tx.send(Message::Heartbeat(reply).encode()).await.is_err() {
                                 return;
                             }
+                        }
+                        Ok(Message::Interest(i)) if viewer_id.is_some() && options.interest => {
+                            let area = Area { center: i.center, radius: i.radius };
+                            hub.set_interest(session, viewer_id.expect("viewer"), area);
                         }
                         _ => {
                             conn.close(7u32.into(), b"unexpected message on the control stream");
@@ -278,19 +340,20 @@ async fn connection(
                     }
                 }
             }
-        });
+        }));
     }
     // Commands arrive on unidirectional streams opened by the client.
     while let Ok(mut stream) = conn.accept_uni().await {
-        let (store, out_tx, conn) = (store.clone(), out_tx.clone(), conn.clone());
+        let (store, out_tx, conn, stats) = (store.clone(), out_tx.clone(), conn.clone(), stats.clone());
         let session = accepted.session;
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
             loop {
                 let chunk = match stream.read_chunk(MAX_ENVELOPE_BYTES, true).await {
                     Ok(Some(c)) => c,
                     _ => return,
                 };
+                stats.bytes_in.fetch_add(chunk.bytes.len() as u64, Relaxed);
                 let frames = match decoder.push(&chunk.bytes) {
                     Ok(f) => f,
                     Err(e) => {
@@ -299,40 +362,57 @@ async fn connection(
                     }
                 };
                 for envelope in frames {
-                    let (nonce, named) = match Envelope::open(&envelope) {
-                        Ok((_, b)) => (b.nonce, Some(b.session)),
-                        Err(_) => (0, None),
-                    };
-                    if named.is_some_and(|s| s != session) {
-                        let e = WireError {
-                            code: COMMAND_ERROR_BASE + 2,
-                            reason: "command names another session than the handshake".into(),
-                            nonce,
-                        };
-                        let _ = out_tx.send(Message::Error(e).encode()).await;
-                        continue;
-                    }
-                    let out = out_tx.clone();
-                    store.submit(envelope, move |r| {
-                        let msg = match r {
-                            Ok(r) => Message::CommandReceipt(CommandReceipt {
-                                nonce: r.nonce,
-                                seq: r.seq,
-                                lamport: r.lamport,
-                                entry_hash: r.entry_hash,
-                                tree_size: r.tree_size,
-                                tree_root: r.tree_root,
-                            }),
-                            Err(e) => Message::Error(command_error(&e, nonce)),
-                        };
-                        let _ = out.try_send(msg.encode());
-                    });
+                    submit_command(&store, session, envelope, &out_tx).await;
                 }
             }
-        });
+        }));
+    }
+    for t in tasks {
+        t.abort();
     }
     drop(out_tx);
     let _ = writer.await;
+    drop(guard);
+}
+
+/// Seconds between the server's heartbeats and stats messages.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Submits one command envelope received live through the store's checks; its receipt or typed
+/// error goes to `out` (the control stream), matched by nonce.
+pub async fn submit_command(store: &Store, session: SessionId, envelope: Vec<u8>, out: &mpsc::Sender<Vec<u8>>) {
+    let (nonce, named) = match Envelope::open(&envelope) {
+        Ok((_, b)) => (b.nonce, Some(b.session)),
+        Err(_) => (0, None),
+    };
+    if named.is_some_and(|s| s != session) {
+        let e = WireError {
+            code: COMMAND_ERROR_BASE + 2,
+            reason: "command names another session than the handshake".into(),
+            nonce,
+        };
+        let _ = out.send(Message::Error(e).encode()).await;
+        return;
+    }
+    let out = out.clone();
+    store.submit(envelope, move |r| {
+        let msg = match r {
+            Ok(r) => Message::CommandReceipt(CommandReceipt {
+                nonce: r.nonce,
+                seq: r.seq,
+                lamport: r.lamport,
+                entry_hash: r.entry_hash,
+                tree_size: r.tree_size,
+                tree_root: r.tree_root,
+            }),
+            Err(e) => Message::Error(command_error(&e, nonce)),
+        };
+        let _ = out.try_send(msg.encode());
+    });
 }
 
 /// A rejected command as an error message on the control stream.

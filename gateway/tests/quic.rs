@@ -73,10 +73,15 @@ impl Control {
     async fn send(&mut self, payload: &[u8]) {
         self.tx.write_all(&frame::encode(payload)).await.unwrap();
     }
+    /// The next frame, skipping the server's own heartbeats and stats (sent once a second).
     async fn recv(&mut self) -> Option<Vec<u8>> {
         loop {
             if let Some(f) = self.pending.pop_front() {
-                return Some(f);
+                match Message::decode(&f) {
+                    Ok(Message::Heartbeat(h)) if h.echo_us == 0 => continue,
+                    Ok(Message::Stats(_)) => continue,
+                    _ => return Some(f),
+                }
             }
             let chunk = tokio::time::timeout(Duration::from_secs(10), self.rx.read_chunk(1 << 16, true))
                 .await
@@ -447,6 +452,362 @@ async fn the_rust_client_pins_submits_and_mirrors() {
             assert!(rtt < Duration::from_secs(5));
             break;
         }
+    }
+    server.shutdown().await;
+}
+
+/// Options for the Rust client against `server`, offering `compression` (and interest
+/// management when `interest`).
+fn client_options(
+    server: &theta_gateway::quic::QuicServer,
+    key: &SigningKey,
+    compression: &[&str],
+    interest: bool,
+) -> theta_client::quic::Options {
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&server.fingerprint, &mut pin).unwrap();
+    theta_client::quic::Options {
+        server: server.addr,
+        server_name: "localhost".into(),
+        trust: theta_client::quic::Trust::Fingerprint(pin),
+        key: key.clone(),
+        session: S,
+        capabilities: Capabilities {
+            compression: compression.iter().map(|s| s.to_string()).collect(),
+            interest_management: interest,
+            max_chunk_bytes: 0,
+            datagrams: false,
+        },
+    }
+}
+
+/// Follows the stream until the mirror reaches `head()` (0: unknown yet); returns the client.
+/// With `drop_at`, the connection is cut once the mirror passes that seq, and resumed.
+async fn follow(
+    mut c: theta_client::quic::Client,
+    head: Arc<std::sync::atomic::AtomicU64>,
+    drop_at: Option<u64>,
+) -> theta_client::quic::Client {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut dropped = false;
+    loop {
+        let h = head.load(SeqCst);
+        if h != 0 && c.mirror().is_some_and(|m| m.seq() == h) {
+            return c;
+        }
+        if let (Some(at), false) = (drop_at, dropped)
+            && c.mirror().is_some_and(|m| m.seq() >= at)
+        {
+            dropped = true;
+            c.disconnect();
+            assert!(c.next_event().await.is_err(), "a cut connection reports an error");
+            c.reconnect().await.expect("reconnect");
+            continue;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), c.next_event()).await {
+            Err(_) => {}
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("viewer failed: {e}"),
+        }
+    }
+}
+
+/// An editor that submits `count` commands one at a time (each after the previous receipt):
+/// creates `entities` entities from id `first`, then moves and renames them. Returns the
+/// receipts' count.
+async fn edit(mut c: theta_client::quic::Client, first: u64, count: u64) -> u64 {
+    use theta_client::quic::Event;
+    use theta_schemas::components::Transform;
+    let entities = 10;
+    let mut receipts = 0;
+    for i in 0..count {
+        let e = first + i % entities;
+        let command = if i < entities {
+            Command::CreateEntity { shape: Shape::Cube, name: format!("e{e}"), parent: 0 }
+        } else if i % 5 == 0 {
+            Command::Rename { name: format!("e{e}-{i}") }
+        } else {
+            let x = i as f32 * 0.01;
+            Command::SetTransform(Transform { translation: [x, 1.0, -x], ..Transform::default() })
+        };
+        let component = match &command {
+            Command::CreateEntity { .. } => ComponentId::NONE,
+            Command::Rename { .. } => Name::id(),
+            _ => Transform::id(),
+        };
+        let nonce = c.submit(e, component, 0, command).await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), c.next_event()).await.unwrap().unwrap() {
+                Event::Receipt(r) if r.nonce == nonce => {
+                    receipts += 1;
+                    break;
+                }
+                Event::Rejected(e) if e.nonce == nonce => panic!("rejected: {e:?}"),
+                _ => {}
+            }
+        }
+    }
+    receipts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_viewers_two_editors_a_late_joiner_a_resumed_viewer_and_a_slow_one() {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    use theta_client::compress::{ZSTD, ZSTD_DICT};
+    use theta_client::quic::Client;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, owner, editor, viewer) = session_with_editor_and_viewer(dir.path());
+    let editor2 = SigningKey::from_bytes(&[4; 32]);
+    store
+        .append(&sign(
+            &owner,
+            4,
+            0,
+            ComponentId::NONE,
+            Command::GrantRole { key: author_key(&editor2), role: Role::Editor },
+        ))
+        .unwrap();
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let cert = identity.cert.clone();
+    let obs = Arc::new(theta_gateway::metrics::Observability::default());
+    let server = theta_gateway::quic::serve_quic_with(
+        store.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        identity,
+        2_000,
+        obs.clone(),
+    )
+    .unwrap();
+
+    // The slow viewer: a tiny flow-control window, and it never reads its replication stream.
+    let slow_ep = {
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(4_096u32.into()).receive_window(8_192u32.into());
+        let mut ep = client(cert.clone());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.clone()).unwrap();
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+        config.transport_config(Arc::new(transport));
+        ep.set_default_client_config(config);
+        ep
+    };
+    let (slow_conn, mut slow_ctl) = connect(&slow_ep, server.addr).await;
+    handshake(&mut slow_ctl, &viewer).await.unwrap();
+
+    // Three viewers, each with another encoding; the zstd-dict one is cut and resumes midway.
+    let head = Arc::new(AtomicU64::new(0));
+    let mut viewers = Vec::new();
+    for (kinds, drop_at) in [(vec![], None), (vec![ZSTD], None), (vec![ZSTD_DICT, ZSTD], Some(300))] {
+        let c = Client::connect(client_options(&server, &viewer, &kinds, false)).await.unwrap();
+        viewers.push(tokio::spawn(follow(c, head.clone(), drop_at)));
+    }
+    // Two editors submit concurrently.
+    let e1 = Client::connect(client_options(&server, &editor, &[], false)).await.unwrap();
+    let e2 = Client::connect(client_options(&server, &editor2, &[ZSTD_DICT], false)).await.unwrap();
+    let (t1, t2) = (tokio::spawn(edit(e1, 1, 400)), tokio::spawn(edit(e2, 101, 400)));
+    // A late joiner connects once half the work is in.
+    while store.head(&S).unwrap().seq < 400 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let late = Client::connect(client_options(&server, &viewer, &[ZSTD], false)).await.unwrap();
+    viewers.push(tokio::spawn(follow(late, head.clone(), None)));
+
+    assert_eq!((t1.await.unwrap(), t2.await.unwrap()), (400, 400), "every command got its receipt");
+    let final_head = store.head(&S).unwrap().seq;
+    assert_eq!(final_head, 4 + 800);
+    head.store(final_head, SeqCst);
+    let want = theta_gateway::history::project(&store, &S, final_head).unwrap().projection.state_hash();
+    let mut clients = Vec::new();
+    for v in viewers {
+        let c = tokio::time::timeout(Duration::from_secs(60), v).await.expect("viewer converges").unwrap();
+        assert_eq!(c.mirror().unwrap().state_hash(), want, "mirror = server projection at seq {final_head}");
+        clients.push(c);
+    }
+    let t: Vec<_> = clients.iter().map(|c| c.telemetry()).collect();
+    // Nobody but the slow viewer needed a resync: one snapshot each, and the cut viewer resumed
+    // with deltas rather than a second snapshot.
+    for (i, t) in t.iter().enumerate() {
+        assert_eq!((t.snapshots, t.resyncs), (1, 0), "viewer {i}: {t:?}");
+        assert!(t.deltas > 0, "viewer {i} followed by deltas");
+    }
+    assert_eq!(t[2].reconnects, 1);
+    assert!(server.hub.resumes.load(SeqCst) >= 1, "the cut viewer resumed from its seq");
+    assert!(t[1].compressed_bytes.0 < t[1].compressed_bytes.1, "zstd frames are smaller: {:?}", t[1]);
+    assert!(t[2].compressed_bytes.0 < t[2].compressed_bytes.1, "zstd-dict frames are smaller: {:?}", t[2]);
+    assert!(server.hub.dictionaries.load(SeqCst) >= 1, "a dictionary was trained from the traffic");
+    // The slow viewer fell behind and was marked for a resync; the rest never were.
+    assert!(server.hub.resyncs.load(SeqCst) >= 1, "the slow viewer was resynced");
+    // Per-connection telemetry: the stats message reaches the client and /metrics lists it.
+    let mut c = clients.pop().unwrap();
+    let stats = loop {
+        if let theta_client::quic::Event::Stats(s) =
+            tokio::time::timeout(Duration::from_secs(5), c.next_event()).await.unwrap().unwrap()
+        {
+            break s;
+        }
+    };
+    assert_eq!(stats.transport, "quic");
+    let text = obs.render(&store);
+    for name in ["theta_connection_rtt_seconds{", "theta_connection_send_bytes_per_second{", "theta_live_connections{"]
+    {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert!(text.contains("transport=\"quic\",role=\"viewer\""), "{text}");
+    drop(slow_conn);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interest_management_streams_only_the_area() {
+    use std::collections::BTreeSet;
+    use theta_client::quic::{Client, Event};
+    use theta_schemas::components::Transform;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, owner, _editor, viewer) = session_with_editor_and_viewer(dir.path());
+    // Ten cubes on the x axis, 10 m apart: entity e at x = 10·e.
+    let mut l = 10;
+    for e in 1..=10u64 {
+        let create = Command::CreateEntity { shape: Shape::Cube, name: format!("c{e}"), parent: 0 };
+        store.append(&sign(&owner, l, e, ComponentId::NONE, create)).unwrap();
+        let t = Transform { translation: [10.0 * e as f32, 0.0, 0.0], ..Transform::default() };
+        store.append(&sign(&owner, l + 1, e, Transform::id(), Command::SetTransform(t))).unwrap();
+        l += 2;
+    }
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let server = serve_quic(store.clone(), "127.0.0.1:0".parse().unwrap(), identity, 2_000).unwrap();
+    let mut c = Client::connect(client_options(&server, &viewer, &[], true)).await.unwrap();
+    assert!(c.welcome().capabilities.interest_management);
+
+    // Waits until the mirror holds exactly `want`, checking at every step that it never holds
+    // an entity outside `allowed`.
+    async fn until(c: &mut Client, want: &[u64], allowed: &BTreeSet<u64>) {
+        let want: BTreeSet<u64> = want.iter().copied().collect();
+        loop {
+            if let Some(m) = c.mirror() {
+                let held: BTreeSet<u64> = m.entities().collect();
+                assert!(held.is_subset(allowed), "held {held:?}, allowed {allowed:?}");
+                if held == want {
+                    return;
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(10), c.next_event()).await.unwrap().unwrap() {
+                Event::Resynced { reason } => panic!("resynced: {reason}"),
+                _ => continue,
+            }
+        }
+    }
+    // No area yet: nothing is streamed.
+    until(&mut c, &[], &BTreeSet::new()).await;
+    // Around x = 25, radius 12: entities 2 and 3 (x = 20, 30).
+    c.set_interest([25.0, 0.0, 0.0], 12.0).await.unwrap();
+    until(&mut c, &[2, 3], &[2, 3].into()).await;
+    // Move to x = 75: 2 and 3 leave, 7 and 8 enter.
+    c.set_interest([75.0, 0.0, 0.0], 12.0).await.unwrap();
+    until(&mut c, &[7, 8], &[2, 3, 7, 8].into()).await;
+    // An entity moving into the area arrives; one moving out leaves.
+    let t = |x: f32| Command::SetTransform(Transform { translation: [x, 0.0, 0.0], ..Transform::default() });
+    store.append(&sign(&owner, 100, 1, Transform::id(), t(70.0))).unwrap();
+    store.append(&sign(&owner, 101, 8, Transform::id(), t(500.0))).unwrap();
+    until(&mut c, &[1, 7], &[1, 7, 8].into()).await;
+    let seq = store.head(&S).unwrap().seq;
+    while c.mirror().unwrap().seq() < seq {
+        c.next_event().await.unwrap();
+    }
+    // The mirror's values equal the server's for what it holds (its hash was checked per delta).
+    let server_p = theta_gateway::history::project(&store, &S, seq).unwrap().projection;
+    let m = c.mirror().unwrap();
+    for e in [1u64, 7] {
+        assert_eq!(m.get(e, Transform::id()), server_p.get(e, Transform::id()));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_handshakes_close_cleanly_with_a_code_and_a_counter() {
+    use theta_schemas::wire::Hello;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _owner, editor, _viewer) = session_with_editor_and_viewer(dir.path());
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let cert = identity.cert.clone();
+    let obs = Arc::new(theta_gateway::metrics::Observability::default());
+    let server = theta_gateway::quic::serve_quic_with(
+        store.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        identity,
+        2_000,
+        obs.clone(),
+    )
+    .unwrap();
+    let ep = client(cert);
+    // A healthy editor stays connected throughout.
+    let (econn, mut ectl) = connect(&ep, server.addr).await;
+    handshake(&mut ectl, &editor).await.unwrap();
+    let mut cmds = econn.open_uni().await.unwrap();
+
+    let hello = |version: u32, schema_hash: [u8; 32], session: SessionId| {
+        Message::Hello(Hello {
+            protocol_version: version,
+            schema_hash,
+            client_nonce: [1; 32],
+            public_key: author_key(&editor),
+            session,
+            capabilities: Capabilities::default(),
+            resume_seq: 0,
+        })
+        .encode()
+    };
+    let schema = theta_schemas::manifest::schema_hash();
+    // (hello, proof signer, expected close code)
+    let cases: Vec<(Vec<u8>, Option<SigningKey>, CloseCode)> = vec![
+        (hello(2, schema, S), None, CloseCode::VersionMismatch),
+        (hello(1, [0; 32], S), None, CloseCode::SchemaMismatch),
+        (hello(1, schema, S), Some(SigningKey::from_bytes(&[8; 32])), CloseCode::BadProof),
+        (hello(1, schema, SessionId([0x99; 16])), Some(editor.clone()), CloseCode::UnknownSession),
+        (b"not a flatbuffer at all".to_vec(), None, CloseCode::ProtocolViolation),
+    ];
+    for (i, (hello, signer, code)) in cases.into_iter().enumerate() {
+        let (conn, mut ctl) = connect(&ep, server.addr).await;
+        ctl.send(&hello).await;
+        let mut msg = ctl.recv().await.expect("an answer");
+        if let Some(k) = signer {
+            let Message::Challenge(_) = Message::decode(&msg).unwrap() else { panic!("case {i}: challenge") };
+            let transcript = theta_client::handshake::proof_message(&hello, &msg);
+            let signature = ed25519_dalek::Signer::sign(&k, &transcript).to_bytes();
+            ctl.send(&Message::Proof(theta_schemas::wire::Proof { signature }).encode()).await;
+            msg = ctl.recv().await.expect("an answer");
+        }
+        match Message::decode(&msg).unwrap() {
+            Message::Error(e) => assert_eq!(e.code, code as u32, "case {i}: {}", e.reason),
+            other => panic!("case {i}: {other:?}"),
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.expect("closed");
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == (code as u32).into()),
+            "case {i}: {closed:?}"
+        );
+        // The healthy editor is unaffected.
+        let rename = Command::Rename { name: format!("still {i}") };
+        cmds.write_all(&frame::encode(&sign(&editor, 50 + i as u64, 1, Name::id(), rename))).await.unwrap();
+        match Message::decode(&ectl.recv().await.unwrap()).unwrap() {
+            Message::CommandReceipt(_) | Message::Error(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let text = obs.render(&store);
+    for code in [1, 2, 3, 4, 7] {
+        assert!(
+            text.contains(&format!("theta_quic_handshake_refusals_total{{code=\"{code}\"}} 1")),
+            "counter for code {code}"
+        );
     }
     server.shutdown().await;
 }

@@ -37,6 +37,8 @@ pub struct Hello {
     pub session: SessionId,
     /// Offered capabilities.
     pub capabilities: Capabilities,
+    /// Seq the client's mirror already holds when reconnecting (0: fresh start).
+    pub resume_seq: u64,
 }
 
 /// Server → client: the challenge.
@@ -173,8 +175,56 @@ pub struct WireError {
     pub nonce: u64,
 }
 
-/// Every live message.
+/// Client → server: the area of interest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interest {
+    /// Centre, world metres.
+    pub center: [f32; 3],
+    /// Radius, metres (finite, ≥ 0).
+    pub radius: f32,
+}
+
+/// Server → client: a zstd dictionary for later compressed frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dictionary {
+    /// Non-zero id.
+    pub id: u32,
+    /// Raw zstd dictionary bytes.
+    pub data: Vec<u8>,
+}
+
+/// A zstd-compressed frame payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compressed {
+    /// Dictionary id (0: none).
+    pub dictionary: u32,
+    /// Decompressed size.
+    pub raw_len: u32,
+    /// One zstd frame.
+    pub data: Vec<u8>,
+}
+
+/// Server → client: per-connection telemetry.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Last measured round trip, microseconds.
+    pub rtt_us: u64,
+    /// Bytes received from the client per second.
+    pub bytes_in_per_sec: u64,
+    /// Bytes sent to the client per second.
+    pub bytes_out_per_sec: u64,
+    /// Deltas sent per second.
+    pub deltas_per_sec: u64,
+    /// Frames waiting in the viewer's queue.
+    pub queue_depth: u32,
+    /// `quic` or `webrtc`.
+    pub transport: String,
+    /// Resyncs of this viewer.
+    pub resyncs: u64,
+}
+
+/// Every live message.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     /// See [`Hello`].
     Hello(Hello),
@@ -194,6 +244,14 @@ pub enum Message {
     CommandReceipt(CommandReceipt),
     /// See [`WireError`].
     Error(WireError),
+    /// See [`Interest`].
+    Interest(Interest),
+    /// See [`Dictionary`].
+    Dictionary(Dictionary),
+    /// See [`Compressed`].
+    Compressed(Compressed),
+    /// See [`Stats`].
+    Stats(Stats),
 }
 
 type Fbb<'a> = FlatBufferBuilder<'a>;
@@ -263,6 +321,25 @@ fn ids(v: Option<Vector<'_, u64>>) -> Vec<u64> {
 }
 
 impl Message {
+    /// The message's type name, for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Challenge(_) => "Challenge",
+            Message::Proof(_) => "Proof",
+            Message::Welcome(_) => "Welcome",
+            Message::SnapshotChunk(_) => "SnapshotChunk",
+            Message::Delta(_) => "Delta",
+            Message::Heartbeat(_) => "Heartbeat",
+            Message::CommandReceipt(_) => "CommandReceipt",
+            Message::Error(_) => "Error",
+            Message::Interest(_) => "Interest",
+            Message::Dictionary(_) => "Dictionary",
+            Message::Compressed(_) => "Compressed",
+            Message::Stats(_) => "Stats",
+        }
+    }
+
     /// Encodes the message as a `Frame` buffer (identifier `THFR`).
     pub fn encode(&self) -> Vec<u8> {
         let mut fbb = Fbb::with_capacity(256);
@@ -280,6 +357,7 @@ impl Message {
                     public_key,
                     session,
                     capabilities,
+                    resume_seq: h.resume_seq,
                 };
                 (fb::Message::Hello, fb::Hello::create(&mut fbb, &args).as_union_value())
             }
@@ -382,6 +460,34 @@ impl Message {
                 let args = fb::ErrorArgs { code: e.code, reason, nonce: e.nonce };
                 (fb::Message::Error, fb::Error::create(&mut fbb, &args).as_union_value())
             }
+            Message::Interest(i) => {
+                let center = fb::Vec3::new(i.center[0], i.center[1], i.center[2]);
+                let args = fb::InterestArgs { center: Some(&center), radius: i.radius };
+                (fb::Message::Interest, fb::Interest::create(&mut fbb, &args).as_union_value())
+            }
+            Message::Dictionary(d) => {
+                let data = Some(fbb.create_vector(&d.data));
+                let args = fb::DictionaryArgs { id: d.id, data };
+                (fb::Message::Dictionary, fb::Dictionary::create(&mut fbb, &args).as_union_value())
+            }
+            Message::Compressed(c) => {
+                let data = Some(fbb.create_vector(&c.data));
+                let args = fb::CompressedArgs { dictionary: c.dictionary, raw_len: c.raw_len, data };
+                (fb::Message::Compressed, fb::Compressed::create(&mut fbb, &args).as_union_value())
+            }
+            Message::Stats(s) => {
+                let transport = Some(fbb.create_string(&s.transport));
+                let args = fb::StatsArgs {
+                    rtt_us: s.rtt_us,
+                    bytes_in_per_sec: s.bytes_in_per_sec,
+                    bytes_out_per_sec: s.bytes_out_per_sec,
+                    deltas_per_sec: s.deltas_per_sec,
+                    queue_depth: s.queue_depth,
+                    transport,
+                    resyncs: s.resyncs,
+                };
+                (fb::Message::Stats, fb::Stats::create(&mut fbb, &args).as_union_value())
+            }
         };
         let frame = fb::Frame::create(&mut fbb, &fb::FrameArgs { message_type: tag, message: Some(msg) });
         fb::finish_frame_buffer(&mut fbb, frame);
@@ -408,6 +514,7 @@ impl Message {
                     public_key: AuthorKey(fixed(h.public_key(), T, "public_key")?),
                     session: SessionId(fixed(h.session(), T, "session")?),
                     capabilities: caps_from(h.capabilities()),
+                    resume_seq: h.resume_seq(),
                 })
             }
             fb::Message::Challenge => {
@@ -505,6 +612,53 @@ impl Message {
                     code: e.code(),
                     reason: e.reason().unwrap_or_default().to_owned(),
                     nonce: e.nonce(),
+                })
+            }
+            fb::Message::Interest => {
+                let i = f.message_as_interest().ok_or_else(missing)?;
+                let c = i.center().ok_or(DecodeError::MissingField { table: "Interest", field: "center" })?;
+                let (center, radius) = ([c.x(), c.y(), c.z()], i.radius());
+                if !(center.iter().all(|v| v.is_finite()) && radius.is_finite() && radius >= 0.0) {
+                    return Err(DecodeError::InvalidValue {
+                        field: "Interest",
+                        reason: "centre and radius must be finite, radius not negative",
+                    });
+                }
+                Message::Interest(Interest { center, radius })
+            }
+            fb::Message::Dictionary => {
+                let d = f.message_as_dictionary().ok_or_else(missing)?;
+                if d.id() == 0 {
+                    return Err(DecodeError::InvalidValue { field: "Dictionary.id", reason: "must not be 0" });
+                }
+                let data = d.data().ok_or(DecodeError::MissingField { table: "Dictionary", field: "data" })?;
+                Message::Dictionary(Dictionary { id: d.id(), data: data.bytes().to_vec() })
+            }
+            fb::Message::Compressed => {
+                let c = f.message_as_compressed().ok_or_else(missing)?;
+                if c.raw_len() as usize > limits.max_bytes {
+                    return Err(DecodeError::InvalidValue {
+                        field: "Compressed.raw_len",
+                        reason: "exceeds the frame guard",
+                    });
+                }
+                let data = c.data().ok_or(DecodeError::MissingField { table: "Compressed", field: "data" })?;
+                Message::Compressed(Compressed {
+                    dictionary: c.dictionary(),
+                    raw_len: c.raw_len(),
+                    data: data.bytes().to_vec(),
+                })
+            }
+            fb::Message::Stats => {
+                let s = f.message_as_stats().ok_or_else(missing)?;
+                Message::Stats(Stats {
+                    rtt_us: s.rtt_us(),
+                    bytes_in_per_sec: s.bytes_in_per_sec(),
+                    bytes_out_per_sec: s.bytes_out_per_sec(),
+                    deltas_per_sec: s.deltas_per_sec(),
+                    queue_depth: s.queue_depth(),
+                    transport: s.transport().unwrap_or_default().to_owned(),
+                    resyncs: s.resyncs(),
                 })
             }
             other => return Err(DecodeError::UnknownVariant { union: "Message", tag: other.0 }),

@@ -4,8 +4,8 @@ use theta_schemas::command::{AuthorKey, Command, CommandBody, CommandKind, Confl
 use theta_schemas::components::{Component, Material, Mesh, Name, Parent, Primitive, Selection, ToolState, Transform};
 use theta_schemas::ids::{ComponentId, ComponentMeta};
 use theta_schemas::wire::{
-    Capabilities, Challenge, CommandReceipt, ComponentDescriptor, ComponentValue, Delta, Heartbeat, Hello, Proof,
-    SnapshotChunk, Welcome, WireError,
+    Capabilities, Challenge, CommandReceipt, ComponentDescriptor, ComponentValue, Compressed, Delta, Dictionary,
+    Heartbeat, Hello, Interest, Proof, SnapshotChunk, Stats, Welcome, WireError,
 };
 use theta_schemas::{Envelope, LogEntry, Message};
 
@@ -126,6 +126,7 @@ pub fn every_message() -> Vec<Message> {
             public_key: key(7),
             session: SessionId([8; 16]),
             capabilities: caps.clone(),
+            resume_seq: 42,
         }),
         Message::Challenge(Challenge { server_nonce: [9; 32], capabilities: caps.clone() }),
         Message::Proof(Proof { signature: [10; 64] }),
@@ -170,6 +171,18 @@ pub fn every_message() -> Vec<Message> {
             tree_root: [14; 32],
         }),
         Message::Error(WireError { code: 7, reason: "permission denied".into(), nonce: 77 }),
+        Message::Interest(Interest { center: [1.0, -2.0, 3.5], radius: 12.0 }),
+        Message::Dictionary(Dictionary { id: 2, data: vec![0x37, 0xa4, 0x30, 0xec, 1, 2, 3] }),
+        Message::Compressed(Compressed { dictionary: 2, raw_len: 300, data: vec![0x28, 0xb5, 0x2f, 0xfd, 9] }),
+        Message::Stats(Stats {
+            rtt_us: 250,
+            bytes_in_per_sec: 1_000,
+            bytes_out_per_sec: 90_000,
+            deltas_per_sec: 90,
+            queue_depth: 3,
+            transport: "quic".into(),
+            resyncs: 1,
+        }),
     ]
 }
 

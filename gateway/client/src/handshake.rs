@@ -123,20 +123,6 @@ pub enum HandshakeError {
     Inconsistent(&'static str),
 }
 
-fn kind(m: &Message) -> &'static str {
-    match m {
-        Message::Hello(_) => "Hello",
-        Message::Challenge(_) => "Challenge",
-        Message::Proof(_) => "Proof",
-        Message::Welcome(_) => "Welcome",
-        Message::SnapshotChunk(_) => "SnapshotChunk",
-        Message::Delta(_) => "Delta",
-        Message::Heartbeat(_) => "Heartbeat",
-        Message::CommandReceipt(_) => "CommandReceipt",
-        Message::Error(_) => "Error",
-    }
-}
-
 /// The message the client signs.
 pub fn proof_message(hello: &[u8], challenge: &[u8]) -> Vec<u8> {
     let mut h = Sha256::new();
@@ -193,6 +179,18 @@ impl ClientHandshake {
         offered: Capabilities,
         client_nonce: [u8; 32],
     ) -> (ClientHandshake, Vec<u8>) {
+        ClientHandshake::resume(key, session, offered, client_nonce, 0)
+    }
+
+    /// Like [`ClientHandshake::start`], for a client whose mirror already holds `resume_seq`:
+    /// the server then sends the deltas after it rather than a snapshot when it can.
+    pub fn resume(
+        key: SigningKey,
+        session: SessionId,
+        offered: Capabilities,
+        client_nonce: [u8; 32],
+        resume_seq: u64,
+    ) -> (ClientHandshake, Vec<u8>) {
         let hello = Message::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             schema_hash: theta_schemas::manifest::schema_hash(),
@@ -200,6 +198,7 @@ impl ClientHandshake {
             public_key: author_key(&key),
             session,
             capabilities: offered.clone(),
+            resume_seq,
         })
         .encode();
         (ClientHandshake { key, hello: hello.clone(), session, offered, proved: false }, hello)
@@ -227,7 +226,7 @@ impl ClientHandshake {
                 }
                 Ok(ClientStep::Done(w))
             }
-            other => Err(HandshakeError::Unexpected(kind(&other))),
+            other => Err(HandshakeError::Unexpected(other.kind())),
         }
     }
 }
@@ -243,6 +242,8 @@ pub struct Accepted {
     pub role: Role,
     /// The agreed capabilities.
     pub capabilities: Capabilities,
+    /// The seq the client's mirror holds (0: none).
+    pub resume_seq: u64,
 }
 
 /// What the server does next.
@@ -366,10 +367,16 @@ impl ServerHandshake {
                 .encode();
                 ServerStep::Done {
                     welcome,
-                    accepted: Accepted { key: parsed.public_key, session: parsed.session, role, capabilities },
+                    accepted: Accepted {
+                        key: parsed.public_key,
+                        session: parsed.session,
+                        role,
+                        capabilities,
+                        resume_seq: parsed.resume_seq,
+                    },
                 }
             }
-            (_, other) => self.close(Reject::Unexpected(kind(&other))),
+            (_, other) => self.close(Reject::Unexpected(other.kind())),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! QUIC and WebRTC transports drive them. This crate never depends on the store or the server
 //! side, so viewers and scripted editors can use it.
 
+pub mod compress;
 pub mod frame;
 pub mod handshake;
 pub mod quic;

@@ -14,9 +14,10 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 use theta_projector::{Assembler, Projection};
 use theta_schemas::signing::author_key;
-use theta_schemas::wire::{Capabilities, CommandReceipt, Heartbeat, Welcome, WireError};
+use theta_schemas::wire::{Capabilities, CommandReceipt, Heartbeat, Interest, Stats, Welcome, WireError};
 use theta_schemas::{Command, CommandBody, ComponentId, EntityId, Envelope, MAX_ENVELOPE_BYTES, Message, SessionId};
 
+use crate::compress::Decompressor;
 use crate::frame::{self, Decoder};
 use crate::handshake::{ClientHandshake, ClientStep, HandshakeError};
 
@@ -86,6 +87,39 @@ pub enum Event {
     },
     /// A heartbeat answer: the round-trip time.
     Rtt(Duration),
+    /// The server's telemetry for this connection (once a second).
+    Stats(Stats),
+    /// The mirror diverged from the server's state hash and was replaced by a fresh snapshot
+    /// over a new connection.
+    Resynced {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the client measured on its side of the connection.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Telemetry {
+    /// Bytes received (frames, with headers).
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Deltas applied to the mirror.
+    pub deltas: u64,
+    /// Snapshots applied.
+    pub snapshots: u64,
+    /// Last round trip from the client's heartbeats.
+    pub rtt: Option<Duration>,
+    /// Replication bytes received compressed, and their size decompressed.
+    pub compressed_bytes: (u64, u64),
+    /// Times the connection was re-established (resume or resync).
+    pub reconnects: u64,
+    /// Mirror mismatches repaired by a fresh snapshot.
+    pub resyncs: u64,
+    /// The server's last stats message.
+    pub server: Option<Stats>,
+    /// `quic`.
+    pub transport: &'static str,
 }
 
 #[derive(Debug)]
@@ -134,6 +168,13 @@ struct Framed<S> {
     stream: S,
     decoder: Decoder,
     pending: std::collections::VecDeque<Vec<u8>>,
+    bytes: u64,
+}
+
+impl<S> Framed<S> {
+    fn new(stream: S) -> Framed<S> {
+        Framed { stream, decoder: Decoder::new(MAX_ENVELOPE_BYTES), pending: Default::default(), bytes: 0 }
+    }
 }
 
 impl Framed<quinn::RecvStream> {
@@ -144,9 +185,11 @@ impl Framed<quinn::RecvStream> {
             }
             match self.stream.read_chunk(MAX_ENVELOPE_BYTES, true).await.map_err(conn_err)? {
                 None => return Ok(None),
-                Some(chunk) => self
-                    .pending
-                    .extend(self.decoder.push(&chunk.bytes).map_err(|e| ClientError::Protocol(e.to_string()))?),
+                Some(chunk) => {
+                    self.bytes += chunk.bytes.len() as u64;
+                    self.pending
+                        .extend(self.decoder.push(&chunk.bytes).map_err(|e| ClientError::Protocol(e.to_string()))?)
+                }
             }
         }
     }
@@ -154,6 +197,7 @@ impl Framed<quinn::RecvStream> {
 
 /// A connected, handshaken client.
 pub struct Client {
+    options: Options,
     conn: quinn::Connection,
     control_tx: quinn::SendStream,
     control_rx: Framed<quinn::RecvStream>,
@@ -165,6 +209,9 @@ pub struct Client {
     lamport: u64,
     assembler: Assembler,
     mirror: Option<Projection>,
+    decompressor: Decompressor,
+    interest: Option<Interest>,
+    telemetry: Telemetry,
     _endpoint: quinn::Endpoint,
 }
 
@@ -175,57 +222,88 @@ fn now_us() -> u64 {
 impl Client {
     /// Connects and completes the handshake.
     pub async fn connect(o: Options) -> Result<Client, ClientError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(conn_err)?;
-        let mut tls = match &o.trust {
-            Trust::Fingerprint(sha256) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Pinned { sha256: *sha256, provider }))
-                .with_no_client_auth(),
-            Trust::Certificate(der) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(CertificateDer::from(der.clone())).map_err(conn_err)?;
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
-        };
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let bind: SocketAddr = if o.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("address");
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(conn_err)?;
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-            QuicClientConfig::try_from(tls).map_err(conn_err)?,
-        )));
-        let conn = endpoint.connect(o.server, &o.server_name).map_err(conn_err)?.await.map_err(conn_err)?;
-        let (mut control_tx, rx) = conn.open_bi().await.map_err(conn_err)?;
-        let mut control_rx =
-            Framed { stream: rx, decoder: Decoder::new(MAX_ENVELOPE_BYTES), pending: Default::default() };
-        let (mut hs, hello) = ClientHandshake::start(o.key.clone(), o.session, o.capabilities.clone(), rand::random());
-        control_tx.write_all(&frame::encode(&hello)).await.map_err(conn_err)?;
-        let welcome = loop {
-            let msg = control_rx
-                .next()
-                .await?
-                .ok_or_else(|| ClientError::Connection("closed during the handshake".into()))?;
-            match hs.on_message(&msg)? {
-                ClientStep::Send(p) => control_tx.write_all(&frame::encode(&p)).await.map_err(conn_err)?,
-                ClientStep::Done(w) => break w,
-            }
-        };
+        let (endpoint, conn, control_tx, control_rx, welcome) = open(&o, 0).await?;
         Ok(Client {
+            lamport: welcome.lamport_clock,
             conn,
             control_tx,
             control_rx,
             commands: None,
             replication: None,
-            lamport: welcome.lamport_clock,
             welcome,
-            key: o.key,
+            key: o.key.clone(),
             session: o.session,
             assembler: Assembler::new(),
             mirror: None,
+            decompressor: Decompressor::new(),
+            interest: None,
+            telemetry: Telemetry { transport: "quic", ..Telemetry::default() },
+            options: o,
             _endpoint: endpoint,
         })
+    }
+
+    /// Re-establishes the connection (after a network failure, or on request), keeping the
+    /// mirror: the server sends the deltas after the mirror's seq when it still has them,
+    /// otherwise a fresh snapshot. The area of interest is restated.
+    pub async fn reconnect(&mut self) -> Result<(), ClientError> {
+        let resume = self.mirror.as_ref().map_or(0, |m| m.seq());
+        self.reopen(resume).await
+    }
+
+    /// Closes the connection at once, keeping the mirror (see [`Client::reconnect`]).
+    pub fn disconnect(&self) {
+        self.conn.close(0u32.into(), b"client disconnected");
+    }
+
+    /// Drops the mirror and reconnects for a fresh snapshot.
+    pub async fn resync(&mut self) -> Result<(), ClientError> {
+        self.mirror = None;
+        self.telemetry.resyncs += 1;
+        self.reopen(0).await
+    }
+
+    async fn reopen(&mut self, resume_seq: u64) -> Result<(), ClientError> {
+        self.conn.close(0u32.into(), b"reconnecting");
+        let (endpoint, conn, control_tx, control_rx, welcome) = open(&self.options, resume_seq).await?;
+        self.lamport = self.lamport.max(welcome.lamport_clock);
+        self.telemetry.bytes_in += self.control_rx.bytes + self.replication.as_ref().map_or(0, |r| r.bytes);
+        (self._endpoint, self.conn, self.control_tx, self.control_rx, self.welcome) =
+            (endpoint, conn, control_tx, control_rx, welcome);
+        self.commands = None;
+        self.replication = None;
+        self.assembler = Assembler::new();
+        self.decompressor = Decompressor::new();
+        self.telemetry.reconnects += 1;
+        if let Some(i) = self.interest {
+            self.send_control(Message::Interest(i)).await?;
+        }
+        Ok(())
+    }
+
+    /// States (or moves) the area of interest: only entities within `radius` metres of
+    /// `center` are streamed. Needs the interest-management capability.
+    pub async fn set_interest(&mut self, center: [f32; 3], radius: f32) -> Result<(), ClientError> {
+        if !self.welcome.capabilities.interest_management {
+            return Err(ClientError::Protocol("interest management was not negotiated".into()));
+        }
+        let i = Interest { center, radius };
+        self.interest = Some(i);
+        self.send_control(Message::Interest(i)).await
+    }
+
+    async fn send_control(&mut self, m: Message) -> Result<(), ClientError> {
+        let bytes = frame::encode(&m.encode());
+        self.telemetry.bytes_out += bytes.len() as u64;
+        self.control_tx.write_all(&bytes).await.map_err(conn_err)
+    }
+
+    /// What the client measured, with the server's last stats.
+    pub fn telemetry(&self) -> Telemetry {
+        let mut t = self.telemetry.clone();
+        t.bytes_in += self.control_rx.bytes + self.replication.as_ref().map_or(0, |r| r.bytes);
+        t.compressed_bytes = (self.decompressor.compressed_bytes, self.decompressor.raw_bytes);
+        t
     }
 
     /// The server's welcome (role, head seq, agreed capabilities).
@@ -264,14 +342,15 @@ impl Client {
         if self.commands.is_none() {
             self.commands = Some(self.conn.open_uni().await.map_err(conn_err)?);
         }
-        self.commands.as_mut().expect("opened").write_all(&frame::encode(&envelope)).await.map_err(conn_err)?;
+        let bytes = frame::encode(&envelope);
+        self.telemetry.bytes_out += bytes.len() as u64;
+        self.commands.as_mut().expect("opened").write_all(&bytes).await.map_err(conn_err)?;
         Ok(nonce)
     }
 
     /// Sends a heartbeat; its answer arrives as [`Event::Rtt`].
     pub async fn heartbeat(&mut self) -> Result<(), ClientError> {
-        let hb = Message::Heartbeat(Heartbeat { sequence: 0, sent_at_us: now_us(), echo_us: 0 }).encode();
-        self.control_tx.write_all(&frame::encode(&hb)).await.map_err(conn_err)
+        self.send_control(Message::Heartbeat(Heartbeat { sequence: 0, sent_at_us: now_us(), echo_us: 0 })).await
     }
 
     /// The next event: a receipt, a rejection, a mirror update or a round-trip time.
@@ -282,11 +361,7 @@ impl Client {
                     Some(r) => r.next().await,
                     None => {
                         let s = self.conn.accept_uni().await.map_err(conn_err)?;
-                        self.replication = Some(Framed {
-                            stream: s,
-                            decoder: Decoder::new(MAX_ENVELOPE_BYTES),
-                            pending: Default::default(),
-                        });
+                        self.replication = Some(Framed::new(s));
                         Ok(Some(Vec::new()))
                     }
                 }
@@ -300,7 +375,20 @@ impl Client {
                             return Ok(Event::Receipt(r));
                         }
                         Message::Error(e) => return Ok(Event::Rejected(e)),
-                        Message::Heartbeat(h) => return Ok(Event::Rtt(Duration::from_micros(now_us().saturating_sub(h.echo_us)))),
+                        Message::Heartbeat(h) if h.echo_us != 0 => {
+                            let rtt = Duration::from_micros(now_us().saturating_sub(h.echo_us));
+                            self.telemetry.rtt = Some(rtt);
+                            return Ok(Event::Rtt(rtt));
+                        }
+                        Message::Heartbeat(h) => {
+                            // The server measures its RTT from our echo.
+                            let echo = Heartbeat { sequence: h.sequence, sent_at_us: now_us(), echo_us: h.sent_at_us };
+                            self.send_control(Message::Heartbeat(echo)).await?;
+                        }
+                        Message::Stats(st) => {
+                            self.telemetry.server = Some(st.clone());
+                            return Ok(Event::Stats(st));
+                        }
                         other => return Err(ClientError::Protocol(format!("unexpected {other:?} on the control stream"))),
                     }
                 }
@@ -309,8 +397,17 @@ impl Client {
                     if bytes.is_empty() {
                         continue; // the stream was just accepted
                     }
-                    if let Some(event) = self.on_replication(&bytes)? {
-                        return Ok(event);
+                    let Some(bytes) = self.decompressor.open(bytes).map_err(|e| ClientError::Protocol(e.to_string()))? else {
+                        continue; // a dictionary
+                    };
+                    match self.on_replication(&bytes) {
+                        Ok(Some(event)) => return Ok(event),
+                        Ok(None) => {}
+                        Err(ClientError::OutOfSync(reason)) => {
+                            self.resync().await?;
+                            return Ok(Event::Resynced { reason });
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -326,6 +423,7 @@ impl Client {
                 match self.assembler.add(c).map_err(|e| ClientError::OutOfSync(e.to_string()))? {
                     Some(p) => {
                         let seq = p.seq();
+                        self.telemetry.snapshots += 1;
                         self.mirror = Some(p);
                         self.assembler = Assembler::new();
                         Ok(Some(Event::Synced { seq, snapshot: true }))
@@ -337,9 +435,52 @@ impl Client {
                 let mirror =
                     self.mirror.as_mut().ok_or_else(|| ClientError::Protocol("delta before any snapshot".into()))?;
                 mirror.apply_delta(&d).map_err(|e| ClientError::OutOfSync(e.to_string()))?;
+                self.telemetry.deltas += 1;
                 Ok(Some(Event::Synced { seq: d.to_seq, snapshot: false }))
             }
             other => Err(ClientError::Protocol(format!("unexpected {other:?} on the replication stream"))),
         }
     }
+}
+
+type Opened = (quinn::Endpoint, quinn::Connection, quinn::SendStream, Framed<quinn::RecvStream>, Welcome);
+
+/// Connects, opens the control stream and runs the handshake.
+async fn open(o: &Options, resume_seq: u64) -> Result<Opened, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(conn_err)?;
+    let mut tls = match &o.trust {
+        Trust::Fingerprint(sha256) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned { sha256: *sha256, provider }))
+            .with_no_client_auth(),
+        Trust::Certificate(der) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from(der.clone())).map_err(conn_err)?;
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let bind: SocketAddr = if o.server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("address");
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(conn_err)?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls).map_err(conn_err)?,
+    )));
+    let conn = endpoint.connect(o.server, &o.server_name).map_err(conn_err)?.await.map_err(conn_err)?;
+    let (mut control_tx, rx) = conn.open_bi().await.map_err(conn_err)?;
+    let mut control_rx = Framed::new(rx);
+    let (mut hs, hello) =
+        ClientHandshake::resume(o.key.clone(), o.session, o.capabilities.clone(), rand::random(), resume_seq);
+    control_tx.write_all(&frame::encode(&hello)).await.map_err(conn_err)?;
+    let welcome = loop {
+        let msg =
+            control_rx.next().await?.ok_or_else(|| ClientError::Connection("closed during the handshake".into()))?;
+        match hs.on_message(&msg)? {
+            ClientStep::Send(p) => control_tx.write_all(&frame::encode(&p)).await.map_err(conn_err)?,
+            ClientStep::Done(w) => break w,
+        }
+    };
+    Ok((endpoint, conn, control_tx, control_rx, welcome))
 }

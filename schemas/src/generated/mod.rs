@@ -26,6 +26,8 @@ pub mod theta {
     pub use self::component_removal_generated::*;
     mod component_value_generated;
     pub use self::component_value_generated::*;
+    mod compressed_generated;
+    pub use self::compressed_generated::*;
     mod conflict_strategy_generated;
     pub use self::conflict_strategy_generated::*;
     mod create_entity_generated;
@@ -38,6 +40,8 @@ pub mod theta {
     pub use self::delta_generated::*;
     mod deselect_generated;
     pub use self::deselect_generated::*;
+    mod dictionary_generated;
+    pub use self::dictionary_generated::*;
     mod envelope_generated;
     pub use self::envelope_generated::*;
     mod error_generated;
@@ -50,6 +54,8 @@ pub mod theta {
     pub use self::heartbeat_generated::*;
     mod hello_generated;
     pub use self::hello_generated::*;
+    mod interest_generated;
+    pub use self::interest_generated::*;
     mod log_entry_generated;
     pub use self::log_entry_generated::*;
     mod material_generated;
@@ -100,6 +106,8 @@ pub mod theta {
     pub use self::set_transform_generated::*;
     mod snapshot_chunk_generated;
     pub use self::snapshot_chunk_generated::*;
+    mod stats_generated;
+    pub use self::stats_generated::*;
     mod tool_state_generated;
     pub use self::tool_state_generated::*;
     mod transform_generated;

@@ -187,6 +187,66 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_interest(&self) -> Option<Interest<'a>> {
+    if self.message_type() == Message::Interest {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Interest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_dictionary(&self) -> Option<Dictionary<'a>> {
+    if self.message_type() == Message::Dictionary {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Dictionary::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_compressed(&self) -> Option<Compressed<'a>> {
+    if self.message_type() == Message::Compressed {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Compressed::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn message_as_stats(&self) -> Option<Stats<'a>> {
+    if self.message_type() == Message::Stats {
+      self.message().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Stats::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -206,6 +266,10 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Message::Heartbeat => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Heartbeat>>("Message::Heartbeat", pos),
           Message::CommandReceipt => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CommandReceipt>>("Message::CommandReceipt", pos),
           Message::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("Message::Error", pos),
+          Message::Interest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Interest>>("Message::Interest", pos),
+          Message::Dictionary => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Dictionary>>("Message::Dictionary", pos),
+          Message::Compressed => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Compressed>>("Message::Compressed", pos),
+          Message::Stats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Stats>>("Message::Stats", pos),
           _ => Ok(()),
         }
      })?
@@ -318,6 +382,34 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Message::Error => {
           if let Some(x) = self.message_as_error() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::Interest => {
+          if let Some(x) = self.message_as_interest() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::Dictionary => {
+          if let Some(x) = self.message_as_dictionary() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::Compressed => {
+          if let Some(x) = self.message_as_compressed() {
+            ds.field("message", &x)
+          } else {
+            ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Message::Stats => {
+          if let Some(x) = self.message_as_stats() {
             ds.field("message", &x)
           } else {
             ds.field("message", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -25,6 +25,7 @@ impl<'a> Hello<'a> {
   pub const VT_PUBLIC_KEY: ::flatbuffers::VOffsetT = 10;
   pub const VT_SESSION: ::flatbuffers::VOffsetT = 12;
   pub const VT_CAPABILITIES: ::flatbuffers::VOffsetT = 14;
+  pub const VT_RESUME_SEQ: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -36,6 +37,7 @@ impl<'a> Hello<'a> {
     args: &'args HelloArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Hello<'bldr>> {
     let mut builder = HelloBuilder::new(_fbb);
+    builder.add_resume_seq(args.resume_seq);
     if let Some(x) = args.capabilities { builder.add_capabilities(x); }
     if let Some(x) = args.session { builder.add_session(x); }
     if let Some(x) = args.public_key { builder.add_public_key(x); }
@@ -92,6 +94,15 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Capabilities>>(Hello::VT_CAPABILITIES, None)}
   }
+  /// The seq the client's mirror already holds (reconnecting); 0 for a fresh start. The
+  /// server then sends the deltas after it instead of a snapshot when it still has them.
+  #[inline]
+  pub fn resume_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Hello::VT_RESUME_SEQ, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -106,6 +117,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("public_key", Self::VT_PUBLIC_KEY, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("session", Self::VT_SESSION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<Capabilities>>("capabilities", Self::VT_CAPABILITIES, false)?
+     .visit_field::<u64>("resume_seq", Self::VT_RESUME_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -117,6 +129,7 @@ pub struct HelloArgs<'a> {
     pub public_key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub session: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub capabilities: Option<::flatbuffers::WIPOffset<Capabilities<'a>>>,
+    pub resume_seq: u64,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -128,6 +141,7 @@ impl<'a> Default for HelloArgs<'a> {
       public_key: None,
       session: None,
       capabilities: None,
+      resume_seq: 0,
     }
   }
 }
@@ -162,6 +176,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Capabilities>>(Hello::VT_CAPABILITIES, capabilities);
   }
   #[inline]
+  pub fn add_resume_seq(&mut self, resume_seq: u64) {
+    self.fbb_.push_slot::<u64>(Hello::VT_RESUME_SEQ, resume_seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloBuilder {
@@ -185,6 +203,7 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("public_key", &self.public_key());
       ds.field("session", &self.session());
       ds.field("capabilities", &self.capabilities());
+      ds.field("resume_seq", &self.resume_seq());
       ds.finish()
   }
 }

@@ -5,10 +5,10 @@ use super::*;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_MESSAGE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_MESSAGE: u8 = 9;
+pub const ENUM_MAX_MESSAGE: u8 = 13;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_MESSAGE: [Message; 10] = [
+pub const ENUM_VALUES_MESSAGE: [Message; 14] = [
   Message::NONE,
   Message::Hello,
   Message::Challenge,
@@ -19,6 +19,10 @@ pub const ENUM_VALUES_MESSAGE: [Message; 10] = [
   Message::Heartbeat,
   Message::CommandReceipt,
   Message::Error,
+  Message::Interest,
+  Message::Dictionary,
+  Message::Compressed,
+  Message::Stats,
 ];
 
 /// Every live message.
@@ -37,9 +41,13 @@ impl Message {
   pub const Heartbeat: Self = Self(7);
   pub const CommandReceipt: Self = Self(8);
   pub const Error: Self = Self(9);
+  pub const Interest: Self = Self(10);
+  pub const Dictionary: Self = Self(11);
+  pub const Compressed: Self = Self(12);
+  pub const Stats: Self = Self(13);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 13;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -51,6 +59,10 @@ impl Message {
     Self::Heartbeat,
     Self::CommandReceipt,
     Self::Error,
+    Self::Interest,
+    Self::Dictionary,
+    Self::Compressed,
+    Self::Stats,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -65,6 +77,10 @@ impl Message {
       Self::Heartbeat => Some("Heartbeat"),
       Self::CommandReceipt => Some("CommandReceipt"),
       Self::Error => Some("Error"),
+      Self::Interest => Some("Interest"),
+      Self::Dictionary => Some("Dictionary"),
+      Self::Compressed => Some("Compressed"),
+      Self::Stats => Some("Stats"),
       _ => None,
     }
   }

@@ -1,0 +1,196 @@
+//! Capability-negotiated compression of replication frames (docs/PROTOCOL.md, "Compression").
+//!
+//! `zstd`: each snapshot chunk or delta payload may travel as a `Compressed` message holding one
+//! zstd frame of the original `Frame` buffer. `zstd-dict`: the same, with a dictionary the server
+//! trains from the session's own deltas and sends in-band as a `Dictionary` message before the
+//! first frame that uses it. A payload that would not shrink is sent as is, so receivers accept
+//! both forms on every stream.
+
+use std::collections::BTreeMap;
+
+use theta_schemas::wire::{Compressed, Dictionary};
+use theta_schemas::{DecodeError, MAX_ENVELOPE_BYTES, Message};
+
+/// Capability name: zstd without a dictionary.
+pub const ZSTD: &str = "zstd";
+/// Capability name: zstd with in-band dictionaries.
+pub const ZSTD_DICT: &str = "zstd-dict";
+/// zstd level used for replication frames.
+pub const LEVEL: i32 = 3;
+/// Largest dictionary the server trains, bytes.
+pub const DICTIONARY_BYTES: usize = 16 * 1024;
+/// Dictionaries a receiver keeps (the current one and its predecessor).
+const KEPT_DICTIONARIES: usize = 2;
+
+/// How a stream's frames are encoded, from the agreed capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Encoding {
+    /// Plain FlatBuffers frames.
+    #[default]
+    Raw,
+    /// zstd without a dictionary.
+    Zstd,
+    /// zstd with the session's trained dictionary.
+    ZstdDict,
+}
+
+impl Encoding {
+    /// The best encoding among agreed compression kinds.
+    pub fn from_agreed(kinds: &[String]) -> Encoding {
+        if kinds.iter().any(|k| k == ZSTD_DICT) {
+            Encoding::ZstdDict
+        } else if kinds.iter().any(|k| k == ZSTD) {
+            Encoding::Zstd
+        } else {
+            Encoding::Raw
+        }
+    }
+}
+
+/// Compresses `raw` into a `Compressed` frame payload, or returns `raw` when that is not smaller.
+/// `dictionary` is `(id, compressor built with it)`.
+pub fn compress(raw: Vec<u8>, dictionary: Option<(u32, &mut zstd::bulk::Compressor<'static>)>) -> Vec<u8> {
+    let (id, data) = match dictionary {
+        Some((id, c)) => (id, c.compress(&raw)),
+        None => (0, zstd::bulk::compress(&raw, LEVEL)),
+    };
+    let Ok(data) = data else { return raw };
+    let wrapped = Message::Compressed(Compressed { dictionary: id, raw_len: raw.len() as u32, data }).encode();
+    if wrapped.len() < raw.len() { wrapped } else { raw }
+}
+
+/// Why a compressed frame could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum CompressError {
+    /// The frame does not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A frame names a dictionary the sender never sent.
+    #[error("compressed frame uses unknown dictionary {0}")]
+    UnknownDictionary(u32),
+    /// zstd failed, or the output is not the announced size.
+    #[error("zstd: {0}")]
+    Zstd(String),
+}
+
+/// The receiving side: keeps the dictionaries sent in-band and unwraps compressed frames.
+#[derive(Default)]
+pub struct Decompressor {
+    dictionaries: BTreeMap<u32, zstd::bulk::Decompressor<'static>>,
+    plain: Option<zstd::bulk::Decompressor<'static>>,
+    /// Compressed bytes received.
+    pub compressed_bytes: u64,
+    /// Bytes after decompression.
+    pub raw_bytes: u64,
+}
+
+impl Decompressor {
+    /// A decompressor with no dictionaries.
+    pub fn new() -> Decompressor {
+        Decompressor::default()
+    }
+
+    /// Handles one frame payload: a `Dictionary` is kept (returns `None`), a `Compressed` frame
+    /// is decompressed (never beyond the frame guard), anything else is returned as is.
+    pub fn open(&mut self, payload: Vec<u8>) -> Result<Option<Vec<u8>>, CompressError> {
+        // Only frames that are dictionaries or compressed need a full decode here.
+        match theta_schemas::fb::root_as_frame(&payload).map(|f| f.message_type()) {
+            Ok(theta_schemas::fb::Message::Dictionary) | Ok(theta_schemas::fb::Message::Compressed) => {}
+            _ => return Ok(Some(payload)),
+        }
+        match Message::decode(&payload)? {
+            Message::Dictionary(Dictionary { id, data }) => {
+                let d =
+                    zstd::bulk::Decompressor::with_dictionary(&data).map_err(|e| CompressError::Zstd(e.to_string()))?;
+                self.dictionaries.insert(id, d);
+                while self.dictionaries.len() > KEPT_DICTIONARIES {
+                    self.dictionaries.pop_first();
+                }
+                Ok(None)
+            }
+            Message::Compressed(c) => {
+                let d = if c.dictionary == 0 {
+                    match &mut self.plain {
+                        Some(d) => d,
+                        None => self
+                            .plain
+                            .insert(zstd::bulk::Decompressor::new().map_err(|e| CompressError::Zstd(e.to_string()))?),
+                    }
+                } else {
+                    self.dictionaries.get_mut(&c.dictionary).ok_or(CompressError::UnknownDictionary(c.dictionary))?
+                };
+                let raw_len = (c.raw_len as usize).min(MAX_ENVELOPE_BYTES);
+                let raw = d.decompress(&c.data, raw_len).map_err(|e| CompressError::Zstd(e.to_string()))?;
+                if raw.len() != c.raw_len as usize {
+                    return Err(CompressError::Zstd(format!("{} bytes, announced {}", raw.len(), c.raw_len)));
+                }
+                self.compressed_bytes += payload.len() as u64;
+                self.raw_bytes += raw.len() as u64;
+                Ok(Some(raw))
+            }
+            _ => Ok(Some(payload)),
+        }
+    }
+}
+
+/// The sending side's dictionary trainer: collects sample payloads and trains a dictionary at
+/// growing sample counts (64, then 1,024), so early traffic gets one soon and a better one later.
+pub struct Trainer {
+    samples: Vec<Vec<u8>>,
+    next_at: usize,
+    current: Option<(u32, Vec<u8>, zstd::bulk::Compressor<'static>)>,
+}
+
+impl Default for Trainer {
+    fn default() -> Self {
+        Trainer { samples: Vec::new(), next_at: 64, current: None }
+    }
+}
+
+/// Sample counts at which dictionaries are (re)trained; none after the last.
+const TRAIN_AT: [usize; 2] = [64, 1_024];
+
+impl Trainer {
+    /// A trainer with no samples.
+    pub fn new() -> Trainer {
+        Trainer::default()
+    }
+
+    /// Adds a sample; trains a new dictionary when a threshold is reached. Returns whether the
+    /// dictionary changed.
+    pub fn add(&mut self, sample: &[u8]) -> bool {
+        if self.next_at == 0 {
+            return false;
+        }
+        self.samples.push(sample.to_vec());
+        if self.samples.len() < self.next_at {
+            return false;
+        }
+        self.next_at = TRAIN_AT.iter().copied().find(|&n| n > self.samples.len()).unwrap_or(0);
+        let trained = zstd::dict::from_samples(&self.samples, DICTIONARY_BYTES).ok().and_then(|dict| {
+            let c = zstd::bulk::Compressor::with_dictionary(LEVEL, &dict).ok()?;
+            Some((dict, c))
+        });
+        if self.next_at == 0 {
+            self.samples = Vec::new();
+        }
+        match trained {
+            Some((dict, c)) => {
+                let id = self.current.as_ref().map_or(1, |(id, _, _)| id + 1);
+                self.current = Some((id, dict, c));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The current dictionary as `(id, bytes)`.
+    pub fn dictionary(&self) -> Option<(u32, &[u8])> {
+        self.current.as_ref().map(|(id, d, _)| (*id, d.as_slice()))
+    }
+
+    /// The current dictionary's id and compressor.
+    pub fn compressor(&mut self) -> Option<(u32, &mut zstd::bulk::Compressor<'static>)> {
+        self.current.as_mut().map(|(id, _, c)| (*id, c))
+    }
+}
