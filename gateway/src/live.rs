@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 
-use theta_client::compress::{self, Encoding, Trainer};
+use theta_client::compress::{self, Encoding, StreamCompressor, Trainer};
 use theta_projector::interest::{Area, InterestView};
 use theta_projector::{DEFAULT_CHUNK_BYTES, Projection};
 use theta_schemas::wire::{Delta, Dictionary};
@@ -78,6 +78,8 @@ struct Slot {
     /// `Some` for interest-managed viewers once they named an area.
     view: Option<InterestView>,
     area_moved: bool,
+    /// The viewer's continuous zstd stream (`zstd-stream`).
+    stream: Option<StreamCompressor>,
 }
 
 /// The live projections of watched sessions.
@@ -152,6 +154,7 @@ impl LiveHub {
             dictionary_sent: 0,
             view: None,
             area_moved: false,
+            stream: None,
         };
         let _ = self.session_thread(session).send(Cmd::Subscribe(Box::new(slot)));
         Ok(Subscription { id, frames: rx, stats })
@@ -277,6 +280,18 @@ struct Shared {
     forms: HashMap<(bool, Encoding), Vec<u8>>,
 }
 
+/// The delta with the component descriptors (a viewer's first delta after a snapshot).
+fn described_form(shared: &mut Shared, delta: &Delta) -> Vec<u8> {
+    shared
+        .described
+        .get_or_insert_with(|| {
+            let mut d = delta.clone();
+            d.descriptors = theta_projector::wire_descriptors();
+            Message::Delta(d).encode()
+        })
+        .clone()
+}
+
 impl Live<'_> {
     fn fan_out(&mut self, delta: &Delta, viewers: &mut [Slot]) {
         let plain = Message::Delta(delta.clone()).encode();
@@ -321,29 +336,12 @@ impl Live<'_> {
             let Some(plain) = shared.plain.clone().filter(|p| p.len() <= MAX_ENVELOPE_BYTES) else {
                 return; // marked for resync by the caller
             };
-            let key = (v.described, v.options.encoding);
-            match shared.forms.get(&key) {
-                Some(p) => {
-                    self.count(v.options.encoding, plain.len(), p.len());
-                    p.clone()
-                }
-                None => {
-                    let raw = if v.described {
-                        plain
-                    } else {
-                        shared
-                            .described
-                            .get_or_insert_with(|| {
-                                let mut d = delta.clone();
-                                d.descriptors = theta_projector::wire_descriptors();
-                                Message::Delta(d).encode()
-                            })
-                            .clone()
-                    };
-                    let p = self.encode(v, raw);
-                    shared.forms.insert(key, p.clone());
-                    p
-                }
+            if v.options.encoding == Encoding::ZstdStream {
+                // Per-viewer stream state: only the raw form is shared.
+                let raw = if v.described { plain } else { described_form(shared, delta) };
+                self.encode(v, raw)
+            } else {
+                self.encode_shared(v, delta, shared, plain)
             }
         };
         if !self.ensure_dictionary(v) {
@@ -357,6 +355,25 @@ impl Live<'_> {
             }
             Err(mpsc::error::TrySendError::Full(_)) => self.mark_resync(v),
             Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// The viewer's encoded form of a delta from the per-delta cache.
+    fn encode_shared(&mut self, v: &mut Slot, delta: &Delta, shared: &mut Shared, plain: Vec<u8>) -> Vec<u8> {
+        {
+            let key = (v.described, v.options.encoding);
+            match shared.forms.get(&key) {
+                Some(p) => {
+                    self.count(v.options.encoding, plain.len(), p.len());
+                    p.clone()
+                }
+                None => {
+                    let raw = if v.described { plain } else { described_form(shared, delta) };
+                    let p = self.encode(v, raw);
+                    shared.forms.insert(key, p.clone());
+                    p
+                }
+            }
         }
     }
 
@@ -386,12 +403,25 @@ impl Live<'_> {
     }
 
     /// Compresses `raw` as the viewer's encoding asks.
-    fn encode(&mut self, v: &Slot, raw: Vec<u8>) -> Vec<u8> {
+    fn encode(&mut self, v: &mut Slot, raw: Vec<u8>) -> Vec<u8> {
         let raw_len = raw.len();
         let out = match v.options.encoding {
             Encoding::Raw => return raw,
             Encoding::Zstd => compress::compress(raw, None),
             Encoding::ZstdDict => compress::compress(raw, self.trainer.compressor()),
+            Encoding::ZstdStream => {
+                if v.stream.is_none() {
+                    v.stream = StreamCompressor::new().ok();
+                }
+                match v.stream.as_mut().map(|s| s.compress(&raw)) {
+                    Some(Ok(out)) => out,
+                    // zstd failed: the stream is unusable, so plain frames from now on.
+                    _ => {
+                        v.options.encoding = Encoding::Raw;
+                        return raw;
+                    }
+                }
+            }
         };
         self.count(v.options.encoding, raw_len, out.len());
         out

@@ -553,7 +553,7 @@ async fn edit(mut c: theta_client::quic::Client, first: u64, count: u64) -> u64 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_viewers_two_editors_a_late_joiner_a_resumed_viewer_and_a_slow_one() {
     use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-    use theta_client::compress::{ZSTD, ZSTD_DICT};
+    use theta_client::compress::{ZSTD, ZSTD_DICT, ZSTD_STREAM};
     use theta_client::quic::Client;
 
     let dir = tempfile::tempdir().unwrap();
@@ -616,7 +616,7 @@ async fn three_viewers_two_editors_a_late_joiner_a_resumed_viewer_and_a_slow_one
     while store.head(&S).unwrap().seq < 400 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let late = Client::connect(client_options(&server, &viewer, &[ZSTD], false)).await.unwrap();
+    let late = Client::connect(client_options(&server, &viewer, &[ZSTD_STREAM], false)).await.unwrap();
     viewers.push(tokio::spawn(follow(late, head.clone(), None)));
 
     assert_eq!((t1.await.unwrap(), t2.await.unwrap()), (400, 400), "every command got its receipt");
@@ -641,6 +641,7 @@ async fn three_viewers_two_editors_a_late_joiner_a_resumed_viewer_and_a_slow_one
     assert!(server.hub.resumes.load(SeqCst) >= 1, "the cut viewer resumed from its seq");
     assert!(t[1].compressed_bytes.0 < t[1].compressed_bytes.1, "zstd frames are smaller: {:?}", t[1]);
     assert!(t[2].compressed_bytes.0 < t[2].compressed_bytes.1, "zstd-dict frames are smaller: {:?}", t[2]);
+    assert!(t[3].compressed_bytes.0 < t[3].compressed_bytes.1, "zstd-stream frames are smaller: {:?}", t[3]);
     assert!(server.hub.dictionaries.load(SeqCst) >= 1, "a dictionary was trained from the traffic");
     // The slow viewer fell behind and was marked for a resync; the rest never were.
     assert!(server.hub.resyncs.load(SeqCst) >= 1, "the slow viewer was resynced");

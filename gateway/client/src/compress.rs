@@ -4,7 +4,10 @@
 //! zstd frame of the original `Frame` buffer. `zstd-dict`: the same, with a dictionary the server
 //! trains from the session's own deltas and sends in-band as a `Dictionary` message before the
 //! first frame that uses it. A payload that would not shrink is sent as is, so receivers accept
-//! both forms on every stream.
+//! both forms on every stream. `zstd-stream`: every payload of the replication stream goes
+//! into one continuous zstd stream, flushed at the end of each payload, so each frame can refer
+//! back to earlier ones (window 2^17 bytes); these `Compressed` messages carry dictionary
+//! [`STREAM`] and must be decompressed in order.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +18,12 @@ use theta_schemas::{DecodeError, MAX_ENVELOPE_BYTES, Message};
 pub const ZSTD: &str = "zstd";
 /// Capability name: zstd with in-band dictionaries.
 pub const ZSTD_DICT: &str = "zstd-dict";
+/// Capability name: one continuous zstd stream per replication stream.
+pub const ZSTD_STREAM: &str = "zstd-stream";
+/// `Compressed.dictionary` value marking a chunk of the continuous stream.
+pub const STREAM: u32 = u32::MAX;
+/// Window of the continuous stream (log2 bytes); receivers refuse larger ones.
+pub const STREAM_WINDOW_LOG: u32 = 17;
 /// zstd level used for replication frames.
 pub const LEVEL: i32 = 3;
 /// Largest dictionary the server trains, bytes.
@@ -32,12 +41,16 @@ pub enum Encoding {
     Zstd,
     /// zstd with the session's trained dictionary.
     ZstdDict,
+    /// One continuous zstd stream.
+    ZstdStream,
 }
 
 impl Encoding {
     /// The best encoding among agreed compression kinds.
     pub fn from_agreed(kinds: &[String]) -> Encoding {
-        if kinds.iter().any(|k| k == ZSTD_DICT) {
+        if kinds.iter().any(|k| k == ZSTD_STREAM) {
+            Encoding::ZstdStream
+        } else if kinds.iter().any(|k| k == ZSTD_DICT) {
             Encoding::ZstdDict
         } else if kinds.iter().any(|k| k == ZSTD) {
             Encoding::Zstd
@@ -59,6 +72,29 @@ pub fn compress(raw: Vec<u8>, dictionary: Option<(u32, &mut zstd::bulk::Compress
     if wrapped.len() < raw.len() { wrapped } else { raw }
 }
 
+/// The sending side of a `zstd-stream` replication stream.
+pub struct StreamCompressor {
+    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+}
+
+impl StreamCompressor {
+    /// A fresh stream.
+    pub fn new() -> std::io::Result<StreamCompressor> {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), LEVEL)?;
+        encoder.window_log(STREAM_WINDOW_LOG)?;
+        Ok(StreamCompressor { encoder })
+    }
+
+    /// Compresses one payload into the stream and flushes: the `Compressed` frame payload.
+    pub fn compress(&mut self, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        self.encoder.write_all(raw)?;
+        self.encoder.flush()?;
+        let data = std::mem::take(self.encoder.get_mut());
+        Ok(Message::Compressed(Compressed { dictionary: STREAM, raw_len: raw.len() as u32, data }).encode())
+    }
+}
+
 /// Why a compressed frame could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum CompressError {
@@ -78,6 +114,7 @@ pub enum CompressError {
 pub struct Decompressor {
     dictionaries: BTreeMap<u32, zstd::bulk::Decompressor<'static>>,
     plain: Option<zstd::bulk::Decompressor<'static>>,
+    stream: Option<zstd::stream::raw::Decoder<'static>>,
     /// Compressed bytes received.
     pub compressed_bytes: u64,
     /// Bytes after decompression.
@@ -107,6 +144,45 @@ impl Decompressor {
                     self.dictionaries.pop_first();
                 }
                 Ok(None)
+            }
+            Message::Compressed(c) if c.dictionary == STREAM => {
+                use zstd::stream::raw::{DParameter, InBuffer, Operation, OutBuffer};
+                let zerr = |e: std::io::Error| CompressError::Zstd(e.to_string());
+                let d = match &mut self.stream {
+                    Some(d) => d,
+                    None => {
+                        let mut d = zstd::stream::raw::Decoder::new().map_err(zerr)?;
+                        d.set_parameter(DParameter::WindowLogMax(STREAM_WINDOW_LOG)).map_err(zerr)?;
+                        self.stream.insert(d)
+                    }
+                };
+                let mut raw = vec![0u8; (c.raw_len as usize).min(MAX_ENVELOPE_BYTES)];
+                let cap = raw.len();
+                let mut input = InBuffer::around(&c.data);
+                let mut output = OutBuffer::around(&mut raw[..]);
+                while input.pos() < c.data.len() {
+                    let before = (input.pos(), output.pos());
+                    d.run(&mut input, &mut output).map_err(zerr)?;
+                    if (input.pos(), output.pos()) == before {
+                        return Err(CompressError::Zstd("stream chunk larger than announced".into()));
+                    }
+                }
+                // Drain what the flush made available.
+                loop {
+                    let before = output.pos();
+                    d.run(&mut input, &mut output).map_err(zerr)?;
+                    if output.pos() == before || output.pos() == cap {
+                        break;
+                    }
+                }
+                let n = output.pos();
+                raw.truncate(n);
+                if n != c.raw_len as usize {
+                    return Err(CompressError::Zstd(format!("{n} bytes, announced {}", c.raw_len)));
+                }
+                self.compressed_bytes += payload.len() as u64;
+                self.raw_bytes += raw.len() as u64;
+                Ok(Some(raw))
             }
             Message::Compressed(c) => {
                 let d = if c.dictionary == 0 {

@@ -199,7 +199,7 @@ impl Framed<quinn::RecvStream> {
 pub struct Client {
     options: Options,
     conn: quinn::Connection,
-    control_tx: quinn::SendStream,
+    control_tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     control_rx: Framed<quinn::RecvStream>,
     commands: Option<quinn::SendStream>,
     replication: Option<Framed<quinn::RecvStream>>,
@@ -295,7 +295,7 @@ impl Client {
     async fn send_control(&mut self, m: Message) -> Result<(), ClientError> {
         let bytes = frame::encode(&m.encode());
         self.telemetry.bytes_out += bytes.len() as u64;
-        self.control_tx.write_all(&bytes).await.map_err(conn_err)
+        self.control_tx.send(bytes).await.map_err(|_| ClientError::Connection("control stream closed".into()))
     }
 
     /// What the client measured, with the server's last stats.
@@ -354,6 +354,7 @@ impl Client {
     }
 
     /// The next event: a receipt, a rejection, a mirror update or a round-trip time.
+    /// Cancel-safe: dropping the future loses nothing (so it can race a timer).
     pub async fn next_event(&mut self) -> Result<Event, ClientError> {
         loop {
             let replication = async {
@@ -443,7 +444,8 @@ impl Client {
     }
 }
 
-type Opened = (quinn::Endpoint, quinn::Connection, quinn::SendStream, Framed<quinn::RecvStream>, Welcome);
+type Opened =
+    (quinn::Endpoint, quinn::Connection, tokio::sync::mpsc::Sender<Vec<u8>>, Framed<quinn::RecvStream>, Welcome);
 
 /// Connects, opens the control stream and runs the handshake.
 async fn open(o: &Options, resume_seq: u64) -> Result<Opened, ClientError> {
@@ -482,5 +484,15 @@ async fn open(o: &Options, resume_seq: u64) -> Result<Opened, ClientError> {
             ClientStep::Done(w) => break w,
         }
     };
-    Ok((endpoint, conn, control_tx, control_rx, welcome))
+    // After the handshake one task owns the control stream's writing side, so that
+    // `next_event` (which echoes heartbeats) stays cancel-safe.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+    tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if control_tx.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok((endpoint, conn, tx, control_rx, welcome))
 }
