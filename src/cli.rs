@@ -101,6 +101,8 @@ enum Cmd {
     },
     /// Run a scripted editing session against a real store and verify it (start here).
     Demo(crate::demo::DemoArgs),
+    /// Show a session: live over QUIC, or at any seq of its history over gRPC; headless to PNGs.
+    View(crate::view::ViewArgs),
     /// Print the schema manifest: protocol version, schema hash and component ids.
     Manifest,
     /// Generate an Ed25519 key pair and write the secret key to a file (hex, mode 0600).
@@ -141,6 +143,7 @@ pub fn run() -> anyhow::Result<()> {
         }
         Cmd::Stats { server } => rt()?.block_on(crate::client::stats(&server)),
         Cmd::Demo(args) => crate::demo::run(args),
+        Cmd::View(args) => crate::view::run(args),
         Cmd::Manifest => {
             print!("{}", theta_schemas::manifest::render());
             Ok(())

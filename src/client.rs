@@ -31,7 +31,7 @@ pub struct Server {
 }
 
 impl Server {
-    async fn connect(&self) -> anyhow::Result<Channel> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<Channel> {
         let mut ep =
             Channel::from_shared(self.server.clone()).with_context(|| format!("server address {:?}", self.server))?;
         if let Some(ca) = &self.ca {
@@ -46,7 +46,7 @@ fn session_id(s: &str) -> anyhow::Result<SessionId> {
     SessionId::from_hex(s).with_context(|| format!("session id {s:?} must be 32 hex digits"))
 }
 
-fn status(e: tonic::Status) -> anyhow::Error {
+pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", e.code(), e.message())
 }
 
@@ -95,7 +95,7 @@ fn print_receipt(r: &pb::Receipt) {
 }
 
 /// `theta session create`.
-pub async fn create_session(server: &Server, key: &PathBuf, name: String) -> anyhow::Result<()> {
+pub async fn create_session(server: &Server, key: &std::path::Path, name: String) -> anyhow::Result<()> {
     let key = read_key(key)?;
     let ch = server.connect().await?;
     let session = SessionId(rand::random());
@@ -242,7 +242,7 @@ pub fn command_from_json(j: &Json) -> anyhow::Result<(u64, ComponentId, u64, Com
 }
 
 /// `theta append`.
-pub async fn append(server: &Server, key: &PathBuf, session: &str, json: &str) -> anyhow::Result<()> {
+pub async fn append(server: &Server, key: &std::path::Path, session: &str, json: &str) -> anyhow::Result<()> {
     let key = read_key(key)?;
     let session = session_id(session)?;
     let j: Json = serde_json::from_str(json)

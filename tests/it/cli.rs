@@ -12,20 +12,29 @@ fn theta(args: &[&str]) -> (bool, String, String) {
 }
 
 #[test]
-fn demo_runs_and_verifies() {
+fn demo_runs_renders_and_its_replay_check_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (ok, out, err) = theta(&["demo", "--moves", "300", "--data", data.to_str().unwrap()]);
+    let (data, frames) = (dir.path().join("data"), dir.path().join("frames"));
+    let args = ["demo", "--seconds", "2", "--fps", "5", "--width", "320", "--height", "180"];
+    let (ok, out, err) =
+        theta(&[&args[..], &["--data", data.to_str().unwrap(), "--out", frames.to_str().unwrap()]].concat());
     assert!(ok, "demo failed:\n{out}\n{err}");
-    assert!(out.contains("reopened and verified 617 entries"), "{out}");
-    assert!(out.contains("signed tree head: all verify"), "{out}");
-    for counter in ["permission_denials     1", "replay_rejections      1", "conflict_rejections    1"] {
+    assert!(out.contains("replay check       passed"), "{out}");
+    assert!(out.contains("= live") && out.contains("same state hash and same image as live"), "{out}");
+    for counter in ["permission_denials     1", "conflict_rejections    1"] {
         assert!(out.contains(counter), "missing {counter:?} in\n{out}");
     }
-    // The data directory is kept when given, and a second run adds a second session to it.
+    // The frames are real PNGs of the scene.
+    let pngs: Vec<_> = std::fs::read_dir(&frames)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".png"))
+        .collect();
+    assert!(pngs.len() >= 5, "{} frames", pngs.len());
+    let img = theta_viewer::Image::load_png(&pngs[0].path()).unwrap();
+    assert_eq!((img.width, img.height), (320, 180));
+    // The data directory is kept when given.
     assert!(data.join("service.key").exists());
-    let (ok, out, _) = theta(&["demo", "--moves", "10", "--data", data.to_str().unwrap()]);
-    assert!(ok, "{out}");
 }
 
 #[test]

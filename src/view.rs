@@ -1,0 +1,292 @@
+//! `theta view`: shows a session, live over QUIC or at any point of its history over gRPC,
+//! rendered headless to PNG frames (the window and OpenXR backends share the same renderer).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use theta_client::compress::{ZSTD, ZSTD_DICT, ZSTD_STREAM};
+use theta_client::quic::{Client, Event, Options, Telemetry, Trust};
+use theta_projector::{Assembler, Projection};
+use theta_proto::v1 as pb;
+use theta_proto::v1::replay_service_client::ReplayServiceClient;
+use theta_schemas::wire::Capabilities;
+use theta_schemas::{Envelope, Message, SessionId};
+use theta_viewer::{DEFAULT_IPD, Eye, Image, Orbit, Renderer, extract};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+/// Options of `theta view`.
+#[derive(Debug, clap::Args)]
+pub struct ViewArgs {
+    /// Session id (32 hex digits).
+    #[arg(long)]
+    pub session: String,
+    /// Open the session at this seq from history (gRPC ReadState + ReadLog) instead of live.
+    #[arg(long, value_name = "SEQ")]
+    pub at: Option<u64>,
+    /// Historical playback: entries applied between two frames (the speed; 0 pauses).
+    #[arg(long, default_value_t = 1)]
+    pub step: u64,
+    /// Live: the server's QUIC address.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub quic: std::net::SocketAddr,
+    /// Live: SHA-256 fingerprint of the server's QUIC certificate (hex, as `theta serve` logs it).
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    /// Live: the viewer's secret key file (its public key needs a role in the session).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Render headless into PNG files (works without a GPU through Mesa's lavapipe).
+    #[arg(long)]
+    pub headless: bool,
+    /// Show the session in a headset through OpenXR (build with `--features vr-openxr`).
+    #[arg(long)]
+    pub xr: bool,
+    /// Where headless frames go.
+    #[arg(long, value_name = "DIR", default_value = "theta-frames")]
+    pub out: PathBuf,
+    /// Frames to render.
+    #[arg(long, default_value_t = 30)]
+    pub frames: u32,
+    /// Render both eyes side by side (the path a headset uses).
+    #[arg(long)]
+    pub stereo: bool,
+    /// Width of one eye's image, pixels.
+    #[arg(long, default_value_t = 640)]
+    pub width: u32,
+    /// Image height, pixels.
+    #[arg(long, default_value_t = 360)]
+    pub height: u32,
+    #[command(flatten)]
+    pub server: crate::client::Server,
+}
+
+/// The eyes to render from: mono, or a stereo pair around the same head pose.
+pub fn eyes(stereo: bool, width: u32, height: u32) -> Vec<Eye> {
+    let head = Orbit::default().eye(width as f32 / height as f32);
+    if stereo { head.stereo(DEFAULT_IPD).to_vec() } else { vec![head] }
+}
+
+/// A session opened at a seq from history, stepping forward entry by entry.
+pub struct Historical {
+    replay: ReplayServiceClient<Channel>,
+    session: SessionId,
+    /// The world at the current seq.
+    pub mirror: Projection,
+    /// The session head when opened.
+    pub head: u64,
+    /// The entry that produced the current seq: (seq, author hex prefix, kind, receipt time ms).
+    pub current: Option<(u64, String, String, u64)>,
+}
+
+impl Historical {
+    /// Opens `session` at `seq` (0: the head) from the server's checkpoints and log.
+    pub async fn open(channel: Channel, session: SessionId, seq: u64) -> anyhow::Result<Historical> {
+        let mut replay =
+            ReplayServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+        let mirror = read_state(&mut replay, session, seq).await?;
+        let head = read_head(&mut replay, session).await?;
+        Ok(Historical { replay, session, head, current: None, mirror })
+    }
+
+    /// Jumps to `seq` (forward or back).
+    pub async fn seek(&mut self, seq: u64) -> anyhow::Result<()> {
+        self.mirror = read_state(&mut self.replay, self.session, seq).await?;
+        self.current = None;
+        Ok(())
+    }
+
+    /// Applies the next `n` entries (fewer at the head); returns how many were applied.
+    pub async fn step(&mut self, n: u64) -> anyhow::Result<u64> {
+        let from = self.mirror.seq() + 1;
+        if n == 0 || from > self.head {
+            return Ok(0);
+        }
+        let to = (from + n - 1).min(self.head);
+        let req =
+            pb::ReadLogRequest { session: self.session.0.to_vec(), from_seq: from, to_seq: to, ..Default::default() };
+        let mut stream = self.replay.read_log(req).await.map_err(crate::client::status)?.into_inner();
+        let mut applied = 0;
+        while let Some(batch) = stream.next().await {
+            for e in batch.map_err(crate::client::status)?.entries {
+                let (_, body) =
+                    Envelope::open(&e.envelope).with_context(|| format!("entry {} does not decode", e.seq))?;
+                ensure!(e.seq == self.mirror.seq() + 1, "ReadLog skipped from {} to {}", self.mirror.seq(), e.seq);
+                self.mirror.apply_command(e.seq, &body).with_context(|| format!("fold entry {}", e.seq))?;
+                self.current =
+                    Some((e.seq, hex::encode(&e.author[..4.min(e.author.len())]), e.kind, e.receipt_time_ms));
+                applied += 1;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// The timeline line: current seq of the head, the edit's time, author and kind.
+    pub fn timeline(&self) -> String {
+        match &self.current {
+            Some((seq, author, kind, ms)) => {
+                let secs = ms / 1_000;
+                let (h, m, s) = ((secs / 3_600) % 24, (secs / 60) % 60, secs % 60);
+                format!("seq {seq}/{}  {h:02}:{m:02}:{s:02}.{:03} UTC  {kind} by {author}", self.head, ms % 1_000)
+            }
+            None => format!("seq {}/{}", self.mirror.seq(), self.head),
+        }
+    }
+}
+
+async fn read_head(replay: &mut ReplayServiceClient<Channel>, session: SessionId) -> anyhow::Result<u64> {
+    // ReadState at 0 gives the head's seq in every chunk; ReadLog with to_seq=0 would stream it all.
+    let mut s = replay
+        .read_state(pb::ReadStateRequest { session: session.0.to_vec(), at_seq: 0, max_chunk_bytes: 1_024 })
+        .await
+        .map_err(crate::client::status)?
+        .into_inner();
+    match s.next().await {
+        Some(c) => Ok(c.map_err(crate::client::status)?.seq),
+        None => bail!("the server sent no state for session {session}"),
+    }
+}
+
+/// The projection of `session` at `seq` (0: the head), assembled from ReadState chunks and
+/// checked against the server's state hash.
+pub async fn read_state(
+    replay: &mut ReplayServiceClient<Channel>,
+    session: SessionId,
+    seq: u64,
+) -> anyhow::Result<Projection> {
+    let req = pb::ReadStateRequest { session: session.0.to_vec(), at_seq: seq, max_chunk_bytes: 0 };
+    let mut stream = replay.read_state(req).await.map_err(crate::client::status)?.into_inner();
+    let mut asm = Assembler::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(crate::client::status)?;
+        let Message::SnapshotChunk(c) = Message::decode(&chunk.frame).context("state chunk frame")? else {
+            bail!("ReadState sent something other than a snapshot chunk");
+        };
+        if let Some(p) = asm.add(c).context("assemble the state")? {
+            return Ok(p);
+        }
+    }
+    bail!("ReadState ended before the last chunk")
+}
+
+/// Live telemetry and counts for the HUD.
+pub fn hud(fps: f64, frame_ms: f64, mirror: &Projection, t: Option<&Telemetry>, extra: &str) -> String {
+    let mut s =
+        format!("fps {fps:.0}  render {frame_ms:.1} ms  entities {}  seq {}\n", mirror.entity_count(), mirror.seq());
+    if let Some(t) = t {
+        let server = t.server.clone().unwrap_or_default();
+        let rtt = t.rtt.map_or(server.rtt_us as f64 / 1e3, |r| r.as_secs_f64() * 1e3);
+        s += &format!(
+            "{}  rtt {rtt:.2} ms  in {:.1} KB/s  deltas {}/s\n",
+            t.transport,
+            server.bytes_out_per_sec as f64 / 1e3,
+            server.deltas_per_sec
+        );
+    }
+    s += extra;
+    s
+}
+
+fn frame_path(dir: &Path, i: u32) -> PathBuf {
+    dir.join(format!("frame-{i:05}.png"))
+}
+
+/// Runs `theta view`.
+pub fn run(a: ViewArgs) -> anyhow::Result<()> {
+    if a.xr {
+        #[cfg(feature = "vr-openxr")]
+        match theta_viewer::xr::start() {
+            Ok(x) => bail!(
+                "OpenXR runtime found ({} views); submitting frames to it through its Vulkan device is not built yet: use --headless --stereo",
+                x.views.len()
+            ),
+            Err(e) if a.headless => eprintln!("theta view: {e}\ncontinuing with the headless backend"),
+            Err(e) => bail!("{e}"),
+        }
+        #[cfg(not(feature = "vr-openxr"))]
+        bail!("this theta was built without OpenXR: rebuild with `cargo build --release --features vr-openxr`");
+    }
+    if !a.headless {
+        bail!(
+            "only the headless backend is available in this build: pass --headless (frames go to --out); \
+             for a headset build with `--features vr-openxr`"
+        );
+    }
+    let session = SessionId::from_hex(&a.session).with_context(|| format!("session id {:?}", a.session))?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
+    let mut renderer = Renderer::headless()?;
+    println!("adapter: {}", renderer.adapter_name());
+    let eyes = eyes(a.stereo, a.width, a.height);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut last = Instant::now();
+    let mut render = |mirror: &Projection, i: u32, telemetry: Option<&Telemetry>, extra: &str| -> anyhow::Result<()> {
+        let frame_ms = last.elapsed().as_secs_f64() * 1e3;
+        last = Instant::now();
+        let text = hud(1e3 / frame_ms.max(1e-3), frame_ms, mirror, telemetry, extra);
+        let img = renderer.render(&extract(mirror), &eyes, a.width, a.height, Some(&text))?;
+        img.save_png(&frame_path(&a.out, i)).with_context(|| format!("write frame {i}"))
+    };
+    match a.at {
+        Some(at) => rt.block_on(async {
+            let channel = a.server.connect().await?;
+            let mut h = Historical::open(channel, session, at).await?;
+            println!("opened session {session} at seq {} (head {})", h.mirror.seq(), h.head);
+            for i in 0..a.frames {
+                render(&h.mirror, i, None, &h.timeline())?;
+                if h.step(a.step).await? == 0 && a.step > 0 {
+                    println!("reached the head at seq {}", h.mirror.seq());
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        })?,
+        None => rt.block_on(async {
+            let key =
+                crate::cli::read_key(a.key.as_deref().context("live viewing needs --key (a viewer's key file)")?)?;
+            let fp = a.fingerprint.as_deref().context("live viewing needs --fingerprint (logged by theta serve)")?;
+            let mut pin = [0u8; 32];
+            hex::decode_to_slice(fp, &mut pin).context("--fingerprint must be 64 hex digits")?;
+            let mut c = Client::connect(Options {
+                server: a.quic,
+                server_name: "localhost".into(),
+                trust: Trust::Fingerprint(pin),
+                key,
+                session,
+                capabilities: Capabilities {
+                    compression: vec![ZSTD_STREAM.into(), ZSTD_DICT.into(), ZSTD.into()],
+                    interest_management: false,
+                    max_chunk_bytes: 0,
+                    datagrams: false,
+                },
+            })
+            .await?;
+            println!("connected as {:?}; following session {session} live", c.welcome().role);
+            let mut i = 0;
+            let mut next_frame = Instant::now();
+            while i < a.frames {
+                match tokio::time::timeout(Duration::from_millis(33), c.next_event()).await {
+                    Ok(Ok(Event::Resynced { reason })) => println!("resynced: {reason}"),
+                    Ok(Ok(_)) | Err(_) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                }
+                if Instant::now() >= next_frame
+                    && let Some(m) = c.mirror()
+                {
+                    render(m, i, Some(&c.telemetry()), "")?;
+                    i += 1;
+                    next_frame = Instant::now() + Duration::from_millis(33);
+                }
+            }
+            anyhow::Ok(())
+        })?,
+    }
+    println!("wrote {} frames to {}", a.frames, a.out.display());
+    Ok(())
+}
+
+/// Whether two images of the same scene match (historical vs live): at most 0.5 % of pixels
+/// differ by more than 8/255 in a channel.
+pub fn same_image(a: &Image, b: &Image) -> bool {
+    a.diff_fraction(b, 8) <= 0.005
+}

@@ -1,0 +1,726 @@
+//! The wgpu renderer: instanced primitives, mesh entities (buffers cached per entity and
+//! replaced only when the mesh changes), a ground grid, directional light with depth, selection
+//! highlights, and the HUD. Mono or stereo (side by side, one pass per frame with a viewport and
+//! camera per eye). It draws a [`Scene`]; it never talks to the network.
+
+use std::collections::BTreeMap;
+
+use theta_schemas::EntityId;
+use wgpu::util::DeviceExt;
+
+use crate::camera::Eye;
+use crate::geometry::{self, Vertex};
+use crate::scene::{Instance, SHAPES, Scene};
+
+/// Colour format of every target.
+pub const COLOR_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8UnormSrgb;
+const DEPTH_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Depth32Float;
+/// Uniform slot size (dynamic offsets must be 256-aligned).
+const CAMERA_SLOT: u64 = 256;
+
+/// Why rendering could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// No GPU or software adapter.
+    #[error(
+        "no graphics adapter found ({0}); on Debian install a Vulkan driver (`apt-get install mesa-vulkan-drivers`) or GL (`libegl1 libgl1-mesa-dri`)"
+    )]
+    NoAdapter(String),
+    /// The device could not be created.
+    #[error("graphics device: {0}")]
+    Device(String),
+    /// Reading the image back failed.
+    #[error("reading the frame back: {0}")]
+    Readback(String),
+}
+
+/// An RGBA8 (sRGB) image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// Width, pixels.
+    pub width: u32,
+    /// Height, pixels.
+    pub height: u32,
+    /// Rows of RGBA bytes, top first.
+    pub rgba: Vec<u8>,
+}
+
+impl Image {
+    /// Writes the image as a PNG file.
+    pub fn save_png(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let mut enc = png::Encoder::new(file, self.width, self.height);
+        enc.set_color(png::ColorType::Rgba);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header().map_err(std::io::Error::other)?;
+        w.write_image_data(&self.rgba).map_err(std::io::Error::other)
+    }
+
+    /// Reads a PNG file (RGBA8).
+    pub fn load_png(path: &std::path::Path) -> std::io::Result<Image> {
+        let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
+        let mut reader = dec.read_info().map_err(std::io::Error::other)?;
+        let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+        let info = reader.next_frame(&mut buf).map_err(std::io::Error::other)?;
+        if info.color_type != png::ColorType::Rgba || info.bit_depth != png::BitDepth::Eight {
+            return Err(std::io::Error::other("expected an 8-bit RGBA PNG"));
+        }
+        buf.truncate(info.buffer_size());
+        Ok(Image { width: info.width, height: info.height, rgba: buf })
+    }
+
+    /// The left or right half (side-by-side stereo images).
+    pub fn half(&self, right: bool) -> Image {
+        let w = self.width / 2;
+        let mut rgba = Vec::with_capacity((w * self.height * 4) as usize);
+        for y in 0..self.height as usize {
+            let row = &self.rgba[y * self.width as usize * 4..][..self.width as usize * 4];
+            let start = if right { w as usize * 4 } else { 0 };
+            rgba.extend_from_slice(&row[start..start + w as usize * 4]);
+        }
+        Image { width: w, height: self.height, rgba }
+    }
+
+    /// Compares with `other`: the fraction of pixels whose largest channel difference exceeds
+    /// `tolerance` (1.0 when the sizes differ).
+    pub fn diff_fraction(&self, other: &Image, tolerance: u8) -> f64 {
+        if (self.width, self.height) != (other.width, other.height) {
+            return 1.0;
+        }
+        let differing = self
+            .rgba
+            .chunks_exact(4)
+            .zip(other.rgba.chunks_exact(4))
+            .filter(|(a, b)| a.iter().zip(b.iter()).any(|(x, y)| x.abs_diff(*y) > tolerance))
+            .count();
+        differing as f64 / (self.width as f64 * self.height as f64)
+    }
+}
+
+const SCENE_WGSL: &str = r#"
+struct Camera { view_proj: mat4x4<f32>, eye: vec4<f32>, light: vec4<f32> };
+@group(0) @binding(0) var<uniform> cam: Camera;
+
+struct VIn {
+  @location(0) pos: vec3<f32>, @location(1) normal: vec3<f32>,
+  @location(2) m0: vec4<f32>, @location(3) m1: vec4<f32>, @location(4) m2: vec4<f32>, @location(5) m3: vec4<f32>,
+  @location(6) color: vec4<f32>, @location(7) highlight: vec4<f32>,
+};
+struct VOut {
+  @builtin(position) clip: vec4<f32>, @location(0) normal: vec3<f32>, @location(1) world: vec3<f32>,
+  @location(2) color: vec4<f32>, @location(3) highlight: vec4<f32>,
+};
+
+@vertex fn vs(v: VIn) -> VOut {
+  let model = mat4x4<f32>(v.m0, v.m1, v.m2, v.m3);
+  let world = model * vec4<f32>(v.pos, 1.0);
+  var o: VOut;
+  o.clip = cam.view_proj * world;
+  o.world = world.xyz;
+  o.normal = (model * vec4<f32>(v.normal, 0.0)).xyz;
+  o.color = v.color;
+  o.highlight = v.highlight;
+  return o;
+}
+
+@fragment fn fs(i: VOut) -> @location(0) vec4<f32> {
+  let n = normalize(i.normal);
+  let l = normalize(-cam.light.xyz);
+  let diffuse = max(dot(n, l), 0.0);
+  var rgb = i.color.rgb * (0.28 + 0.72 * diffuse);
+  if (i.highlight.a > 0.0) {
+    let v = normalize(cam.eye.xyz - i.world);
+    let rim = pow(1.0 - max(dot(n, v), 0.0), 2.0);
+    rgb = mix(rgb, i.highlight.rgb, clamp(0.35 + rim, 0.0, 1.0));
+  }
+  return vec4<f32>(rgb, i.color.a);
+}
+
+struct GOut { @builtin(position) clip: vec4<f32>, @location(0) xz: vec2<f32> };
+
+@vertex fn grid_vs(@builtin(vertex_index) idx: u32) -> GOut {
+  var corners = array<vec2<f32>, 6>(vec2(-1.0, -1.0), vec2(1.0, -1.0), vec2(1.0, 1.0),
+                                    vec2(-1.0, -1.0), vec2(1.0, 1.0), vec2(-1.0, 1.0));
+  let xz = corners[idx] * 100.0;
+  var o: GOut;
+  o.clip = cam.view_proj * vec4<f32>(xz.x, 0.0, xz.y, 1.0);
+  o.xz = xz;
+  return o;
+}
+
+@fragment fn grid_fs(i: GOut) -> @location(0) vec4<f32> {
+  let cell = abs(fract(i.xz - 0.5) - 0.5) / fwidth(i.xz);
+  let line = 1.0 - clamp(min(cell.x, cell.y), 0.0, 1.0);
+  let fade = 1.0 - clamp(length(i.xz) / 40.0, 0.0, 1.0);
+  let axis = step(abs(i.xz.x), 0.03) + step(abs(i.xz.y), 0.03);
+  let base = vec3<f32>(0.16, 0.17, 0.19);
+  let rgb = mix(base, vec3<f32>(0.45, 0.47, 0.5), line * fade) + vec3<f32>(0.2, 0.05, 0.05) * min(axis, 1.0);
+  return vec4<f32>(rgb, 1.0);
+}
+
+@group(0) @binding(0) var hud_tex: texture_2d<f32>;
+@group(0) @binding(1) var hud_smp: sampler;
+struct HOut { @builtin(position) clip: vec4<f32>, @location(0) uv: vec2<f32> };
+
+@vertex fn hud_vs(@builtin(vertex_index) idx: u32) -> HOut {
+  let uv = vec2<f32>(f32((idx << 1u) & 2u), f32(idx & 2u));
+  var o: HOut;
+  o.clip = vec4<f32>(uv.x * 2.0 - 1.0, 1.0 - uv.y * 2.0, 0.0, 1.0);
+  o.uv = uv;
+  return o;
+}
+
+@fragment fn hud_fs(i: HOut) -> @location(0) vec4<f32> {
+  return textureSample(hud_tex, hud_smp, i.uv);
+}
+"#;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CameraUniform {
+    view_proj: [[f32; 4]; 4],
+    eye: [f32; 4],
+    light: [f32; 4],
+}
+
+struct Mesh {
+    vertices: wgpu::Buffer,
+    indices: wgpu::Buffer,
+    count: u32,
+}
+
+struct CachedMesh {
+    key: (usize, u64),
+    mesh: Mesh,
+}
+
+struct Target {
+    width: u32,
+    height: u32,
+    color: wgpu::Texture,
+    depth: wgpu::TextureView,
+    readback: wgpu::Buffer,
+    padded_row: u32,
+}
+
+/// Counters of what the last frame drew and uploaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameStats {
+    /// Instances and meshes drawn.
+    pub entities: usize,
+    /// Mesh buffers (re)built this frame.
+    pub mesh_uploads: usize,
+}
+
+/// A renderer on one device.
+pub struct Renderer {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter: wgpu::AdapterInfo,
+    scene_pipeline: wgpu::RenderPipeline,
+    grid_pipeline: wgpu::RenderPipeline,
+    hud_pipeline: wgpu::RenderPipeline,
+    camera_buffer: wgpu::Buffer,
+    camera_group: wgpu::BindGroup,
+    hud_layout: wgpu::BindGroupLayout,
+    sampler: wgpu::Sampler,
+    primitives: Vec<Mesh>,
+    instances: Option<(wgpu::Buffer, u64)>,
+    meshes: BTreeMap<EntityId, CachedMesh>,
+    target: Option<Target>,
+    hud: Option<(String, u32, u32, wgpu::BindGroup)>,
+    /// What the last frame did.
+    pub stats: FrameStats,
+}
+
+fn vertex_layouts() -> [Option<wgpu::VertexBufferLayout<'static>>; 2] {
+    const V: [wgpu::VertexAttribute; 2] = wgpu::vertex_attr_array![0 => Float32x3, 1 => Float32x3];
+    const I: [wgpu::VertexAttribute; 6] = wgpu::vertex_attr_array![
+        2 => Float32x4, 3 => Float32x4, 4 => Float32x4, 5 => Float32x4, 6 => Float32x4, 7 => Float32x4
+    ];
+    [
+        Some(wgpu::VertexBufferLayout {
+            array_stride: std::mem::size_of::<Vertex>() as u64,
+            step_mode: wgpu::VertexStepMode::Vertex,
+            attributes: &V,
+        }),
+        Some(wgpu::VertexBufferLayout {
+            array_stride: std::mem::size_of::<Instance>() as u64,
+            step_mode: wgpu::VertexStepMode::Instance,
+            attributes: &I,
+        }),
+    ]
+}
+
+impl Renderer {
+    /// A renderer on the best adapter available without a window (a GPU, or Mesa's lavapipe /
+    /// llvmpipe). `WGPU_BACKEND` and `WGPU_ADAPTER_NAME` select one explicitly.
+    pub fn headless() -> Result<Renderer, RenderError> {
+        // Vulkan first (a GPU, or lavapipe), then GL; `WGPU_BACKEND` overrides.
+        let chosen = std::env::var_os("WGPU_BACKEND").is_some();
+        let tries: &[wgpu::Backends] =
+            if chosen { &[wgpu::Backends::empty()] } else { &[wgpu::Backends::VULKAN, wgpu::Backends::GL] };
+        let mut last = String::from("no backend tried");
+        for backends in tries {
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+            if !chosen {
+                desc.backends = *backends;
+            }
+            let instance = wgpu::Instance::new(desc);
+            match pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(&instance, None)) {
+                Ok(adapter) => return Renderer::on_adapter(&adapter),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(RenderError::NoAdapter(last))
+    }
+
+    /// A renderer on `adapter`.
+    pub fn on_adapter(adapter: &wgpu::Adapter) -> Result<Renderer, RenderError> {
+        let limits = wgpu::Limits::downlevel_defaults().using_resolution(adapter.limits());
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("theta-viewer"),
+            required_limits: wgpu::Limits { max_buffer_size: adapter.limits().max_buffer_size, ..limits },
+            ..Default::default()
+        }))
+        .map_err(|e| RenderError::Device(e.to_string()))?;
+        Ok(Renderer::with_device(device, queue, adapter.get_info()))
+    }
+
+    /// A renderer on an existing device (the OpenXR path passes the runtime's device).
+    pub fn with_device(device: wgpu::Device, queue: wgpu::Queue, adapter: wgpu::AdapterInfo) -> Renderer {
+        let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("theta scene"),
+            source: wgpu::ShaderSource::Wgsl(SCENE_WGSL.into()),
+        });
+        let camera_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("camera"),
+            entries: &[wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::VERTEX_FRAGMENT,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: wgpu::BufferSize::new(std::mem::size_of::<CameraUniform>() as u64),
+                },
+                count: None,
+            }],
+        });
+        let camera_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("cameras"),
+            size: CAMERA_SLOT * 2,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let camera_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("camera"),
+            layout: &camera_layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &camera_buffer,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(std::mem::size_of::<CameraUniform>() as u64),
+                }),
+            }],
+        });
+        let hud_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("hud"),
+            entries: &[
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::FRAGMENT,
+                    ty: wgpu::BindingType::Texture {
+                        sample_type: wgpu::TextureSampleType::Float { filterable: true },
+                        view_dimension: wgpu::TextureViewDimension::D2,
+                        multisampled: false,
+                    },
+                    count: None,
+                },
+                wgpu::BindGroupLayoutEntry {
+                    binding: 1,
+                    visibility: wgpu::ShaderStages::FRAGMENT,
+                    ty: wgpu::BindingType::Sampler(wgpu::SamplerBindingType::Filtering),
+                    count: None,
+                },
+            ],
+        });
+        let layout = |groups: &[&wgpu::BindGroupLayout]| {
+            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &groups.iter().map(|g| Some(*g)).collect::<Vec<_>>(),
+                immediate_size: 0,
+            })
+        };
+        let scene_layout = layout(&[&camera_layout]);
+        let hud_pipeline_layout = layout(&[&hud_layout]);
+        let depth = |write: bool| {
+            Some(wgpu::DepthStencilState {
+                format: DEPTH_FORMAT,
+                depth_write_enabled: Some(write),
+                depth_compare: Some(wgpu::CompareFunction::Less),
+                stencil: Default::default(),
+                bias: Default::default(),
+            })
+        };
+        let pipeline = |label: &str,
+                        layout: &wgpu::PipelineLayout,
+                        vs: &str,
+                        fs: &str,
+                        buffers: &[Option<wgpu::VertexBufferLayout<'_>>],
+                        depth_stencil: Option<wgpu::DepthStencilState>,
+                        blend: Option<wgpu::BlendState>,
+                        cull: Option<wgpu::Face>| {
+            device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+                label: Some(label),
+                layout: Some(layout),
+                vertex: wgpu::VertexState {
+                    module: &shader,
+                    entry_point: Some(vs),
+                    compilation_options: Default::default(),
+                    buffers,
+                },
+                primitive: wgpu::PrimitiveState { cull_mode: cull, ..Default::default() },
+                depth_stencil,
+                multisample: Default::default(),
+                fragment: Some(wgpu::FragmentState {
+                    module: &shader,
+                    entry_point: Some(fs),
+                    compilation_options: Default::default(),
+                    targets: &[Some(wgpu::ColorTargetState {
+                        format: COLOR_FORMAT,
+                        blend,
+                        write_mask: wgpu::ColorWrites::ALL,
+                    })],
+                }),
+                multiview_mask: None,
+                cache: None,
+            })
+        };
+        let scene_pipeline =
+            pipeline("scene", &scene_layout, "vs", "fs", &vertex_layouts(), depth(true), None, Some(wgpu::Face::Back));
+        let grid_pipeline = pipeline("grid", &scene_layout, "grid_vs", "grid_fs", &[], depth(true), None, None);
+        let hud_pipeline = pipeline(
+            "hud",
+            &hud_pipeline_layout,
+            "hud_vs",
+            "hud_fs",
+            &[],
+            depth(false).map(|mut d| {
+                d.depth_compare = Some(wgpu::CompareFunction::Always);
+                d
+            }),
+            Some(wgpu::BlendState::ALPHA_BLENDING),
+            None,
+        );
+        let primitives = SHAPES
+            .iter()
+            .map(|s| {
+                let g = geometry::primitive(*s);
+                upload(&device, &g.vertices, &g.indices)
+            })
+            .collect();
+        let sampler = device.create_sampler(&wgpu::SamplerDescriptor::default());
+        Renderer {
+            device,
+            queue,
+            adapter,
+            scene_pipeline,
+            grid_pipeline,
+            hud_pipeline,
+            camera_buffer,
+            camera_group,
+            hud_layout,
+            sampler,
+            primitives,
+            instances: None,
+            meshes: BTreeMap::new(),
+            target: None,
+            hud: None,
+            stats: FrameStats::default(),
+        }
+    }
+
+    /// The adapter's name and backend, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)`.
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.adapter.name, self.adapter.backend)
+    }
+
+    fn ensure_target(&mut self, width: u32, height: u32) {
+        if self.target.as_ref().is_some_and(|t| (t.width, t.height) == (width, height)) {
+            return;
+        }
+        let size = wgpu::Extent3d { width, height, depth_or_array_layers: 1 };
+        let color = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("frame"),
+            size,
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: COLOR_FORMAT,
+            usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
+            view_formats: &[],
+        });
+        let depth = self
+            .device
+            .create_texture(&wgpu::TextureDescriptor {
+                label: Some("depth"),
+                size,
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: DEPTH_FORMAT,
+                usage: wgpu::TextureUsages::RENDER_ATTACHMENT,
+                view_formats: &[],
+            })
+            .create_view(&Default::default());
+        let padded_row = (width * 4).div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
+        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: padded_row as u64 * height as u64,
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+            mapped_at_creation: false,
+        });
+        self.target = Some(Target { width, height, color, depth, readback, padded_row });
+    }
+
+    fn set_hud(&mut self, text: &str, width: u32, height: u32) {
+        if self.hud.as_ref().is_some_and(|(t, w, h, _)| t == text && (*w, *h) == (width, height)) {
+            return;
+        }
+        let pixels = crate::hud::rasterize(text, width as usize, height as usize);
+        let texture = self.device.create_texture_with_data(
+            &self.queue,
+            &wgpu::TextureDescriptor {
+                label: Some("hud"),
+                size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba8UnormSrgb,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING,
+                view_formats: &[],
+            },
+            wgpu::util::TextureDataOrder::LayerMajor,
+            &pixels,
+        );
+        let view = texture.create_view(&Default::default());
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("hud"),
+            layout: &self.hud_layout,
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(&view) },
+                wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::Sampler(&self.sampler) },
+            ],
+        });
+        self.hud = Some((text.to_string(), width, height, group));
+    }
+
+    /// Uploads instance data and changed meshes; drops meshes of entities no longer drawn.
+    fn prepare(&mut self, scene: &Scene) -> Vec<(usize, u32, u32)> {
+        let all: Vec<Instance> = scene.instances.iter().flatten().copied().collect();
+        let needed = (all.len().max(1) * std::mem::size_of::<Instance>()) as u64;
+        if self.instances.as_ref().is_none_or(|(_, cap)| *cap < needed) {
+            let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("instances"),
+                size: needed.next_power_of_two(),
+                usage: wgpu::BufferUsages::VERTEX | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            self.instances = Some((buffer, needed.next_power_of_two()));
+        }
+        if !all.is_empty() {
+            self.queue.write_buffer(&self.instances.as_ref().expect("instances").0, 0, bytemuck::cast_slice(&all));
+        }
+        let mut ranges = Vec::new();
+        let mut start = 0u32;
+        for (shape, list) in scene.instances.iter().enumerate() {
+            ranges.push((shape, start, list.len() as u32));
+            start += list.len() as u32;
+        }
+        self.stats = FrameStats { entities: scene.len(), mesh_uploads: 0 };
+        let keep: std::collections::BTreeSet<EntityId> = scene.meshes.iter().map(|m| m.entity).collect();
+        self.meshes.retain(|e, _| keep.contains(e));
+        for m in &scene.meshes {
+            let key = (m.mesh.indices.len(), fingerprint(&m.mesh.positions, &m.mesh.indices));
+            if self.meshes.get(&m.entity).is_some_and(|c| c.key == key) {
+                continue;
+            }
+            let g = geometry::mesh(&m.mesh.positions, &m.mesh.indices);
+            self.meshes.insert(m.entity, CachedMesh { key, mesh: upload(&self.device, &g.vertices, &g.indices) });
+            self.stats.mesh_uploads += 1;
+        }
+        ranges
+    }
+
+    /// Renders `scene` from each eye (one: mono; two: side by side, `width` each) with an
+    /// optional HUD, and waits for the GPU. Read the pixels with [`Renderer::read`].
+    pub fn draw(&mut self, scene: &Scene, eyes: &[Eye], width: u32, height: u32, hud: Option<&str>) {
+        let eyes = &eyes[..eyes.len().min(2)];
+        let full_width = width * eyes.len() as u32;
+        self.ensure_target(full_width, height);
+        if let Some(text) = hud {
+            self.set_hud(text, full_width, height);
+        }
+        let ranges = self.prepare(scene);
+        for (i, eye) in eyes.iter().enumerate() {
+            let u = CameraUniform {
+                view_proj: eye.view_projection().to_cols_array_2d(),
+                eye: eye.position.extend(1.0).to_array(),
+                light: [-0.4, -1.0, -0.3, 0.0],
+            };
+            self.queue.write_buffer(&self.camera_buffer, i as u64 * CAMERA_SLOT, bytemuck::bytes_of(&u));
+        }
+        let target = self.target.as_ref().expect("target");
+        let view = target.color.create_view(&Default::default());
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+                label: Some("frame"),
+                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                    view: &view,
+                    depth_slice: None,
+                    resolve_target: None,
+                    ops: wgpu::Operations {
+                        load: wgpu::LoadOp::Clear(wgpu::Color { r: 0.05, g: 0.06, b: 0.08, a: 1.0 }),
+                        store: wgpu::StoreOp::Store,
+                    },
+                })],
+                depth_stencil_attachment: Some(wgpu::RenderPassDepthStencilAttachment {
+                    view: &target.depth,
+                    depth_ops: Some(wgpu::Operations { load: wgpu::LoadOp::Clear(1.0), store: wgpu::StoreOp::Store }),
+                    stencil_ops: None,
+                }),
+                timestamp_writes: None,
+                occlusion_query_set: None,
+                multiview_mask: None,
+            });
+            for i in 0..eyes.len() {
+                pass.set_viewport((i as u32 * width) as f32, 0.0, width as f32, height as f32, 0.0, 1.0);
+                pass.set_bind_group(0, &self.camera_group, &[(i as u64 * CAMERA_SLOT) as u32]);
+                pass.set_pipeline(&self.scene_pipeline);
+                let instances = &self.instances.as_ref().expect("instances").0;
+                pass.set_vertex_buffer(1, instances.slice(..));
+                for (shape, start, count) in &ranges {
+                    if *count == 0 {
+                        continue;
+                    }
+                    let mesh = &self.primitives[*shape];
+                    pass.set_vertex_buffer(0, mesh.vertices.slice(..));
+                    pass.set_index_buffer(mesh.indices.slice(..), wgpu::IndexFormat::Uint32);
+                    pass.draw_indexed(0..mesh.count, 0, *start..*start + *count);
+                }
+                for m in &scene.meshes {
+                    let cached = &self.meshes[&m.entity].mesh;
+                    if cached.count == 0 {
+                        continue;
+                    }
+                    let inst = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: None,
+                        contents: bytemuck::bytes_of(&m.instance),
+                        usage: wgpu::BufferUsages::VERTEX,
+                    });
+                    pass.set_vertex_buffer(0, cached.vertices.slice(..));
+                    pass.set_vertex_buffer(1, inst.slice(..));
+                    pass.set_index_buffer(cached.indices.slice(..), wgpu::IndexFormat::Uint32);
+                    pass.draw_indexed(0..cached.count, 0, 0..1);
+                }
+                pass.set_pipeline(&self.grid_pipeline);
+                pass.draw(0..6, 0..1);
+            }
+            if let (Some(_), Some((_, _, _, group))) = (hud, &self.hud) {
+                pass.set_viewport(0.0, 0.0, full_width as f32, height as f32, 0.0, 1.0);
+                pass.set_pipeline(&self.hud_pipeline);
+                pass.set_bind_group(0, group, &[]);
+                pass.draw(0..3, 0..1);
+            }
+        }
+        encoder.copy_texture_to_buffer(
+            wgpu::TexelCopyTextureInfo {
+                texture: &target.color,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::TexelCopyBufferInfo {
+                buffer: &target.readback,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(target.padded_row),
+                    rows_per_image: Some(height),
+                },
+            },
+            wgpu::Extent3d { width: full_width, height, depth_or_array_layers: 1 },
+        );
+        self.queue.submit(Some(encoder.finish()));
+        let _ = self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None });
+    }
+
+    /// Reads the last frame's pixels.
+    pub fn read(&self) -> Result<Image, RenderError> {
+        let target = self.target.as_ref().ok_or_else(|| RenderError::Readback("nothing drawn yet".into()))?;
+        let slice = target.readback.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| RenderError::Readback(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| RenderError::Readback(e.to_string()))?
+            .map_err(|e| RenderError::Readback(e.to_string()))?;
+        let mut rgba = Vec::with_capacity((target.width * target.height * 4) as usize);
+        {
+            let data = slice.get_mapped_range().map_err(|e| RenderError::Readback(e.to_string()))?;
+            for row in data.chunks_exact(target.padded_row as usize) {
+                rgba.extend_from_slice(&row[..target.width as usize * 4]);
+            }
+        }
+        target.readback.unmap();
+        Ok(Image { width: target.width, height: target.height, rgba })
+    }
+
+    /// Draws and reads back in one call.
+    pub fn render(
+        &mut self,
+        scene: &Scene,
+        eyes: &[Eye],
+        width: u32,
+        height: u32,
+        hud: Option<&str>,
+    ) -> Result<Image, RenderError> {
+        self.draw(scene, eyes, width, height, hud);
+        self.read()
+    }
+}
+
+fn upload(device: &wgpu::Device, vertices: &[Vertex], indices: &[u32]) -> Mesh {
+    // wgpu refuses empty buffers: give empty meshes one dummy element and a zero count.
+    let v: &[Vertex] =
+        if vertices.is_empty() { &[Vertex { position: [0.0; 3], normal: [0.0, 1.0, 0.0] }] } else { vertices };
+    let i: &[u32] = if indices.is_empty() { &[0, 0, 0] } else { indices };
+    Mesh {
+        vertices: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("vertices"),
+            contents: bytemuck::cast_slice(v),
+            usage: wgpu::BufferUsages::VERTEX,
+        }),
+        indices: device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("indices"),
+            contents: bytemuck::cast_slice(i),
+            usage: wgpu::BufferUsages::INDEX,
+        }),
+        count: if vertices.is_empty() { 0 } else { indices.len() as u32 },
+    }
+}
+
+/// A cheap content fingerprint of a mesh (FNV-1a over its bytes), to rebuild its buffers only
+/// when it changed.
+fn fingerprint(positions: &[[f32; 3]], indices: &[u32]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in bytemuck::cast_slice::<[f32; 3], u8>(positions).iter().chain(bytemuck::cast_slice::<u32, u8>(indices)) {
+        h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
