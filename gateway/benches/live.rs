@@ -90,6 +90,21 @@ struct Run {
     bytes_per_viewer_s: f64,
     raw_per_viewer_s: f64,
     resyncs: u64,
+    ack_p50_ms: f64,
+    ack_p99_ms: f64,
+}
+
+/// A quantile of the store's append acknowledgement histogram (bucket upper bounds), ms.
+fn ack_quantile(h: &theta_store::metrics::HistogramSnapshot, q: f64) -> f64 {
+    let want = (h.count as f64 * q).ceil() as u64;
+    let mut seen = 0;
+    for (i, bound) in theta_store::metrics::LATENCY_BUCKETS_US.iter().enumerate() {
+        seen += h.buckets[i];
+        if seen >= want {
+            return *bound as f64 / 1e3;
+        }
+    }
+    f64::INFINITY
 }
 
 #[derive(Clone, Copy)]
@@ -227,6 +242,7 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
         }
     }
     server.shutdown().await;
+    let ack = store.metrics().ack_latency;
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
     let per = |b: u64| b as f64 / setup.viewers as f64 / secs;
@@ -238,6 +254,8 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
         bytes_per_viewer_s: per(bytes),
         raw_per_viewer_s: per(raw),
         resyncs,
+        ack_p50_ms: ack_quantile(&ack, 0.5),
+        ack_p99_ms: ack_quantile(&ack, 0.99),
     }
 }
 
@@ -250,9 +268,9 @@ fn main() {
         EDITORS as u64 * ENTITIES_PER_EDITOR
     );
     println!(
-        "| viewers | encoding | interest | commands/s | latency p50 | latency p99 | bytes/viewer/s | raw bytes/viewer/s | resyncs |"
+        "| viewers | encoding | interest | commands/s | latency p50 | latency p99 | store ack p50 / p99 (≤ bucket) | bytes/viewer/s | raw bytes/viewer/s | resyncs |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut configs = vec![
         Setup { viewers: 16, compression: &[], interest: false },
         Setup { viewers: 16, compression: &[ZSTD], interest: false },
@@ -275,12 +293,14 @@ fn main() {
             Some(k) => k,
         };
         println!(
-            "| {} | {encoding} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.0} | {} |   ({} samples)",
+            "| {} | {encoding} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.0} | {:.0} | {} |   ({} samples)",
             setup.viewers,
             if setup.interest { "r = 40 m" } else { "no" },
             r.commands as f64 / secs,
             r.p50_ms,
             r.p99_ms,
+            r.ack_p50_ms,
+            r.ack_p99_ms,
             r.bytes_per_viewer_s,
             r.raw_per_viewer_s,
             r.resyncs,

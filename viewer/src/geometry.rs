@@ -30,15 +30,22 @@ impl Geometry {
     }
 }
 
-const SEGMENTS: u32 = 24;
+/// Segments around round shapes at each level of detail (0: near ... 2: farthest).
+pub const SEGMENTS: [u32; 3] = [24, 8, 5];
 
-/// The geometry of a primitive shape.
+/// The geometry of a primitive shape at full detail.
 pub fn primitive(shape: Shape) -> Geometry {
+    primitive_lod(shape, 0)
+}
+
+/// The geometry of a primitive shape at a level of detail (0: near ... 2: farthest).
+pub fn primitive_lod(shape: Shape, lod: usize) -> Geometry {
+    let n = SEGMENTS[lod.min(SEGMENTS.len() - 1)];
     match shape {
         Shape::Cube => cube(),
-        Shape::Sphere => sphere(SEGMENTS, SEGMENTS / 2),
-        Shape::Cylinder => lathe(&[(0.5, -0.5), (0.5, 0.5)], true, true),
-        Shape::Cone => lathe(&[(0.5, -0.5), (0.0, 0.5)], true, false),
+        Shape::Sphere => sphere(n, (n / 2).max(2)),
+        Shape::Cylinder => lathe(n, &[(0.5, -0.5), (0.5, 0.5)], true, true),
+        Shape::Cone => lathe(n, &[(0.5, -0.5), (0.0, 0.5)], true, false),
         Shape::Plane => {
             let mut g = Geometry::default();
             g.quad([[-0.5, 0.0, 0.5], [0.5, 0.0, 0.5], [0.5, 0.0, -0.5], [-0.5, 0.0, -0.5]], [0.0, 1.0, 0.0]);
@@ -81,20 +88,20 @@ fn sphere(slices: u32, stacks: u32) -> Geometry {
 }
 
 /// A surface of revolution around Y through `(radius, y)` profile points, with caps.
-fn lathe(profile: &[(f32, f32)], bottom: bool, top: bool) -> Geometry {
+fn lathe(segments: u32, profile: &[(f32, f32)], bottom: bool, top: bool) -> Geometry {
     let mut g = Geometry::default();
     let (r0, y0) = profile[0];
     let (r1, y1) = profile[1];
     let slope = (r0 - r1) / (y1 - y0);
-    for j in 0..=SEGMENTS {
-        let u = j as f32 / SEGMENTS as f32 * std::f32::consts::TAU;
+    for j in 0..=segments {
+        let u = j as f32 / segments as f32 * std::f32::consts::TAU;
         let (c, s) = (u.cos(), -u.sin());
         let len = (1.0 + slope * slope).sqrt();
         let normal = [c / len, slope / len, s / len];
         g.vertices.push(Vertex { position: [r0 * c, y0, r0 * s], normal });
         g.vertices.push(Vertex { position: [r1 * c, y1, r1 * s], normal });
     }
-    for j in 0..SEGMENTS {
+    for j in 0..segments {
         let a = j * 2;
         g.indices.extend_from_slice(&[a, a + 2, a + 1, a + 1, a + 2, a + 3]);
     }
@@ -104,11 +111,11 @@ fn lathe(profile: &[(f32, f32)], bottom: bool, top: bool) -> Geometry {
         }
         let centre = g.vertices.len() as u32;
         g.vertices.push(Vertex { position: [0.0, y, 0.0], normal: [0.0, up, 0.0] });
-        for j in 0..=SEGMENTS {
-            let u = j as f32 / SEGMENTS as f32 * std::f32::consts::TAU;
+        for j in 0..=segments {
+            let u = j as f32 / segments as f32 * std::f32::consts::TAU;
             g.vertices.push(Vertex { position: [r * u.cos(), y, -r * u.sin()], normal: [0.0, up, 0.0] });
         }
-        for j in 0..SEGMENTS {
+        for j in 0..segments {
             let (a, b) = (centre + 1 + j, centre + 2 + j);
             if up > 0.0 {
                 g.indices.extend_from_slice(&[centre, a, b]);

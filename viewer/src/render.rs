@@ -15,6 +15,10 @@ use crate::scene::{Instance, SHAPES, Scene};
 /// Colour format of every target.
 pub const COLOR_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8UnormSrgb;
 const DEPTH_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Depth32Float;
+/// Distances from the viewer beyond which objects use the next coarser mesh, metres.
+pub const LOD_DISTANCES: [f32; 2] = [30.0, 120.0];
+/// Levels of detail per primitive.
+const LODS: usize = 3;
 /// Uniform slot size (dynamic offsets must be 256-aligned).
 const CAMERA_SLOT: u64 = 256;
 
@@ -210,6 +214,10 @@ pub struct FrameStats {
     pub entities: usize,
     /// Mesh buffers (re)built this frame.
     pub mesh_uploads: usize,
+    /// Instances uploaded this frame (only the changed range).
+    pub instance_uploads: usize,
+    /// CPU time to prepare, encode and submit the frame.
+    pub cpu: std::time::Duration,
 }
 
 /// A renderer on one device.
@@ -226,6 +234,10 @@ pub struct Renderer {
     sampler: wgpu::Sampler,
     primitives: Vec<Mesh>,
     instances: Option<(wgpu::Buffer, u64)>,
+    /// A copy of the instances on the GPU, to upload only what changed.
+    uploaded: Vec<Instance>,
+    staging: Vec<Instance>,
+    levels: Vec<u8>,
     meshes: BTreeMap<EntityId, CachedMesh>,
     target: Option<Target>,
     hud: Option<(String, u32, u32, wgpu::BindGroup)>,
@@ -415,10 +427,8 @@ impl Renderer {
         );
         let primitives = SHAPES
             .iter()
-            .map(|s| {
-                let g = geometry::primitive(*s);
-                upload(&device, &g.vertices, &g.indices)
-            })
+            .flat_map(|s| [0, 1, 2].map(|lod| geometry::primitive_lod(*s, lod)))
+            .map(|g| upload(&device, &g.vertices, &g.indices))
             .collect();
         let sampler = device.create_sampler(&wgpu::SamplerDescriptor::default());
         Renderer {
@@ -434,6 +444,9 @@ impl Renderer {
             sampler,
             primitives,
             instances: None,
+            uploaded: Vec::new(),
+            staging: Vec::new(),
+            levels: Vec::new(),
             meshes: BTreeMap::new(),
             target: None,
             hud: None,
@@ -517,9 +530,10 @@ impl Renderer {
     }
 
     /// Uploads instance data and changed meshes; drops meshes of entities no longer drawn.
-    fn prepare(&mut self, scene: &Scene) -> Vec<(usize, u32, u32)> {
-        let all: Vec<Instance> = scene.instances.iter().flatten().copied().collect();
-        let needed = (all.len().max(1) * std::mem::size_of::<Instance>()) as u64;
+    fn prepare(&mut self, scene: &Scene, eye: glam::Vec3) -> Vec<(usize, u32, u32)> {
+        let total: usize = scene.instances.iter().map(Vec::len).sum();
+        let needed = (total.max(1) * std::mem::size_of::<Instance>()) as u64;
+        let mut fresh = false;
         if self.instances.as_ref().is_none_or(|(_, cap)| *cap < needed) {
             let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("instances"),
@@ -528,17 +542,49 @@ impl Renderer {
                 mapped_at_creation: false,
             });
             self.instances = Some((buffer, needed.next_power_of_two()));
+            fresh = true;
         }
-        if !all.is_empty() {
-            self.queue.write_buffer(&self.instances.as_ref().expect("instances").0, 0, bytemuck::cast_slice(&all));
-        }
-        let mut ranges = Vec::new();
-        let mut start = 0u32;
+        // Near objects use the detailed meshes, far ones the coarse ones: instances are laid
+        // out per (shape, level of detail). Only the range that changed since the last frame
+        // is uploaded (a live edit moves a few objects; a static scene uploads nothing).
+        let mut staging = std::mem::take(&mut self.staging);
+        staging.clear();
+        let mut ranges = Vec::with_capacity(SHAPES.len() * LODS);
+        let bounds = LOD_DISTANCES.map(|d| d * d);
+        let level = |i: &Instance| {
+            let d = (glam::Vec3::new(i.model[3][0], i.model[3][1], i.model[3][2]) - eye).length_squared();
+            bounds.iter().filter(|b| d > **b).count()
+        };
+        let mut levels = std::mem::take(&mut self.levels);
         for (shape, list) in scene.instances.iter().enumerate() {
-            ranges.push((shape, start, list.len() as u32));
-            start += list.len() as u32;
+            levels.clear();
+            levels.extend(list.iter().map(|i| level(i) as u8));
+            for lod in 0..LODS {
+                let start = staging.len() as u32;
+                staging.extend(list.iter().zip(&levels).filter(|(_, l)| **l as usize == lod).map(|(i, _)| *i));
+                ranges.push((shape * LODS + lod, start, staging.len() as u32 - start));
+            }
         }
-        self.stats = FrameStats { entities: scene.len(), mesh_uploads: 0 };
+        self.levels = levels;
+        let buffer = &self.instances.as_ref().expect("instances").0;
+        if fresh || self.uploaded.len() != staging.len() {
+            if !staging.is_empty() {
+                self.queue.write_buffer(buffer, 0, bytemuck::cast_slice(&staging));
+            }
+            self.stats.instance_uploads = staging.len();
+        } else {
+            let first = staging.iter().zip(&self.uploaded).position(|(a, b)| a != b);
+            let last = staging.iter().zip(&self.uploaded).rposition(|(a, b)| a != b);
+            self.stats.instance_uploads = 0;
+            if let (Some(first), Some(last)) = (first, last) {
+                let bytes: &[u8] = bytemuck::cast_slice(&staging[first..=last]);
+                self.queue.write_buffer(buffer, (first * std::mem::size_of::<Instance>()) as u64, bytes);
+                self.stats.instance_uploads = last + 1 - first;
+            }
+        }
+        self.staging = std::mem::replace(&mut self.uploaded, staging);
+        self.stats.entities = scene.len();
+        self.stats.mesh_uploads = 0;
         let keep: std::collections::BTreeSet<EntityId> = scene.meshes.iter().map(|m| m.entity).collect();
         self.meshes.retain(|e, _| keep.contains(e));
         for m in &scene.meshes {
@@ -553,16 +599,28 @@ impl Renderer {
         ranges
     }
 
+    /// Waits until the GPU has finished every submitted frame.
+    pub fn finish(&self) {
+        let _ = self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None });
+    }
+
     /// Renders `scene` from each eye (one: mono; two: side by side, `width` each) with an
-    /// optional HUD, and waits for the GPU. Read the pixels with [`Renderer::read`].
+    /// optional HUD and submits it without waiting (the GPU works while the caller prepares the
+    /// next frame; [`Renderer::finish`] waits). No read-back: see [`Renderer::render`].
     pub fn draw(&mut self, scene: &Scene, eyes: &[Eye], width: u32, height: u32, hud: Option<&str>) {
+        self.draw_inner(scene, eyes, width, height, hud, false);
+    }
+
+    fn draw_inner(&mut self, scene: &Scene, eyes: &[Eye], width: u32, height: u32, hud: Option<&str>, copy: bool) {
+        let started = std::time::Instant::now();
         let eyes = &eyes[..eyes.len().min(2)];
         let full_width = width * eyes.len() as u32;
         self.ensure_target(full_width, height);
         if let Some(text) = hud {
             self.set_hud(text, full_width, height);
         }
-        let ranges = self.prepare(scene);
+        let centre = eyes.iter().map(|e| e.position).sum::<glam::Vec3>() / eyes.len().max(1) as f32;
+        let ranges = self.prepare(scene, centre);
         for (i, eye) in eyes.iter().enumerate() {
             let u = CameraUniform {
                 view_proj: eye.view_projection().to_cols_array_2d(),
@@ -635,25 +693,30 @@ impl Renderer {
                 pass.draw(0..3, 0..1);
             }
         }
-        encoder.copy_texture_to_buffer(
-            wgpu::TexelCopyTextureInfo {
-                texture: &target.color,
-                mip_level: 0,
-                origin: wgpu::Origin3d::ZERO,
-                aspect: wgpu::TextureAspect::All,
-            },
-            wgpu::TexelCopyBufferInfo {
-                buffer: &target.readback,
-                layout: wgpu::TexelCopyBufferLayout {
-                    offset: 0,
-                    bytes_per_row: Some(target.padded_row),
-                    rows_per_image: Some(height),
+        if copy {
+            encoder.copy_texture_to_buffer(
+                wgpu::TexelCopyTextureInfo {
+                    texture: &target.color,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d::ZERO,
+                    aspect: wgpu::TextureAspect::All,
                 },
-            },
-            wgpu::Extent3d { width: full_width, height, depth_or_array_layers: 1 },
-        );
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &target.readback,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: 0,
+                        bytes_per_row: Some(target.padded_row),
+                        rows_per_image: Some(height),
+                    },
+                },
+                wgpu::Extent3d { width: full_width, height, depth_or_array_layers: 1 },
+            );
+        }
         self.queue.submit(Some(encoder.finish()));
-        let _ = self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None });
+        self.stats.cpu = started.elapsed();
+        if copy {
+            self.finish();
+        }
     }
 
     /// Reads the last frame's pixels.
@@ -690,7 +753,7 @@ impl Renderer {
         height: u32,
         hud: Option<&str>,
     ) -> Result<Image, RenderError> {
-        self.draw(scene, eyes, width, height, hud);
+        self.draw_inner(scene, eyes, width, height, hud, true);
         self.read()
     }
 }

@@ -1,0 +1,97 @@
+//! Frame time of the renderer for 1k, 10k and 100k instanced entities, mono and stereo
+//! (side by side, 1280×720 per eye): instance upload, draw, submit and GPU completion; no
+//! read-back. Prints the adapter so the figures can be attributed.
+//!
+//! `cargo bench -p theta-viewer --bench frame` (`THETA_BENCH_FRAMES`, default 30).
+
+use std::time::Instant;
+
+use glam::{Mat4, Quat, Vec3};
+use theta_viewer::scene::{DEFAULT_COLOR, Instance, Scene};
+use theta_viewer::{DEFAULT_IPD, Orbit, Renderer};
+
+const W: u32 = 1280;
+const H: u32 = 720;
+
+/// `n` objects on a square grid, spread over the five primitive shapes.
+fn scene(n: usize) -> Scene {
+    let side = (n as f64).sqrt().ceil() as usize;
+    let spacing = 1.5;
+    let mut s = Scene::default();
+    for i in 0..n {
+        let (x, z) = ((i % side) as f32, (i / side) as f32);
+        let offset = side as f32 * spacing / 2.0;
+        let model = Mat4::from_scale_rotation_translation(
+            Vec3::splat(0.8),
+            Quat::from_rotation_y(i as f32 * 0.37),
+            Vec3::new(x * spacing - offset, 0.5, z * spacing - offset),
+        );
+        let hue = (i % 7) as f32 / 7.0;
+        let color = [0.4 + 0.6 * hue, 0.8 - 0.5 * hue, DEFAULT_COLOR[2], 1.0];
+        let highlight = if i % 97 == 0 { [1.0, 0.5, 0.0, 1.0] } else { [0.0; 4] };
+        s.instances[i % 5].push(Instance { model: model.to_cols_array_2d(), color, highlight });
+    }
+    s
+}
+
+fn main() {
+    let frames: usize = std::env::var("THETA_BENCH_FRAMES").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let mut r = Renderer::headless().expect("a graphics adapter");
+    println!("adapter: {}", r.adapter_name());
+    let mut clock = 0usize;
+    println!(
+        "| entities | view | frame time, pipelined | fps | latency (one frame alone), mean | p90 | CPU part | instances uploaded per frame |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for n in [1_000usize, 10_000, 100_000] {
+        let mut s = scene(n);
+        let side = (n as f32).sqrt() * 1.5;
+        let head = Orbit { distance: side * 0.9, pitch: 0.6, ..Orbit::default() }.eye(W as f32 / H as f32);
+        for (label, eyes) in [("mono", vec![head]), ("stereo", head.stereo(DEFAULT_IPD).to_vec())] {
+            for _ in 0..3 {
+                r.draw(&s, &eyes, W, H, None);
+            }
+            let mut times = Vec::with_capacity(frames);
+            let (mut cpu, mut uploads) = (0.0, 0);
+            for _ in 0..frames {
+                clock += 1;
+                let f = clock;
+                // A live scene: 1 % of the objects move every frame.
+                for k in 0..n / 100 {
+                    let i = (k * 7_919 + f * 131) % n;
+                    let list = &mut s.instances[i % 5];
+                    let j = (i / 5).min(list.len() - 1);
+                    list[j].model[3][1] = 0.5 + 0.2 * ((f + k) as f32 * 0.3).sin();
+                }
+                let t = Instant::now();
+                r.draw(&s, &eyes, W, H, None);
+                r.finish();
+                times.push(t.elapsed().as_secs_f64() * 1e3);
+                cpu += r.stats.cpu.as_secs_f64() * 1e3;
+                uploads += r.stats.instance_uploads;
+            }
+            // Throughput: frames submitted back to back, the CPU preparing the next frame while
+            // the GPU draws the previous one (how a frame loop runs).
+            let t = Instant::now();
+            for _ in 0..frames {
+                clock += 1;
+                let i = clock % n;
+                let list = &mut s.instances[i % 5];
+                let j = (i / 5).min(list.len() - 1);
+                list[j].model[3][1] += 0.001;
+                r.draw(&s, &eyes, W, H, None);
+            }
+            r.finish();
+            let pipelined = t.elapsed().as_secs_f64() * 1e3 / frames as f64;
+            times.sort_by(|a, b| a.total_cmp(b));
+            let mean = times.iter().sum::<f64>() / times.len() as f64;
+            let p90 = times[(times.len() * 9 / 10).min(times.len() - 1)];
+            println!(
+                "| {n} | {label} | {pipelined:.2} ms | {:.0} | {mean:.2} ms | {p90:.2} ms | {:.2} ms | {} |",
+                1e3 / pipelined,
+                cpu / frames as f64,
+                uploads / frames
+            );
+        }
+    }
+}
