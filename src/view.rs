@@ -246,7 +246,9 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
                 crate::cli::read_key(a.key.as_deref().context("live viewing needs --key (a viewer's key file)")?)?;
             let fp = a.fingerprint.as_deref().context("live viewing needs --fingerprint (logged by theta serve)")?;
             let mut pin = [0u8; 32];
-            hex::decode_to_slice(fp, &mut pin).context("--fingerprint must be 64 hex digits")?;
+            // Accept the value as logged (quoted) and the colon-separated form.
+            let fp: String = fp.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+            hex::decode_to_slice(&fp, &mut pin).context("--fingerprint must be 64 hex digits (SHA-256)")?;
             let mut c = Client::connect(Options {
                 server: a.quic,
                 server_name: "localhost".into(),

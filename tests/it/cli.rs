@@ -169,3 +169,141 @@ fn serve_shuts_down_gracefully_on_sigterm_keeping_every_acknowledged_append() {
         store.entry(&session, seq).unwrap();
     }
 }
+
+/// Starts `theta serve` on loopback ports in `data`; returns the child, the gRPC address, the
+/// QUIC address and the certificate fingerprint from its start-up log line.
+fn serve(data: &std::path::Path) -> (std::process::Child, String, String, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_theta"))
+        .args(["serve", "--data", data.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0"])
+        .args(["--metrics-addr", "off", "--quic-addr", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let field = |line: &str, name: &str| -> Option<String> {
+        let v = line.split(&format!("{name}=")).nth(1)?.split_whitespace().next()?;
+        Some(v.trim_start_matches("Some(").trim_end_matches(')').to_string())
+    };
+    loop {
+        let line = lines.next().expect("server output").unwrap();
+        if line.contains("theta serving") {
+            let grpc = field(&line, "grpc").unwrap();
+            let quic = field(&line, "quic").unwrap();
+            let fp = field(&line, "quic_cert_sha256").unwrap();
+            std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+            return (child, grpc, quic, fp);
+        }
+    }
+}
+
+#[test]
+fn view_renders_a_session_live_and_from_history() {
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (child, grpc, quic, fp) = serve(&dir.path().join("data"));
+    let _child = Kill(child);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = theta_env(args, &grpc);
+        assert!(ok, "theta {args:?} failed:\n{out}\n{err}");
+        out
+    };
+    run(&["keygen", "--out", &path("owner.key")]);
+    run(&["keygen", "--out", &path("viewer.key")]);
+    let session = run(&["session", "create", "--key", &path("owner.key"), "--name", "view"]);
+    let session =
+        session.split_whitespace().find(|w| w.len() == 32 && w.chars().all(|c| c.is_ascii_hexdigit())).unwrap();
+    let viewer = run(&["pubkey", &path("viewer.key")]).trim().to_string();
+    for json in [
+        format!(r#"{{"kind":"GrantRole","key":"{viewer}","role":"viewer"}}"#),
+        r#"{"kind":"CreateEntity","entity":1,"shape":"cube","name":"box"}"#.to_string(),
+        r#"{"kind":"CreateEntity","entity":2,"shape":"sphere","name":"ball"}"#.to_string(),
+        r#"{"kind":"SetTransform","entity":2,"translation":[2,1,0]}"#.to_string(),
+    ] {
+        run(&["append", "--key", &path("owner.key"), "--session", session, "--json", &json]);
+    }
+    // From history: seq 2 on, one entry per frame, until the head (seq 5).
+    let out = run(&[
+        "view",
+        "--session",
+        session,
+        "--headless",
+        "--at",
+        "2",
+        "--frames",
+        "10",
+        "--out",
+        &path("hist"),
+        "--width",
+        "160",
+        "--height",
+        "90",
+    ]);
+    assert!(out.contains("reached the head at seq 5"), "{out}");
+    let frames = |d: &str| std::fs::read_dir(path(d)).unwrap().flatten().count();
+    assert_eq!(frames("hist"), 4, "seq 2, 3, 4, 5");
+    // Live over QUIC with the viewer's key, pinning the certificate.
+    let out = run(&[
+        "view",
+        "--session",
+        session,
+        "--headless",
+        "--key",
+        &path("viewer.key"),
+        "--quic",
+        &quic,
+        "--fingerprint",
+        &fp,
+        "--frames",
+        "3",
+        "--out",
+        &path("live"),
+        "--width",
+        "160",
+        "--height",
+        "90",
+    ]);
+    assert!(out.contains("connected as Viewer"), "{out}");
+    assert_eq!(frames("live"), 3);
+    // A key without a role is refused with the handshake's reason.
+    run(&["keygen", "--out", &path("stranger.key")]);
+    let (ok, _, err) = theta_env(
+        &[
+            "view",
+            "--session",
+            session,
+            "--headless",
+            "--key",
+            &path("stranger.key"),
+            "--quic",
+            &quic,
+            "--fingerprint",
+            &fp,
+            "--out",
+            &path("nope"),
+        ],
+        &grpc,
+    );
+    assert!(!ok && err.contains("no role"), "{err}");
+}
+
+/// Runs `theta` against the gRPC server at `grpc` (through `THETA_SERVER`).
+fn theta_env(args: &[&str], grpc: &str) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_theta"))
+        .args(args)
+        .env("THETA_SERVER", format!("http://{grpc}"))
+        .output()
+        .expect("run theta");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
