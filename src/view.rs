@@ -46,9 +46,9 @@ pub struct ViewArgs {
     /// Where headless frames go.
     #[arg(long, value_name = "DIR", default_value = "theta-frames")]
     pub out: PathBuf,
-    /// Frames to render.
-    #[arg(long, default_value_t = 30)]
-    pub frames: u32,
+    /// Frames to render (headless: default 30; window: until it is closed).
+    #[arg(long)]
+    pub frames: Option<u32>,
     /// Render both eyes side by side (the path a headset uses).
     #[arg(long)]
     pub stereo: bool,
@@ -207,13 +207,11 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
         #[cfg(not(feature = "vr-openxr"))]
         bail!("this theta was built without OpenXR: rebuild with `cargo build --release --features vr-openxr`");
     }
-    if !a.headless {
-        bail!(
-            "only the headless backend is available in this build: pass --headless (frames go to --out); \
-             for a headset build with `--features vr-openxr`"
-        );
-    }
     let session = SessionId::from_hex(&a.session).with_context(|| format!("session id {:?}", a.session))?;
+    if !a.headless {
+        return run_window(a, session);
+    }
+    let frames = a.frames.unwrap_or(30);
     std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
     let mut renderer = Renderer::headless()?;
     println!("adapter: {}", renderer.adapter_name());
@@ -232,7 +230,7 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
             let channel = a.server.connect().await?;
             let mut h = Historical::open(channel, session, at).await?;
             println!("opened session {session} at seq {} (head {})", h.mirror.seq(), h.head);
-            for i in 0..a.frames {
+            for i in 0..frames {
                 render(&h.mirror, i, None, &h.timeline())?;
                 if h.step(a.step).await? == 0 && a.step > 0 {
                     println!("reached the head at seq {}", h.mirror.seq());
@@ -242,31 +240,11 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
             anyhow::Ok(())
         })?,
         None => rt.block_on(async {
-            let key =
-                crate::cli::read_key(a.key.as_deref().context("live viewing needs --key (a viewer's key file)")?)?;
-            let fp = a.fingerprint.as_deref().context("live viewing needs --fingerprint (logged by theta serve)")?;
-            let mut pin = [0u8; 32];
-            // Accept the value as logged (quoted) and the colon-separated form.
-            let fp: String = fp.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-            hex::decode_to_slice(&fp, &mut pin).context("--fingerprint must be 64 hex digits (SHA-256)")?;
-            let mut c = Client::connect(Options {
-                server: a.quic,
-                server_name: "localhost".into(),
-                trust: Trust::Fingerprint(pin),
-                key,
-                session,
-                capabilities: Capabilities {
-                    compression: vec![ZSTD_STREAM.into(), ZSTD_DICT.into(), ZSTD.into()],
-                    interest_management: false,
-                    max_chunk_bytes: 0,
-                    datagrams: false,
-                },
-            })
-            .await?;
+            let mut c = connect_live(&a, session).await?;
             println!("connected as {:?}; following session {session} live", c.welcome().role);
             let mut i = 0;
             let mut next_frame = Instant::now();
-            while i < a.frames {
+            while i < frames {
                 match tokio::time::timeout(Duration::from_millis(33), c.next_event()).await {
                     Ok(Ok(Event::Resynced { reason })) => println!("resynced: {reason}"),
                     Ok(Ok(_)) | Err(_) => {}
@@ -283,8 +261,110 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
             anyhow::Ok(())
         })?,
     }
-    println!("wrote {} frames to {}", a.frames, a.out.display());
+    println!("wrote {frames} frames to {}", a.out.display());
     Ok(())
+}
+
+/// Connects to the live session as `--key`, pinning `--fingerprint`.
+async fn connect_live(a: &ViewArgs, session: SessionId) -> anyhow::Result<Client> {
+    let key = crate::cli::read_key(a.key.as_deref().context("live viewing needs --key (a viewer's key file)")?)?;
+    let fp = a.fingerprint.as_deref().context("live viewing needs --fingerprint (logged by theta serve)")?;
+    let mut pin = [0u8; 32];
+    // Accept the value as logged (quoted) and the colon-separated form.
+    let fp: String = fp.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    hex::decode_to_slice(&fp, &mut pin).context("--fingerprint must be 64 hex digits (SHA-256)")?;
+    Ok(Client::connect(Options {
+        server: a.quic,
+        server_name: "localhost".into(),
+        trust: Trust::Fingerprint(pin),
+        key,
+        session,
+        capabilities: Capabilities {
+            compression: vec![ZSTD_STREAM.into(), ZSTD_DICT.into(), ZSTD.into()],
+            interest_management: false,
+            max_chunk_bytes: 0,
+            datagrams: false,
+        },
+    })
+    .await?)
+}
+
+/// The window backend: the session side on a background thread, the window on this one.
+fn run_window(a: ViewArgs, session: SessionId) -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+    use theta_viewer::window::{self, Controls, Frame, WindowOptions};
+
+    let frame = Arc::new(Mutex::new(Frame::default()));
+    let controls = Arc::new(Mutex::new(Controls::default()));
+    let options = WindowOptions {
+        title: format!("theta · session {session}"),
+        width: a.width * if a.stereo { 2 } else { 1 },
+        height: a.height,
+        stereo: a.stereo,
+        frames: a.frames.map(u64::from),
+    };
+    let (f, c) = (frame.clone(), controls.clone());
+    let producer = std::thread::spawn(move || -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let quit = || c.lock().expect("controls").quit;
+        let publish = |m: &Projection, hud_text: String| {
+            *f.lock().expect("frame") = Frame { scene: extract(m), hud: hud_text };
+        };
+        rt.block_on(async {
+            match a.at {
+                Some(at) => {
+                    let mut h = Historical::open(a.server.connect().await?, session, at).await?;
+                    let mut last = Instant::now();
+                    while !quit() {
+                        let ctl = *c.lock().expect("controls");
+                        if ctl.steps != 0 {
+                            c.lock().expect("controls").steps = 0;
+                            if ctl.steps > 0 {
+                                h.step(ctl.steps as u64).await?;
+                            } else {
+                                let to = h.mirror.seq().saturating_sub(ctl.steps.unsigned_abs()).max(1);
+                                h.seek(to).await?;
+                            }
+                        } else if !ctl.paused {
+                            h.step(ctl.speed * a.step).await?;
+                        }
+                        let state = if ctl.paused { "paused" } else { "playing" };
+                        let extra =
+                            format!("{}\n{state} x{}  space: pause  arrows: step  +/-: speed", h.timeline(), ctl.speed);
+                        let ms = last.elapsed().as_secs_f64() * 1e3;
+                        last = Instant::now();
+                        publish(&h.mirror, hud(1e3 / ms.max(1e-3), ms, &h.mirror, None, &extra));
+                        tokio::time::sleep(Duration::from_millis(33)).await;
+                    }
+                }
+                None => {
+                    let mut client = connect_live(&a, session).await?;
+                    let mut next = Instant::now();
+                    let mut last = Instant::now();
+                    while !quit() {
+                        match tokio::time::timeout(Duration::from_millis(16), client.next_event()).await {
+                            Ok(Err(e)) => return Err(e.into()),
+                            Ok(Ok(_)) | Err(_) => {}
+                        }
+                        if Instant::now() >= next
+                            && let Some(m) = client.mirror()
+                        {
+                            next = Instant::now() + Duration::from_millis(16);
+                            let ms = last.elapsed().as_secs_f64() * 1e3;
+                            last = Instant::now();
+                            publish(m, hud(1e3 / ms.max(1e-3), ms, m, Some(&client.telemetry()), "live"));
+                        }
+                    }
+                }
+            }
+            anyhow::Ok(())
+        })
+    });
+    let shown = window::run(options, frame, controls.clone());
+    controls.lock().expect("controls").quit = true;
+    let produced = producer.join().map_err(|_| anyhow::anyhow!("the session thread panicked"))?;
+    shown?;
+    produced
 }
 
 /// Whether two images of the same scene match (historical vs live): at most 0.5 % of pixels

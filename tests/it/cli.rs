@@ -307,3 +307,97 @@ fn theta_env(args: &[&str], grpc: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// An X screenshot of display `display` (via `xwd`) as RGB rows: (width, height, pixels).
+fn screenshot(display: &str) -> Option<(usize, usize, Vec<[u8; 3]>)> {
+    let out = Command::new("xwd").args(["-root", "-silent", "-display", display]).output().ok()?;
+    let d = out.stdout;
+    if !out.status.success() || d.len() < 100 {
+        return None;
+    }
+    let field = |i: usize| u32::from_be_bytes(d[i * 4..i * 4 + 4].try_into().unwrap()) as usize;
+    let (header, width, height, byte_order, bpp, bpl, ncolors) =
+        (field(0), field(4), field(5), field(7), field(11), field(12), field(19));
+    assert_eq!(bpp, 32, "24-bit Xvfb screens store 32 bits per pixel");
+    let start = header + ncolors * 12;
+    let mut px = Vec::with_capacity(width * height);
+    for y in 0..height {
+        for x in 0..width {
+            let p: [u8; 4] = d[start + y * bpl + x * 4..][..4].try_into().unwrap();
+            let v = if byte_order == 0 { u32::from_le_bytes(p) } else { u32::from_be_bytes(p) };
+            px.push([(v >> 16) as u8, (v >> 8) as u8, v as u8]);
+        }
+    }
+    Some((width, height, px))
+}
+
+#[test]
+fn window_under_xvfb_shows_the_scene() {
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let display = format!(":{}", 60 + std::process::id() % 200);
+    let _xvfb = Kill(
+        Command::new("Xvfb")
+            .args([display.as_str(), "-screen", "0", "800x600x24", "-nolisten", "tcp"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("Xvfb (apt-get install xvfb; scripts/test installs it)"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (child, grpc, _, _) = serve(&dir.path().join("data"));
+    let _server = Kill(child);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = theta_env(args, &grpc);
+        assert!(ok, "theta {args:?} failed:\n{out}\n{err}");
+        out
+    };
+    run(&["keygen", "--out", &path("owner.key")]);
+    let session = run(&["session", "create", "--key", &path("owner.key"), "--name", "window"]);
+    let session =
+        session.split_whitespace().find(|w| w.len() == 32 && w.chars().all(|c| c.is_ascii_hexdigit())).unwrap();
+    // A big red cube in front of the default camera.
+    for json in [
+        r#"{"kind":"CreateEntity","entity":1,"shape":"cube","name":"red"}"#,
+        r#"{"kind":"SetTransform","entity":1,"translation":[0,1.5,0],"scale":[3,3,3]}"#,
+        r#"{"kind":"SetMaterial","entity":1,"base_color":[0.9,0.1,0.1,1]}"#,
+    ] {
+        run(&["append", "--key", &path("owner.key"), "--session", session, "--json", json]);
+    }
+    let _view = Kill(
+        Command::new(env!("CARGO_BIN_EXE_theta"))
+            .args(["view", "--session", session, "--at", "0", "--step", "0", "--frames", "2000"])
+            .args(["--width", "400", "--height", "300"])
+            .env("THETA_SERVER", format!("http://{grpc}"))
+            .env("DISPLAY", &display)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Screenshots of the X screen until the window shows the cube (or 60 s pass).
+    let started = std::time::Instant::now();
+    let mut best = 0;
+    while started.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let Some((w, _, px)) = screenshot(&display) else { continue };
+        // Red pixels inside the window's area (top-left 400×300 of the screen).
+        let red = (0..300)
+            .flat_map(|y| (0..400).map(move |x| (x, y)))
+            .filter(|(x, y)| {
+                let [r, g, b] = px[y * w + x];
+                r > 120 && g < 80 && b < 80
+            })
+            .count();
+        best = best.max(red);
+        if red > 2_000 {
+            return;
+        }
+    }
+    panic!("no window with the red cube appeared on {display} (most red pixels seen: {best})");
+}

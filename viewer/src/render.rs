@@ -240,6 +240,8 @@ pub struct Renderer {
     levels: Vec<u8>,
     meshes: BTreeMap<EntityId, CachedMesh>,
     target: Option<Target>,
+    window_depth: Option<(u32, u32, wgpu::TextureView)>,
+    format: wgpu::TextureFormat,
     hud: Option<(String, u32, u32, wgpu::BindGroup)>,
     /// What the last frame did.
     pub stats: FrameStats,
@@ -289,6 +291,14 @@ impl Renderer {
 
     /// A renderer on `adapter`.
     pub fn on_adapter(adapter: &wgpu::Adapter) -> Result<Renderer, RenderError> {
+        Renderer::on_adapter_with_format(adapter, COLOR_FORMAT)
+    }
+
+    /// A renderer on `adapter` drawing into `format` (a window surface's).
+    pub fn on_adapter_with_format(
+        adapter: &wgpu::Adapter,
+        format: wgpu::TextureFormat,
+    ) -> Result<Renderer, RenderError> {
         let limits = wgpu::Limits::downlevel_defaults().using_resolution(adapter.limits());
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("theta-viewer"),
@@ -296,11 +306,23 @@ impl Renderer {
             ..Default::default()
         }))
         .map_err(|e| RenderError::Device(e.to_string()))?;
-        Ok(Renderer::with_device(device, queue, adapter.get_info()))
+        Ok(Renderer::with_device_format(device, queue, adapter.get_info(), format))
     }
 
-    /// A renderer on an existing device (the OpenXR path passes the runtime's device).
+    /// A renderer on an existing device (the OpenXR path passes the runtime's device), drawing
+    /// into [`COLOR_FORMAT`] images.
     pub fn with_device(device: wgpu::Device, queue: wgpu::Queue, adapter: wgpu::AdapterInfo) -> Renderer {
+        Renderer::with_device_format(device, queue, adapter, COLOR_FORMAT)
+    }
+
+    /// A renderer on an existing device drawing into `format` (a window surface's format);
+    /// read-back ([`Renderer::render`]) needs an RGBA8 format.
+    pub fn with_device_format(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter: wgpu::AdapterInfo,
+        format: wgpu::TextureFormat,
+    ) -> Renderer {
         let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("theta scene"),
             source: wgpu::ShaderSource::Wgsl(SCENE_WGSL.into()),
@@ -399,11 +421,7 @@ impl Renderer {
                     module: &shader,
                     entry_point: Some(fs),
                     compilation_options: Default::default(),
-                    targets: &[Some(wgpu::ColorTargetState {
-                        format: COLOR_FORMAT,
-                        blend,
-                        write_mask: wgpu::ColorWrites::ALL,
-                    })],
+                    targets: &[Some(wgpu::ColorTargetState { format, blend, write_mask: wgpu::ColorWrites::ALL })],
                 }),
                 multiview_mask: None,
                 cache: None,
@@ -449,14 +467,49 @@ impl Renderer {
             levels: Vec::new(),
             meshes: BTreeMap::new(),
             target: None,
+            window_depth: None,
+            format,
             hud: None,
             stats: FrameStats::default(),
         }
     }
 
+    /// The device (a window creates its surface for it).
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue (a window presents its surface texture on it).
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
     /// The adapter's name and backend, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)`.
     pub fn adapter_name(&self) -> String {
         format!("{} ({:?})", self.adapter.name, self.adapter.backend)
+    }
+
+    fn ensure_depth(&mut self, width: u32, height: u32) {
+        if self.target.is_none() {
+            self.ensure_target(1, 1);
+        }
+        if self.window_depth.as_ref().is_some_and(|(w, h, _)| (*w, *h) == (width, height)) {
+            return;
+        }
+        let view = self
+            .device
+            .create_texture(&wgpu::TextureDescriptor {
+                label: Some("window depth"),
+                size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: DEPTH_FORMAT,
+                usage: wgpu::TextureUsages::RENDER_ATTACHMENT,
+                view_formats: &[],
+            })
+            .create_view(&Default::default());
+        self.window_depth = Some((width, height, view));
     }
 
     fn ensure_target(&mut self, width: u32, height: u32) {
@@ -470,7 +523,7 @@ impl Renderer {
             mip_level_count: 1,
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
-            format: COLOR_FORMAT,
+            format: self.format,
             usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
             view_formats: &[],
         });
@@ -611,11 +664,42 @@ impl Renderer {
         self.draw_inner(scene, eyes, width, height, hud, false);
     }
 
+    /// Like [`Renderer::draw`], into a caller's texture view (a window's surface texture) of
+    /// this renderer's format and `width × eyes` by `height` pixels.
+    pub fn draw_to(
+        &mut self,
+        view: &wgpu::TextureView,
+        scene: &Scene,
+        eyes: &[Eye],
+        width: u32,
+        height: u32,
+        hud: Option<&str>,
+    ) {
+        self.draw_frame(Some(view), scene, eyes, width, height, hud, false);
+    }
+
     fn draw_inner(&mut self, scene: &Scene, eyes: &[Eye], width: u32, height: u32, hud: Option<&str>, copy: bool) {
+        self.draw_frame(None, scene, eyes, width, height, hud, copy);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn draw_frame(
+        &mut self,
+        into: Option<&wgpu::TextureView>,
+        scene: &Scene,
+        eyes: &[Eye],
+        width: u32,
+        height: u32,
+        hud: Option<&str>,
+        copy: bool,
+    ) {
         let started = std::time::Instant::now();
         let eyes = &eyes[..eyes.len().min(2)];
         let full_width = width * eyes.len() as u32;
-        self.ensure_target(full_width, height);
+        match into {
+            Some(_) => self.ensure_depth(full_width, height),
+            None => self.ensure_target(full_width, height),
+        }
         if let Some(text) = hud {
             self.set_hud(text, full_width, height);
         }
@@ -630,7 +714,14 @@ impl Renderer {
             self.queue.write_buffer(&self.camera_buffer, i as u64 * CAMERA_SLOT, bytemuck::bytes_of(&u));
         }
         let target = self.target.as_ref().expect("target");
-        let view = target.color.create_view(&Default::default());
+        let view = match into {
+            Some(v) => v.clone(),
+            None => target.color.create_view(&Default::default()),
+        };
+        let depth = match into {
+            Some(_) => &self.window_depth.as_ref().expect("depth").2,
+            None => &target.depth,
+        };
         let mut encoder = self.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
@@ -645,7 +736,7 @@ impl Renderer {
                     },
                 })],
                 depth_stencil_attachment: Some(wgpu::RenderPassDepthStencilAttachment {
-                    view: &target.depth,
+                    view: depth,
                     depth_ops: Some(wgpu::Operations { load: wgpu::LoadOp::Clear(1.0), store: wgpu::StoreOp::Store }),
                     stencil_ops: None,
                 }),
@@ -693,7 +784,7 @@ impl Renderer {
                 pass.draw(0..3, 0..1);
             }
         }
-        if copy {
+        if copy && into.is_none() {
             encoder.copy_texture_to_buffer(
                 wgpu::TexelCopyTextureInfo {
                     texture: &target.color,
