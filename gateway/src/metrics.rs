@@ -27,6 +27,7 @@ pub struct Observability {
     methods: Mutex<BTreeMap<&'static str, MethodStats>>,
     subscribers_dropped: std::sync::atomic::AtomicU64,
     quic_connections: std::sync::atomic::AtomicU64,
+    protocol_violations: std::sync::atomic::AtomicU64,
     handshake_refusals: Mutex<BTreeMap<u32, u64>>,
     live: std::sync::OnceLock<std::sync::Arc<crate::live::LiveHub>>,
     connections: Mutex<BTreeMap<u64, std::sync::Arc<ConnectionStats>>>,
@@ -148,6 +149,12 @@ impl Observability {
     /// Counts a completed QUIC handshake.
     pub fn quic_connected(&self) {
         self.quic_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Counts a live connection closed after its handshake for bad framing or an unexpected
+    /// message (close code 7).
+    pub fn protocol_violation(&self) {
+        self.protocol_violations.fetch_add(1, Relaxed);
     }
 
     /// Counts a refused QUIC handshake by close code.
@@ -281,6 +288,12 @@ impl Observability {
             "quic_connections",
             "QUIC connections that completed the handshake.",
             self.quic_connections.load(relaxed),
+        );
+        counter(
+            &mut s,
+            "live_protocol_violations",
+            "Live connections closed after the handshake for bad framing or an unexpected message.",
+            self.protocol_violations.load(relaxed),
         );
         let _ = writeln!(s, "# HELP theta_quic_handshake_refusals_total Refused QUIC handshakes by close code.");
         let _ = writeln!(s, "# TYPE theta_quic_handshake_refusals_total counter");

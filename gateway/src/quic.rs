@@ -201,6 +201,7 @@ async fn connection(
             Err(e) => {
                 let reject = Reject::Unexpected("oversized or empty frame");
                 let _ = control_tx.write_all(&frame::encode(&reject.to_frame())).await;
+                obs.handshake_refused(7);
                 conn.close(7u32.into(), e.to_string().as_bytes());
                 return;
             }
@@ -306,7 +307,7 @@ async fn connection(
     // The control stream after the handshake: heartbeats (answered with an echo, or an echo of
     // ours giving the RTT) and interest updates.
     {
-        let (out_tx, conn, stats, hub) = (out_tx.clone(), conn.clone(), stats.clone(), hub.clone());
+        let (out_tx, conn, stats, hub, obs) = (out_tx.clone(), conn.clone(), stats.clone(), hub.clone(), obs.clone());
         let session = accepted.session;
         tasks.push(tokio::spawn(async move {
             let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
@@ -314,6 +315,7 @@ async fn connection(
             while let Ok(Some(chunk)) = control_rx.read_chunk(MAX_ENVELOPE_BYTES, true).await {
                 stats.bytes_in.fetch_add(chunk.bytes.len() as u64, Relaxed);
                 let Ok(frames) = decoder.push(&chunk.bytes) else {
+                    obs.protocol_violation();
                     conn.close(7u32.into(), b"bad frame on the control stream");
                     return;
                 };
@@ -334,6 +336,7 @@ async fn connection(
                             hub.set_interest(session, viewer_id.expect("viewer"), area);
                         }
                         _ => {
+                            obs.protocol_violation();
                             conn.close(7u32.into(), b"unexpected message on the control stream");
                             return;
                         }
@@ -345,6 +348,7 @@ async fn connection(
     // Commands arrive on unidirectional streams opened by the client.
     while let Ok(mut stream) = conn.accept_uni().await {
         let (store, out_tx, conn, stats) = (store.clone(), out_tx.clone(), conn.clone(), stats.clone());
+        let obs = obs.clone();
         let session = accepted.session;
         tasks.push(tokio::spawn(async move {
             let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
@@ -357,6 +361,7 @@ async fn connection(
                 let frames = match decoder.push(&chunk.bytes) {
                     Ok(f) => f,
                     Err(e) => {
+                        obs.protocol_violation();
                         conn.close(7u32.into(), e.to_string().as_bytes());
                         return;
                     }

@@ -803,12 +803,33 @@ async fn bad_handshakes_close_cleanly_with_a_code_and_a_counter() {
             other => panic!("{other:?}"),
         }
     }
+    // A header claiming 4 GiB: before the handshake, and on a command stream after it.
+    let (gconn, mut gctl) = connect(&ep, server.addr).await;
+    gctl.tx.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), gconn.closed()).await.expect("closed");
+    assert!(matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == 7u32.into()));
+    let (hconn, mut hctl) = connect(&ep, server.addr).await;
+    handshake(&mut hctl, &editor).await.unwrap();
+    let mut bad = hconn.open_uni().await.unwrap();
+    bad.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), hconn.closed()).await.expect("closed");
+    assert!(matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == 7u32.into()));
+    // The healthy editor still works.
+    cmds.write_all(&frame::encode(&sign(&editor, 90, 1, Name::id(), Command::Rename { name: "after".into() })))
+        .await
+        .unwrap();
+    // (Entity 1 does not exist in this session: a typed answer either way shows it is served.)
+    match Message::decode(&ectl.recv().await.unwrap()).unwrap() {
+        Message::CommandReceipt(_) | Message::Error(_) => {}
+        other => panic!("{other:?}"),
+    }
     let text = obs.render(&store);
-    for code in [1, 2, 3, 4, 7] {
+    for (code, n) in [(1, 1), (2, 1), (3, 1), (4, 1), (7, 2)] {
         assert!(
-            text.contains(&format!("theta_quic_handshake_refusals_total{{code=\"{code}\"}} 1")),
+            text.contains(&format!("theta_quic_handshake_refusals_total{{code=\"{code}\"}} {n}")),
             "counter for code {code}"
         );
     }
+    assert!(text.contains("theta_live_protocol_violations_total 1"), "protocol violation counted");
     server.shutdown().await;
 }
