@@ -19,6 +19,8 @@ const DEPTH_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Depth32Float;
 pub const LOD_DISTANCES: [f32; 2] = [30.0, 120.0];
 /// Levels of detail per primitive.
 const LODS: usize = 3;
+/// Vertices of the ground grid (20 × 20 tiles, two triangles each).
+const GRID_VERTICES: u32 = 20 * 20 * 6;
 /// Uniform slot size (dynamic offsets must be 256-aligned).
 const CAMERA_SLOT: u64 = 256;
 
@@ -101,9 +103,11 @@ impl Image {
     }
 }
 
+/// The shaders, with the camera source left open: one camera per draw (a viewport per eye) or,
+/// for multiview, both cameras indexed by the view being rendered.
 const SCENE_WGSL: &str = r#"
 struct Camera { view_proj: mat4x4<f32>, eye: vec4<f32>, light: vec4<f32> };
-@group(0) @binding(0) var<uniform> cam: Camera;
+/*CAMERA*/
 
 struct VIn {
   @location(0) pos: vec3<f32>, @location(1) normal: vec3<f32>,
@@ -113,13 +117,17 @@ struct VIn {
 struct VOut {
   @builtin(position) clip: vec4<f32>, @location(0) normal: vec3<f32>, @location(1) world: vec3<f32>,
   @location(2) color: vec4<f32>, @location(3) highlight: vec4<f32>,
+  @location(4) eye: vec3<f32>, @location(5) light: vec3<f32>,
 };
 
-@vertex fn vs(v: VIn) -> VOut {
+@vertex fn vs(v: VIn /*VIEW_ARG*/) -> VOut {
+  let cam = camera(/*VIEW*/);
   let model = mat4x4<f32>(v.m0, v.m1, v.m2, v.m3);
   let world = model * vec4<f32>(v.pos, 1.0);
   var o: VOut;
   o.clip = cam.view_proj * world;
+  o.eye = cam.eye.xyz;
+  o.light = cam.light.xyz;
   o.world = world.xyz;
   o.normal = (model * vec4<f32>(v.normal, 0.0)).xyz;
   o.color = v.color;
@@ -129,11 +137,11 @@ struct VOut {
 
 @fragment fn fs(i: VOut) -> @location(0) vec4<f32> {
   let n = normalize(i.normal);
-  let l = normalize(-cam.light.xyz);
+  let l = normalize(-i.light);
   let diffuse = max(dot(n, l), 0.0);
   var rgb = i.color.rgb * (0.28 + 0.72 * diffuse);
   if (i.highlight.a > 0.0) {
-    let v = normalize(cam.eye.xyz - i.world);
+    let v = normalize(i.eye - i.world);
     let rim = pow(1.0 - max(dot(n, v), 0.0), 2.0);
     rgb = mix(rgb, i.highlight.rgb, clamp(0.35 + rim, 0.0, 1.0));
   }
@@ -142,10 +150,14 @@ struct VOut {
 
 struct GOut { @builtin(position) clip: vec4<f32>, @location(0) xz: vec2<f32> };
 
-@vertex fn grid_vs(@builtin(vertex_index) idx: u32) -> GOut {
-  var corners = array<vec2<f32>, 6>(vec2(-1.0, -1.0), vec2(1.0, -1.0), vec2(1.0, 1.0),
-                                    vec2(-1.0, -1.0), vec2(1.0, 1.0), vec2(-1.0, 1.0));
-  let xz = corners[idx] * 100.0;
+@vertex fn grid_vs(@builtin(vertex_index) idx: u32 /*VIEW_ARG*/) -> GOut {
+  let cam = camera(/*VIEW*/);
+  // 20 × 20 tiles of 10 m (small triangles clip well at the near plane on every driver).
+  var corners = array<vec2<f32>, 6>(vec2(0.0, 0.0), vec2(1.0, 0.0), vec2(1.0, 1.0),
+                                    vec2(0.0, 0.0), vec2(1.0, 1.0), vec2(0.0, 1.0));
+  let tile = idx / 6u;
+  let origin = vec2<f32>(f32(tile % 20u), f32(tile / 20u)) * 10.0 - 100.0;
+  let xz = origin + corners[idx % 6u] * 10.0;
   var o: GOut;
   o.clip = cam.view_proj * vec4<f32>(xz.x, 0.0, xz.y, 1.0);
   o.xz = xz;
@@ -179,6 +191,20 @@ struct HOut { @builtin(position) clip: vec4<f32>, @location(0) uv: vec2<f32> };
 }
 "#;
 
+/// The shader source for one camera per draw, or for multiview.
+fn shader_source(multiview: bool) -> String {
+    let (camera, arg, view) = if multiview {
+        (
+            "@group(0) @binding(0) var<uniform> cams: array<Camera, 2>;\nfn camera(view: u32) -> Camera { return cams[view]; }",
+            ", @builtin(view_index) view_index: u32",
+            "view_index",
+        )
+    } else {
+        ("@group(0) @binding(0) var<uniform> cam: Camera;\nfn camera(view: u32) -> Camera { return cam; }", "", "0u")
+    };
+    SCENE_WGSL.replace("/*CAMERA*/", camera).replace("/*VIEW_ARG*/", arg).replace("/*VIEW*/", view)
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct CameraUniform {
@@ -191,6 +217,14 @@ struct Mesh {
     vertices: wgpu::Buffer,
     indices: wgpu::Buffer,
     count: u32,
+}
+
+/// Pipelines and cameras of the multiview path.
+struct Multiview {
+    scene: wgpu::RenderPipeline,
+    grid: wgpu::RenderPipeline,
+    cameras: wgpu::Buffer,
+    group: wgpu::BindGroup,
 }
 
 struct CachedMesh {
@@ -242,6 +276,7 @@ pub struct Renderer {
     target: Option<Target>,
     window_depth: Option<(u32, u32, wgpu::TextureView)>,
     format: wgpu::TextureFormat,
+    multiview: Option<Multiview>,
     hud: Option<(String, u32, u32, wgpu::BindGroup)>,
     /// What the last frame did.
     pub stats: FrameStats,
@@ -302,7 +337,12 @@ impl Renderer {
         let limits = wgpu::Limits::downlevel_defaults().using_resolution(adapter.limits());
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("theta-viewer"),
-            required_limits: wgpu::Limits { max_buffer_size: adapter.limits().max_buffer_size, ..limits },
+            required_features: adapter.features() & wgpu::Features::MULTIVIEW,
+            required_limits: wgpu::Limits {
+                max_buffer_size: adapter.limits().max_buffer_size,
+                max_multiview_view_count: adapter.limits().max_multiview_view_count,
+                ..limits
+            },
             ..Default::default()
         }))
         .map_err(|e| RenderError::Device(e.to_string()))?;
@@ -325,7 +365,7 @@ impl Renderer {
     ) -> Renderer {
         let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("theta scene"),
-            source: wgpu::ShaderSource::Wgsl(SCENE_WGSL.into()),
+            source: wgpu::ShaderSource::Wgsl(shader_source(false).into()),
         });
         let camera_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("camera"),
@@ -397,19 +437,21 @@ impl Renderer {
                 bias: Default::default(),
             })
         };
-        let pipeline = |label: &str,
-                        layout: &wgpu::PipelineLayout,
-                        vs: &str,
-                        fs: &str,
-                        buffers: &[Option<wgpu::VertexBufferLayout<'_>>],
-                        depth_stencil: Option<wgpu::DepthStencilState>,
-                        blend: Option<wgpu::BlendState>,
-                        cull: Option<wgpu::Face>| {
+        let pipeline_in = |module: &wgpu::ShaderModule,
+                           views: Option<std::num::NonZeroU32>,
+                           label: &str,
+                           layout: &wgpu::PipelineLayout,
+                           vs: &str,
+                           fs: &str,
+                           buffers: &[Option<wgpu::VertexBufferLayout<'_>>],
+                           depth_stencil: Option<wgpu::DepthStencilState>,
+                           blend: Option<wgpu::BlendState>,
+                           cull: Option<wgpu::Face>| {
             device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
                 label: Some(label),
                 layout: Some(layout),
                 vertex: wgpu::VertexState {
-                    module: &shader,
+                    module,
                     entry_point: Some(vs),
                     compilation_options: Default::default(),
                     buffers,
@@ -418,15 +460,92 @@ impl Renderer {
                 depth_stencil,
                 multisample: Default::default(),
                 fragment: Some(wgpu::FragmentState {
-                    module: &shader,
+                    module,
                     entry_point: Some(fs),
                     compilation_options: Default::default(),
                     targets: &[Some(wgpu::ColorTargetState { format, blend, write_mask: wgpu::ColorWrites::ALL })],
                 }),
-                multiview_mask: None,
+                multiview_mask: views,
                 cache: None,
             })
         };
+        let pipeline = |label: &str,
+                        layout: &wgpu::PipelineLayout,
+                        vs: &str,
+                        fs: &str,
+                        buffers: &[Option<wgpu::VertexBufferLayout<'_>>],
+                        depth_stencil: Option<wgpu::DepthStencilState>,
+                        blend: Option<wgpu::BlendState>,
+                        cull: Option<wgpu::Face>| {
+            pipeline_in(&shader, None, label, layout, vs, fs, buffers, depth_stencil, blend, cull)
+        };
+        // Multiview (both eyes in one draw, into a two-layer texture) where the device has it.
+        let multiview = (device.features().contains(wgpu::Features::MULTIVIEW)
+            && device.limits().max_multiview_view_count >= 2)
+            .then(|| {
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("theta scene multiview"),
+                    source: wgpu::ShaderSource::Wgsl(shader_source(true).into()),
+                });
+                let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some("cameras"),
+                    entries: &[wgpu::BindGroupLayoutEntry {
+                        binding: 0,
+                        visibility: wgpu::ShaderStages::VERTEX,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    }],
+                });
+                let cameras = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("multiview cameras"),
+                    size: 2 * std::mem::size_of::<CameraUniform>() as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("multiview cameras"),
+                    layout: &layout,
+                    entries: &[wgpu::BindGroupEntry { binding: 0, resource: cameras.as_entire_binding() }],
+                });
+                let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: None,
+                    bind_group_layouts: &[Some(&layout)],
+                    immediate_size: 0,
+                });
+                let views = std::num::NonZeroU32::new(0b11);
+                Multiview {
+                    scene: pipeline_in(
+                        &module,
+                        views,
+                        "scene mv",
+                        &pl,
+                        "vs",
+                        "fs",
+                        &vertex_layouts(),
+                        depth(true),
+                        None,
+                        Some(wgpu::Face::Back),
+                    ),
+                    grid: pipeline_in(
+                        &module,
+                        views,
+                        "grid mv",
+                        &pl,
+                        "grid_vs",
+                        "grid_fs",
+                        &[],
+                        depth(true),
+                        None,
+                        None,
+                    ),
+                    cameras,
+                    group,
+                }
+            });
         let scene_pipeline =
             pipeline("scene", &scene_layout, "vs", "fs", &vertex_layouts(), depth(true), None, Some(wgpu::Face::Back));
         let grid_pipeline = pipeline("grid", &scene_layout, "grid_vs", "grid_fs", &[], depth(true), None, None);
@@ -469,6 +588,7 @@ impl Renderer {
             target: None,
             window_depth: None,
             format,
+            multiview,
             hud: None,
             stats: FrameStats::default(),
         }
@@ -775,7 +895,7 @@ impl Renderer {
                     pass.draw_indexed(0..cached.count, 0, 0..1);
                 }
                 pass.set_pipeline(&self.grid_pipeline);
-                pass.draw(0..6, 0..1);
+                pass.draw(0..GRID_VERTICES, 0..1);
             }
             if let (Some(_), Some((_, _, _, group))) = (hud, &self.hud) {
                 pass.set_viewport(0.0, 0.0, full_width as f32, height as f32, 0.0, 1.0);
@@ -808,6 +928,158 @@ impl Renderer {
         if copy {
             self.finish();
         }
+    }
+
+    /// Whether the device renders both eyes in one multiview pass.
+    pub fn has_multiview(&self) -> bool {
+        self.multiview.is_some()
+    }
+
+    /// Renders both eyes with one draw per batch into a two-layer texture (multiview) and reads
+    /// them back side by side, like [`Renderer::render`] with two eyes. `None` without multiview.
+    pub fn render_multiview(
+        &mut self,
+        scene: &Scene,
+        eyes: [Eye; 2],
+        width: u32,
+        height: u32,
+    ) -> Option<Result<Image, RenderError>> {
+        self.multiview.as_ref()?;
+        let centre = (eyes[0].position + eyes[1].position) / 2.0;
+        let ranges = self.prepare(scene, centre);
+        let mv = self.multiview.as_ref().expect("multiview");
+        let cams: Vec<CameraUniform> = eyes
+            .iter()
+            .map(|eye| CameraUniform {
+                view_proj: eye.view_projection().to_cols_array_2d(),
+                eye: eye.position.extend(1.0).to_array(),
+                light: [-0.4, -1.0, -0.3, 0.0],
+            })
+            .collect();
+        self.queue.write_buffer(&mv.cameras, 0, bytemuck::cast_slice(&cams));
+        let size = wgpu::Extent3d { width, height, depth_or_array_layers: 2 };
+        let layered = |format, usage| {
+            self.device.create_texture(&wgpu::TextureDescriptor {
+                label: Some("multiview"),
+                size,
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format,
+                usage,
+                view_formats: &[],
+            })
+        };
+        let color = layered(self.format, wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC);
+        let depth = layered(DEPTH_FORMAT, wgpu::TextureUsages::RENDER_ATTACHMENT);
+        let array = wgpu::TextureViewDescriptor {
+            dimension: Some(wgpu::TextureViewDimension::D2Array),
+            array_layer_count: Some(2),
+            ..Default::default()
+        };
+        let (color_view, depth_view) = (color.create_view(&array), depth.create_view(&array));
+        let padded_row = (width * 4).div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
+        let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("multiview readback"),
+            size: padded_row as u64 * height as u64 * 2,
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+                label: Some("multiview frame"),
+                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                    view: &color_view,
+                    depth_slice: None,
+                    resolve_target: None,
+                    ops: wgpu::Operations {
+                        load: wgpu::LoadOp::Clear(wgpu::Color { r: 0.05, g: 0.06, b: 0.08, a: 1.0 }),
+                        store: wgpu::StoreOp::Store,
+                    },
+                })],
+                depth_stencil_attachment: Some(wgpu::RenderPassDepthStencilAttachment {
+                    view: &depth_view,
+                    depth_ops: Some(wgpu::Operations { load: wgpu::LoadOp::Clear(1.0), store: wgpu::StoreOp::Store }),
+                    stencil_ops: None,
+                }),
+                timestamp_writes: None,
+                occlusion_query_set: None,
+                multiview_mask: std::num::NonZeroU32::new(0b11),
+            });
+            pass.set_bind_group(0, &mv.group, &[]);
+            pass.set_pipeline(&mv.grid);
+            pass.draw(0..GRID_VERTICES, 0..1);
+            pass.set_pipeline(&mv.scene);
+            pass.set_vertex_buffer(1, self.instances.as_ref().expect("instances").0.slice(..));
+            for (mesh, start, count) in &ranges {
+                if *count == 0 {
+                    continue;
+                }
+                let m = &self.primitives[*mesh];
+                pass.set_vertex_buffer(0, m.vertices.slice(..));
+                pass.set_index_buffer(m.indices.slice(..), wgpu::IndexFormat::Uint32);
+                pass.draw_indexed(0..m.count, 0, *start..*start + *count);
+            }
+            let mut instance_buffers = Vec::new();
+            for m in &scene.meshes {
+                let cached = &self.meshes[&m.entity].mesh;
+                if cached.count == 0 {
+                    continue;
+                }
+                instance_buffers.push(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: None,
+                    contents: bytemuck::bytes_of(&m.instance),
+                    usage: wgpu::BufferUsages::VERTEX,
+                }));
+                pass.set_vertex_buffer(0, cached.vertices.slice(..));
+                pass.set_vertex_buffer(1, instance_buffers.last().expect("pushed").slice(..));
+                pass.set_index_buffer(cached.indices.slice(..), wgpu::IndexFormat::Uint32);
+                pass.draw_indexed(0..cached.count, 0, 0..1);
+            }
+        }
+        for layer in 0..2u32 {
+            encoder.copy_texture_to_buffer(
+                wgpu::TexelCopyTextureInfo {
+                    texture: &color,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d { x: 0, y: 0, z: layer },
+                    aspect: wgpu::TextureAspect::All,
+                },
+                wgpu::TexelCopyBufferInfo {
+                    buffer: &readback,
+                    layout: wgpu::TexelCopyBufferLayout {
+                        offset: padded_row as u64 * height as u64 * layer as u64,
+                        bytes_per_row: Some(padded_row),
+                        rows_per_image: Some(height),
+                    },
+                },
+                wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+            );
+        }
+        self.queue.submit(Some(encoder.finish()));
+        let slice = readback.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.finish();
+        let read = || -> Result<Image, RenderError> {
+            rx.recv()
+                .map_err(|e| RenderError::Readback(e.to_string()))?
+                .map_err(|e| RenderError::Readback(e.to_string()))?;
+            let data = slice.get_mapped_range().map_err(|e| RenderError::Readback(e.to_string()))?;
+            let row = width as usize * 4;
+            let mut rgba = Vec::with_capacity(row * 2 * height as usize);
+            for y in 0..height as usize {
+                for layer in 0..2 {
+                    let start = (layer * height as usize + y) * padded_row as usize;
+                    rgba.extend_from_slice(&data[start..start + row]);
+                }
+            }
+            Ok(Image { width: width * 2, height, rgba })
+        };
+        Some(read())
     }
 
     /// Reads the last frame's pixels.

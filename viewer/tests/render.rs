@@ -176,6 +176,14 @@ fn stereo_eyes_differ_by_the_eye_offset() {
     let swapped = r.render(&scene, &[right, left], W, H, None).unwrap();
     assert!(swapped.diff_fraction(&pair, 24) > 0.01);
     golden("stereo", &pair);
+    // Multiview (both eyes in one draw into a two-layer texture) agrees with side by side.
+    assert!(r.has_multiview(), "{} lacks multiview (lavapipe has it)", r.adapter_name());
+    let mv = r.render_multiview(&scene, [left, right], W, H).expect("multiview").unwrap();
+    let d = mv.diff_fraction(&pair, 8);
+    if d >= 0.005 {
+        mv.save_png(&std::env::temp_dir().join("theta-multiview.png")).unwrap();
+    }
+    assert!(d < 0.005, "multiview and side by side differ in {:.3}% of pixels", d * 100.0);
     // Zero IPD and symmetric fields of view: both eyes see the same image.
     let same = Eye { fov: Fov::symmetric(0.9, W as f32 / H as f32), ..head };
     let mono_pair = r.render(&scene, &[same, same], W, H, None).unwrap();
