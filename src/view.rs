@@ -242,6 +242,7 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
         None => rt.block_on(async {
             let mut c = connect_live(&a, session).await?;
             println!("connected as {:?}; following session {session} live", c.welcome().role);
+            let mut counters = ServerCounters::connect(&a.server).await;
             let mut i = 0;
             let mut next_frame = Instant::now();
             while i < frames {
@@ -250,10 +251,11 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
                     Ok(Ok(_)) | Err(_) => {}
                     Ok(Err(e)) => return Err(e.into()),
                 }
+                let line = counters.line().await.to_string();
                 if Instant::now() >= next_frame
                     && let Some(m) = c.mirror()
                 {
-                    render(m, i, Some(&c.telemetry()), "")?;
+                    render(m, i, Some(&c.telemetry()), &line)?;
                     i += 1;
                     next_frame = Instant::now() + Duration::from_millis(33);
                 }
@@ -263,6 +265,51 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
     }
     println!("wrote {frames} frames to {}", a.out.display());
     Ok(())
+}
+
+/// The server's append rate, conflicts and rejections for the HUD, polled over gRPC (`Stats`)
+/// about once a second; silent when the gRPC endpoint cannot be reached.
+struct ServerCounters {
+    client: Option<theta_proto::v1::admin_service_client::AdminServiceClient<Channel>>,
+    last: Option<(Instant, u64)>,
+    next: Instant,
+    line: String,
+}
+
+impl ServerCounters {
+    async fn connect(server: &crate::client::Server) -> ServerCounters {
+        let client = tokio::time::timeout(Duration::from_millis(500), server.connect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(theta_proto::v1::admin_service_client::AdminServiceClient::new);
+        ServerCounters { client, last: None, next: Instant::now(), line: String::new() }
+    }
+
+    /// The HUD line, refreshed when due.
+    async fn line(&mut self) -> &str {
+        if Instant::now() < self.next {
+            return &self.line;
+        }
+        self.next = Instant::now() + Duration::from_secs(1);
+        let Some(c) = self.client.as_mut() else { return &self.line };
+        let reply = tokio::time::timeout(Duration::from_millis(300), c.stats(pb::StatsRequest {})).await;
+        let Ok(Ok(reply)) = reply else {
+            self.client = None;
+            return &self.line;
+        };
+        let counters = reply.into_inner().counters;
+        let get = |name: &str| counters.iter().find(|c| c.name == name).map_or(0, |c| c.value);
+        let appends = get("appends_accepted");
+        let rejections: u64 = theta_store::RejectionCode::ALL.iter().map(|c| get(c.counter())).sum();
+        let rate = match self.last {
+            Some((at, n)) => appends.saturating_sub(n) as f64 / at.elapsed().as_secs_f64().max(1e-3),
+            None => 0.0,
+        };
+        self.last = Some((Instant::now(), appends));
+        self.line = format!("appends {rate:.0}/s  conflicts {}  rejections {rejections}", get("conflicts"));
+        &self.line
+    }
 }
 
 /// Connects to the live session as `--key`, pinning `--fingerprint`.
@@ -339,6 +386,7 @@ fn run_window(a: ViewArgs, session: SessionId) -> anyhow::Result<()> {
                 }
                 None => {
                     let mut client = connect_live(&a, session).await?;
+                    let mut counters = ServerCounters::connect(&a.server).await;
                     let mut next = Instant::now();
                     let mut last = Instant::now();
                     while !quit() {
@@ -346,13 +394,14 @@ fn run_window(a: ViewArgs, session: SessionId) -> anyhow::Result<()> {
                             Ok(Err(e)) => return Err(e.into()),
                             Ok(Ok(_)) | Err(_) => {}
                         }
+                        let line = counters.line().await.to_string();
                         if Instant::now() >= next
                             && let Some(m) = client.mirror()
                         {
                             next = Instant::now() + Duration::from_millis(16);
                             let ms = last.elapsed().as_secs_f64() * 1e3;
                             last = Instant::now();
-                            publish(m, hud(1e3 / ms.max(1e-3), ms, m, Some(&client.telemetry()), "live"));
+                            publish(m, hud(1e3 / ms.max(1e-3), ms, m, Some(&client.telemetry()), &line));
                         }
                     }
                 }

@@ -272,6 +272,8 @@ fn view_renders_a_session_live_and_from_history() {
     ]);
     assert!(out.contains("connected as Viewer"), "{out}");
     assert_eq!(frames("live"), 3);
+    let img = theta_viewer::Image::load_png(&dir.path().join("live/frame-00002.png")).unwrap();
+    assert_eq!((img.width, img.height), (160, 90));
     // A key without a role is refused with the handshake's reason.
     run(&["keygen", "--out", &path("stranger.key")]);
     let (ok, _, err) = theta_env(
