@@ -1,14 +1,17 @@
-//! The gateway: where the store and the projector meet, and (in later issues) the service
-//! that exposes them over gRPC, QUIC and WebRTC.
+//! The gateway: where the store and the projector meet, and the service that exposes them
+//! over gRPC, QUIC and WebRTC.
 //!
 //! - [`server`]: `theta serve`: the gRPC services (append, replay, audit, admin; health and
 //!   reflection), the Prometheus endpoint, periodic checkpoints, graceful shutdown;
 //! - [`grpc`]: the `theta.v1` services over a store; [`status`]: errors to status codes;
-//! - [`history`]: a session's projection at any seq from the nearest checkpoint plus a replay.
+//! - [`history`]: a session's projection at any seq from the nearest checkpoint plus a replay;
+//! - [`quic`]: the QUIC endpoint; [`link`]: one live connection whatever the transport;
+//!   [`live`]: live projections and fan-out to viewers.
 
 mod convert;
 pub mod grpc;
 pub mod history;
+pub mod link;
 pub mod live;
 pub mod metrics;
 pub mod quic;

@@ -27,6 +27,7 @@ pub struct Observability {
     methods: Mutex<BTreeMap<&'static str, MethodStats>>,
     subscribers_dropped: std::sync::atomic::AtomicU64,
     quic_connections: std::sync::atomic::AtomicU64,
+    webrtc_connections: std::sync::atomic::AtomicU64,
     protocol_violations: std::sync::atomic::AtomicU64,
     handshake_refusals: Mutex<BTreeMap<u32, u64>>,
     live: std::sync::OnceLock<std::sync::Arc<crate::live::LiveHub>>,
@@ -42,8 +43,8 @@ pub struct ConnectionStats {
     pub id: u64,
     /// `quic` or `webrtc`.
     pub transport: &'static str,
-    /// The client's role, lower case.
-    pub role: String,
+    /// The client's role, lower case (set once the handshake is done).
+    pub role: std::sync::OnceLock<String>,
     /// Bytes received from the client (frames, including headers).
     pub bytes_in: AtomicU64,
     /// Bytes sent to the client.
@@ -146,11 +147,6 @@ impl Observability {
         CallTimer { obs: self, method, started: Instant::now() }
     }
 
-    /// Counts a completed QUIC handshake.
-    pub fn quic_connected(&self) {
-        self.quic_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
     /// Counts a live connection closed after its handshake for bad framing or an unexpected
     /// message (close code 7).
     pub fn protocol_violation(&self) {
@@ -162,21 +158,25 @@ impl Observability {
         *self.handshake_refusals.lock().expect("metrics lock").entry(code).or_default() += 1;
     }
 
-    /// Registers a live connection; it leaves `/metrics` when the guard drops.
-    pub fn register_connection(
-        self: &std::sync::Arc<Self>,
-        transport: &'static str,
-        role: theta_schemas::Role,
-    ) -> ConnectionGuard {
+    /// Counters for a new live connection (not yet listed in `/metrics`: see
+    /// [`Observability::register`]).
+    pub fn new_connection(&self, transport: &'static str) -> std::sync::Arc<ConnectionStats> {
         let id = self.next_connection.fetch_add(1, Relaxed) + 1;
-        let stats = std::sync::Arc::new(ConnectionStats {
-            id,
-            transport,
-            role: format!("{role:?}").to_lowercase(),
-            ..ConnectionStats::default()
-        });
-        self.connections.lock().expect("metrics lock").insert(id, stats.clone());
+        std::sync::Arc::new(ConnectionStats { id, transport, ..ConnectionStats::default() })
+    }
+
+    /// Lists a connection in `/metrics` until the guard drops.
+    pub fn register(self: &std::sync::Arc<Self>, stats: std::sync::Arc<ConnectionStats>) -> ConnectionGuard {
+        self.connections.lock().expect("metrics lock").insert(stats.id, stats.clone());
         ConnectionGuard { obs: self.clone(), stats }
+    }
+
+    /// Counts a completed live handshake on `transport`.
+    pub fn live_connected(&self, transport: &str) {
+        match transport {
+            "quic" => self.quic_connections.fetch_add(1, Relaxed),
+            _ => self.webrtc_connections.fetch_add(1, Relaxed),
+        };
     }
 
     /// Attaches the live fan-out, whose counters are then exported.
@@ -291,6 +291,12 @@ impl Observability {
         );
         counter(
             &mut s,
+            "webrtc_connections",
+            "WebRTC connections that completed the handshake.",
+            self.webrtc_connections.load(relaxed),
+        );
+        counter(
+            &mut s,
             "live_protocol_violations",
             "Live connections closed after the handshake for bad framing or an unexpected message.",
             self.protocol_violations.load(relaxed),
@@ -375,7 +381,7 @@ impl Observability {
                     "{name}{{connection=\"{}\",transport=\"{}\",role=\"{}\"}} {}",
                     c.id,
                     c.transport,
-                    c.role,
+                    c.role.get().map_or("", String::as_str),
                     f(c)
                 );
             }

@@ -9,22 +9,19 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use theta_client::frame::{self, Decoder};
-use theta_client::handshake::{Reject, ServerHandshake, ServerStep};
-use theta_schemas::wire::{Capabilities, CommandReceipt, Heartbeat, WireError};
+use theta_schemas::wire::{Capabilities, CommandReceipt, WireError};
 use theta_schemas::{Envelope, MAX_ENVELOPE_BYTES, Message};
-use theta_store::{AppendError, ReadError, Store};
+use theta_store::{AppendError, Store};
 use tokio::sync::mpsc;
 
-use crate::live::{Subscription, ViewerOptions};
 use std::sync::atomic::Ordering::Relaxed;
-use theta_client::compress::{self, Encoding};
-use theta_projector::interest::Area;
+use theta_client::compress;
 use theta_schemas::SessionId;
 
 /// The ALPN protocol id.
@@ -107,10 +104,6 @@ impl QuicServer {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Starts the QUIC endpoint on `addr` with `identity`.
 pub fn serve_quic(
     store: Arc<Store>,
@@ -170,7 +163,51 @@ pub fn server_capabilities() -> Capabilities {
     }
 }
 
-/// One connection: handshake, then commands.
+/// Reads framed payloads from a QUIC receive stream into `tx`, counting bytes; a framing error
+/// is passed on and ends the stream.
+async fn read_frames(
+    mut stream: quinn::RecvStream,
+    tx: mpsc::Sender<Result<Vec<u8>, theta_client::frame::FrameError>>,
+    stats: Arc<crate::metrics::ConnectionStats>,
+) {
+    let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
+    while let Ok(Some(chunk)) = stream.read_chunk(MAX_ENVELOPE_BYTES, true).await {
+        stats.bytes_in.fetch_add(chunk.bytes.len() as u64, Relaxed);
+        match decoder.push(&chunk.bytes) {
+            Ok(frames) => {
+                for f in frames {
+                    if tx.send(Ok(f)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Writes each payload framed on a QUIC send stream, counting bytes.
+async fn write_frames(
+    mut stream: quinn::SendStream,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    stats: Arc<crate::metrics::ConnectionStats>,
+) {
+    while let Some(payload) = rx.recv().await {
+        let bytes = frame::encode(&payload);
+        if stream.write_all(&bytes).await.is_err() {
+            return;
+        }
+        stats.bytes_out.fetch_add(bytes.len() as u64, Relaxed);
+    }
+    let _ = stream.finish();
+}
+
+/// One QUIC connection: the control stream (first bidirectional), command streams (client
+/// unidirectional), the replication stream (server unidirectional, opened on first use),
+/// adapted to a [`crate::link::Link`] and driven by [`crate::link::drive`].
 async fn connection(
     store: Arc<Store>,
     hub: Arc<crate::live::LiveHub>,
@@ -178,213 +215,56 @@ async fn connection(
     conn: quinn::Connection,
     timeout_ms: u64,
 ) {
-    let Ok((mut control_tx, mut control_rx)) = conn.accept_bi().await else { return };
-    let mut hs = ServerHandshake::new(server_capabilities(), rand::random(), now_ms(), timeout_ms);
-    let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    let mut hello_bytes = 0u64;
-    let accepted = loop {
-        let chunk = match tokio::time::timeout_at(deadline, control_rx.read_chunk(MAX_ENVELOPE_BYTES, true)).await {
-            Err(_) => {
-                if let Some(ServerStep::Close { error, .. }) = hs.poll_timeout(now_ms() + timeout_ms + 1) {
-                    let _ = control_tx.write_all(&frame::encode(&error)).await;
-                }
-                conn.close(6u32.into(), b"handshake timeout");
-                return;
-            }
-            Ok(Ok(Some(c))) => c,
-            Ok(_) => return,
-        };
-        hello_bytes += chunk.bytes.len() as u64;
-        let frames = match decoder.push(&chunk.bytes) {
-            Ok(f) => f,
-            Err(e) => {
-                let reject = Reject::Unexpected("oversized or empty frame");
-                let _ = control_tx.write_all(&frame::encode(&reject.to_frame())).await;
-                obs.handshake_refused(7);
-                conn.close(7u32.into(), e.to_string().as_bytes());
-                return;
-            }
-        };
-        let mut done = None;
-        for f in frames {
-            let step =
-                hs.on_message(&f, now_ms(), |session, key| match (store.role(session, key), store.head(session)) {
-                    (Ok((role, _)), Ok(head)) => Ok((role, head.seq, head.clock)),
-                    (Err(ReadError::UnknownSession { .. }), _) | (_, Err(_)) | (Err(_), _) => {
-                        Err(Reject::UnknownSession(*session))
-                    }
-                });
-            match step {
-                ServerStep::Send(bytes) => {
-                    if control_tx.write_all(&frame::encode(&bytes)).await.is_err() {
-                        return;
-                    }
-                }
-                ServerStep::Done { welcome, accepted } => {
-                    if control_tx.write_all(&frame::encode(&welcome)).await.is_err() {
-                        return;
-                    }
-                    obs.quic_connected();
-                    done = Some(accepted);
-                    break;
-                }
-                ServerStep::Close { error, reject } => {
-                    obs.handshake_refused(reject.code() as u32);
-                    let _ = control_tx.write_all(&frame::encode(&error)).await;
-                    let _ = control_tx.finish();
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    conn.close((reject.code() as u32).into(), reject.to_string().as_bytes());
-                    return;
-                }
-            }
-        }
-        if let Some(a) = done {
-            break a;
-        }
-    };
-    let guard = obs.register_connection("quic", accepted.role);
-    let stats = guard.stats.clone();
-    stats.bytes_in.fetch_add(hello_bytes, Relaxed);
-    // One writer owns the control stream; receipts, errors, heartbeats and stats queue to it.
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1_024);
-    let writer = {
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            while let Some(payload) = out_rx.recv().await {
-                let bytes = frame::encode(&payload);
-                if control_tx.write_all(&bytes).await.is_err() {
-                    break;
-                }
-                stats.bytes_out.fetch_add(bytes.len() as u64, Relaxed);
-            }
-        })
-    };
-    let mut tasks = Vec::new();
-    // Replication: a server-opened stream with the snapshot, then deltas in seq order.
-    let options = ViewerOptions {
-        encoding: Encoding::from_agreed(&accepted.capabilities.compression),
-        interest: accepted.capabilities.interest_management,
-        resume_seq: accepted.resume_seq,
-        max_chunk_bytes: accepted.capabilities.max_chunk_bytes as usize,
-    };
-    let viewer = hub.subscribe_with(accepted.session, options).ok();
-    let viewer_id = viewer.as_ref().map(|v| v.id);
-    if let Some(Subscription { frames: mut queue, stats: vstats, .. }) = viewer {
-        let _ = stats.viewer.set(vstats);
+    let Ok((control_tx, control_rx)) = conn.accept_bi().await else { return };
+    let stats = obs.new_connection("quic");
+    let (control_in_tx, control_in) = mpsc::channel(64);
+    let (commands_in_tx, commands_in) = mpsc::channel(256);
+    let (control_out, control_out_rx) = mpsc::channel(1_024);
+    let (replication_out, mut replication_rx) = mpsc::channel::<Vec<u8>>(4);
+    let mut tasks = vec![
+        tokio::spawn(read_frames(control_rx, control_in_tx, stats.clone())),
+        tokio::spawn(write_frames(control_tx, control_out_rx, stats.clone())),
+    ];
+    {
         let (conn, stats) = (conn.clone(), stats.clone());
         tasks.push(tokio::spawn(async move {
-            let Ok(mut stream) = conn.open_uni().await else { return };
-            while let Some(payload) = queue.recv().await {
-                stats.queue_depth.store(queue.len() as u64, Relaxed);
-                let bytes = frame::encode(&payload);
-                if stream.write_all(&bytes).await.is_err() {
-                    return;
+            let Some(first) = replication_rx.recv().await else { return };
+            let Ok(stream) = conn.open_uni().await else { return };
+            let (tx, rx) = mpsc::channel(1);
+            let writer = tokio::spawn(write_frames(stream, rx, stats));
+            let mut next = Some(first);
+            while let Some(p) = next {
+                if tx.send(p).await.is_err() {
+                    break;
                 }
-                stats.bytes_out.fetch_add(bytes.len() as u64, Relaxed);
+                next = replication_rx.recv().await;
             }
+            drop(tx);
+            let _ = writer.await;
         }));
     }
-    // Once a second: a heartbeat (the client echoes it: the server's RTT) and the stats message.
     {
-        let (out_tx, stats) = (out_tx.clone(), stats.clone());
+        let (conn, stats) = (conn.clone(), stats.clone());
         tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(STATS_INTERVAL);
-            let mut sequence = 0u64;
-            loop {
-                tick.tick().await;
-                sequence += 1;
-                let hb = Heartbeat { sequence, sent_at_us: now_us(), echo_us: 0 };
-                let st = stats.sample();
-                if out_tx.send(Message::Heartbeat(hb).encode()).await.is_err()
-                    || out_tx.send(Message::Stats(st).encode()).await.is_err()
-                {
-                    return;
-                }
+            while let Ok(stream) = conn.accept_uni().await {
+                tokio::spawn(read_frames(stream, commands_in_tx.clone(), stats.clone()));
             }
         }));
     }
-    // The control stream after the handshake: heartbeats (answered with an echo, or an echo of
-    // ours giving the RTT) and interest updates.
-    {
-        let (out_tx, conn, stats, hub, obs) = (out_tx.clone(), conn.clone(), stats.clone(), hub.clone(), obs.clone());
-        let session = accepted.session;
-        tasks.push(tokio::spawn(async move {
-            let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
-            let mut sequence = 0u64;
-            while let Ok(Some(chunk)) = control_rx.read_chunk(MAX_ENVELOPE_BYTES, true).await {
-                stats.bytes_in.fetch_add(chunk.bytes.len() as u64, Relaxed);
-                let Ok(frames) = decoder.push(&chunk.bytes) else {
-                    obs.protocol_violation();
-                    conn.close(7u32.into(), b"bad frame on the control stream");
-                    return;
-                };
-                for f in frames {
-                    match Message::decode(&f) {
-                        Ok(Message::Heartbeat(h)) if h.echo_us != 0 => {
-                            stats.rtt_us.store(now_us().saturating_sub(h.echo_us), Relaxed);
-                        }
-                        Ok(Message::Heartbeat(h)) => {
-                            sequence += 1;
-                            let reply = Heartbeat { sequence, sent_at_us: now_us(), echo_us: h.sent_at_us };
-                            if out_tx.send(Message::Heartbeat(reply).encode()).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(Message::Interest(i)) if viewer_id.is_some() && options.interest => {
-                            let area = Area { center: i.center, radius: i.radius };
-                            hub.set_interest(session, viewer_id.expect("viewer"), area);
-                        }
-                        _ => {
-                            obs.protocol_violation();
-                            conn.close(7u32.into(), b"unexpected message on the control stream");
-                            return;
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    // Commands arrive on unidirectional streams opened by the client.
-    while let Ok(mut stream) = conn.accept_uni().await {
-        let (store, out_tx, conn, stats) = (store.clone(), out_tx.clone(), conn.clone(), stats.clone());
-        let obs = obs.clone();
-        let session = accepted.session;
-        tasks.push(tokio::spawn(async move {
-            let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
-            loop {
-                let chunk = match stream.read_chunk(MAX_ENVELOPE_BYTES, true).await {
-                    Ok(Some(c)) => c,
-                    _ => return,
-                };
-                stats.bytes_in.fetch_add(chunk.bytes.len() as u64, Relaxed);
-                let frames = match decoder.push(&chunk.bytes) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        obs.protocol_violation();
-                        conn.close(7u32.into(), e.to_string().as_bytes());
-                        return;
-                    }
-                };
-                for envelope in frames {
-                    submit_command(&store, session, envelope, &out_tx).await;
-                }
-            }
-        }));
-    }
+    let close_conn = conn.clone();
+    let link = crate::link::Link {
+        transport: "quic",
+        control_in,
+        commands_in,
+        control_out,
+        replication_out,
+        stats,
+        close: Arc::new(move |code, reason| close_conn.close(code.into(), reason.as_bytes())),
+    };
+    crate::link::drive(store, hub, obs, link, timeout_ms).await;
     for t in tasks {
         t.abort();
     }
-    drop(out_tx);
-    let _ = writer.await;
-    drop(guard);
-}
-
-/// Seconds between the server's heartbeats and stats messages.
-pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
-
-fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Submits one command envelope received live through the store's checks; its receipt or typed

@@ -1,0 +1,211 @@
+//! One live connection, whatever carries it (QUIC streams or WebRTC data channels): the
+//! handshake on the control channel, then receipts, heartbeats, stats and interest on it,
+//! signed commands from the command channel into the store, and the viewer's replication
+//! frames out. A transport adapter does the framing (and its size guard) and the byte counting,
+//! and hands the driver frame payloads through a [`Link`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use theta_client::compress::Encoding;
+use theta_client::frame::FrameError;
+use theta_client::handshake::{Reject, ServerHandshake, ServerStep};
+use theta_projector::interest::Area;
+use theta_schemas::Message;
+use theta_schemas::wire::Heartbeat;
+use theta_store::{ReadError, Store};
+use tokio::sync::mpsc;
+
+use crate::live::{LiveHub, Subscription, ViewerOptions};
+use crate::metrics::{ConnectionStats, Observability};
+
+/// Seconds between the server's heartbeats and stats messages.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Closes the connection with an application code and a reason.
+pub type Close = Arc<dyn Fn(u32, &str) + Send + Sync>;
+
+/// The driver's side of one connection.
+pub struct Link {
+    /// `quic` or `webrtc` (the `transport` label).
+    pub transport: &'static str,
+    /// Frame payloads from the control channel, or the framing error that ends it.
+    pub control_in: mpsc::Receiver<Result<Vec<u8>, FrameError>>,
+    /// Frame payloads (signed envelopes) from the command channel(s), or a framing error.
+    pub commands_in: mpsc::Receiver<Result<Vec<u8>, FrameError>>,
+    /// Payloads to frame and write on the control channel.
+    pub control_out: mpsc::Sender<Vec<u8>>,
+    /// Payloads to frame and write on the replication channel (keep its bound small: the
+    /// viewer's queue in the hub is the buffer that matters).
+    pub replication_out: mpsc::Sender<Vec<u8>>,
+    /// Counters the adapter updates (bytes) and the driver registers after the handshake.
+    pub stats: Arc<ConnectionStats>,
+    /// Closes the connection.
+    pub close: Close,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Runs one connection to its end.
+pub async fn drive(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>, link: Link, timeout_ms: u64) {
+    let Link { transport, mut control_in, mut commands_in, control_out, replication_out, stats, close } = link;
+    let mut hs = ServerHandshake::new(crate::quic::server_capabilities(), rand::random(), now_ms(), timeout_ms);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let accepted = loop {
+        let payload = match tokio::time::timeout_at(deadline, control_in.recv()).await {
+            Err(_) => {
+                if let Some(ServerStep::Close { error, .. }) = hs.poll_timeout(now_ms() + timeout_ms + 1) {
+                    let _ = control_out.send(error).await;
+                }
+                obs.handshake_refused(6);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                close(6, "handshake timeout");
+                return;
+            }
+            Ok(Some(Ok(p))) => p,
+            Ok(Some(Err(e))) => {
+                let _ = control_out.send(Reject::Unexpected("oversized or empty frame").to_frame()).await;
+                obs.handshake_refused(7);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                close(7, &e.to_string());
+                return;
+            }
+            Ok(None) => return,
+        };
+        let step =
+            hs.on_message(&payload, now_ms(), |session, key| match (store.role(session, key), store.head(session)) {
+                (Ok((role, _)), Ok(head)) => Ok((role, head.seq, head.clock)),
+                (Err(ReadError::UnknownSession { .. }), _) | (_, Err(_)) | (Err(_), _) => {
+                    Err(Reject::UnknownSession(*session))
+                }
+            });
+        match step {
+            ServerStep::Send(bytes) => {
+                if control_out.send(bytes).await.is_err() {
+                    return;
+                }
+            }
+            ServerStep::Done { welcome, accepted } => {
+                if control_out.send(welcome).await.is_err() {
+                    return;
+                }
+                obs.live_connected(transport);
+                break accepted;
+            }
+            ServerStep::Close { error, reject } => {
+                obs.handshake_refused(reject.code() as u32);
+                let _ = control_out.send(error).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                close(reject.code() as u32, &reject.to_string());
+                return;
+            }
+        }
+    };
+    let _ = stats.role.set(format!("{:?}", accepted.role).to_lowercase());
+    let guard = obs.register(stats.clone());
+    let mut tasks = Vec::new();
+    // Replication: the snapshot, then deltas in seq order.
+    let options = ViewerOptions {
+        encoding: Encoding::from_agreed(&accepted.capabilities.compression),
+        interest: accepted.capabilities.interest_management,
+        resume_seq: accepted.resume_seq,
+        max_chunk_bytes: accepted.capabilities.max_chunk_bytes as usize,
+    };
+    let viewer = hub.subscribe_with(accepted.session, options).ok();
+    let viewer_id = viewer.as_ref().map(|v| v.id);
+    if let Some(Subscription { frames: mut queue, stats: vstats, .. }) = viewer {
+        let _ = stats.viewer.set(vstats);
+        let stats = stats.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(payload) = queue.recv().await {
+                stats.queue_depth.store(queue.len() as u64, Relaxed);
+                if replication_out.send(payload).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    // Once a second: a heartbeat (the client echoes it: the server's RTT) and the stats message.
+    {
+        let (out, stats) = (control_out.clone(), stats.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATS_INTERVAL);
+            let mut sequence = 0u64;
+            loop {
+                tick.tick().await;
+                sequence += 1;
+                let hb = Heartbeat { sequence, sent_at_us: now_us(), echo_us: 0 };
+                if out.send(Message::Heartbeat(hb).encode()).await.is_err()
+                    || out.send(Message::Stats(stats.sample()).encode()).await.is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    // Commands: the same store checks and counters as every other entry point.
+    {
+        let (store, out, obs, close) = (store.clone(), control_out.clone(), obs.clone(), close.clone());
+        let session = accepted.session;
+        tasks.push(tokio::spawn(async move {
+            while let Some(item) = commands_in.recv().await {
+                match item {
+                    Ok(envelope) => crate::quic::submit_command(&store, session, envelope, &out).await,
+                    Err(e) => {
+                        obs.protocol_violation();
+                        close(7, &e.to_string());
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+    // The control channel after the handshake: heartbeats (answered with an echo, or an echo
+    // of ours giving the RTT) and interest updates. The connection lives as long as it does.
+    let mut sequence = 0u64;
+    while let Some(item) = control_in.recv().await {
+        let msg = match item {
+            Ok(f) => Message::decode(&f),
+            Err(e) => {
+                obs.protocol_violation();
+                close(7, &e.to_string());
+                break;
+            }
+        };
+        match msg {
+            Ok(Message::Heartbeat(h)) if h.echo_us != 0 => {
+                stats.rtt_us.store(now_us().saturating_sub(h.echo_us), Relaxed);
+            }
+            Ok(Message::Heartbeat(h)) => {
+                sequence += 1;
+                let reply = Heartbeat { sequence, sent_at_us: now_us(), echo_us: h.sent_at_us };
+                if control_out.send(Message::Heartbeat(reply).encode()).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Message::Interest(i)) if viewer_id.is_some() && options.interest => {
+                hub.set_interest(
+                    accepted.session,
+                    viewer_id.expect("viewer"),
+                    Area { center: i.center, radius: i.radius },
+                );
+            }
+            _ => {
+                obs.protocol_violation();
+                close(7, "unexpected message on the control channel");
+                break;
+            }
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    drop(guard);
+}
