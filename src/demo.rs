@@ -133,6 +133,8 @@ impl Server {
                 max_chunk_bytes: 0,
                 datagrams: false,
             },
+            transport: Default::default(),
+            webrtc_signal: None,
         }
     }
 }

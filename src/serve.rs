@@ -232,8 +232,8 @@ mod tests {
     #[test]
     fn defaults_file_and_flags_in_that_order() {
         let d = resolve(&[]).unwrap();
-        assert_eq!(d.grpc_addr, "127.0.0.1:50051".parse().unwrap());
-        assert_eq!(d.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(d.grpc_addr, "127.0.0.1:50051".parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(d.metrics_addr, Some("127.0.0.1:9464".parse::<std::net::SocketAddr>().unwrap()));
         assert_eq!(d.store.durability, Durability::Sync);
         assert_eq!(d.data_dir, PathBuf::from("theta-data"));
 
@@ -246,14 +246,14 @@ mod tests {
         .unwrap();
         let f = resolve(&["--config", file.to_str().unwrap()]).unwrap();
         assert_eq!(f.data_dir, PathBuf::from("/srv/theta"));
-        assert_eq!(f.grpc_addr, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(f.grpc_addr, "127.0.0.1:7000".parse::<std::net::SocketAddr>().unwrap());
         assert_eq!(f.metrics_addr, None);
         assert_eq!(f.store.durability, Durability::IntervalMs(20));
         assert_eq!(f.store.rate_per_sec, 50.0);
         // A flag wins over the file.
         let g = resolve(&["--config", file.to_str().unwrap(), "--grpc-addr", "127.0.0.1:7001", "--durability", "none"])
             .unwrap();
-        assert_eq!(g.grpc_addr, "127.0.0.1:7001".parse().unwrap());
+        assert_eq!(g.grpc_addr, "127.0.0.1:7001".parse::<std::net::SocketAddr>().unwrap());
         assert_eq!(g.store.durability, Durability::None);
     }
 

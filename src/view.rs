@@ -332,6 +332,8 @@ async fn connect_live(a: &ViewArgs, session: SessionId) -> anyhow::Result<Client
             max_chunk_bytes: 0,
             datagrams: false,
         },
+        transport: Default::default(),
+        webrtc_signal: None,
     })
     .await?)
 }

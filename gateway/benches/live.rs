@@ -131,6 +131,8 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
             max_chunk_bytes: 0,
             datagrams: false,
         },
+        transport: Default::default(),
+        webrtc_signal: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     // Viewers: connect, take the snapshot, then record when each seq is applied.

@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod quic;
 pub mod server;
 pub mod status;
+pub mod webrtc;
 
 pub use server::{Running, ServeConfig, ServeError, TlsFiles, start, start_with_store};

@@ -28,6 +28,7 @@ pub struct Observability {
     subscribers_dropped: std::sync::atomic::AtomicU64,
     quic_connections: std::sync::atomic::AtomicU64,
     webrtc_connections: std::sync::atomic::AtomicU64,
+    signalling_refusals: std::sync::atomic::AtomicU64,
     protocol_violations: std::sync::atomic::AtomicU64,
     handshake_refusals: Mutex<BTreeMap<u32, u64>>,
     live: std::sync::OnceLock<std::sync::Arc<crate::live::LiveHub>>,
@@ -145,6 +146,11 @@ impl Observability {
     /// Starts timing a call of `method`.
     pub fn call(&self, method: &'static str) -> CallTimer<'_> {
         CallTimer { obs: self, method, started: Instant::now() }
+    }
+
+    /// Counts a refused WebRTC signalling request (a body that is not an SDP offer).
+    pub fn signalling_refused(&self) {
+        self.signalling_refusals.fetch_add(1, Relaxed);
     }
 
     /// Counts a live connection closed after its handshake for bad framing or an unexpected
@@ -297,6 +303,12 @@ impl Observability {
         );
         counter(
             &mut s,
+            "webrtc_signalling_refusals",
+            "WebRTC offers refused as malformed.",
+            self.signalling_refusals.load(relaxed),
+        );
+        counter(
+            &mut s,
             "live_protocol_violations",
             "Live connections closed after the handshake for bad framing or an unexpected message.",
             self.protocol_violations.load(relaxed),
@@ -410,48 +422,109 @@ fn histogram_body(s: &mut String, name: &str, labels: &[(&str, &str)], h: &Histo
     let _ = writeln!(s, "{name}_count{braces} {}", h.count);
 }
 
-/// Serves `GET /metrics` (and `GET /healthz`) on `listener` until the task is dropped.
+/// Serves the gateway's HTTP port until the task is dropped: `GET /metrics` (Prometheus),
+/// `GET /healthz`, and with WebRTC `POST /webrtc/offer` (SDP offer in, SDP answer out).
 /// A deliberately small HTTP/1.1 responder: one request per connection, bounded reads.
 pub async fn serve_metrics(listener: TcpListener, obs: std::sync::Arc<Observability>, store: std::sync::Arc<Store>) {
+    serve_http(listener, obs, store, None).await
+}
+
+/// [`serve_metrics`] with the WebRTC signalling route.
+pub async fn serve_http(
+    listener: TcpListener,
+    obs: std::sync::Arc<Observability>,
+    store: std::sync::Arc<Store>,
+    webrtc: Option<std::sync::Arc<crate::webrtc::WebRtcEndpoint>>,
+) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else { continue };
-        let (obs, store) = (obs.clone(), store.clone());
+        let (obs, store, webrtc) = (obs.clone(), store.clone(), webrtc.clone());
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut n = 0;
-            // Read until the end of the request head (bounded to 8 KiB, 5 s).
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                while n < buf.len() {
-                    match conn.read(&mut buf[n..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => {
-                            n += k;
-                            if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                                break;
-                            }
-                        }
-                    }
+            let (head, body) = match read_request(&mut conn).await {
+                Ok(r) => r,
+                Err(Some(status)) => {
+                    let msg = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    let _ = conn.write_all(msg.as_bytes()).await;
+                    let _ = conn.shutdown().await;
+                    return;
                 }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let method = head.split_whitespace().next().unwrap_or("");
-            let (status, ctype, body) = match (method, path) {
-                ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", obs.render(&store)),
-                ("GET", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_string()),
-                ("GET", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found: try /metrics\n".to_string()),
-                _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", "only GET\n".to_string()),
+                Err(None) => return,
             };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let method = head.split_whitespace().next().unwrap_or("").to_string();
+            const TEXT: &str = "text/plain; charset=utf-8";
+            let (status, ctype, body): (&str, &str, Vec<u8>) = match (method.as_str(), path.as_str()) {
+                ("GET", "/metrics") => {
+                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", obs.render(&store).into_bytes())
+                }
+                ("GET", "/healthz") => ("200 OK", TEXT, b"ok\n".to_vec()),
+                ("POST", "/webrtc/offer") => match &webrtc {
+                    None => ("404 Not Found", TEXT, b"WebRTC is off on this server\n".to_vec()),
+                    Some(w) => match w.answer(&body).await {
+                        Ok(answer) => ("200 OK", "application/json", answer),
+                        Err(e @ crate::webrtc::WebRtcError::BadOffer(_)) => {
+                            obs.signalling_refused();
+                            ("400 Bad Request", TEXT, format!("{e}\n").into_bytes())
+                        }
+                        Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n").into_bytes()),
+                    },
+                },
+                ("GET", _) => ("404 Not Found", TEXT, b"not found: try /metrics\n".to_vec()),
+                _ => ("405 Method Not Allowed", TEXT, b"GET /metrics, /healthz; POST /webrtc/offer\n".to_vec()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(&body).await;
             let _ = conn.shutdown().await;
         });
     }
+}
+
+/// Largest request head and body accepted, bytes.
+const MAX_HEAD: usize = 8 * 1024;
+const MAX_BODY: usize = 64 * 1024;
+
+/// Reads one request (head up to 8 KiB, body by Content-Length up to 64 KiB) within 5 s.
+/// Errors carry the status to answer with, if any.
+async fn read_request(conn: &mut tokio::net::TcpStream) -> Result<(String, Vec<u8>), Option<&'static str>> {
+    let read = async {
+        let mut buf = Vec::with_capacity(1_024);
+        let mut chunk = [0u8; 4_096];
+        let end = loop {
+            let n = conn.read(&mut chunk).await.map_err(|_| None)?;
+            if n == 0 {
+                return Err(None);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > MAX_HEAD {
+                return Err(Some("431 Request Header Fields Too Large"));
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let len = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if len > MAX_BODY {
+            return Err(Some("413 Payload Too Large"));
+        }
+        let mut body = buf[end..].to_vec();
+        while body.len() < len {
+            let n = conn.read(&mut chunk).await.map_err(|_| None)?;
+            if n == 0 {
+                return Err(None);
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body.truncate(len);
+        Ok((head, body))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read).await.unwrap_or(Err(None))
 }

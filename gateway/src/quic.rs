@@ -124,6 +124,18 @@ pub fn serve_quic_with(
 ) -> Result<QuicServer, QuicError> {
     let hub = crate::live::LiveHub::new(store.clone());
     obs.attach_live(hub.clone());
+    serve_quic_on(store, hub, addr, identity, handshake_timeout_ms, obs)
+}
+
+/// Starts the QUIC endpoint fanning out through an existing hub (shared with WebRTC).
+pub fn serve_quic_on(
+    store: Arc<Store>,
+    hub: Arc<crate::live::LiveHub>,
+    addr: SocketAddr,
+    identity: Identity,
+    handshake_timeout_ms: u64,
+    obs: Arc<crate::metrics::Observability>,
+) -> Result<QuicServer, QuicError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

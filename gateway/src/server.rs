@@ -17,7 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::grpc::Gateway;
 use crate::history::{DEFAULT_CHECKPOINT_EVERY_ENTRIES, write_checkpoints};
-use crate::metrics::{Observability, serve_metrics};
+use crate::metrics::Observability;
 
 /// Headroom over the envelope guard for gRPC framing, so that slightly oversized envelopes
 /// still reach the store's payload guard (and its counter) instead of tonic's limit.
@@ -54,6 +54,9 @@ pub struct ServeConfig {
     pub checkpoint_every_entries: u64,
     /// How often sessions are checked for due checkpoints, milliseconds. Default 5,000.
     pub checkpoint_interval_ms: u64,
+    /// WebRTC (signalling at `POST /webrtc/offer` on the metrics port); `None` disables it.
+    /// Default: on, UDP on 127.0.0.1 only.
+    pub webrtc: Option<crate::webrtc::WebRtcConfig>,
     /// How long a Subscribe client may stop reading (its buffer full) before its stream ends
     /// with `RESOURCE_EXHAUSTED` and the seq to resume from, milliseconds. Default 30,000.
     pub slow_subscriber_ms: u64,
@@ -72,6 +75,7 @@ impl Default for ServeConfig {
             checkpoint_every_entries: DEFAULT_CHECKPOINT_EVERY_ENTRIES,
             checkpoint_interval_ms: 5_000,
             slow_subscriber_ms: 30_000,
+            webrtc: Some(crate::webrtc::WebRtcConfig::default()),
         }
     }
 }
@@ -118,6 +122,10 @@ pub struct Running {
     pub quic_addr: Option<SocketAddr>,
     /// SHA-256 fingerprint of the QUIC certificate (hex), for clients to pin.
     pub quic_fingerprint: Option<String>,
+    /// The WebRTC signalling URL (`http://…/webrtc/offer`), when WebRTC and the HTTP port are on.
+    pub webrtc_signal: Option<String>,
+    /// The WebRTC endpoint.
+    pub webrtc: Option<Arc<crate::webrtc::WebRtcEndpoint>>,
     quic: Option<crate::quic::QuicServer>,
     store: Arc<Store>,
     closing: tokio::sync::watch::Sender<bool>,
@@ -142,6 +150,9 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.server).await;
         if let Some(q) = self.quic.take() {
             q.shutdown().await;
+        }
+        if let Some(w) = self.webrtc.take() {
+            w.shutdown().await;
         }
         for b in &self.background {
             b.abort();
@@ -210,11 +221,18 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
     }));
 
     let mut background = Vec::new();
+    // One live hub fans out to viewers on every transport.
+    let hub = crate::live::LiveHub::new(store.clone());
+    obs.attach_live(hub.clone());
+    let webrtc = config.webrtc.clone().map(|mut w| {
+        w.handshake_timeout_ms = config.handshake_timeout_ms;
+        crate::webrtc::WebRtcEndpoint::new(store.clone(), hub.clone(), obs.clone(), w)
+    });
     let metrics_addr = match config.metrics_addr {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
             let bound = l.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-            background.push(tokio::spawn(serve_metrics(l, obs.clone(), store.clone())));
+            background.push(tokio::spawn(crate::metrics::serve_http(l, obs.clone(), store.clone(), webrtc.clone())));
             Some(bound)
         }
         None => None,
@@ -227,13 +245,23 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
     let quic = match config.quic_addr {
         Some(addr) => {
             let identity = crate::quic::load_or_create_identity(&config.data_dir)?;
-            Some(crate::quic::serve_quic_with(store.clone(), addr, identity, config.handshake_timeout_ms, obs.clone())?)
+            Some(crate::quic::serve_quic_on(
+                store.clone(),
+                hub.clone(),
+                addr,
+                identity,
+                config.handshake_timeout_ms,
+                obs.clone(),
+            )?)
         }
         None => None,
     };
+    let webrtc_signal = metrics_addr.filter(|_| webrtc.is_some()).map(|a| format!("http://{a}/webrtc/offer"));
     Ok(Running {
         grpc_addr,
         metrics_addr,
+        webrtc_signal,
+        webrtc,
         quic_addr: quic.as_ref().map(|q| q.addr),
         quic_fingerprint: quic.as_ref().map(|q| q.fingerprint.clone()),
         quic,

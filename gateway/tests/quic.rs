@@ -398,6 +398,8 @@ async fn the_rust_client_pins_submits_and_mirrors() {
         key: key.clone(),
         session: S,
         capabilities: Capabilities::default(),
+        transport: Default::default(),
+        webrtc_signal: None,
     };
     // A wrong pin fails to connect.
     assert!(Client::connect(options(&editor, Trust::Fingerprint([0; 32]))).await.is_err());
@@ -478,6 +480,8 @@ fn client_options(
             max_chunk_bytes: 0,
             datagrams: false,
         },
+        transport: Default::default(),
+        webrtc_signal: None,
     }
 }
 

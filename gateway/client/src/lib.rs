@@ -9,3 +9,4 @@ pub mod compress;
 pub mod frame;
 pub mod handshake;
 pub mod quic;
+pub mod webrtc;

@@ -4,7 +4,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
 
 use ed25519_dalek::SigningKey;
 use quinn::crypto::rustls::QuicClientConfig;
@@ -48,6 +51,26 @@ pub struct Options {
     pub session: SessionId,
     /// Offered capabilities.
     pub capabilities: Capabilities,
+    /// Which transport to use.
+    pub transport: TransportChoice,
+    /// The server's WebRTC signalling URL, e.g. `http://127.0.0.1:9464/webrtc/offer` (for
+    /// [`TransportChoice::WebRtc`] and the fallback of [`TransportChoice::Auto`]).
+    pub webrtc_signal: Option<String>,
+}
+
+/// Which transport a client uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportChoice {
+    /// QUIC only.
+    #[default]
+    Quic,
+    /// WebRTC data channels only.
+    WebRtc,
+    /// QUIC first; WebRTC when QUIC has not connected within the timeout.
+    Auto {
+        /// How long QUIC may take.
+        quic_timeout: Duration,
+    },
 }
 
 /// Why the client failed.
@@ -164,33 +187,59 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-struct Framed<S> {
-    stream: S,
-    decoder: Decoder,
-    pending: std::collections::VecDeque<Vec<u8>>,
-    bytes: u64,
+/// One connection's channels, whatever the transport: frame payloads in and out (the
+/// transport does the framing and its guard).
+pub(crate) struct Link {
+    pub(crate) transport: &'static str,
+    pub(crate) control_in: mpsc::Receiver<Result<Vec<u8>, String>>,
+    pub(crate) replication_in: mpsc::Receiver<Result<Vec<u8>, String>>,
+    pub(crate) control_out: mpsc::Sender<Vec<u8>>,
+    pub(crate) commands_out: mpsc::Sender<Vec<u8>>,
+    pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) bytes_out: Arc<AtomicU64>,
+    pub(crate) close: Box<dyn Fn() + Send + Sync>,
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl<S> Framed<S> {
-    fn new(stream: S) -> Framed<S> {
-        Framed { stream, decoder: Decoder::new(MAX_ENVELOPE_BYTES), pending: Default::default(), bytes: 0 }
+impl Drop for Link {
+    fn drop(&mut self) {
+        (self.close)();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-impl Framed<quinn::RecvStream> {
-    async fn next(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
-        loop {
-            if let Some(f) = self.pending.pop_front() {
-                return Ok(Some(f));
-            }
-            match self.stream.read_chunk(MAX_ENVELOPE_BYTES, true).await.map_err(conn_err)? {
-                None => return Ok(None),
-                Some(chunk) => {
-                    self.bytes += chunk.bytes.len() as u64;
-                    self.pending
-                        .extend(self.decoder.push(&chunk.bytes).map_err(|e| ClientError::Protocol(e.to_string()))?)
+/// Feeds one received chunk through the framing decoder into `tx`; false when the channel
+/// must stop (a framing error, passed on, or a closed receiver).
+pub(crate) async fn deliver(
+    decoder: &mut Decoder,
+    chunk: &[u8],
+    tx: &mpsc::Sender<Result<Vec<u8>, String>>,
+    bytes: &AtomicU64,
+) -> bool {
+    bytes.fetch_add(chunk.len() as u64, Relaxed);
+    match decoder.push(chunk) {
+        Ok(frames) => {
+            for f in frames {
+                if tx.send(Ok(f)).await.is_err() {
+                    return false;
                 }
             }
+            true
+        }
+        Err(e) => {
+            let _ = tx.send(Err(e.to_string())).await;
+            false
+        }
+    }
+}
+
+async fn read_quic(mut stream: quinn::RecvStream, tx: mpsc::Sender<Result<Vec<u8>, String>>, bytes: Arc<AtomicU64>) {
+    let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
+    while let Ok(Some(chunk)) = stream.read_chunk(MAX_ENVELOPE_BYTES, true).await {
+        if !deliver(&mut decoder, &chunk.bytes, &tx, &bytes).await {
+            return;
         }
     }
 }
@@ -198,11 +247,7 @@ impl Framed<quinn::RecvStream> {
 /// A connected, handshaken client.
 pub struct Client {
     options: Options,
-    conn: quinn::Connection,
-    control_tx: tokio::sync::mpsc::Sender<Vec<u8>>,
-    control_rx: Framed<quinn::RecvStream>,
-    commands: Option<quinn::SendStream>,
-    replication: Option<Framed<quinn::RecvStream>>,
+    link: Link,
     welcome: Welcome,
     key: SigningKey,
     session: SessionId,
@@ -212,7 +257,6 @@ pub struct Client {
     decompressor: Decompressor,
     interest: Option<Interest>,
     telemetry: Telemetry,
-    _endpoint: quinn::Endpoint,
 }
 
 fn now_us() -> u64 {
@@ -222,14 +266,11 @@ fn now_us() -> u64 {
 impl Client {
     /// Connects and completes the handshake.
     pub async fn connect(o: Options) -> Result<Client, ClientError> {
-        let (endpoint, conn, control_tx, control_rx, welcome) = open(&o, 0).await?;
+        let (link, welcome) = open(&o, 0).await?;
         Ok(Client {
             lamport: welcome.lamport_clock,
-            conn,
-            control_tx,
-            control_rx,
-            commands: None,
-            replication: None,
+            telemetry: Telemetry { transport: link.transport, ..Telemetry::default() },
+            link,
             welcome,
             key: o.key.clone(),
             session: o.session,
@@ -237,9 +278,7 @@ impl Client {
             mirror: None,
             decompressor: Decompressor::new(),
             interest: None,
-            telemetry: Telemetry { transport: "quic", ..Telemetry::default() },
             options: o,
-            _endpoint: endpoint,
         })
     }
 
@@ -253,7 +292,7 @@ impl Client {
 
     /// Closes the connection at once, keeping the mirror (see [`Client::reconnect`]).
     pub fn disconnect(&self) {
-        self.conn.close(0u32.into(), b"client disconnected");
+        (self.link.close)();
     }
 
     /// Drops the mirror and reconnects for a fresh snapshot.
@@ -264,14 +303,13 @@ impl Client {
     }
 
     async fn reopen(&mut self, resume_seq: u64) -> Result<(), ClientError> {
-        self.conn.close(0u32.into(), b"reconnecting");
-        let (endpoint, conn, control_tx, control_rx, welcome) = open(&self.options, resume_seq).await?;
+        (self.link.close)();
+        let (link, welcome) = open(&self.options, resume_seq).await?;
         self.lamport = self.lamport.max(welcome.lamport_clock);
-        self.telemetry.bytes_in += self.control_rx.bytes + self.replication.as_ref().map_or(0, |r| r.bytes);
-        (self._endpoint, self.conn, self.control_tx, self.control_rx, self.welcome) =
-            (endpoint, conn, control_tx, control_rx, welcome);
-        self.commands = None;
-        self.replication = None;
+        self.telemetry.bytes_in += self.link.bytes_in.load(Relaxed);
+        self.telemetry.bytes_out += self.link.bytes_out.load(Relaxed);
+        self.telemetry.transport = link.transport;
+        (self.link, self.welcome) = (link, welcome);
         self.assembler = Assembler::new();
         self.decompressor = Decompressor::new();
         self.telemetry.reconnects += 1;
@@ -293,15 +331,18 @@ impl Client {
     }
 
     async fn send_control(&mut self, m: Message) -> Result<(), ClientError> {
-        let bytes = frame::encode(&m.encode());
-        self.telemetry.bytes_out += bytes.len() as u64;
-        self.control_tx.send(bytes).await.map_err(|_| ClientError::Connection("control stream closed".into()))
+        self.link
+            .control_out
+            .send(m.encode())
+            .await
+            .map_err(|_| ClientError::Connection("control channel closed".into()))
     }
 
     /// What the client measured, with the server's last stats.
     pub fn telemetry(&self) -> Telemetry {
         let mut t = self.telemetry.clone();
-        t.bytes_in += self.control_rx.bytes + self.replication.as_ref().map_or(0, |r| r.bytes);
+        t.bytes_in += self.link.bytes_in.load(Relaxed);
+        t.bytes_out += self.link.bytes_out.load(Relaxed);
         t.compressed_bytes = (self.decompressor.compressed_bytes, self.decompressor.raw_bytes);
         t
     }
@@ -339,12 +380,11 @@ impl Client {
             command,
         };
         let envelope = Envelope::sign(&body, &self.key).encode();
-        if self.commands.is_none() {
-            self.commands = Some(self.conn.open_uni().await.map_err(conn_err)?);
-        }
-        let bytes = frame::encode(&envelope);
-        self.telemetry.bytes_out += bytes.len() as u64;
-        self.commands.as_mut().expect("opened").write_all(&bytes).await.map_err(conn_err)?;
+        self.link
+            .commands_out
+            .send(envelope)
+            .await
+            .map_err(|_| ClientError::Connection("command channel closed".into()))?;
         Ok(nonce)
     }
 
@@ -357,19 +397,11 @@ impl Client {
     /// Cancel-safe: dropping the future loses nothing (so it can race a timer).
     pub async fn next_event(&mut self) -> Result<Event, ClientError> {
         loop {
-            let replication = async {
-                match self.replication.as_mut() {
-                    Some(r) => r.next().await,
-                    None => {
-                        let s = self.conn.accept_uni().await.map_err(conn_err)?;
-                        self.replication = Some(Framed::new(s));
-                        Ok(Some(Vec::new()))
-                    }
-                }
-            };
             tokio::select! {
-                control = self.control_rx.next() => {
-                    let msg = control?.ok_or_else(|| ClientError::Connection("control stream closed".into()))?;
+                control = self.link.control_in.recv() => {
+                    let msg = control
+                        .ok_or_else(|| ClientError::Connection("control channel closed".into()))?
+                        .map_err(ClientError::Protocol)?;
                     match Message::decode(&msg).map_err(|e| ClientError::Protocol(e.to_string()))? {
                         Message::CommandReceipt(r) => {
                             self.lamport = self.lamport.max(r.lamport);
@@ -393,11 +425,10 @@ impl Client {
                         other => return Err(ClientError::Protocol(format!("unexpected {other:?} on the control stream"))),
                     }
                 }
-                frame = replication => {
-                    let Some(bytes) = frame? else { return Err(ClientError::Connection("replication stream closed".into())) };
-                    if bytes.is_empty() {
-                        continue; // the stream was just accepted
-                    }
+                frame = self.link.replication_in.recv() => {
+                    let bytes = frame
+                        .ok_or_else(|| ClientError::Connection("replication channel closed".into()))?
+                        .map_err(ClientError::Protocol)?;
                     let Some(bytes) = self.decompressor.open(bytes).map_err(|e| ClientError::Protocol(e.to_string()))? else {
                         continue; // a dictionary
                     };
@@ -444,11 +475,47 @@ impl Client {
     }
 }
 
-type Opened =
-    (quinn::Endpoint, quinn::Connection, tokio::sync::mpsc::Sender<Vec<u8>>, Framed<quinn::RecvStream>, Welcome);
+/// Opens a link on the chosen transport and runs the handshake over it.
+async fn open(o: &Options, resume_seq: u64) -> Result<(Link, Welcome), ClientError> {
+    let mut link = match o.transport {
+        TransportChoice::Quic => open_quic(o).await?,
+        TransportChoice::WebRtc => crate::webrtc::open(o).await?,
+        TransportChoice::Auto { quic_timeout } => match tokio::time::timeout(quic_timeout, open_quic(o)).await {
+            Ok(Ok(link)) => link,
+            _ if o.webrtc_signal.is_some() => crate::webrtc::open(o).await?,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(ClientError::Connection(
+                    "QUIC did not connect in time and no WebRTC fallback is set".into(),
+                ));
+            }
+        },
+    };
+    let (mut hs, hello) =
+        ClientHandshake::resume(o.key.clone(), o.session, o.capabilities.clone(), rand::random(), resume_seq);
+    link.control_out.send(hello).await.map_err(|_| ClientError::Connection("closed during the handshake".into()))?;
+    let welcome = loop {
+        let msg = link
+            .control_in
+            .recv()
+            .await
+            .ok_or_else(|| ClientError::Connection("closed during the handshake".into()))?
+            .map_err(ClientError::Protocol)?;
+        match hs.on_message(&msg)? {
+            ClientStep::Send(p) => link
+                .control_out
+                .send(p)
+                .await
+                .map_err(|_| ClientError::Connection("closed during the handshake".into()))?,
+            ClientStep::Done(w) => break w,
+        }
+    };
+    Ok((link, welcome))
+}
 
-/// Connects, opens the control stream and runs the handshake.
-async fn open(o: &Options, resume_seq: u64) -> Result<Opened, ClientError> {
+/// Connects over QUIC: the control stream (bidirectional), a command stream and the server's
+/// replication stream, each pumped through the link's channels.
+async fn open_quic(o: &Options) -> Result<Link, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -471,28 +538,57 @@ async fn open(o: &Options, resume_seq: u64) -> Result<Opened, ClientError> {
         QuicClientConfig::try_from(tls).map_err(conn_err)?,
     )));
     let conn = endpoint.connect(o.server, &o.server_name).map_err(conn_err)?.await.map_err(conn_err)?;
-    let (mut control_tx, rx) = conn.open_bi().await.map_err(conn_err)?;
-    let mut control_rx = Framed::new(rx);
-    let (mut hs, hello) =
-        ClientHandshake::resume(o.key.clone(), o.session, o.capabilities.clone(), rand::random(), resume_seq);
-    control_tx.write_all(&frame::encode(&hello)).await.map_err(conn_err)?;
-    let welcome = loop {
-        let msg =
-            control_rx.next().await?.ok_or_else(|| ClientError::Connection("closed during the handshake".into()))?;
-        match hs.on_message(&msg)? {
-            ClientStep::Send(p) => control_tx.write_all(&frame::encode(&p)).await.map_err(conn_err)?,
-            ClientStep::Done(w) => break w,
-        }
-    };
-    // After the handshake one task owns the control stream's writing side, so that
-    // `next_event` (which echoes heartbeats) stays cancel-safe.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
-    tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
+    let (mut control_tx, control_rx) = conn.open_bi().await.map_err(conn_err)?;
+    let (bytes_in, bytes_out) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (control_in_tx, control_in) = mpsc::channel(256);
+    let (replication_in_tx, replication_in) = mpsc::channel(256);
+    let (control_out, mut control_out_rx) = mpsc::channel::<Vec<u8>>(64);
+    let (commands_out, mut commands_out_rx) = mpsc::channel::<Vec<u8>>(256);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(read_quic(control_rx, control_in_tx, bytes_in.clone())));
+    // The server opens the replication stream right after the welcome.
+    let (c, b) = (conn.clone(), bytes_in.clone());
+    tasks.push(tokio::spawn(async move {
+        let Ok(stream) = c.accept_uni().await else { return };
+        read_quic(stream, replication_in_tx, b).await;
+    }));
+    let b = bytes_out.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(p) = control_out_rx.recv().await {
+            let bytes = frame::encode(&p);
             if control_tx.write_all(&bytes).await.is_err() {
                 return;
             }
+            b.fetch_add(bytes.len() as u64, Relaxed);
         }
-    });
-    Ok((endpoint, conn, tx, control_rx, welcome))
+    }));
+    let (c, b) = (conn.clone(), bytes_out.clone());
+    tasks.push(tokio::spawn(async move {
+        let Some(first) = commands_out_rx.recv().await else { return };
+        let Ok(mut stream) = c.open_uni().await else { return };
+        let mut next = Some(first);
+        while let Some(p) = next {
+            let bytes = frame::encode(&p);
+            if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+            b.fetch_add(bytes.len() as u64, Relaxed);
+            next = commands_out_rx.recv().await;
+        }
+    }));
+    let close_conn = conn.clone();
+    Ok(Link {
+        transport: "quic",
+        control_in,
+        replication_in,
+        control_out,
+        commands_out,
+        bytes_in,
+        bytes_out,
+        close: Box::new(move || {
+            close_conn.close(0u32.into(), b"client closed");
+            let _ = &endpoint;
+        }),
+        tasks,
+    })
 }

@@ -1,0 +1,291 @@
+//! The WebRTC endpoint (crate `webrtc` 0.21): where QUIC cannot reach (browsers, networks that
+//! block UDP to arbitrary ports), the same frames and handshake travel over three reliable,
+//! ordered data channels (`control`, `replication`, `commands`) opened by the client.
+//! Signalling is an HTTP POST of the SDP offer to `/webrtc/offer` on the gateway's HTTP port,
+//! answered with the SDP answer once ICE gathering is complete (no trickle). Each connection is
+//! then driven by [`crate::link::drive`], with the same checks and counters as QUIC and metrics
+//! tagged `transport="webrtc"`.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use theta_client::frame::{self, Decoder, FrameError};
+use theta_client::webrtc::{COMMANDS, CONTROL, REPLICATION};
+use theta_schemas::MAX_ENVELOPE_BYTES;
+use theta_store::Store;
+use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
+    RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+};
+
+use crate::live::LiveHub;
+use crate::metrics::{ConnectionStats, Observability};
+
+/// WebRTC settings.
+#[derive(Debug, Clone)]
+pub struct WebRtcConfig {
+    /// UDP addresses to gather candidates on (default `127.0.0.1:0`: loopback only).
+    pub udp_addrs: Vec<String>,
+    /// STUN/TURN server URLs for real deployments (`stun:host:port`, `turn:host:port`).
+    pub ice_servers: Vec<String>,
+    /// Handshake timeout, ms.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        WebRtcConfig { udp_addrs: vec!["127.0.0.1:0".into()], ice_servers: Vec::new(), handshake_timeout_ms: 5_000 }
+    }
+}
+
+/// Why an offer could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum WebRtcError {
+    /// The body is not an SDP offer as JSON (`{"type":"offer","sdp":"..."}`).
+    #[error("bad offer: {0}")]
+    BadOffer(String),
+    /// The peer connection failed.
+    #[error("webrtc: {0}")]
+    Peer(String),
+}
+
+/// The WebRTC endpoint: answers offers and drives their connections.
+pub struct WebRtcEndpoint {
+    store: Arc<Store>,
+    hub: Arc<LiveHub>,
+    obs: Arc<Observability>,
+    config: WebRtcConfig,
+    peers: Mutex<Vec<Arc<dyn PeerConnection>>>,
+}
+
+#[derive(Default)]
+struct Channels {
+    control: Option<Arc<dyn DataChannel>>,
+    replication: Option<Arc<dyn DataChannel>>,
+    commands: Option<Arc<dyn DataChannel>>,
+    started: bool,
+}
+
+struct Handler {
+    endpoint: Arc<WebRtcEndpoint>,
+    gathered: mpsc::Sender<()>,
+    channels: Mutex<Channels>,
+    peer: std::sync::OnceLock<Arc<dyn PeerConnection>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.try_send(());
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)
+            && let Some(pc) = self.peer.get()
+        {
+            self.endpoint.peers.lock().expect("peers lock").retain(|p| !Arc::ptr_eq(p, pc));
+        }
+    }
+
+    async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
+        let label = dc.label().await.unwrap_or_default();
+        let ready = {
+            let mut c = self.channels.lock().expect("channels lock");
+            match label.as_str() {
+                CONTROL => c.control = Some(dc),
+                REPLICATION => c.replication = Some(dc),
+                COMMANDS => c.commands = Some(dc),
+                _ => return, // unknown channels are ignored
+            }
+            if c.started || c.control.is_none() || c.replication.is_none() || c.commands.is_none() {
+                None
+            } else {
+                c.started = true;
+                Some((
+                    c.control.clone().expect("control"),
+                    c.replication.clone().expect("replication"),
+                    c.commands.clone().expect("commands"),
+                ))
+            }
+        };
+        if let (Some((control, replication, commands)), Some(pc)) = (ready, self.peer.get()) {
+            self.endpoint.clone().start(pc.clone(), control, replication, commands);
+        }
+    }
+}
+
+/// Forwards a data channel's messages, through the framing decoder, into `tx`.
+async fn read_channel(
+    dc: Arc<dyn DataChannel>,
+    tx: mpsc::Sender<Result<Vec<u8>, FrameError>>,
+    stats: Arc<ConnectionStats>,
+) {
+    let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
+    while let Some(event) = dc.poll().await {
+        match event {
+            DataChannelEvent::OnMessage(m) => {
+                stats.bytes_in.fetch_add(m.data.len() as u64, Relaxed);
+                match decoder.push(&m.data) {
+                    Ok(frames) => {
+                        for f in frames {
+                            if tx.send(Ok(f)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+            DataChannelEvent::OnClose => return,
+            _ => {}
+        }
+    }
+}
+
+/// Writes each payload framed as one data channel message.
+async fn write_channel(dc: Arc<dyn DataChannel>, mut rx: mpsc::Receiver<Vec<u8>>, stats: Arc<ConnectionStats>) {
+    while let Some(p) = rx.recv().await {
+        let framed = frame::encode(&p);
+        let n = framed.len() as u64;
+        if dc.send(BytesMut::from(&framed[..])).await.is_err() {
+            return;
+        }
+        stats.bytes_out.fetch_add(n, Relaxed);
+    }
+}
+
+impl WebRtcEndpoint {
+    /// An endpoint serving `store`'s sessions through `hub`.
+    pub fn new(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>, config: WebRtcConfig) -> Arc<Self> {
+        Arc::new(WebRtcEndpoint { store, hub, obs, config, peers: Mutex::new(Vec::new()) })
+    }
+
+    /// Open peer connections.
+    pub fn peers(&self) -> usize {
+        self.peers.lock().expect("peers lock").len()
+    }
+
+    /// Answers an SDP offer (JSON `{"type":"offer","sdp":...}`) with the SDP answer (JSON), ICE
+    /// candidates included.
+    pub async fn answer(self: &Arc<Self>, offer: &[u8]) -> Result<Vec<u8>, WebRtcError> {
+        let offer: RTCSessionDescription =
+            serde_json::from_slice(offer).map_err(|e| WebRtcError::BadOffer(e.to_string()))?;
+        let peer = |e: &dyn std::fmt::Display| WebRtcError::Peer(e.to_string());
+        let (gathered_tx, mut gathered) = mpsc::channel(1);
+        let handler = Arc::new(Handler {
+            endpoint: self.clone(),
+            gathered: gathered_tx,
+            channels: Mutex::new(Channels::default()),
+            peer: std::sync::OnceLock::new(),
+        });
+        let config = RTCConfigurationBuilder::new()
+            .with_ice_servers(
+                self.config
+                    .ice_servers
+                    .iter()
+                    .map(|u| RTCIceServer { urls: vec![u.clone()], ..Default::default() })
+                    .collect(),
+            )
+            .build();
+        // Loopback has no multicast: mDNS candidates are neither gathered nor resolved.
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+            .with_include_loopback_candidate(true)
+            .build();
+        let runtime = webrtc::runtime::default_runtime().ok_or_else(|| WebRtcError::Peer("no async runtime".into()))?;
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(config)
+            .with_setting_engine(settings)
+            .with_handler(handler.clone())
+            .with_runtime(runtime)
+            .with_udp_addrs(self.config.udp_addrs.clone())
+            .build()
+            .await
+            .map_err(|e| peer(&e))?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let _ = handler.peer.set(pc.clone());
+        pc.set_remote_description(offer).await.map_err(|e| WebRtcError::BadOffer(e.to_string()))?;
+        let answer = pc.create_answer(None).await.map_err(|e| peer(&e))?;
+        pc.set_local_description(answer).await.map_err(|e| peer(&e))?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), gathered.recv()).await;
+        let local = pc.local_description().await.ok_or_else(|| WebRtcError::Peer("no local description".into()))?;
+        self.peers.lock().expect("peers lock").push(pc.clone());
+        // Channels that arrived before the peer handle was set start now.
+        let ready = {
+            let mut c = handler.channels.lock().expect("channels lock");
+            if !c.started && c.control.is_some() && c.replication.is_some() && c.commands.is_some() {
+                c.started = true;
+                Some((c.control.clone().expect("c"), c.replication.clone().expect("r"), c.commands.clone().expect("m")))
+            } else {
+                None
+            }
+        };
+        if let Some((control, replication, commands)) = ready {
+            self.clone().start(pc.clone(), control, replication, commands);
+        }
+        serde_json::to_vec(&local).map_err(|e| peer(&e))
+    }
+
+    /// Drives one connection once its three channels exist.
+    fn start(
+        self: Arc<Self>,
+        pc: Arc<dyn PeerConnection>,
+        control: Arc<dyn DataChannel>,
+        replication: Arc<dyn DataChannel>,
+        commands: Arc<dyn DataChannel>,
+    ) {
+        let stats = self.obs.new_connection("webrtc");
+        let (control_in_tx, control_in) = mpsc::channel(64);
+        let (commands_in_tx, commands_in) = mpsc::channel(256);
+        let (control_out, control_out_rx) = mpsc::channel(1_024);
+        let (replication_out, replication_out_rx) = mpsc::channel(4);
+        let tasks = vec![
+            tokio::spawn(read_channel(control.clone(), control_in_tx, stats.clone())),
+            tokio::spawn(read_channel(commands, commands_in_tx, stats.clone())),
+            tokio::spawn(write_channel(control, control_out_rx, stats.clone())),
+            tokio::spawn(write_channel(replication, replication_out_rx, stats.clone())),
+        ];
+        let closer = pc.clone();
+        let link = crate::link::Link {
+            transport: "webrtc",
+            control_in,
+            commands_in,
+            control_out,
+            replication_out,
+            stats,
+            close: Arc::new(move |_code, _reason| {
+                let pc = closer.clone();
+                tokio::spawn(async move {
+                    let _ = pc.close().await;
+                });
+            }),
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let timeout = me.config.handshake_timeout_ms;
+            crate::link::drive(me.store.clone(), me.hub.clone(), me.obs.clone(), link, timeout).await;
+            for t in tasks {
+                t.abort();
+            }
+            let _ = pc.close().await;
+            me.peers.lock().expect("peers lock").retain(|p| !Arc::ptr_eq(p, &pc));
+        });
+    }
+
+    /// Closes every peer connection.
+    pub async fn shutdown(&self) {
+        let peers: Vec<_> = std::mem::take(&mut *self.peers.lock().expect("peers lock"));
+        for p in peers {
+            let _ = p.close().await;
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The gateway over WebRTC data channels on loopback, with the Rust client: the same handshake
+//! and frames as QUIC, a viewer and an editor converging, QUIC-to-WebRTC fallback, and bad input.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use theta_client::quic::{Client, Event, Options, TransportChoice, Trust};
+use theta_gateway::ServeConfig;
+use theta_schemas::components::Transform;
+use theta_schemas::ids::ComponentMeta;
+use theta_schemas::signing::author_key;
+use theta_schemas::wire::Capabilities;
+use theta_schemas::{Command, CommandBody, ComponentId, Envelope, Role, SessionId, Shape};
+use theta_store::StoreConfig;
+
+const S: SessionId = SessionId([0x57; 16]);
+
+fn sign(key: &SigningKey, lamport: u64, command: Command) -> Vec<u8> {
+    let body = CommandBody {
+        session: S,
+        author: author_key(key),
+        lamport,
+        nonce: lamport,
+        wall_clock_ms: 0,
+        entity: 0,
+        component: ComponentId::NONE,
+        base_version: 0,
+        command,
+    };
+    Envelope::sign(&body, key).encode()
+}
+
+async fn server(dir: &std::path::Path) -> (theta_gateway::Running, SigningKey, SigningKey) {
+    let config = ServeConfig {
+        data_dir: dir.join("data"),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        quic_addr: Some("127.0.0.1:0".parse().unwrap()),
+        store: StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
+        ..ServeConfig::default()
+    };
+    let running = theta_gateway::start(config).await.unwrap();
+    let (owner, editor, viewer) =
+        (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32]), SigningKey::from_bytes(&[3; 32]));
+    let store = running.store().clone();
+    store.append(&sign(&owner, 1, Command::CreateSession { name: "webrtc".into() })).unwrap();
+    store.append(&sign(&owner, 2, Command::GrantRole { key: author_key(&editor), role: Role::Editor })).unwrap();
+    store.append(&sign(&owner, 3, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
+    (running, editor, viewer)
+}
+
+fn options(r: &theta_gateway::Running, key: &SigningKey, transport: TransportChoice) -> Options {
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(r.quic_fingerprint.as_ref().unwrap(), &mut pin).unwrap();
+    Options {
+        server: r.quic_addr.unwrap(),
+        server_name: "localhost".into(),
+        trust: Trust::Fingerprint(pin),
+        key: key.clone(),
+        session: S,
+        capabilities: Capabilities {
+            compression: vec!["zstd-stream".into()],
+            interest_management: false,
+            max_chunk_bytes: 0,
+            datagrams: false,
+        },
+        transport,
+        webrtc_signal: r.webrtc_signal.clone(),
+    }
+}
+
+async fn until_seq(c: &mut Client, seq: u64) {
+    while c.mirror().is_none_or(|m| m.seq() < seq) {
+        match tokio::time::timeout(Duration::from_secs(20), c.next_event()).await.expect("progress").unwrap() {
+            Event::Resynced { reason } => panic!("resynced: {reason}"),
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_and_editor_converge_over_webrtc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, editor, viewer) = server(dir.path()).await;
+    let mut v = Client::connect(options(&r, &viewer, TransportChoice::WebRtc)).await.unwrap();
+    let mut e = Client::connect(options(&r, &editor, TransportChoice::WebRtc)).await.unwrap();
+    assert_eq!((v.welcome().role, e.welcome().role), (Role::Viewer, Role::Editor));
+    assert_eq!(v.telemetry().transport, "webrtc");
+    // The editor builds and moves things; receipts come back over the control channel.
+    e.submit(1, ComponentId::NONE, 0, Command::CreateEntity { shape: Shape::Sphere, name: "ball".into(), parent: 0 })
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let t = Transform { translation: [i as f32 * 0.1, 1.0, 0.0], ..Transform::default() };
+        e.submit(1, Transform::id(), 0, Command::SetTransform(t)).await.unwrap();
+    }
+    let mut receipts = 0;
+    while receipts < 51 {
+        match tokio::time::timeout(Duration::from_secs(20), e.next_event()).await.unwrap().unwrap() {
+            Event::Receipt(_) => receipts += 1,
+            Event::Rejected(x) => panic!("rejected: {x:?}"),
+            _ => {}
+        }
+    }
+    let head = r.store().head(&S).unwrap().seq;
+    assert_eq!(head, 3 + 51);
+    until_seq(&mut v, head).await;
+    until_seq(&mut e, head).await;
+    let want = theta_gateway::history::project(r.store(), &S, head).unwrap().projection.state_hash();
+    assert_eq!(v.mirror().unwrap().state_hash(), want, "viewer mirror = server projection");
+    assert_eq!(e.mirror().unwrap().state_hash(), want, "editor mirror = server projection");
+    // A viewer-role command is refused with the store's code, as over QUIC.
+    let nonce = v.submit(1, Transform::id(), 0, Command::SetTransform(Transform::default())).await.unwrap();
+    loop {
+        if let Event::Rejected(x) =
+            tokio::time::timeout(Duration::from_secs(20), v.next_event()).await.unwrap().unwrap()
+        {
+            assert_eq!((x.nonce, x.code), (nonce, 100 + theta_store::RejectionCode::Permission as u32));
+            break;
+        }
+    }
+    // Metrics are tagged with the transport.
+    let m = r.metrics_addr.unwrap();
+    let text = http_get(m, "/metrics").await;
+    assert!(text.contains("theta_webrtc_connections_total 2"), "{text}");
+    assert!(text.contains("transport=\"webrtc\",role=\"viewer\""), "{text}");
+    drop((v, e));
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_webrtc_when_quic_cannot_connect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _editor, viewer) = server(dir.path()).await;
+    // A UDP port where nobody speaks QUIC.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut o = options(&r, &viewer, TransportChoice::Auto { quic_timeout: Duration::from_millis(800) });
+    o.server = dead.local_addr().unwrap();
+    let mut c = Client::connect(o).await.unwrap();
+    assert_eq!(c.telemetry().transport, "webrtc");
+    until_seq(&mut c, 3).await;
+    // With QUIC reachable, Auto takes QUIC.
+    let q = Client::connect(options(&r, &viewer, TransportChoice::Auto { quic_timeout: Duration::from_secs(5) }))
+        .await
+        .unwrap();
+    assert_eq!(q.telemetry().transport, "quic");
+    drop((c, q));
+    r.shutdown().await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+async fn http_post(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head =
+        format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (and close) before reading an oversized body.
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signalling_and_bad_frames_over_webrtc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, editor, viewer) = server(dir.path()).await;
+    let m = r.metrics_addr.unwrap();
+    // Garbage instead of an offer: a clean 400 and a counter.
+    let resp = http_post(m, "/webrtc/offer", b"{\"type\":\"offer\",\"sdp\":\"nonsense\"}").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let resp = http_post(m, "/webrtc/offer", b"not json").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    // An oversized body is refused without reading it.
+    let resp = http_post(m, "/webrtc/offer", &vec![b'x'; 100_000]).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(http_get(m, "/metrics").await.contains("theta_webrtc_signalling_refusals_total 2"));
+    // A forged handshake (wrong key's proof) is refused with its close code; others unaffected.
+    let mut good = Client::connect(options(&r, &editor, TransportChoice::WebRtc)).await.unwrap();
+    let stranger = SigningKey::from_bytes(&[9; 32]);
+    let refused = Client::connect(options(&r, &stranger, TransportChoice::WebRtc)).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("no role")));
+    good.submit(1, ComponentId::NONE, 0, Command::CreateEntity { shape: Shape::Cube, name: "ok".into(), parent: 0 })
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), good.next_event()).await.unwrap().unwrap() {
+            Event::Receipt(_) => break,
+            Event::Rejected(x) => panic!("{x:?}"),
+            _ => {}
+        }
+    }
+    let text = http_get(m, "/metrics").await;
+    assert!(text.contains("theta_quic_handshake_refusals_total{code=\"5\"} 1"), "{text}");
+    let _ = viewer;
+    drop(good);
+    r.shutdown().await;
+}
