@@ -8,6 +8,8 @@
 //! grpc_addr = "127.0.0.1:50051"  # gRPC listen address
 //! metrics_addr = "127.0.0.1:9464" # Prometheus /metrics address, or "off"
 //! quic_addr = "127.0.0.1:50052"  # QUIC (UDP) address, or "off"
+//! webrtc_udp = "127.0.0.1:0"     # WebRTC UDP bind (signalling on the metrics port), or "off"
+//! ice_servers = "stun:stun.example.org:3478"  # comma-separated STUN/TURN URLs
 //! tls_cert = "cert.pem"          # gRPC TLS certificate chain (PEM), with tls_key
 //! tls_key = "key.pem"
 //! durability = "sync"            # sync | none | interval:MS
@@ -44,6 +46,13 @@ pub struct ServeArgs {
     /// QUIC (UDP) listen address, or "off" [default: 127.0.0.1:50052].
     #[arg(long, env = "THETA_QUIC_ADDR", value_name = "ADDR|off")]
     quic_addr: Option<String>,
+    /// WebRTC: UDP address to gather candidates on, or "off"; signalling is `POST
+    /// /webrtc/offer` on the metrics port [default: 127.0.0.1:0].
+    #[arg(long, env = "THETA_WEBRTC_UDP", value_name = "ADDR|off")]
+    webrtc_udp: Option<String>,
+    /// WebRTC: STUN/TURN server URLs, comma-separated (for peers beyond loopback).
+    #[arg(long, env = "THETA_ICE_SERVERS", value_name = "URLS")]
+    ice_servers: Option<String>,
     /// TLS certificate chain for gRPC (PEM); needs --tls-key.
     #[arg(long, env = "THETA_TLS_CERT", value_name = "FILE")]
     tls_cert: Option<PathBuf>,
@@ -78,6 +87,8 @@ struct FileConfig {
     grpc_addr: Option<SocketAddr>,
     metrics_addr: Option<String>,
     quic_addr: Option<String>,
+    webrtc_udp: Option<String>,
+    ice_servers: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     durability: Option<String>,
@@ -124,6 +135,23 @@ impl ServeArgs {
             Some("off") => None,
             Some(a) => Some(a.parse().with_context(|| format!("QUIC address {a:?}"))?),
         };
+        let ice_servers: Vec<String> = self
+            .ice_servers
+            .or(file.ice_servers)
+            .map(|s| s.split(',').map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect())
+            .unwrap_or_default();
+        let webrtc = match self.webrtc_udp.or(file.webrtc_udp).as_deref() {
+            Some("off") => None,
+            udp => {
+                let mut w = d.webrtc.clone().unwrap_or_default();
+                if let Some(a) = udp {
+                    let _: SocketAddr = a.parse().with_context(|| format!("WebRTC UDP address {a:?}"))?;
+                    w.udp_addrs = vec![a.to_string()];
+                }
+                w.ice_servers = ice_servers;
+                Some(w)
+            }
+        };
         let tls = match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key)) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -156,6 +184,7 @@ impl ServeArgs {
             grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(d.grpc_addr),
             metrics_addr,
             quic_addr,
+            webrtc,
             tls,
             store,
             checkpoint_every_entries,
@@ -182,6 +211,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             metrics = ?running.metrics_addr,
             quic = ?running.quic_addr,
             quic_cert_sha256 = running.quic_fingerprint.as_deref().unwrap_or("-"),
+            webrtc_signal = running.webrtc_signal.as_deref().unwrap_or("-"),
             tls = config.tls.is_some(),
             sessions = store.sessions().len(),
             service_key = %hex::encode(store.service_public_key()),

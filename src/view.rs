@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use theta_client::compress::{ZSTD, ZSTD_DICT, ZSTD_STREAM};
-use theta_client::quic::{Client, Event, Options, Telemetry, Trust};
+use theta_client::quic::{Client, Event, Options, Telemetry, TransportChoice, Trust};
 use theta_projector::{Assembler, Projection};
 use theta_proto::v1 as pb;
 use theta_proto::v1::replay_service_client::ReplayServiceClient;
@@ -34,6 +34,12 @@ pub struct ViewArgs {
     /// Live: SHA-256 fingerprint of the server's QUIC certificate (hex, as `theta serve` logs it).
     #[arg(long)]
     pub fingerprint: Option<String>,
+    /// Live: transport: quic, webrtc, or auto (QUIC, falling back to WebRTC after 3 s).
+    #[arg(long, default_value = "quic", value_parser = ["quic", "webrtc", "auto"])]
+    pub transport: String,
+    /// Live: the WebRTC signalling URL (as `theta serve` logs it, `http://HOST:PORT/webrtc/offer`).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9464/webrtc/offer")]
+    pub webrtc: String,
     /// Live: the viewer's secret key file (its public key needs a role in the session).
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
@@ -315,11 +321,16 @@ impl ServerCounters {
 /// Connects to the live session as `--key`, pinning `--fingerprint`.
 async fn connect_live(a: &ViewArgs, session: SessionId) -> anyhow::Result<Client> {
     let key = crate::cli::read_key(a.key.as_deref().context("live viewing needs --key (a viewer's key file)")?)?;
-    let fp = a.fingerprint.as_deref().context("live viewing needs --fingerprint (logged by theta serve)")?;
     let mut pin = [0u8; 32];
-    // Accept the value as logged (quoted) and the colon-separated form.
-    let fp: String = fp.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    hex::decode_to_slice(&fp, &mut pin).context("--fingerprint must be 64 hex digits (SHA-256)")?;
+    match a.fingerprint.as_deref() {
+        // Accept the value as logged (quoted) and the colon-separated form.
+        Some(fp) => {
+            let fp: String = fp.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+            hex::decode_to_slice(&fp, &mut pin).context("--fingerprint must be 64 hex digits (SHA-256)")?;
+        }
+        None if a.transport == "webrtc" => {}
+        None => bail!("live viewing over QUIC needs --fingerprint (logged by theta serve)"),
+    }
     Ok(Client::connect(Options {
         server: a.quic,
         server_name: "localhost".into(),
@@ -332,8 +343,12 @@ async fn connect_live(a: &ViewArgs, session: SessionId) -> anyhow::Result<Client
             max_chunk_bytes: 0,
             datagrams: false,
         },
-        transport: Default::default(),
-        webrtc_signal: None,
+        transport: match a.transport.as_str() {
+            "webrtc" => TransportChoice::WebRtc,
+            "auto" => TransportChoice::Auto { quic_timeout: Duration::from_secs(3) },
+            _ => TransportChoice::Quic,
+        },
+        webrtc_signal: Some(a.webrtc.clone()),
     })
     .await?)
 }

@@ -313,10 +313,13 @@ impl Observability {
             "Live connections closed after the handshake for bad framing or an unexpected message.",
             self.protocol_violations.load(relaxed),
         );
-        let _ = writeln!(s, "# HELP theta_quic_handshake_refusals_total Refused QUIC handshakes by close code.");
-        let _ = writeln!(s, "# TYPE theta_quic_handshake_refusals_total counter");
+        let _ = writeln!(
+            s,
+            "# HELP theta_live_handshake_refusals_total Refused live handshakes (QUIC and WebRTC) by close code."
+        );
+        let _ = writeln!(s, "# TYPE theta_live_handshake_refusals_total counter");
         for (code, n) in self.handshake_refusals.lock().expect("metrics lock").iter() {
-            let _ = writeln!(s, "theta_quic_handshake_refusals_total{{code=\"{code}\"}} {n}");
+            let _ = writeln!(s, "theta_live_handshake_refusals_total{{code=\"{code}\"}} {n}");
         }
         let (resyncs, deltas) =
             self.live.get().map_or((0, 0), |h| (h.resyncs.load(relaxed), h.deltas_sent.load(relaxed)));

@@ -830,7 +830,7 @@ async fn bad_handshakes_close_cleanly_with_a_code_and_a_counter() {
     let text = obs.render(&store);
     for (code, n) in [(1, 1), (2, 1), (3, 1), (4, 1), (7, 2)] {
         assert!(
-            text.contains(&format!("theta_quic_handshake_refusals_total{{code=\"{code}\"}} {n}")),
+            text.contains(&format!("theta_live_handshake_refusals_total{{code=\"{code}\"}} {n}")),
             "counter for code {code}"
         );
     }

@@ -200,8 +200,60 @@ async fn bad_signalling_and_bad_frames_over_webrtc() {
             _ => {}
         }
     }
+    // Raw channels: a header claiming 4 GiB on the control channel closes that peer, counted.
+    let url = r.webrtc_signal.clone().unwrap();
+    let raw = theta_client::webrtc::connect_raw(&url).await.unwrap();
+    raw.control.send(bytes::BytesMut::from(&u32::MAX.to_le_bytes()[..])).await.unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if http_get(m, "/metrics").await.contains("theta_live_handshake_refusals_total{code=\"7\"} 1") {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the oversized frame was refused with code 7");
+    // Garbage after a good handshake on the command channel: a protocol violation.
+    let raw = theta_client::webrtc::connect_raw(&url).await.unwrap();
+    let (mut hs, hello) =
+        theta_client::handshake::ClientHandshake::start(editor.clone(), S, Capabilities::default(), [4; 32]);
+    raw.control.send(bytes::BytesMut::from(&theta_client::frame::encode(&hello)[..])).await.unwrap();
+    let mut decoder = theta_client::frame::Decoder::new(1 << 16);
+    'hs: while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), raw.control.poll()).await.unwrap() {
+        if let webrtc::data_channel::DataChannelEvent::OnMessage(msg) = ev {
+            for f in decoder.push(&msg.data).unwrap() {
+                match hs.on_message(&f).unwrap() {
+                    theta_client::handshake::ClientStep::Send(p) => {
+                        raw.control.send(bytes::BytesMut::from(&theta_client::frame::encode(&p)[..])).await.unwrap()
+                    }
+                    theta_client::handshake::ClientStep::Done(_) => break 'hs,
+                }
+            }
+        }
+    }
+    raw.commands.send(bytes::BytesMut::from(&[0u8, 0, 0, 0][..])).await.unwrap();
+    let mut violated = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if http_get(m, "/metrics").await.contains("theta_live_protocol_violations_total 1") {
+            violated = true;
+            break;
+        }
+    }
+    assert!(violated, "an empty frame on the command channel is a protocol violation");
+    // The good editor still works.
+    good.submit(2, ComponentId::NONE, 0, Command::CreateEntity { shape: Shape::Cube, name: "still".into(), parent: 0 })
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), good.next_event()).await.unwrap().unwrap() {
+            Event::Receipt(_) => break,
+            Event::Rejected(x) => panic!("{x:?}"),
+            _ => {}
+        }
+    }
     let text = http_get(m, "/metrics").await;
-    assert!(text.contains("theta_quic_handshake_refusals_total{code=\"5\"} 1"), "{text}");
+    assert!(text.contains("theta_live_handshake_refusals_total{code=\"5\"} 1"), "{text}");
     let _ = viewer;
     drop(good);
     r.shutdown().await;

@@ -172,11 +172,11 @@ fn serve_shuts_down_gracefully_on_sigterm_keeping_every_acknowledged_append() {
 
 /// Starts `theta serve` on loopback ports in `data`; returns the child, the gRPC address, the
 /// QUIC address and the certificate fingerprint from its start-up log line.
-fn serve(data: &std::path::Path) -> (std::process::Child, String, String, String) {
+fn serve(data: &std::path::Path) -> (std::process::Child, String, String, String, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_theta"))
         .args(["serve", "--data", data.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0"])
-        .args(["--metrics-addr", "off", "--quic-addr", "127.0.0.1:0"])
+        .args(["--metrics-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -191,8 +191,9 @@ fn serve(data: &std::path::Path) -> (std::process::Child, String, String, String
             let grpc = field(&line, "grpc").unwrap();
             let quic = field(&line, "quic").unwrap();
             let fp = field(&line, "quic_cert_sha256").unwrap();
+            let signal = field(&line, "webrtc_signal").unwrap().trim_matches('"').to_string();
             std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-            return (child, grpc, quic, fp);
+            return (child, grpc, quic, fp, signal);
         }
     }
 }
@@ -207,7 +208,7 @@ fn view_renders_a_session_live_and_from_history() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let (child, grpc, quic, fp) = serve(&dir.path().join("data"));
+    let (child, grpc, quic, fp, signal) = serve(&dir.path().join("data"));
     let _child = Kill(child);
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let run = |args: &[&str]| {
@@ -272,6 +273,29 @@ fn view_renders_a_session_live_and_from_history() {
     ]);
     assert!(out.contains("connected as Viewer"), "{out}");
     assert_eq!(frames("live"), 3);
+    // The same over WebRTC, signalling at the URL the server logged.
+    let out = run(&[
+        "view",
+        "--session",
+        session,
+        "--headless",
+        "--key",
+        &path("viewer.key"),
+        "--transport",
+        "webrtc",
+        "--webrtc",
+        &signal,
+        "--frames",
+        "2",
+        "--out",
+        &path("rtc"),
+        "--width",
+        "160",
+        "--height",
+        "90",
+    ]);
+    assert!(out.contains("connected as Viewer"), "{out}");
+    assert_eq!(frames("rtc"), 2);
     let img = theta_viewer::Image::load_png(&dir.path().join("live/frame-00002.png")).unwrap();
     assert_eq!((img.width, img.height), (160, 90));
     // A key without a role is refused with the handshake's reason.
@@ -351,7 +375,7 @@ fn window_under_xvfb_shows_the_scene() {
             .expect("Xvfb (apt-get install xvfb; scripts/test installs it)"),
     );
     let dir = tempfile::tempdir().unwrap();
-    let (child, grpc, _, _) = serve(&dir.path().join("data"));
+    let (child, grpc, _, _, _) = serve(&dir.path().join("data"));
     let _server = Kill(child);
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let run = |args: &[&str]| {

@@ -103,10 +103,23 @@ async fn write_channel(dc: Arc<dyn DataChannel>, mut rx: mpsc::Receiver<Vec<u8>>
     }
 }
 
-/// Connects over WebRTC through the signalling URL in `o.webrtc_signal`.
-pub(crate) async fn open(o: &Options) -> Result<Link, ClientError> {
-    let url = o.webrtc_signal.clone().ok_or_else(|| err("no signalling URL (webrtc_signal)"))?;
+/// A peer connection with the three channels open and nothing else (for tools and tests that
+/// speak the protocol themselves).
+pub struct RawPeer {
+    /// The peer connection.
+    pub pc: Arc<dyn PeerConnection>,
+    /// The control channel (open).
+    pub control: Arc<dyn DataChannel>,
+    /// The replication channel.
+    pub replication: Arc<dyn DataChannel>,
+    /// The command channel.
+    pub commands: Arc<dyn DataChannel>,
+}
+
+/// Connects the three channels through the signalling URL, and waits until they open.
+pub async fn connect_raw(url: &str) -> Result<RawPeer, ClientError> {
     let host = url.trim_start_matches("http://").split([':', '/']).next().unwrap_or("").to_string();
+    let url = url.to_string();
     let runtime = webrtc::runtime::default_runtime().ok_or_else(|| err("no async runtime"))?;
     let (gathered_tx, mut gathered) = mpsc::channel(1);
     let pc = PeerConnectionBuilder::new()
@@ -128,10 +141,7 @@ pub(crate) async fn open(o: &Options) -> Result<Link, ClientError> {
     let answer = http_post(&url, &body).await?;
     let answer: RTCSessionDescription = serde_json::from_slice(&answer).map_err(err)?;
     pc.set_remote_description(answer).await.map_err(err)?;
-
     // The control channel opening means the connection is up.
-    let (bytes_in, bytes_out) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let (control_in_tx, control_in) = mpsc::channel(256);
     let mut opened = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !opened {
@@ -145,6 +155,15 @@ pub(crate) async fn open(o: &Options) -> Result<Link, ClientError> {
             }
         }
     }
+    Ok(RawPeer { pc, control, replication, commands })
+}
+
+/// Connects over WebRTC through the signalling URL in `o.webrtc_signal`.
+pub(crate) async fn open(o: &Options) -> Result<Link, ClientError> {
+    let url = o.webrtc_signal.clone().ok_or_else(|| err("no signalling URL (webrtc_signal)"))?;
+    let RawPeer { pc, control, replication, commands } = connect_raw(&url).await?;
+    let (bytes_in, bytes_out) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (control_in_tx, control_in) = mpsc::channel(256);
     let (replication_in_tx, replication_in) = mpsc::channel(256);
     let (control_out, control_out_rx) = mpsc::channel(64);
     let (commands_out, commands_out_rx) = mpsc::channel(256);
