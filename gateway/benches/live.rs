@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use theta_client::compress::{ZSTD, ZSTD_DICT, ZSTD_STREAM};
-use theta_client::quic::{Client, Event, Options, Trust};
-use theta_gateway::quic::{load_or_create_identity, serve_quic};
+use theta_client::quic::{Client, Event, Options, TransportChoice, Trust};
 use theta_schemas::components::Transform;
 use theta_schemas::ids::ComponentMeta;
 use theta_schemas::signing::author_key;
@@ -109,18 +108,26 @@ fn ack_quantile(h: &theta_store::metrics::HistogramSnapshot, q: f64) -> f64 {
 
 #[derive(Clone, Copy)]
 struct Setup {
+    transport: TransportChoice,
     viewers: usize,
     compression: &'static [&'static str],
     interest: bool,
 }
 
 async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) -> Run {
-    let identity = load_or_create_identity(dir).unwrap();
-    let server = serve_quic(store.clone(), "127.0.0.1:0".parse().unwrap(), identity, 5_000).unwrap();
+    let config = theta_gateway::ServeConfig {
+        data_dir: dir.to_path_buf(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        quic_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..theta_gateway::ServeConfig::default()
+    };
+    let server = theta_gateway::start_with_store(store.clone(), &config).await.unwrap();
     let mut pin = [0u8; 32];
-    hex::decode_to_slice(&server.fingerprint, &mut pin).unwrap();
+    hex::decode_to_slice(server.quic_fingerprint.as_ref().unwrap(), &mut pin).unwrap();
+    let signal = server.webrtc_signal.clone();
     let options = |k: SigningKey, compression: &[&str], interest: bool| Options {
-        server: server.addr,
+        server: server.quic_addr.unwrap(),
         server_name: "localhost".into(),
         trust: Trust::Fingerprint(pin),
         key: k,
@@ -131,8 +138,8 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
             max_chunk_bytes: 0,
             datagrams: false,
         },
-        transport: Default::default(),
-        webrtc_signal: None,
+        transport: setup.transport,
+        webrtc_signal: signal.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     // Viewers: connect, take the snapshot, then record when each seq is applied.
@@ -172,11 +179,15 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let submitted: Arc<Mutex<HashMap<u64, Instant>>> = Default::default();
     let mut editors = Vec::new();
+    // Every editor connects first; the paced run starts for all of them at once.
+    let (start_tx, start_rx) = tokio::sync::watch::channel(false);
     for i in 1..=EDITORS as u32 {
         let mut c = Client::connect(options(key(i), &[], false)).await.unwrap();
         let submitted = submitted.clone();
         let stop = stop.clone();
+        let mut start = start_rx.clone();
         editors.push(tokio::spawn(async move {
+            let _ = start.wait_for(|s| *s).await;
             let period = Duration::from_secs_f64(1.0 / HZ);
             // Spread the editors' phases over one period.
             let mut next = tokio::time::Instant::now() + period.mul_f64(i as f64 / EDITORS as f64);
@@ -222,6 +233,7 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
             n
         }));
     }
+    let _ = start_tx.send(true);
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     stop.store(true, SeqCst);
     let mut commands = 0;
@@ -243,8 +255,8 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
             }
         }
     }
-    server.shutdown().await;
     let ack = store.metrics().ack_latency;
+    server.shutdown().await;
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
     let per = |b: u64| b as f64 / setup.viewers as f64 / secs;
@@ -270,20 +282,27 @@ fn main() {
         EDITORS as u64 * ENTITIES_PER_EDITOR
     );
     println!(
-        "| viewers | encoding | interest | commands/s | latency p50 | latency p99 | store ack p50 / p99 (≤ bucket) | bytes/viewer/s | raw bytes/viewer/s | resyncs |"
+        "| transport | viewers | encoding | interest | commands/s | latency p50 | latency p99 | store ack p50 / p99 (≤ bucket) | bytes/viewer/s | raw bytes/viewer/s | resyncs |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut configs = vec![
-        Setup { viewers: 16, compression: &[], interest: false },
-        Setup { viewers: 16, compression: &[ZSTD], interest: false },
-        Setup { viewers: 16, compression: &[ZSTD_DICT, ZSTD], interest: false },
-        Setup { viewers: 16, compression: &[ZSTD_STREAM], interest: false },
-        Setup { viewers: 16, compression: &[], interest: true },
-        Setup { viewers: 16, compression: &[ZSTD_STREAM], interest: true },
+        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[], interest: false },
+        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[ZSTD], interest: false },
+        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_DICT, ZSTD], interest: false },
+        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_STREAM], interest: false },
+        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[], interest: true },
+        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_STREAM], interest: true },
+        Setup { transport: TransportChoice::WebRtc, viewers: 16, compression: &[], interest: false },
+        Setup { transport: TransportChoice::WebRtc, viewers: 16, compression: &[ZSTD_STREAM], interest: false },
     ];
     if std::env::var("THETA_BENCH_SCALE").map_or(true, |v| v != "0") {
         for v in [32, 64, 128, 256] {
-            configs.push(Setup { viewers: v, compression: &[ZSTD_STREAM], interest: false });
+            configs.push(Setup {
+                transport: TransportChoice::Quic,
+                viewers: v,
+                compression: &[ZSTD_STREAM],
+                interest: false,
+            });
         }
     }
     for setup in configs {
@@ -295,7 +314,8 @@ fn main() {
             Some(k) => k,
         };
         println!(
-            "| {} | {encoding} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.0} | {:.0} | {} |   ({} samples)",
+            "| {} | {} | {encoding} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.0} | {:.0} | {} |   ({} samples)",
+            if setup.transport == TransportChoice::WebRtc { "webrtc" } else { "quic" },
             setup.viewers,
             if setup.interest { "r = 40 m" } else { "no" },
             r.commands as f64 / secs,
@@ -308,7 +328,6 @@ fn main() {
             r.resyncs,
             r.samples
         );
-        store.close();
         if setup.viewers > 16 && r.p99_ms > 11.1 {
             println!("p99 crossed 11.1 ms at {} viewers", setup.viewers);
             break;

@@ -151,17 +151,29 @@ async fn read_channel(
     }
 }
 
-/// Writes each payload framed as one data channel message.
+/// Writes payloads framed on a data channel, several frames per message when they queue up.
 async fn write_channel(dc: Arc<dyn DataChannel>, mut rx: mpsc::Receiver<Vec<u8>>, stats: Arc<ConnectionStats>) {
-    while let Some(p) = rx.recv().await {
-        let framed = frame::encode(&p);
-        let n = framed.len() as u64;
-        if dc.send(BytesMut::from(&framed[..])).await.is_err() {
+    // Frames waiting together travel as one message (up to 64 KiB bytes): a data channel
+    // message costs far more than its bytes.
+    while let Some(first) = rx.recv().await {
+        let mut batch = BytesMut::from(&frame::encode(&first)[..]);
+        while batch.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => batch.extend_from_slice(&frame::encode(&p)),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        if dc.send(batch).await.is_err() {
             return;
         }
         stats.bytes_out.fetch_add(n, Relaxed);
     }
 }
+
+/// Largest batch of frames sent as one data channel message, bytes (a frame larger than this
+/// still goes alone).
+const BATCH_BYTES: usize = 64 * 1024;
 
 impl WebRtcEndpoint {
     /// An endpoint serving `store`'s sessions through `hub`.

@@ -1,7 +1,6 @@
 //! The gateway over WebRTC data channels on loopback, with the Rust client: the same handshake
 //! and frames as QUIC, a viewer and an editor converging, QUIC-to-WebRTC fallback, and bad input.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
