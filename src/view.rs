@@ -407,9 +407,8 @@ fn run_window(a: ViewArgs, session: SessionId) -> anyhow::Result<()> {
                     let mut next = Instant::now();
                     let mut last = Instant::now();
                     while !quit() {
-                        match tokio::time::timeout(Duration::from_millis(16), client.next_event()).await {
-                            Ok(Err(e)) => return Err(e.into()),
-                            Ok(Ok(_)) | Err(_) => {}
+                        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_millis(16), client.next_event()).await {
+                            return Err(e.into());
                         }
                         let line = counters.line().await.to_string();
                         if Instant::now() >= next

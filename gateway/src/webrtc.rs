@@ -6,17 +6,13 @@
 //! then driven by [`crate::link::drive`], with the same checks and counters as QUIC and metrics
 //! tagged `transport="webrtc"`.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use theta_client::frame::{self, Decoder, FrameError};
-use theta_client::webrtc::{COMMANDS, CONTROL, REPLICATION};
-use theta_schemas::MAX_ENVELOPE_BYTES;
+use theta_client::webrtc::{COMMANDS, CONTROL, REPLICATION, read_channel, write_channel};
 use theta_store::Store;
 use tokio::sync::mpsc;
-use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
     RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
@@ -120,60 +116,23 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// Forwards a data channel's messages, through the framing decoder, into `tx`.
-async fn read_channel(
-    dc: Arc<dyn DataChannel>,
-    tx: mpsc::Sender<Result<Vec<u8>, FrameError>>,
-    stats: Arc<ConnectionStats>,
-) {
-    let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
-    while let Some(event) = dc.poll().await {
-        match event {
-            DataChannelEvent::OnMessage(m) => {
-                stats.bytes_in.fetch_add(m.data.len() as u64, Relaxed);
-                match decoder.push(&m.data) {
-                    Ok(frames) => {
-                        for f in frames {
-                            if tx.send(Ok(f)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-            }
-            DataChannelEvent::OnClose => return,
-            _ => {}
-        }
+/// One of a connection's byte counters, owned (for the shared channel pumps).
+struct Counter(Arc<ConnectionStats>, fn(&ConnectionStats) -> &std::sync::atomic::AtomicU64);
+
+impl std::ops::Deref for Counter {
+    type Target = std::sync::atomic::AtomicU64;
+    fn deref(&self) -> &Self::Target {
+        (self.1)(&self.0)
     }
 }
 
-/// Writes payloads framed on a data channel, several frames per message when they queue up.
-async fn write_channel(dc: Arc<dyn DataChannel>, mut rx: mpsc::Receiver<Vec<u8>>, stats: Arc<ConnectionStats>) {
-    // Frames waiting together travel as one message (up to 64 KiB bytes): a data channel
-    // message costs far more than its bytes.
-    while let Some(first) = rx.recv().await {
-        let mut batch = BytesMut::from(&frame::encode(&first)[..]);
-        while batch.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) => batch.extend_from_slice(&frame::encode(&p)),
-                Err(_) => break,
-            }
-        }
-        let n = batch.len() as u64;
-        if dc.send(batch).await.is_err() {
-            return;
-        }
-        stats.bytes_out.fetch_add(n, Relaxed);
-    }
+fn bytes_in(stats: &Arc<ConnectionStats>) -> Counter {
+    Counter(stats.clone(), |s| &s.bytes_in)
 }
 
-/// Largest batch of frames sent as one data channel message, bytes (a frame larger than this
-/// still goes alone).
-const BATCH_BYTES: usize = 64 * 1024;
+fn bytes_out(stats: &Arc<ConnectionStats>) -> Counter {
+    Counter(stats.clone(), |s| &s.bytes_out)
+}
 
 impl WebRtcEndpoint {
     /// An endpoint serving `store`'s sessions through `hub`.
@@ -261,10 +220,10 @@ impl WebRtcEndpoint {
         let (control_out, control_out_rx) = mpsc::channel(1_024);
         let (replication_out, replication_out_rx) = mpsc::channel(4);
         let tasks = vec![
-            tokio::spawn(read_channel(control.clone(), control_in_tx, stats.clone())),
-            tokio::spawn(read_channel(commands, commands_in_tx, stats.clone())),
-            tokio::spawn(write_channel(control, control_out_rx, stats.clone())),
-            tokio::spawn(write_channel(replication, replication_out_rx, stats.clone())),
+            tokio::spawn(read_channel(control.clone(), control_in_tx, bytes_in(&stats))),
+            tokio::spawn(read_channel(commands, commands_in_tx, bytes_in(&stats))),
+            tokio::spawn(write_channel(control, control_out_rx, bytes_out(&stats))),
+            tokio::spawn(write_channel(replication, replication_out_rx, bytes_out(&stats))),
         ];
         let closer = pc.clone();
         let link = crate::link::Link {

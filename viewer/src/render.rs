@@ -867,35 +867,7 @@ impl Renderer {
             for i in 0..eyes.len() {
                 pass.set_viewport((i as u32 * width) as f32, 0.0, width as f32, height as f32, 0.0, 1.0);
                 pass.set_bind_group(0, &self.camera_group, &[(i as u64 * CAMERA_SLOT) as u32]);
-                pass.set_pipeline(&self.scene_pipeline);
-                let instances = &self.instances.as_ref().expect("instances").0;
-                pass.set_vertex_buffer(1, instances.slice(..));
-                for (shape, start, count) in &ranges {
-                    if *count == 0 {
-                        continue;
-                    }
-                    let mesh = &self.primitives[*shape];
-                    pass.set_vertex_buffer(0, mesh.vertices.slice(..));
-                    pass.set_index_buffer(mesh.indices.slice(..), wgpu::IndexFormat::Uint32);
-                    pass.draw_indexed(0..mesh.count, 0, *start..*start + *count);
-                }
-                for m in &scene.meshes {
-                    let cached = &self.meshes[&m.entity].mesh;
-                    if cached.count == 0 {
-                        continue;
-                    }
-                    let inst = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: None,
-                        contents: bytemuck::bytes_of(&m.instance),
-                        usage: wgpu::BufferUsages::VERTEX,
-                    });
-                    pass.set_vertex_buffer(0, cached.vertices.slice(..));
-                    pass.set_vertex_buffer(1, inst.slice(..));
-                    pass.set_index_buffer(cached.indices.slice(..), wgpu::IndexFormat::Uint32);
-                    pass.draw_indexed(0..cached.count, 0, 0..1);
-                }
-                pass.set_pipeline(&self.grid_pipeline);
-                pass.draw(0..GRID_VERTICES, 0..1);
+                self.draw_content(&mut pass, &ranges, scene, &self.scene_pipeline, &self.grid_pipeline);
             }
             if let (Some(_), Some((_, _, _, group))) = (hud, &self.hud) {
                 pass.set_viewport(0.0, 0.0, full_width as f32, height as f32, 0.0, 1.0);
@@ -928,6 +900,46 @@ impl Renderer {
         if copy {
             self.finish();
         }
+    }
+
+    /// Records the scene's draws (instanced primitives per level of detail, mesh entities, the
+    /// grid) into a pass whose cameras are bound.
+    fn draw_content(
+        &self,
+        pass: &mut wgpu::RenderPass<'_>,
+        ranges: &[(usize, u32, u32)],
+        scene: &Scene,
+        scene_pipeline: &wgpu::RenderPipeline,
+        grid_pipeline: &wgpu::RenderPipeline,
+    ) {
+        pass.set_pipeline(scene_pipeline);
+        pass.set_vertex_buffer(1, self.instances.as_ref().expect("instances").0.slice(..));
+        for (mesh, start, count) in ranges {
+            if *count == 0 {
+                continue;
+            }
+            let m = &self.primitives[*mesh];
+            pass.set_vertex_buffer(0, m.vertices.slice(..));
+            pass.set_index_buffer(m.indices.slice(..), wgpu::IndexFormat::Uint32);
+            pass.draw_indexed(0..m.count, 0, *start..*start + *count);
+        }
+        for m in &scene.meshes {
+            let cached = &self.meshes[&m.entity].mesh;
+            if cached.count == 0 {
+                continue;
+            }
+            let instance = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::bytes_of(&m.instance),
+                usage: wgpu::BufferUsages::VERTEX,
+            });
+            pass.set_vertex_buffer(0, cached.vertices.slice(..));
+            pass.set_vertex_buffer(1, instance.slice(..));
+            pass.set_index_buffer(cached.indices.slice(..), wgpu::IndexFormat::Uint32);
+            pass.draw_indexed(0..cached.count, 0, 0..1);
+        }
+        pass.set_pipeline(grid_pipeline);
+        pass.draw(0..GRID_VERTICES, 0..1);
     }
 
     /// Whether the device renders both eyes in one multiview pass.
@@ -1008,35 +1020,7 @@ impl Renderer {
                 multiview_mask: std::num::NonZeroU32::new(0b11),
             });
             pass.set_bind_group(0, &mv.group, &[]);
-            pass.set_pipeline(&mv.grid);
-            pass.draw(0..GRID_VERTICES, 0..1);
-            pass.set_pipeline(&mv.scene);
-            pass.set_vertex_buffer(1, self.instances.as_ref().expect("instances").0.slice(..));
-            for (mesh, start, count) in &ranges {
-                if *count == 0 {
-                    continue;
-                }
-                let m = &self.primitives[*mesh];
-                pass.set_vertex_buffer(0, m.vertices.slice(..));
-                pass.set_index_buffer(m.indices.slice(..), wgpu::IndexFormat::Uint32);
-                pass.draw_indexed(0..m.count, 0, *start..*start + *count);
-            }
-            let mut instance_buffers = Vec::new();
-            for m in &scene.meshes {
-                let cached = &self.meshes[&m.entity].mesh;
-                if cached.count == 0 {
-                    continue;
-                }
-                instance_buffers.push(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: None,
-                    contents: bytemuck::bytes_of(&m.instance),
-                    usage: wgpu::BufferUsages::VERTEX,
-                }));
-                pass.set_vertex_buffer(0, cached.vertices.slice(..));
-                pass.set_vertex_buffer(1, instance_buffers.last().expect("pushed").slice(..));
-                pass.set_index_buffer(cached.indices.slice(..), wgpu::IndexFormat::Uint32);
-                pass.draw_indexed(0..cached.count, 0, 0..1);
-            }
+            self.draw_content(&mut pass, &ranges, scene, &mv.scene, &mv.grid);
         }
         for layer in 0..2u32 {
             encoder.copy_texture_to_buffer(

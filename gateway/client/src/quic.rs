@@ -191,8 +191,8 @@ impl ServerCertVerifier for Pinned {
 /// transport does the framing and its guard).
 pub(crate) struct Link {
     pub(crate) transport: &'static str,
-    pub(crate) control_in: mpsc::Receiver<Result<Vec<u8>, String>>,
-    pub(crate) replication_in: mpsc::Receiver<Result<Vec<u8>, String>>,
+    pub(crate) control_in: mpsc::Receiver<Result<Vec<u8>, crate::frame::FrameError>>,
+    pub(crate) replication_in: mpsc::Receiver<Result<Vec<u8>, crate::frame::FrameError>>,
     pub(crate) control_out: mpsc::Sender<Vec<u8>>,
     pub(crate) commands_out: mpsc::Sender<Vec<u8>>,
     pub(crate) bytes_in: Arc<AtomicU64>,
@@ -212,10 +212,10 @@ impl Drop for Link {
 
 /// Feeds one received chunk through the framing decoder into `tx`; false when the channel
 /// must stop (a framing error, passed on, or a closed receiver).
-pub(crate) async fn deliver(
+pub async fn deliver(
     decoder: &mut Decoder,
     chunk: &[u8],
-    tx: &mpsc::Sender<Result<Vec<u8>, String>>,
+    tx: &mpsc::Sender<Result<Vec<u8>, crate::frame::FrameError>>,
     bytes: &AtomicU64,
 ) -> bool {
     bytes.fetch_add(chunk.len() as u64, Relaxed);
@@ -229,13 +229,17 @@ pub(crate) async fn deliver(
             true
         }
         Err(e) => {
-            let _ = tx.send(Err(e.to_string())).await;
+            let _ = tx.send(Err(e)).await;
             false
         }
     }
 }
 
-async fn read_quic(mut stream: quinn::RecvStream, tx: mpsc::Sender<Result<Vec<u8>, String>>, bytes: Arc<AtomicU64>) {
+async fn read_quic(
+    mut stream: quinn::RecvStream,
+    tx: mpsc::Sender<Result<Vec<u8>, crate::frame::FrameError>>,
+    bytes: Arc<AtomicU64>,
+) {
     let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
     while let Ok(Some(chunk)) = stream.read_chunk(MAX_ENVELOPE_BYTES, true).await {
         if !deliver(&mut decoder, &chunk.bytes, &tx, &bytes).await {
@@ -401,7 +405,7 @@ impl Client {
                 control = self.link.control_in.recv() => {
                     let msg = control
                         .ok_or_else(|| ClientError::Connection("control channel closed".into()))?
-                        .map_err(ClientError::Protocol)?;
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
                     match Message::decode(&msg).map_err(|e| ClientError::Protocol(e.to_string()))? {
                         Message::CommandReceipt(r) => {
                             self.lamport = self.lamport.max(r.lamport);
@@ -428,7 +432,7 @@ impl Client {
                 frame = self.link.replication_in.recv() => {
                     let bytes = frame
                         .ok_or_else(|| ClientError::Connection("replication channel closed".into()))?
-                        .map_err(ClientError::Protocol)?;
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
                     let Some(bytes) = self.decompressor.open(bytes).map_err(|e| ClientError::Protocol(e.to_string()))? else {
                         continue; // a dictionary
                     };
@@ -500,7 +504,7 @@ async fn open(o: &Options, resume_seq: u64) -> Result<(Link, Welcome), ClientErr
             .recv()
             .await
             .ok_or_else(|| ClientError::Connection("closed during the handshake".into()))?
-            .map_err(ClientError::Protocol)?;
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         match hs.on_message(&msg)? {
             ClientStep::Send(p) => link
                 .control_out

@@ -75,16 +75,17 @@ pub async fn http_post(url: &str, body: &[u8]) -> Result<Vec<u8>, ClientError> {
     Ok(body)
 }
 
-/// Forwards a data channel's messages through the framing decoder into `tx`.
-async fn read_channel(dc: Arc<dyn DataChannel>, tx: mpsc::Sender<Result<Vec<u8>, String>>, bytes: Arc<AtomicU64>) {
+/// Forwards a data channel's messages through the framing decoder into `tx`, counting bytes.
+/// Used by both ends (the gateway passes its connection's counter).
+pub async fn read_channel(
+    dc: Arc<dyn DataChannel>,
+    tx: mpsc::Sender<Result<Vec<u8>, crate::frame::FrameError>>,
+    bytes: impl std::ops::Deref<Target = AtomicU64>,
+) {
     let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
     while let Some(event) = dc.poll().await {
         match event {
-            DataChannelEvent::OnMessage(m) => {
-                if !deliver(&mut decoder, &m.data, &tx, &bytes).await {
-                    return;
-                }
-            }
+            DataChannelEvent::OnMessage(m) if !deliver(&mut decoder, &m.data, &tx, &bytes).await => return,
             DataChannelEvent::OnClose => return,
             _ => {}
         }
@@ -92,7 +93,11 @@ async fn read_channel(dc: Arc<dyn DataChannel>, tx: mpsc::Sender<Result<Vec<u8>,
 }
 
 /// Writes payloads framed on a data channel, several frames per message when they queue up.
-async fn write_channel(dc: Arc<dyn DataChannel>, mut rx: mpsc::Receiver<Vec<u8>>, bytes: Arc<AtomicU64>) {
+pub async fn write_channel(
+    dc: Arc<dyn DataChannel>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    bytes: impl std::ops::Deref<Target = AtomicU64>,
+) {
     // Frames waiting together travel as one message (up to 64 KiB bytes): a data channel
     // message costs far more than its bytes.
     while let Some(first) = rx.recv().await {
