@@ -47,8 +47,6 @@ pub struct ViewerStats {
     pub deltas: AtomicU64,
     /// Snapshots sent because the viewer fell behind.
     pub resyncs: AtomicU64,
-    /// Snapshot and delta frames the viewer resumed with instead of a snapshot.
-    pub resumed_deltas: AtomicU64,
 }
 
 /// A viewer's subscription.
@@ -126,11 +124,6 @@ impl LiveHub {
             }
         });
         hub
-    }
-
-    /// Subscribes a viewer to a session with default options.
-    pub fn subscribe(self: &Arc<Self>, session: SessionId) -> Result<Subscription, ReadError> {
-        self.subscribe_with(session, ViewerOptions::default())
     }
 
     /// Subscribes a viewer to a session: frame payloads (snapshot chunks, then deltas) arrive
@@ -273,23 +266,25 @@ struct Live<'a> {
 }
 
 /// Encoded forms of one delta for viewers without interest filtering, built on first use.
-#[derive(Default)]
 struct Shared {
-    plain: Option<Vec<u8>>,
+    plain: Vec<u8>,
     described: Option<Vec<u8>>,
     forms: HashMap<(bool, Encoding), Vec<u8>>,
 }
 
-/// The delta with the component descriptors (a viewer's first delta after a snapshot).
-fn described_form(shared: &mut Shared, delta: &Delta) -> Vec<u8> {
-    shared
-        .described
-        .get_or_insert_with(|| {
+impl Shared {
+    /// The uncompressed frame: with the component descriptors for a viewer's first delta after
+    /// a snapshot, plain otherwise.
+    fn raw(&mut self, delta: &Delta, described: bool) -> &[u8] {
+        if described {
+            return &self.plain;
+        }
+        self.described.get_or_insert_with(|| {
             let mut d = delta.clone();
             d.descriptors = theta_projector::wire_descriptors();
             Message::Delta(d).encode()
         })
-        .clone()
+    }
 }
 
 impl Live<'_> {
@@ -310,7 +305,7 @@ impl Live<'_> {
                 self.recent.pop_front();
             }
         }
-        let mut shared = Shared { plain: Some(plain), ..Shared::default() };
+        let mut shared = Shared { plain, described: None, forms: HashMap::new() };
         for v in viewers.iter_mut().filter(|v| !v.resync) {
             self.send_delta(v, delta, Some(&mut shared));
         }
@@ -333,15 +328,15 @@ impl Live<'_> {
             self.encode(v, raw)
         } else {
             let Some(shared) = shared else { return };
-            let Some(plain) = shared.plain.clone().filter(|p| p.len() <= MAX_ENVELOPE_BYTES) else {
+            if shared.plain.len() > MAX_ENVELOPE_BYTES {
                 return; // marked for resync by the caller
-            };
+            }
             if v.options.encoding == Encoding::ZstdStream {
                 // Per-viewer stream state: only the raw form is shared.
-                let raw = if v.described { plain } else { described_form(shared, delta) };
+                let raw = shared.raw(delta, v.described).to_vec();
                 self.encode(v, raw)
             } else {
-                self.encode_shared(v, delta, shared, plain)
+                self.encode_shared(v, delta, shared)
             }
         };
         if !self.ensure_dictionary(v) {
@@ -359,22 +354,17 @@ impl Live<'_> {
     }
 
     /// The viewer's encoded form of a delta from the per-delta cache.
-    fn encode_shared(&mut self, v: &mut Slot, delta: &Delta, shared: &mut Shared, plain: Vec<u8>) -> Vec<u8> {
-        {
-            let key = (v.described, v.options.encoding);
-            match shared.forms.get(&key) {
-                Some(p) => {
-                    self.count(v.options.encoding, plain.len(), p.len());
-                    p.clone()
-                }
-                None => {
-                    let raw = if v.described { plain } else { described_form(shared, delta) };
-                    let p = self.encode(v, raw);
-                    shared.forms.insert(key, p.clone());
-                    p
-                }
-            }
+    fn encode_shared(&mut self, v: &mut Slot, delta: &Delta, shared: &mut Shared) -> Vec<u8> {
+        let key = (v.described, v.options.encoding);
+        if let Some(sent) = shared.forms.get(&key).map(Vec::len) {
+            let raw_len = shared.raw(delta, v.described).len();
+            self.count(v.options.encoding, raw_len, sent);
+            return shared.forms[&key].clone();
         }
+        let raw = shared.raw(delta, v.described).to_vec();
+        let p = self.encode(v, raw);
+        shared.forms.insert(key, p.clone());
+        p
     }
 
     fn mark_resync(&self, v: &mut Slot) {
@@ -472,7 +462,6 @@ impl Live<'_> {
             if v.tx.try_send(payload).is_err() {
                 return false;
             }
-            v.stats.resumed_deltas.fetch_add(1, Relaxed);
         }
         v.resync = false;
         v.described = true;

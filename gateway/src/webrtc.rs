@@ -91,7 +91,7 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
         let label = dc.label().await.unwrap_or_default();
-        let ready = {
+        {
             let mut c = self.channels.lock().expect("channels lock");
             match label.as_str() {
                 CONTROL => c.control = Some(dc),
@@ -99,18 +99,28 @@ impl PeerConnectionEventHandler for Handler {
                 COMMANDS => c.commands = Some(dc),
                 _ => return, // unknown channels are ignored
             }
-            if c.started || c.control.is_none() || c.replication.is_none() || c.commands.is_none() {
-                None
-            } else {
-                c.started = true;
-                Some((
-                    c.control.clone().expect("control"),
-                    c.replication.clone().expect("replication"),
-                    c.commands.clone().expect("commands"),
-                ))
+        }
+        self.try_start();
+    }
+}
+
+impl Handler {
+    /// Starts driving the connection once the peer handle and all three channels exist (they
+    /// may arrive in either order), exactly once.
+    fn try_start(&self) {
+        let Some(pc) = self.peer.get() else { return };
+        let ready = {
+            let mut c = self.channels.lock().expect("channels lock");
+            match (&c.control, &c.replication, &c.commands) {
+                (Some(control), Some(replication), Some(commands)) if !c.started => {
+                    let ready = (control.clone(), replication.clone(), commands.clone());
+                    c.started = true;
+                    Some(ready)
+                }
+                _ => None,
             }
         };
-        if let (Some((control, replication, commands)), Some(pc)) = (ready, self.peer.get()) {
+        if let Some((control, replication, commands)) = ready {
             self.endpoint.clone().start(pc.clone(), control, replication, commands);
         }
     }
@@ -191,18 +201,7 @@ impl WebRtcEndpoint {
         let local = pc.local_description().await.ok_or_else(|| WebRtcError::Peer("no local description".into()))?;
         self.peers.lock().expect("peers lock").push(pc.clone());
         // Channels that arrived before the peer handle was set start now.
-        let ready = {
-            let mut c = handler.channels.lock().expect("channels lock");
-            if !c.started && c.control.is_some() && c.replication.is_some() && c.commands.is_some() {
-                c.started = true;
-                Some((c.control.clone().expect("c"), c.replication.clone().expect("r"), c.commands.clone().expect("m")))
-            } else {
-                None
-            }
-        };
-        if let Some((control, replication, commands)) = ready {
-            self.clone().start(pc.clone(), control, replication, commands);
-        }
+        handler.try_start();
         serde_json::to_vec(&local).map_err(|e| peer(&e))
     }
 

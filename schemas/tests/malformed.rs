@@ -185,3 +185,22 @@ proptest! {
         decode_everything(&b);
     }
 }
+
+#[test]
+fn live_control_and_compression_messages_with_bad_values_are_typed_errors() {
+    use theta_schemas::wire::{Compressed, Dictionary, Interest};
+    let bad_interest = [
+        Interest { center: [f32::NAN, 0.0, 0.0], radius: 1.0 },
+        Interest { center: [0.0; 3], radius: f32::INFINITY },
+        Interest { center: [0.0; 3], radius: -1.0 },
+    ];
+    for i in bad_interest {
+        let e = Message::decode(&Message::Interest(i).encode()).unwrap_err();
+        assert!(matches!(e, DecodeError::InvalidValue { field: "Interest", .. }), "{e:?}");
+    }
+    let e = Message::decode(&Message::Dictionary(Dictionary { id: 0, data: vec![1] }).encode()).unwrap_err();
+    assert!(matches!(e, DecodeError::InvalidValue { field: "Dictionary.id", .. }), "{e:?}");
+    let huge = Compressed { dictionary: 0, raw_len: MAX_ENVELOPE_BYTES as u32 + 1, data: vec![1, 2, 3] };
+    let e = Message::decode(&Message::Compressed(huge).encode()).unwrap_err();
+    assert!(matches!(e, DecodeError::InvalidValue { field: "Compressed.raw_len", .. }), "{e:?}");
+}
