@@ -6,7 +6,8 @@
 //! - [`grpc`]: the `theta.v1` services over a store; [`status`]: errors to status codes;
 //! - [`history`]: a session's projection at any seq from the nearest checkpoint plus a replay;
 //! - [`quic`]: the QUIC endpoint; [`link`]: one live connection whatever the transport;
-//!   [`live`]: live projections and fan-out to viewers.
+//!   [`live`]: live projections and fan-out to viewers; [`webrtc`]: the WebRTC peer;
+//! - [`web`]: the browser viewer's assets, served on the HTTP port.
 
 mod convert;
 pub mod grpc;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod quic;
 pub mod server;
 pub mod status;
+pub mod web;
 pub mod webrtc;
 
 pub use server::{Running, ServeConfig, ServeError, TlsFiles, start, start_with_store};

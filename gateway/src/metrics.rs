@@ -426,7 +426,8 @@ fn histogram_body(s: &mut String, name: &str, labels: &[(&str, &str)], h: &Histo
 }
 
 /// Serves the gateway's HTTP port until the task is dropped: `GET /metrics` (Prometheus),
-/// `GET /healthz`, and with WebRTC `POST /webrtc/offer` (SDP offer in, SDP answer out).
+/// `GET /healthz`, the browser viewer (`GET /`, `GET /viewer.js`), and with WebRTC
+/// `POST /webrtc/offer` (SDP offer in, SDP answer out).
 /// A deliberately small HTTP/1.1 responder: one request per connection, bounded reads.
 pub async fn serve_metrics(listener: TcpListener, obs: std::sync::Arc<Observability>, store: std::sync::Arc<Store>) {
     serve_http(listener, obs, store, None).await
@@ -453,7 +454,8 @@ pub async fn serve_http(
                 }
                 Err(None) => return,
             };
-            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let target = head.split_whitespace().nth(1).unwrap_or("");
+            let path = target.split(['?', '#']).next().unwrap_or("").to_string();
             let method = head.split_whitespace().next().unwrap_or("").to_string();
             const TEXT: &str = "text/plain; charset=utf-8";
             let (status, ctype, body): (&str, &str, Vec<u8>) = match (method.as_str(), path.as_str()) {
@@ -461,6 +463,8 @@ pub async fn serve_http(
                     ("200 OK", "text/plain; version=0.0.4; charset=utf-8", obs.render(&store).into_bytes())
                 }
                 ("GET", "/healthz") => ("200 OK", TEXT, b"ok\n".to_vec()),
+                ("GET", "/" | "/index.html") => ("200 OK", "text/html; charset=utf-8", crate::web::INDEX_HTML.to_vec()),
+                ("GET", "/viewer.js") => ("200 OK", "text/javascript; charset=utf-8", crate::web::VIEWER_JS.to_vec()),
                 ("POST", "/webrtc/offer") => match &webrtc {
                     None => ("404 Not Found", TEXT, b"WebRTC is off on this server\n".to_vec()),
                     Some(w) => match w.answer(&body).await {
@@ -472,11 +476,11 @@ pub async fn serve_http(
                         Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n").into_bytes()),
                     },
                 },
-                ("GET", _) => ("404 Not Found", TEXT, b"not found: try /metrics\n".to_vec()),
-                _ => ("405 Method Not Allowed", TEXT, b"GET /metrics, /healthz; POST /webrtc/offer\n".to_vec()),
+                ("GET", _) => ("404 Not Found", TEXT, b"not found: try / (the viewer page) or /metrics\n".to_vec()),
+                _ => ("405 Method Not Allowed", TEXT, b"GET /, /viewer.js, /metrics, /healthz; POST /webrtc/offer\n".to_vec()),
             };
             let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
                 body.len()
             );
             let _ = conn.write_all(head.as_bytes()).await;

@@ -51,3 +51,15 @@ fn generated_code_is_fresh() {
     let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_dir_all(&tmp_ts);
 }
+
+/// The browser viewer sends the schema hash in its `Hello`; its copy must be this crate's.
+#[test]
+fn browser_viewer_schema_hash_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../viewer/web/src/schema_hash.ts");
+    let ts = std::fs::read_to_string(&path).unwrap();
+    let want = hex::encode(theta_schemas::manifest::schema_hash());
+    assert!(
+        ts.contains(&format!("'{want}'")),
+        "viewer/web/src/schema_hash.ts does not hold the schema hash {want}: update it and run scripts/build-web"
+    );
+}

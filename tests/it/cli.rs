@@ -172,7 +172,7 @@ fn serve_shuts_down_gracefully_on_sigterm_keeping_every_acknowledged_append() {
 
 /// Starts `theta serve` on loopback ports in `data`; returns the child, the gRPC address, the
 /// QUIC address and the certificate fingerprint from its start-up log line.
-fn serve(data: &std::path::Path) -> (std::process::Child, String, String, String, String) {
+pub(crate) fn serve(data: &std::path::Path) -> (std::process::Child, String, String, String, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_theta"))
         .args(["serve", "--data", data.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0"])
@@ -321,7 +321,7 @@ fn view_renders_a_session_live_and_from_history() {
 }
 
 /// Runs `theta` against the gRPC server at `grpc` (through `THETA_SERVER`).
-fn theta_env(args: &[&str], grpc: &str) -> (bool, String, String) {
+pub(crate) fn theta_env(args: &[&str], grpc: &str) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_theta"))
         .args(args)
         .env("THETA_SERVER", format!("http://{grpc}"))

@@ -1,3 +1,4 @@
 //! End-to-end tests of the `theta` command, as a user runs it.
 
+mod browser;
 mod cli;

@@ -62,17 +62,22 @@ impl Image {
         w.write_image_data(&self.rgba).map_err(std::io::Error::other)
     }
 
-    /// Reads a PNG file (RGBA8).
+    /// Reads an 8-bit PNG file (RGBA, or RGB made opaque).
     pub fn load_png(path: &std::path::Path) -> std::io::Result<Image> {
         let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
         let mut reader = dec.read_info().map_err(std::io::Error::other)?;
         let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
         let info = reader.next_frame(&mut buf).map_err(std::io::Error::other)?;
-        if info.color_type != png::ColorType::Rgba || info.bit_depth != png::BitDepth::Eight {
-            return Err(std::io::Error::other("expected an 8-bit RGBA PNG"));
+        if info.bit_depth != png::BitDepth::Eight {
+            return Err(std::io::Error::other("expected an 8-bit RGB or RGBA PNG"));
         }
         buf.truncate(info.buffer_size());
-        Ok(Image { width: info.width, height: info.height, rgba: buf })
+        let rgba = match info.color_type {
+            png::ColorType::Rgba => buf,
+            png::ColorType::Rgb => buf.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
+            _ => return Err(std::io::Error::other("expected an 8-bit RGB or RGBA PNG")),
+        };
+        Ok(Image { width: info.width, height: info.height, rgba })
     }
 
     /// The left or right half (side-by-side stereo images).

@@ -1,0 +1,203 @@
+//! The browser viewer in a real browser: Debian's chromium, driven by playwright-core
+//! (`viewer/web/test/browser.mjs`), opens the page `theta serve` serves, connects over WebRTC,
+//! follows live edits of two editors, and must report the server's state hash and show the
+//! scene the native renderer draws from the same state.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use theta_projector::{Assembler, Projection};
+use theta_proto::v1 as pb;
+use theta_proto::v1::replay_service_client::ReplayServiceClient;
+use theta_schemas::Message;
+use theta_viewer::{Image, Orbit, Renderer, extract};
+
+const WIDTH: u32 = 640;
+const HEIGHT: u32 = 360;
+
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("viewer/web")
+}
+
+/// The page's driver; panics with what to install when the browser or npm tools are missing
+/// (`scripts/test` installs both).
+struct Driver {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Driver {
+    fn open(url: &str) -> Driver {
+        let chromium = std::env::var("THETA_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        assert!(
+            Path::new(&chromium).exists() && web_dir().join("node_modules/playwright-core").exists(),
+            "the browser test needs {chromium} and viewer/web/node_modules: run scripts/test, which installs \
+             chromium (apt) and the pinned npm toolchain (npm ci in viewer/web)"
+        );
+        let mut child = Command::new("node")
+            .arg("test/browser.mjs")
+            .arg(url)
+            .current_dir(web_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run node");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Driver { child, stdin, stdout }
+    }
+
+    fn ask(&mut self, command: &str) -> serde_json::Value {
+        writeln!(self.stdin, "{command}").unwrap();
+        let line = self.stdout.next().expect("driver answer").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ok"], true, "{command}: {v}");
+        v
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server's projection at its head, over gRPC ReadState (checked against its state hash).
+fn server_state(grpc: &str, session: &str) -> Projection {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut replay = ReplayServiceClient::connect(format!("http://{grpc}")).await.unwrap();
+        let req = pb::ReadStateRequest { session: hex::decode(session).unwrap(), at_seq: 0, max_chunk_bytes: 0 };
+        let mut stream = replay.read_state(req).await.unwrap().into_inner();
+        let mut asm = Assembler::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            let Message::SnapshotChunk(c) = Message::decode(&chunk.frame).unwrap() else { panic!("not a chunk") };
+            if let Some(p) = asm.add(c).unwrap() {
+                return p;
+            }
+        }
+        panic!("ReadState ended early")
+    })
+}
+
+fn render(p: &Projection) -> Image {
+    let mut r = Renderer::headless().expect("a wgpu adapter (lavapipe is enough)");
+    let eye = Orbit::default().eye(WIDTH as f32 / HEIGHT as f32);
+    r.render(&extract(p), &[eye], WIDTH, HEIGHT, None).unwrap()
+}
+
+#[test]
+fn browser_follows_live_edits_over_webrtc_and_draws_the_scene() {
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (child, grpc, _quic, _fp, signal) = crate::cli::serve(&dir.path().join("data"));
+    let _child = Kill(child);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let run = |key: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        if !key.is_empty() {
+            all.extend(["--key", key]);
+        }
+        let (ok, out, err) = crate::cli::theta_env(&all, &grpc);
+        assert!(ok, "theta {all:?} failed:\n{out}\n{err}");
+        out
+    };
+    for k in ["owner", "editor", "viewer"] {
+        run("", &["keygen", "--out", &path(&format!("{k}.key"))]);
+    }
+    let owner = path("owner.key");
+    let editor = path("editor.key");
+    let session = run(&owner, &["session", "create", "--name", "browser"]);
+    let session =
+        session.split_whitespace().find(|w| w.len() == 32 && w.chars().all(|c| c.is_ascii_hexdigit())).unwrap();
+    let append = |key: &str, json: &str| {
+        run(key, &["append", "--session", session, "--json", json]);
+    };
+    let pubkey = |k: &str| run("", &["pubkey", &path(k)]).trim().to_string();
+    let (viewer_pub, editor_pub) = (pubkey("viewer.key"), pubkey("editor.key"));
+    append(&owner, &format!(r#"{{"kind":"GrantRole","key":"{viewer_pub}","role":"viewer"}}"#));
+    append(&owner, &format!(r#"{{"kind":"GrantRole","key":"{editor_pub}","role":"editor"}}"#));
+    append(&owner, r#"{"kind":"CreateEntity","entity":1,"shape":"cube","name":"box"}"#);
+    append(&owner, r#"{"kind":"SetTransform","entity":1,"translation":[0,1,0],"scale":[2,2,2]}"#);
+
+    // The page, on the HTTP port the server logged (the signalling URL's origin). Without a key
+    // it makes one for the visit, is refused (no role), and says how to grant one; once granted,
+    // it connects by itself.
+    let origin = signal.trim_end_matches("/webrtc/offer");
+    let mut page = Driver::open(&format!("{origin}/?session={session}"));
+    let refused = page.ask("state refused");
+    assert_eq!(refused["status"]["code"], 5, "{refused}");
+    let visitor = refused["status"]["publicKey"].as_str().unwrap().to_string();
+    append(&owner, &format!(r#"{{"kind":"GrantRole","key":"{visitor}","role":"viewer"}}"#));
+    let first = page.ask("wait 6");
+    assert_eq!(first["status"]["transport"], "webrtc");
+    assert_eq!(first["status"]["role"], "viewer");
+    assert_eq!(first["status"]["snapshots"], 1);
+
+    // Both editors change the scene while the page watches: spawns, moves, materials, a
+    // removal and a despawn all arrive as deltas.
+    append(&editor, r#"{"kind":"CreateEntity","entity":2,"shape":"sphere","name":"ball"}"#);
+    append(&editor, r#"{"kind":"SetTransform","entity":2,"translation":[3,1.5,0],"scale":[3,3,3]}"#);
+    append(&owner, r#"{"kind":"SetMaterial","entity":1,"base_color":[0.85,0.2,0.15,1],"metallic":0,"roughness":0.5}"#);
+    append(&editor, r#"{"kind":"CreateEntity","entity":3,"shape":"cylinder","name":"post"}"#);
+    append(&editor, r#"{"kind":"SetTransform","entity":3,"translation":[-3,1.5,1],"scale":[1.5,3,1.5]}"#);
+    append(&editor, r#"{"kind":"SetMaterial","entity":3,"base_color":[0.2,0.4,0.9,1],"metallic":0,"roughness":0.5}"#);
+    append(&owner, r#"{"kind":"CreateEntity","entity":4,"shape":"cone","name":"gone"}"#);
+    append(&owner, r#"{"kind":"Rename","entity":1,"name":"red box"}"#);
+    append(&owner, r#"{"kind":"RemoveComponent","entity":1,"component":"theta.Name"}"#);
+    append(&editor, r#"{"kind":"DeleteEntity","entity":4,"base_version":1}"#);
+    let server = server_state(&grpc, session);
+    assert_eq!(server.seq(), 16);
+    let last = page.ask(&format!("wait {}", server.seq()));
+    let status = &last["status"];
+    assert_eq!(status["stateHash"], hex::encode(server.state_hash()), "{status}");
+    assert_eq!(status["entities"], 3);
+    assert_eq!(status["snapshots"], 1, "the edits arrived as deltas: {status}");
+    assert!(status["deltas"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(status["resyncs"], 0);
+
+    // The picture: the page's canvas next to the native renderer's image of the server's state,
+    // with the same camera. Rasterisers differ at edges, so the match is loose; an image of the
+    // grid alone must differ clearly more, so the check sees the objects.
+    page.ask(&format!("shot {}", path("page.png")));
+    page.ask(&format!("scene {}", path("scene.png")));
+    let shot = Image::load_png(Path::new(&path("scene.png"))).unwrap();
+    assert_eq!((shot.width, shot.height), (WIDTH, HEIGHT));
+    let reference = render(&server);
+    let empty = render(&Projection::new(server.session()));
+    let near = shot.diff_fraction(&reference, 40);
+    let far = shot.diff_fraction(&empty, 40);
+    if let Ok(out) = std::env::var("THETA_BROWSER_OUT") {
+        std::fs::create_dir_all(&out).unwrap();
+        for (name, img) in [("scene.png", &shot), ("reference.png", &reference), ("empty.png", &empty)] {
+            img.save_png(&Path::new(&out).join(name)).unwrap();
+        }
+        std::fs::copy(path("page.png"), Path::new(&out).join("page.png")).unwrap();
+    }
+    eprintln!("browser vs reference: {:.2}% of pixels differ; vs the empty grid: {:.2}%", near * 100.0, far * 100.0);
+    assert!(near < 0.01, "the page's picture differs from the reference in {:.2}% of pixels", near * 100.0);
+    assert!(far > 0.03, "the objects are missing: only {:.2}% differ from the empty grid", far * 100.0);
+
+    // A key supplied in the address (the fragment never reaches the server) works the same.
+    let key = std::fs::read_to_string(path("viewer.key")).unwrap();
+    page.ask(&format!("goto {origin}/index.html?session={session}#key={}", key.trim()));
+    let again = page.ask(&format!("wait {}", server.seq()));
+    assert_eq!(again["status"]["publicKey"], viewer_pub.as_str());
+    assert_eq!(again["status"]["stateHash"], hex::encode(server.state_hash()));
+}

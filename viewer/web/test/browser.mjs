@@ -1,0 +1,82 @@
+// Drives the viewer page in a real browser (Debian's chromium through playwright-core) for
+// tests/it/browser.rs. Usage: node test/browser.mjs URL
+// Then reads commands on stdin, one per line, and answers each with one JSON line on stdout:
+//   wait SEQ            until the page's mirror is at seq >= SEQ with the server's state hash
+//   shot PATH           a screenshot of the page (overlay shown)
+//   scene PATH          a screenshot of the canvas alone (overlay hidden)
+//   status              the page's status now
+//   state NAME          until the page's connection state is NAME (e.g. refused)
+//   goto URL            opens another address in the same tab
+//   quit
+// Page console lines and errors go to stderr.
+import { chromium } from 'playwright-core';
+import { createInterface } from 'node:readline';
+
+const url = process.argv[2];
+const executablePath = process.env.THETA_CHROMIUM ?? '/usr/bin/chromium';
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  args: [
+    '--no-sandbox',
+    '--allow-loopback-in-peer-connection',
+    '--disable-features=WebRtcHideLocalIpsWithMdns',
+    '--use-angle=swiftshader',
+    '--enable-unsafe-swiftshader',
+  ],
+});
+const page = await browser.newPage({ viewport: { width: 640, height: 360 }, deviceScaleFactor: 1 });
+page.on('console', (m) => process.stderr.write(`[page ${m.type()}] ${m.text()}\n`));
+page.on('pageerror', (e) => process.stderr.write(`[page error] ${e.message}\n`));
+await page.goto(url);
+
+const status = () => page.evaluate(() => JSON.parse(JSON.stringify(window.theta ?? null)));
+const answer = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+
+for await (const line of createInterface({ input: process.stdin })) {
+  const [cmd, arg] = line.trim().split(/\s+/, 2);
+  try {
+    if (cmd === 'wait') {
+      const seq = BigInt(arg);
+      const deadline = Date.now() + 60_000;
+      let s = await status();
+      while (!(s && s.state === 'live' && BigInt(s.seq) >= seq && s.stateHash && s.stateHash === s.serverHash)) {
+        if (Date.now() > deadline) throw new Error(`page not at seq ${seq} within 60 s: ${JSON.stringify(s)}`);
+        await page.waitForTimeout(100);
+        s = await status();
+      }
+      answer({ ok: true, status: s });
+    } else if (cmd === 'shot') {
+      await page.screenshot({ path: arg });
+      answer({ ok: true });
+    } else if (cmd === 'scene') {
+      await page.keyboard.press('h');
+      await page.waitForTimeout(300);
+      await page.locator('#view').screenshot({ path: arg });
+      await page.keyboard.press('h');
+      answer({ ok: true });
+    } else if (cmd === 'state') {
+      const deadline = Date.now() + 60_000;
+      let s = await status();
+      while (!(s && s.state === arg)) {
+        if (Date.now() > deadline) throw new Error(`page not ${arg} within 60 s: ${JSON.stringify(s)}`);
+        await page.waitForTimeout(100);
+        s = await status();
+      }
+      answer({ ok: true, status: s });
+    } else if (cmd === 'goto') {
+      await page.goto(arg);
+      answer({ ok: true });
+    } else if (cmd === 'status') {
+      answer({ ok: true, status: await status() });
+    } else if (cmd === 'quit') {
+      break;
+    } else {
+      answer({ ok: false, error: `unknown command ${cmd}` });
+    }
+  } catch (e) {
+    answer({ ok: false, error: String(e.message ?? e), status: await status().catch(() => null) });
+  }
+}
+await browser.close();
+process.exit(0);
