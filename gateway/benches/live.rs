@@ -1,9 +1,12 @@
-//! Live streaming over QUIC on loopback: editors sending transform updates at 90 Hz, viewers
-//! mirroring the session. Measures editor submit → viewer applied latency (p50, p99), bytes
-//! per viewer per second for each encoding and with interest management, and how many viewers
-//! one server carries before p99 crosses one VR frame (11.1 ms).
+//! Live streaming on loopback: editors sending transform updates at 90 Hz, viewers mirroring
+//! the session, over QUIC or WebRTC. Measures editor submit → viewer applied latency (p50,
+//! p99), entries appended per second, bytes per viewer per second for each encoding and with
+//! interest management, and how many viewers one server carries before p99 crosses one VR
+//! frame (11.1 ms). The server runs on its own runtime (half the CPUs), the clients on the other.
 //!
-//! `cargo bench -p theta-gateway --bench live` (`THETA_BENCH_SECS`, default 5 per run).
+//! `cargo bench -p theta-gateway --bench live` (`THETA_BENCH_SECS`, default 5 per run;
+//! `THETA_BENCH_ONLY=quic|webrtc`, `THETA_BENCH_SCALE=0` to skip the viewer sweep,
+//! `THETA_BENCH_EDITORS` / `THETA_BENCH_VIEWERS` to change the counts).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -82,6 +85,8 @@ fn make_store(dir: &std::path::Path) -> Arc<Store> {
 }
 
 struct Run {
+    /// Entries the store appended during the run.
+    appended: u64,
     p50_ms: f64,
     p99_ms: f64,
     samples: usize,
@@ -108,13 +113,16 @@ fn ack_quantile(h: &theta_store::metrics::HistogramSnapshot, q: f64) -> f64 {
 
 #[derive(Clone, Copy)]
 struct Setup {
+    /// The viewers' transport.
     transport: TransportChoice,
+    /// The editors' transport.
+    editors: TransportChoice,
     viewers: usize,
     compression: &'static [&'static str],
     interest: bool,
 }
 
-async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) -> Run {
+async fn run(server_rt: tokio::runtime::Handle, store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) -> Run {
     let config = theta_gateway::ServeConfig {
         data_dir: dir.to_path_buf(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
@@ -122,11 +130,16 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
         quic_addr: Some("127.0.0.1:0".parse().unwrap()),
         ..theta_gateway::ServeConfig::default()
     };
-    let server = theta_gateway::start_with_store(store.clone(), &config).await.unwrap();
+    // The server runs on its own runtime (its own worker threads), as it would in its own
+    // process: the clients' work cannot delay its tasks, nor its work theirs.
+    let server = {
+        let store = store.clone();
+        server_rt.spawn(async move { theta_gateway::start_with_store(store, &config).await.unwrap() }).await.unwrap()
+    };
     let mut pin = [0u8; 32];
     hex::decode_to_slice(server.quic_fingerprint.as_ref().unwrap(), &mut pin).unwrap();
     let signal = server.webrtc_signal.clone();
-    let options = |k: SigningKey, compression: &[&str], interest: bool| Options {
+    let options = |k: SigningKey, compression: &[&str], interest: bool, transport: TransportChoice| Options {
         server: server.quic_addr.unwrap(),
         server_name: "localhost".into(),
         trust: Trust::Fingerprint(pin),
@@ -138,14 +151,15 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
             max_chunk_bytes: 0,
             datagrams: false,
         },
-        transport: setup.transport,
+        transport,
         webrtc_signal: signal.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     // Viewers: connect, take the snapshot, then record when each seq is applied.
     let mut viewers = Vec::new();
-    for _ in 0..setup.viewers {
-        let mut c = Client::connect(options(key(1_000), setup.compression, setup.interest)).await.unwrap();
+    let viewers_n = std::env::var("THETA_BENCH_VIEWERS").ok().and_then(|v| v.parse().ok()).unwrap_or(setup.viewers);
+    for _ in 0..viewers_n {
+        let mut c = Client::connect(options(key(1_000), setup.compression, setup.interest, setup.transport)).await.unwrap();
         if setup.interest {
             c.set_interest([0.0, 0.0, 0.0], 40.0).await.unwrap();
         }
@@ -181,8 +195,10 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
     let mut editors = Vec::new();
     // Every editor connects first; the paced run starts for all of them at once.
     let (start_tx, start_rx) = tokio::sync::watch::channel(false);
-    for i in 1..=EDITORS as u32 {
-        let mut c = Client::connect(options(key(i), &[], false)).await.unwrap();
+    // THETA_BENCH_EDITORS: fewer editors (diagnostics).
+    let editors_n: u32 = std::env::var("THETA_BENCH_EDITORS").ok().and_then(|v| v.parse().ok()).unwrap_or(EDITORS as u32);
+    for i in 1..=editors_n.min(EDITORS as u32) {
+        let mut c = Client::connect(options(key(i), &[], false, setup.editors)).await.unwrap();
         let submitted = submitted.clone();
         let stop = stop.clone();
         let mut start = start_rx.clone();
@@ -233,8 +249,10 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
             n
         }));
     }
+    let head0 = store.head(&S).unwrap().seq;
     let _ = start_tx.send(true);
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let appended = store.head(&S).unwrap().seq - head0;
     stop.store(true, SeqCst);
     let mut commands = 0;
     for e in editors {
@@ -256,7 +274,7 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
         }
     }
     let ack = store.metrics().ack_latency;
-    server.shutdown().await;
+    server_rt.spawn(server.shutdown()).await.unwrap();
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
     let per = |b: u64| b as f64 / setup.viewers as f64 / secs;
@@ -265,6 +283,7 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
         p99_ms: pct(0.99).unwrap_or(f64::NAN),
         samples: lat.len(),
         commands,
+        appended,
         bytes_per_viewer_s: per(bytes),
         raw_per_viewer_s: per(raw),
         resyncs,
@@ -275,50 +294,69 @@ async fn run(store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) 
 
 fn main() {
     let secs: f64 = std::env::var("THETA_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    // Half the CPUs serve, half run the clients (at least one worker each).
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = (cpus / 2).max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("server")
+        .enable_all()
+        .build()
+        .unwrap();
     println!(
-        "live streaming over QUIC, loopback, {} CPUs; {EDITORS} editors × {HZ} Hz transform updates, {} entities, {secs} s per run",
+        "live streaming, loopback, {} CPUs; {EDITORS} editors × {HZ} Hz transform updates, {} entities, {secs} s per run",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         EDITORS as u64 * ENTITIES_PER_EDITOR
     );
     println!(
-        "| transport | viewers | encoding | interest | commands/s | latency p50 | latency p99 | store ack p50 / p99 (≤ bucket) | bytes/viewer/s | raw bytes/viewer/s | resyncs |"
+        "| viewers' transport | editors' transport | viewers | encoding | interest | commands/s | appended/s | latency p50 | latency p99 | store ack p50 / p99 (≤ bucket) | bytes/viewer/s | raw bytes/viewer/s | resyncs |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut configs = vec![
-        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[], interest: false },
-        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[ZSTD], interest: false },
-        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_DICT, ZSTD], interest: false },
-        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_STREAM], interest: false },
-        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[], interest: true },
-        Setup { transport: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_STREAM], interest: true },
-        Setup { transport: TransportChoice::WebRtc, viewers: 16, compression: &[], interest: false },
-        Setup { transport: TransportChoice::WebRtc, viewers: 16, compression: &[ZSTD_STREAM], interest: false },
+        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[], interest: false },
+        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[ZSTD], interest: false },
+        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_DICT, ZSTD], interest: false },
+        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_STREAM], interest: false },
+        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[], interest: true },
+        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_STREAM], interest: true },
+        // The same workload with WebRTC viewers (editors on QUIC), then editors on WebRTC too.
+        Setup { transport: TransportChoice::WebRtc, editors: TransportChoice::Quic, viewers: 16, compression: &[], interest: false },
+        Setup { transport: TransportChoice::WebRtc, editors: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_STREAM], interest: false },
+        Setup { transport: TransportChoice::WebRtc, editors: TransportChoice::WebRtc, viewers: 16, compression: &[], interest: false },
+        Setup { transport: TransportChoice::Quic, editors: TransportChoice::WebRtc, viewers: 16, compression: &[], interest: false },
     ];
     if std::env::var("THETA_BENCH_SCALE").map_or(true, |v| v != "0") {
         for v in [32, 64, 128, 256] {
             configs.push(Setup {
                 transport: TransportChoice::Quic,
+                editors: TransportChoice::Quic,
                 viewers: v,
                 compression: &[ZSTD_STREAM],
                 interest: false,
             });
         }
     }
-    for setup in configs {
+    // THETA_BENCH_ONLY=webrtc|quic: only the runs where viewers or editors use that transport.
+    let only = std::env::var("THETA_BENCH_ONLY").ok();
+    let name = |t: TransportChoice| if t == TransportChoice::WebRtc { "webrtc" } else { "quic" };
+    let runs = configs.into_iter().filter(|s| only.as_deref().is_none_or(|o| o == name(s.transport) || o == name(s.editors)));
+    for setup in runs {
         let dir = tempfile::tempdir().unwrap();
         let store = make_store(dir.path());
-        let r = rt.block_on(run(store.clone(), dir.path(), setup, secs));
+        let r = rt.block_on(run(server_rt.handle().clone(), store.clone(), dir.path(), setup, secs));
         let encoding = match setup.compression.first() {
             None => "raw",
             Some(k) => k,
         };
         println!(
-            "| {} | {} | {encoding} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.0} | {:.0} | {} |   ({} samples)",
-            if setup.transport == TransportChoice::WebRtc { "webrtc" } else { "quic" },
+            "| {} | {} | {} | {encoding} | {} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.0} | {:.0} | {} |   ({} samples)",
+            name(setup.transport),
+            name(setup.editors),
             setup.viewers,
             if setup.interest { "r = 40 m" } else { "no" },
             r.commands as f64 / secs,
+            r.appended as f64 / secs,
             r.p50_ms,
             r.p99_ms,
             r.ack_p50_ms,

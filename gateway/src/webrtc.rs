@@ -189,6 +189,7 @@ impl WebRtcEndpoint {
             .with_handler(handler.clone())
             .with_runtime(runtime)
             .with_udp_addrs(self.config.udp_addrs.clone())
+            .with_data_channel_send_buffer_limit(theta_client::webrtc::SEND_BUFFER_BYTES)
             .build()
             .await
             .map_err(|e| peer(&e))?;

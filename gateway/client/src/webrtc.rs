@@ -25,6 +25,10 @@ pub const CONTROL: &str = "control";
 pub const REPLICATION: &str = "replication";
 /// The client → server channel with signed commands.
 pub const COMMANDS: &str = "commands";
+/// Bytes a data channel may hold unacknowledged before `send` waits (both ends). Without a
+/// limit a slow peer's backlog would pile up inside SCTP, unseen; with it, it stays in the
+/// viewer's queue, where the server notices it and resyncs the viewer with a snapshot.
+pub const SEND_BUFFER_BYTES: usize = 256 * 1024;
 /// Largest signalling body accepted, bytes.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
 
@@ -143,6 +147,7 @@ pub async fn connect_raw(url: &str) -> Result<RawPeer, ClientError> {
         .with_handler(Arc::new(Gathered(gathered_tx)))
         .with_runtime(runtime)
         .with_udp_addrs(vec![udp_bind_for(&host).to_string()])
+        .with_data_channel_send_buffer_limit(crate::webrtc::SEND_BUFFER_BYTES)
         .build()
         .await
         .map_err(err)?;
