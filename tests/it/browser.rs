@@ -201,3 +201,44 @@ fn browser_follows_live_edits_over_webrtc_and_draws_the_scene() {
     assert_eq!(again["status"]["publicKey"], viewer_pub.as_str());
     assert_eq!(again["status"]["stateHash"], hex::encode(server.state_hash()));
 }
+
+/// The page's protocol code (framing guard, state hash, deltas, handshake proof) run by node
+/// against values computed here by the Rust implementation.
+#[test]
+fn page_protocol_code_agrees_with_the_rust_implementation() {
+    use ed25519_dalek::{Signer, SigningKey};
+    use theta_projector::hash::{StateHash, item_hash};
+    use theta_schemas::components::{Component, Primitive};
+    use theta_schemas::ids::ComponentMeta;
+    use theta_schemas::{ComponentId, SessionId, Shape};
+
+    assert!(
+        web_dir().join("node_modules/esbuild").exists(),
+        "needs viewer/web/node_modules: run scripts/test (npm ci with the pinned lock file)"
+    );
+    let empty = Projection::new(SessionId([7; 16])).state_hash();
+    let cube = Primitive { shape: Shape::Cube }.encode();
+    let mut one = StateHash::default();
+    one.add(&item_hash(1, ComponentId(0), &[]));
+    one.add(&item_hash(1, Primitive::id(), &cube));
+    let (hello, challenge) = (b"hello bytes as sent".to_vec(), b"challenge bytes as received".to_vec());
+    let key = SigningKey::from_bytes(&std::array::from_fn(|i| i as u8));
+    let signature = key.sign(&theta_client::handshake::proof_message(&hello, &challenge));
+    let expected = serde_json::json!({
+        "emptyHash": hex::encode(empty),
+        "oneCubeHash": hex::encode(one.digest()),
+        "cubeBytes": hex::encode(&cube),
+        "proofHello": hex::encode(&hello),
+        "proofChallenge": hex::encode(&challenge),
+        "proofSignature": hex::encode(signature.to_bytes()),
+    });
+    let out = Command::new("node")
+        .arg("test/unit.mjs")
+        .arg(expected.to_string())
+        .current_dir(web_dir())
+        .output()
+        .expect("run node");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "page unit checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("ok: 13 checks"), "{stdout}");
+}
