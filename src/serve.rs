@@ -217,6 +217,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             service_key = %hex::encode(store.service_public_key()),
             "theta serving"
         );
+        if let (Some(addr), Some(_)) = (running.metrics_addr, &running.webrtc_signal) {
+            tracing::info!("browser viewer: http://{addr}/?session=SESSION_ID#key=VIEWER_SECRET_KEY (or no key: the page makes one and says how to grant it)");
+        }
         for (session, seq, why) in store.corrupted() {
             tracing::error!(%session, seq, %why, "session failed verification and is not served");
         }

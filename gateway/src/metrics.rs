@@ -457,6 +457,9 @@ pub async fn serve_http(
             let target = head.split_whitespace().nth(1).unwrap_or("");
             let path = target.split(['?', '#']).next().unwrap_or("").to_string();
             let method = head.split_whitespace().next().unwrap_or("").to_string();
+            // HEAD is GET without the body.
+            let head_only = method == "HEAD";
+            let method = if head_only { "GET".to_string() } else { method };
             const TEXT: &str = "text/plain; charset=utf-8";
             let (status, ctype, body): (&str, &str, Vec<u8>) = match (method.as_str(), path.as_str()) {
                 ("GET", "/metrics") => {
@@ -484,7 +487,9 @@ pub async fn serve_http(
                 body.len()
             );
             let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(&body).await;
+            if !head_only {
+                let _ = conn.write_all(&body).await;
+            }
             let _ = conn.shutdown().await;
         });
     }
