@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use theta_client::webrtc::{COMMANDS, CONTROL, REPLICATION, read_channel, write_channel};
+use theta_client::webrtc::{COMMANDS, CONTROL, REPLICATION, drain_channel, read_channel, write_channel};
 use theta_store::Store;
 use tokio::sync::mpsc;
 use webrtc::data_channel::DataChannel;
@@ -223,6 +223,7 @@ impl WebRtcEndpoint {
             tokio::spawn(read_channel(control.clone(), control_in_tx, bytes_in(&stats))),
             tokio::spawn(read_channel(commands, commands_in_tx, bytes_in(&stats))),
             tokio::spawn(write_channel(control, control_out_rx, bytes_out(&stats))),
+            tokio::spawn(drain_channel(replication.clone())),
             tokio::spawn(write_channel(replication, replication_out_rx, bytes_out(&stats))),
         ];
         let closer = pc.clone();

@@ -128,6 +128,50 @@ async fn viewer_and_editor_converge_over_webrtc() {
     r.shutdown().await;
 }
 
+/// A long stream of commands over WebRTC, each its own data-channel message: every one is
+/// appended and answered, and the viewer follows (events of the channels each end only writes
+/// to must not hold back the others).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_command_stream_over_webrtc_is_all_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, editor, viewer) = server(dir.path()).await;
+    let mut v = Client::connect(options(&r, &viewer, TransportChoice::WebRtc)).await.unwrap();
+    let mut e = Client::connect(options(&r, &editor, TransportChoice::WebRtc)).await.unwrap();
+    e.submit(1, ComponentId::NONE, 0, Command::CreateEntity { shape: Shape::Cube, name: "c".into(), parent: 0 })
+        .await
+        .unwrap();
+    const N: usize = 1_500;
+    let mut receipts = 0;
+    for i in 0..N {
+        let t = Transform { translation: [i as f32 * 0.01, 0.0, 0.0], ..Transform::default() };
+        e.submit(1, Transform::id(), 0, Command::SetTransform(t)).await.unwrap();
+        // Paced, one message at a time, and the events read as a client does.
+        while let Ok(ev) = tokio::time::timeout(Duration::from_micros(500), e.next_event()).await {
+            match ev.unwrap() {
+                Event::Receipt(_) => receipts += 1,
+                Event::Rejected(x) => panic!("rejected: {x:?}"),
+                _ => {}
+            }
+        }
+    }
+    while receipts < N + 1 {
+        match tokio::time::timeout(Duration::from_secs(20), e.next_event()).await {
+            Ok(Ok(Event::Receipt(_))) => receipts += 1,
+            Ok(Ok(Event::Rejected(x))) => panic!("rejected: {x:?}"),
+            Ok(Ok(_)) => {}
+            Ok(Err(x)) => panic!("editor: {x}"),
+            Err(_) => panic!("stalled: {receipts} of {} receipts, head at seq {}", N + 1, r.store().head(&S).unwrap().seq),
+        }
+    }
+    let head = r.store().head(&S).unwrap().seq;
+    assert_eq!(head, 3 + 1 + N as u64);
+    until_seq(&mut v, head).await;
+    let want = theta_gateway::history::project(r.store(), &S, head).unwrap().projection.state_hash();
+    assert_eq!(v.mirror().unwrap().state_hash(), want);
+    drop((v, e));
+    r.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_falls_back_to_webrtc_when_quic_cannot_connect() {
     let dir = tempfile::tempdir().unwrap();

@@ -96,6 +96,17 @@ pub async fn read_channel(
     }
 }
 
+/// Consumes the events of a channel this end only writes to (buffered-amount and state events).
+/// A connection delivers the events of all its channels in one stream: events left unread on
+/// one channel fill its queue and hold back the messages of the others.
+pub async fn drain_channel(dc: Arc<dyn DataChannel>) {
+    while let Some(event) = dc.poll().await {
+        if matches!(event, DataChannelEvent::OnClose) {
+            return;
+        }
+    }
+}
+
 /// Writes payloads framed on a data channel, several frames per message when they queue up.
 pub async fn write_channel(
     dc: Arc<dyn DataChannel>,
@@ -193,6 +204,7 @@ pub(crate) async fn open(o: &Options) -> Result<Link, ClientError> {
         tokio::spawn(read_channel(control.clone(), control_in_tx, bytes_in.clone())),
         tokio::spawn(read_channel(replication, replication_in_tx, bytes_in.clone())),
         tokio::spawn(write_channel(control, control_out_rx, bytes_out.clone())),
+        tokio::spawn(drain_channel(commands.clone())),
         tokio::spawn(write_channel(commands, commands_out_rx, bytes_out.clone())),
     ];
     Ok(Link {
