@@ -98,16 +98,9 @@ fn render(p: &Projection) -> Image {
 
 #[test]
 fn browser_follows_live_edits_over_webrtc_and_draws_the_scene() {
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let (child, grpc, _quic, _fp, signal) = crate::cli::serve(&dir.path().join("data"));
-    let _child = Kill(child);
+    let _child = crate::cli::Kill(child);
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let run = |key: &str, args: &[&str]| {
         let mut all = args.to_vec();

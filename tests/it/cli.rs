@@ -170,6 +170,16 @@ fn serve_shuts_down_gracefully_on_sigterm_keeping_every_acknowledged_append() {
     }
 }
 
+/// A child process killed when dropped (servers, X servers).
+pub(crate) struct Kill(pub(crate) std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `theta serve` on loopback ports in `data`; returns the child, the gRPC address, the
 /// QUIC address and the certificate fingerprint from its start-up log line.
 pub(crate) fn serve(data: &std::path::Path) -> (std::process::Child, String, String, String, String) {
@@ -200,13 +210,6 @@ pub(crate) fn serve(data: &std::path::Path) -> (std::process::Child, String, Str
 
 #[test]
 fn view_renders_a_session_live_and_from_history() {
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let (child, grpc, quic, fp, signal) = serve(&dir.path().join("data"));
     let _child = Kill(child);
@@ -359,13 +362,6 @@ fn screenshot(display: &str) -> Option<(usize, usize, Vec<[u8; 3]>)> {
 
 #[test]
 fn window_under_xvfb_shows_the_scene() {
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let display = format!(":{}", 60 + std::process::id() % 200);
     let _xvfb = Kill(
         Command::new("Xvfb")
