@@ -6,7 +6,7 @@
 //! ```toml
 //! data = "./theta-data"          # data directory
 //! grpc_addr = "127.0.0.1:50051"  # gRPC listen address
-//! metrics_addr = "127.0.0.1:9464" # Prometheus /metrics address, or "off"
+//! metrics_addr = "127.0.0.1:9464" # HTTP: /metrics, the browser viewer (/), WebRTC signalling; or "off"
 //! quic_addr = "127.0.0.1:50052"  # QUIC (UDP) address, or "off"
 //! webrtc_udp = "127.0.0.1:0"     # WebRTC UDP bind (signalling on the metrics port), or "off"
 //! ice_servers = "stun:stun.example.org:3478"  # comma-separated STUN/TURN URLs
@@ -40,7 +40,8 @@ pub struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:50051].
     #[arg(long, env = "THETA_GRPC_ADDR", value_name = "ADDR")]
     grpc_addr: Option<SocketAddr>,
-    /// Prometheus endpoint address, or "off" [default: 127.0.0.1:9464].
+    /// HTTP address: Prometheus `/metrics`, the browser viewer page (`/`) and WebRTC signalling;
+    /// or "off" [default: 127.0.0.1:9464].
     #[arg(long, env = "THETA_METRICS_ADDR", value_name = "ADDR|off")]
     metrics_addr: Option<String>,
     /// QUIC (UDP) listen address, or "off" [default: 127.0.0.1:50052].
