@@ -85,6 +85,8 @@ fn make_store(dir: &std::path::Path) -> Arc<Store> {
 }
 
 struct Run {
+    /// Viewers that ran (`THETA_BENCH_VIEWERS` may override the setup's count).
+    viewers: usize,
     /// Entries the store appended during the run.
     appended: u64,
     p50_ms: f64,
@@ -277,13 +279,14 @@ async fn run(server_rt: tokio::runtime::Handle, store: Arc<Store>, dir: &std::pa
     server_rt.spawn(server.shutdown()).await.unwrap();
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
-    let per = |b: u64| b as f64 / setup.viewers as f64 / secs;
+    let per = |b: u64| b as f64 / viewers_n.max(1) as f64 / secs;
     Run {
         p50_ms: pct(0.50).unwrap_or(f64::NAN),
         p99_ms: pct(0.99).unwrap_or(f64::NAN),
         samples: lat.len(),
         commands,
         appended,
+        viewers: viewers_n,
         bytes_per_viewer_s: per(bytes),
         raw_per_viewer_s: per(raw),
         resyncs,
@@ -305,8 +308,7 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "live streaming, loopback, {} CPUs; {EDITORS} editors × {HZ} Hz transform updates, {} entities, {secs} s per run",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "live streaming, loopback, {cpus} CPUs; {EDITORS} editors × {HZ} Hz transform updates, {} entities, {secs} s per run",
         EDITORS as u64 * ENTITIES_PER_EDITOR
     );
     println!(
@@ -353,7 +355,7 @@ fn main() {
             "| {} | {} | {} | {encoding} | {} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.0} | {:.0} | {} |   ({} samples)",
             name(setup.transport),
             name(setup.editors),
-            setup.viewers,
+            r.viewers,
             if setup.interest { "r = 40 m" } else { "no" },
             r.commands as f64 / secs,
             r.appended as f64 / secs,

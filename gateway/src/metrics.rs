@@ -3,6 +3,7 @@
 //! Every store counter is exported under its seed name with a `theta_` prefix and `_total`
 //! suffix (`theta_replay_rejections_total`, ...); latencies are histograms in seconds.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -461,26 +462,27 @@ pub async fn serve_http(
             let head_only = method == "HEAD";
             let method = if head_only { "GET".to_string() } else { method };
             const TEXT: &str = "text/plain; charset=utf-8";
-            let (status, ctype, body): (&str, &str, Vec<u8>) = match (method.as_str(), path.as_str()) {
+            // Static bodies (the page, fixed messages) are sent without copying.
+            let (status, ctype, body): (&str, &str, Cow<'static, [u8]>) = match (method.as_str(), path.as_str()) {
                 ("GET", "/metrics") => {
-                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", obs.render(&store).into_bytes())
+                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", obs.render(&store).into_bytes().into())
                 }
-                ("GET", "/healthz") => ("200 OK", TEXT, b"ok\n".to_vec()),
-                ("GET", "/" | "/index.html") => ("200 OK", "text/html; charset=utf-8", crate::web::INDEX_HTML.to_vec()),
-                ("GET", "/viewer.js") => ("200 OK", "text/javascript; charset=utf-8", crate::web::VIEWER_JS.to_vec()),
+                ("GET", "/healthz") => ("200 OK", TEXT, b"ok\n"[..].into()),
+                ("GET", "/" | "/index.html") => ("200 OK", "text/html; charset=utf-8", crate::web::INDEX_HTML.into()),
+                ("GET", "/viewer.js") => ("200 OK", "text/javascript; charset=utf-8", crate::web::VIEWER_JS.into()),
                 ("POST", "/webrtc/offer") => match &webrtc {
-                    None => ("404 Not Found", TEXT, b"WebRTC is off on this server\n".to_vec()),
+                    None => ("404 Not Found", TEXT, b"WebRTC is off on this server\n"[..].into()),
                     Some(w) => match w.answer(&body).await {
-                        Ok(answer) => ("200 OK", "application/json", answer),
+                        Ok(answer) => ("200 OK", "application/json", answer.into()),
                         Err(e @ crate::webrtc::WebRtcError::BadOffer(_)) => {
                             obs.signalling_refused();
-                            ("400 Bad Request", TEXT, format!("{e}\n").into_bytes())
+                            ("400 Bad Request", TEXT, format!("{e}\n").into_bytes().into())
                         }
-                        Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n").into_bytes()),
+                        Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n").into_bytes().into()),
                     },
                 },
-                ("GET", _) => ("404 Not Found", TEXT, b"not found: try / (the viewer page) or /metrics\n".to_vec()),
-                _ => ("405 Method Not Allowed", TEXT, b"GET /, /viewer.js, /metrics, /healthz; POST /webrtc/offer\n".to_vec()),
+                ("GET", _) => ("404 Not Found", TEXT, b"not found: try / (the viewer page) or /metrics\n"[..].into()),
+                _ => ("405 Method Not Allowed", TEXT, b"GET /, /viewer.js, /metrics, /healthz; POST /webrtc/offer\n"[..].into()),
             };
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",

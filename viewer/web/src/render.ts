@@ -125,6 +125,9 @@ export class Renderer {
   readonly gl: WebGL2RenderingContext;
   private scene: WebGLProgram;
   private grid: WebGLProgram;
+  private sceneViewProj: WebGLUniformLocation | null;
+  private sceneEye: WebGLUniformLocation | null;
+  private gridViewProj: WebGLUniformLocation | null;
   private gridVao: WebGLVertexArrayObject;
   private shapes: Drawable[];
   private meshes = new Map<bigint, { bytes: Uint8Array; d: Drawable }>();
@@ -137,6 +140,9 @@ export class Renderer {
     this.gl = gl;
     this.scene = compile(gl, SCENE_VS, SCENE_FS);
     this.grid = compile(gl, GRID_VS, GRID_FS);
+    this.sceneViewProj = gl.getUniformLocation(this.scene, 'view_proj');
+    this.sceneEye = gl.getUniformLocation(this.scene, 'eye');
+    this.gridViewProj = gl.getUniformLocation(this.grid, 'view_proj');
     this.gridVao = gl.createVertexArray()!;
     this.shapes = primitives().map((g) => this.drawable(g));
   }
@@ -214,21 +220,22 @@ export class Renderer {
     gl.enable(gl.DEPTH_TEST);
     gl.depthFunc(gl.LESS);
     gl.frontFace(gl.CCW);
+    const drawables = [...this.shapes, ...[...this.meshes.values()].map((m) => m.d)];
     for (const v of views) {
       gl.viewport(...v.viewport);
       gl.useProgram(this.scene);
       gl.enable(gl.CULL_FACE);
       gl.cullFace(gl.BACK);
-      gl.uniformMatrix4fv(gl.getUniformLocation(this.scene, 'view_proj'), false, v.viewProj);
-      gl.uniform3fv(gl.getUniformLocation(this.scene, 'eye'), v.eye);
-      for (const d of [...this.shapes, ...[...this.meshes.values()].map((m) => m.d)]) {
+      gl.uniformMatrix4fv(this.sceneViewProj, false, v.viewProj);
+      gl.uniform3fv(this.sceneEye, v.eye);
+      for (const d of drawables) {
         if (d.instanceCount === 0 || d.count === 0) continue;
         gl.bindVertexArray(d.vao);
         gl.drawElementsInstanced(gl.TRIANGLES, d.count, gl.UNSIGNED_INT, 0, d.instanceCount);
       }
       gl.disable(gl.CULL_FACE);
       gl.useProgram(this.grid);
-      gl.uniformMatrix4fv(gl.getUniformLocation(this.grid, 'view_proj'), false, v.viewProj);
+      gl.uniformMatrix4fv(this.gridViewProj, false, v.viewProj);
       gl.bindVertexArray(this.gridVao);
       gl.drawArrays(gl.TRIANGLES, 0, 20 * 20 * 6);
     }

@@ -32,19 +32,24 @@ await page.goto(url);
 
 const status = () => page.evaluate(() => JSON.parse(JSON.stringify(window.theta ?? null)));
 const answer = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+// Polls the page's status until `pred` holds (60 s at most).
+async function until(what, pred) {
+  const deadline = Date.now() + 60_000;
+  let s = await status();
+  while (!(s && pred(s))) {
+    if (Date.now() > deadline) throw new Error(`page not ${what} within 60 s: ${JSON.stringify(s)}`);
+    await page.waitForTimeout(100);
+    s = await status();
+  }
+  return s;
+}
 
 for await (const line of createInterface({ input: process.stdin })) {
   const [cmd, arg] = line.trim().split(/\s+/, 2);
   try {
     if (cmd === 'wait') {
       const seq = BigInt(arg);
-      const deadline = Date.now() + 60_000;
-      let s = await status();
-      while (!(s && s.state === 'live' && BigInt(s.seq) >= seq && s.stateHash && s.stateHash === s.serverHash)) {
-        if (Date.now() > deadline) throw new Error(`page not at seq ${seq} within 60 s: ${JSON.stringify(s)}`);
-        await page.waitForTimeout(100);
-        s = await status();
-      }
+      const s = await until(`at seq ${seq} with the server's state hash`, (s) => s.state === 'live' && BigInt(s.seq) >= seq && s.stateHash && s.stateHash === s.serverHash);
       answer({ ok: true, status: s });
     } else if (cmd === 'shot') {
       await page.screenshot({ path: arg });
@@ -56,14 +61,7 @@ for await (const line of createInterface({ input: process.stdin })) {
       await page.keyboard.press('h');
       answer({ ok: true });
     } else if (cmd === 'state') {
-      const deadline = Date.now() + 60_000;
-      let s = await status();
-      while (!(s && s.state === arg)) {
-        if (Date.now() > deadline) throw new Error(`page not ${arg} within 60 s: ${JSON.stringify(s)}`);
-        await page.waitForTimeout(100);
-        s = await status();
-      }
-      answer({ ok: true, status: s });
+      answer({ ok: true, status: await until(arg, (s) => s.state === arg) });
     } else if (cmd === 'goto') {
       await page.goto(arg);
       answer({ ok: true });
