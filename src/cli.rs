@@ -21,14 +21,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum SessionCmd {
-    /// Create a session owned by a key; prints the new session id.
+    /// Create a session owned by --key; prints the bare session id on stdout (the receipt goes
+    /// to stderr), so that `S=$(theta session create --key owner.key)` works. The server admits
+    /// the key only if it may create sessions (by default: a service admin key).
     Create {
-        /// The owner's secret key file (from `theta keygen`).
-        #[arg(long, value_name = "FILE")]
-        key: PathBuf,
         /// Session name.
         #[arg(long, default_value = "untitled")]
         name: String,
+        /// Print the session id and receipt as one JSON object.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: crate::client::Server,
     },
@@ -72,15 +74,15 @@ enum Cmd {
     /// Sign a command described in JSON and append it, e.g.
     /// --json '{"kind":"Rename","entity":1,"name":"table"}'.
     Append {
-        /// The author's secret key file.
-        #[arg(long, value_name = "FILE")]
-        key: PathBuf,
         /// Session id (32 hex digits).
         #[arg(long)]
         session: String,
         /// The command as JSON (docs/PROTOCOL.md, "CLI command JSON").
         #[arg(long)]
         json: String,
+        /// Print the receipt as JSON.
+        #[arg(long)]
+        json_output: bool,
         #[command(flatten)]
         server: crate::client::Server,
     },
@@ -128,11 +130,11 @@ pub fn run() -> anyhow::Result<()> {
     let rt = || tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     match cli.command {
         Cmd::Serve(args) => crate::serve::run(args),
-        Cmd::Session(SessionCmd::Create { key, name, server }) => {
-            rt()?.block_on(crate::client::create_session(&server, &key, name))
+        Cmd::Session(SessionCmd::Create { name, json, server }) => {
+            rt()?.block_on(crate::client::create_session(&server, name, json))
         }
-        Cmd::Append { key, session, json, server } => {
-            rt()?.block_on(crate::client::append(&server, &key, &session, &json))
+        Cmd::Append { session, json, json_output, server } => {
+            rt()?.block_on(crate::client::append(&server, &session, &json, json_output))
         }
         Cmd::Log { args, server } => rt()?.block_on(crate::client::log(&server, args)),
         Cmd::Audit(AuditCmd::Verify { session, from, to, server }) => {

@@ -28,6 +28,11 @@ pub struct Server {
     /// CA certificate (PEM) to trust for an https:// server.
     #[arg(long, env = "THETA_CA", value_name = "FILE", global = true)]
     ca: Option<PathBuf>,
+    /// Your secret key file (from `theta keygen`): signs commands, and signs every read with a
+    /// fresh credential (reads need a role in the session; audits need auditor or owner;
+    /// `theta stats` needs a service admin key).
+    #[arg(long, env = "THETA_KEY", value_name = "FILE", global = true)]
+    pub key: Option<PathBuf>,
 }
 
 impl Server {
@@ -40,6 +45,37 @@ impl Server {
         }
         ep.connect().await.with_context(|| format!("connect to {} (is `theta serve` running?)", self.server))
     }
+
+    /// The `--key` file, which `what` needs.
+    pub(crate) fn signing_key(&self, what: &str) -> anyhow::Result<ed25519_dalek::SigningKey> {
+        read_key(self.key.as_deref().with_context(|| format!("{what} needs --key FILE (or THETA_KEY)"))?)
+    }
+
+    /// A read request for `method` on `session`, with a fresh credential when `--key` is given
+    /// (without one the server answers UNAUTHENTICATED unless it runs with --public-read).
+    pub(crate) fn read<T>(&self, method: &str, session: Option<&SessionId>, msg: T) -> anyhow::Result<tonic::Request<T>> {
+        match &self.key {
+            Some(path) => Ok(signed(&read_key(path)?, method, session, msg)),
+            None => Ok(tonic::Request::new(msg)),
+        }
+    }
+}
+
+/// A request carrying a fresh read credential of `key` for `method` on `session`
+/// (docs/PROTOCOL.md, "Read credentials").
+pub(crate) fn signed<T>(
+    key: &ed25519_dalek::SigningKey,
+    method: &str,
+    session: Option<&SessionId>,
+    msg: T,
+) -> tonic::Request<T> {
+    let credential = theta_schemas::credential::Credential::sign(key, method, session, now_ms(), rand::random());
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert(
+        theta_schemas::credential::CREDENTIAL_METADATA,
+        credential.encode().parse().expect("a credential is ASCII"),
+    );
+    req
 }
 
 fn session_id(s: &str) -> anyhow::Result<SessionId> {
@@ -64,7 +100,8 @@ async fn sign(
     base: u64,
     command: Command,
 ) -> anyhow::Result<Vec<u8>> {
-    let clock = match LogServiceClient::new(ch.clone()).head(pb::HeadRequest { session: session.0.to_vec() }).await {
+    let head = signed(key, "/theta.v1.LogService/Head", Some(&session), pb::HeadRequest { session: session.0.to_vec() });
+    let clock = match LogServiceClient::new(ch.clone()).head(head).await {
         Ok(h) => h.into_inner().lamport_clock,
         Err(e) if e.code() == tonic::Code::NotFound && matches!(command, Command::CreateSession { .. }) => 0,
         Err(e) => return Err(status(e)),
@@ -83,27 +120,44 @@ async fn sign(
     Ok(Envelope::sign(&body, key).encode())
 }
 
-fn print_receipt(r: &pb::Receipt) {
-    println!(
+fn receipt_line(r: &pb::Receipt) -> String {
+    format!(
         "accepted: seq {} lamport {} entry {} (tree size {}, root {})",
         r.seq,
         r.lamport,
         hex::encode(&r.entry_hash),
         r.tree_size,
         hex::encode(&r.tree_root)
-    );
+    )
 }
 
 /// `theta session create`.
-pub async fn create_session(server: &Server, key: &std::path::Path, name: String) -> anyhow::Result<()> {
-    let key = read_key(key)?;
+/// Prints the bare session id on stdout (so `S=$(theta session create ...)` works) and the
+/// receipt on stderr; with `json`, one JSON object on stdout instead.
+pub async fn create_session(server: &Server, name: String, json: bool) -> anyhow::Result<()> {
+    let key = server.signing_key("creating a session")?;
     let ch = server.connect().await?;
     let session = SessionId(rand::random());
     let env = sign(&ch, &key, session, 0, ComponentId::NONE, 0, Command::CreateSession { name }).await?;
     let r = LogServiceClient::new(ch).create_session(pb::AppendRequest { envelope: env }).await.map_err(status)?;
-    println!("session {session}");
-    print_receipt(&r.into_inner().receipt.unwrap_or_default());
+    let receipt = r.into_inner().receipt.unwrap_or_default();
+    if json {
+        let mut j = receipt_json(&receipt);
+        j["session"] = Json::from(session.to_string());
+        println!("{j}");
+    } else {
+        println!("{session}");
+        eprintln!("created session {session}");
+        eprintln!("{}", receipt_line(&receipt));
+    }
     Ok(())
+}
+
+fn receipt_json(r: &pb::Receipt) -> Json {
+    serde_json::json!({
+        "session": hex::encode(&r.session), "seq": r.seq, "lamport": r.lamport, "nonce": r.nonce,
+        "entry_hash": hex::encode(&r.entry_hash), "tree_size": r.tree_size, "tree_root": hex::encode(&r.tree_root),
+    })
 }
 
 fn f32s<const N: usize>(j: &Json, field: &str, default: [f32; N]) -> anyhow::Result<[f32; N]> {
@@ -147,7 +201,10 @@ fn component_named(name: &str) -> anyhow::Result<ComponentId> {
 /// A command from its JSON description (docs/PROTOCOL.md, "CLI command JSON").
 pub fn command_from_json(j: &Json) -> anyhow::Result<(u64, ComponentId, u64, Command)> {
     let kind = string(j, "kind")?;
-    let kind = theta_schemas::CommandKind::parse(&kind).with_context(|| format!("unknown kind {kind:?}"))?;
+    let kind = theta_schemas::CommandKind::parse(&kind).with_context(|| {
+        let kinds: Vec<&str> = theta_schemas::CommandKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown kind {kind:?}; the kinds are {}", kinds.join(", "))
+    })?;
     let entity = j.get("entity").and_then(Json::as_u64).unwrap_or(0);
     let base = j.get("base_version").and_then(Json::as_u64).unwrap_or(0);
     let scope = |kind| match theta_schemas::policy::scope_rule(kind) {
@@ -242,8 +299,8 @@ pub fn command_from_json(j: &Json) -> anyhow::Result<(u64, ComponentId, u64, Com
 }
 
 /// `theta append`.
-pub async fn append(server: &Server, key: &std::path::Path, session: &str, json: &str) -> anyhow::Result<()> {
-    let key = read_key(key)?;
+pub async fn append(server: &Server, session: &str, json: &str, json_out: bool) -> anyhow::Result<()> {
+    let key = server.signing_key("appending")?;
     let session = session_id(session)?;
     let j: Json = serde_json::from_str(json)
         .context("the command must be JSON, e.g. {\"kind\":\"Rename\",\"entity\":1,\"name\":\"x\"}")?;
@@ -251,7 +308,12 @@ pub async fn append(server: &Server, key: &std::path::Path, session: &str, json:
     let ch = server.connect().await?;
     let env = sign(&ch, &key, session, entity, component, base, command).await?;
     let r = LogServiceClient::new(ch).append(pb::AppendRequest { envelope: env }).await.map_err(status)?;
-    print_receipt(&r.into_inner().receipt.unwrap_or_default());
+    let receipt = r.into_inner().receipt.unwrap_or_default();
+    if json_out {
+        println!("{}", receipt_json(&receipt));
+    } else {
+        println!("{}", receipt_line(&receipt));
+    }
     Ok(())
 }
 
@@ -303,6 +365,7 @@ pub async fn log(server: &Server, a: LogArgs) -> anyhow::Result<()> {
         batch_size: 4096,
         envelope_only: false,
     };
+    let req = server.read("/theta.v1.ReplayService/ReadLog", Some(&session), req)?;
     let mut stream = ReplayServiceClient::new(ch).read_log(req).await.map_err(status)?.into_inner();
     let started = Instant::now();
     let mut n = 0u64;
@@ -347,8 +410,13 @@ pub async fn log(server: &Server, a: LogArgs) -> anyhow::Result<()> {
 pub async fn verify(server: &Server, session: &str, from: u64, to: u64) -> anyhow::Result<()> {
     let session = session_id(session)?;
     let ch = server.connect().await?;
+    let req = server.read(
+        "/theta.v1.AuditService/VerifyLog",
+        Some(&session),
+        pb::VerifyLogRequest { session: session.0.to_vec(), from_seq: from, to_seq: to },
+    )?;
     let r = AuditServiceClient::new(ch)
-        .verify_log(pb::VerifyLogRequest { session: session.0.to_vec(), from_seq: from, to_seq: to })
+        .verify_log(req)
         .await
         .map_err(status)?
         .into_inner();
@@ -372,8 +440,13 @@ pub async fn prove(server: &Server, session: &str, seq: u64) -> anyhow::Result<(
     let session = session_id(session)?;
     let ch = server.connect().await?;
     let mut replay = ReplayServiceClient::new(ch.clone());
+    let req = server.read(
+        "/theta.v1.ReplayService/ReadLog",
+        Some(&session),
+        pb::ReadLogRequest { session: session.0.to_vec(), from_seq: seq, to_seq: seq, ..Default::default() },
+    )?;
     let mut entries = replay
-        .read_log(pb::ReadLogRequest { session: session.0.to_vec(), from_seq: seq, to_seq: seq, ..Default::default() })
+        .read_log(req)
         .await
         .map_err(status)?
         .into_inner();
@@ -386,8 +459,13 @@ pub async fn prove(server: &Server, session: &str, seq: u64) -> anyhow::Result<(
         .into_iter()
         .next()
         .context("no such entry")?;
+    let req = server.read(
+        "/theta.v1.AuditService/InclusionProof",
+        Some(&session),
+        pb::InclusionProofRequest { session: session.0.to_vec(), seq, tree_size: 0 },
+    )?;
     let p = AuditServiceClient::new(ch)
-        .inclusion_proof(pb::InclusionProofRequest { session: session.0.to_vec(), seq, tree_size: 0 })
+        .inclusion_proof(req)
         .await
         .map_err(status)?
         .into_inner();
@@ -425,7 +503,8 @@ pub async fn prove(server: &Server, session: &str, seq: u64) -> anyhow::Result<(
 /// `theta stats`.
 pub async fn stats(server: &Server) -> anyhow::Result<()> {
     let ch = server.connect().await?;
-    let s = AdminServiceClient::new(ch).stats(pb::StatsRequest {}).await.map_err(status)?.into_inner();
+    let req = server.read("/theta.v1.AdminService/Stats", None, pb::StatsRequest {})?;
+    let s = AdminServiceClient::new(ch).stats(req).await.map_err(status)?.into_inner();
     println!("service key {}", hex::encode(&s.service_public_key));
     println!("sessions:");
     for x in &s.sessions {

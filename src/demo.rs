@@ -340,12 +340,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // The owner is the service admin, so the default admission lets it create the session.
+    let keys: Vec<SigningKey> = (0..5).map(|_| SigningKey::generate(&mut rand::rngs::OsRng)).collect();
+    let (owner, alice, bob, vera, eye) = (&keys[0], &keys[1], &keys[2], &keys[3], &keys[4]);
+    let admins: std::collections::BTreeSet<_> = [author_key(owner)].into();
     let config = ServeConfig {
         data_dir: dir.clone(),
         grpc_addr: "127.0.0.1:0".parse()?,
         metrics_addr: Some("127.0.0.1:0".parse()?),
         quic_addr: Some("127.0.0.1:0".parse()?),
-        store: StoreConfig { rate_per_sec: 20_000.0, rate_burst: 5_000.0, ..StoreConfig::default() },
+        store: StoreConfig {
+            rate_per_sec: 20_000.0,
+            rate_burst: 5_000.0,
+            admission: theta_store::Admission::Keys(admins.clone()),
+            ..StoreConfig::default()
+        },
+        access: theta_gateway::auth::AccessConfig { admins, ..Default::default() },
         ..ServeConfig::default()
     };
     let running = rt.block_on(theta_gateway::server::start(config)).context("start the service")?;
@@ -362,8 +372,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let server = || Server { addr: quic, pin };
 
     // The owner creates the session and grants roles.
-    let keys: Vec<SigningKey> = (0..5).map(|_| SigningKey::generate(&mut rand::rngs::OsRng)).collect();
-    let (owner, alice, bob, vera, eye) = (&keys[0], &keys[1], &keys[2], &keys[3], &keys[4]);
     let session = SessionId(rand::random());
     let store = running.store().clone();
     let mut lamport = 0;
@@ -483,7 +491,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let channel =
             tonic::transport::Channel::from_shared(format!("http://{}", running.grpc_addr))?.connect().await?;
         // From the very start, every entry folded again.
-        let mut h = Historical::open(channel, session, 1).await?;
+        // Vera, a viewer, reads the history with her own credentials.
+        let mut h = Historical::open(channel, session, 1, Some(vera.clone())).await?;
         while h.step(4_096).await? > 0 {}
         let replayed: &Projection = &h.mirror;
         ensure!(replayed.seq() == head.seq, "replay reached {} of {}", replayed.seq(), head.seq);

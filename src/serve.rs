@@ -18,15 +18,26 @@
 //! rate_burst = 2000.0            # commands
 //! max_lamport_skew = 100000      # Lamport ticks
 //! checkpoint_every = 10000       # entries
+//! admins = ["03a1...b8"]          # service admin public keys (64 hex digits) or key files
+//! admission = "admins"           # who may create sessions: admins | anyone | keys
+//! creators = ["..."]             # with admission = "keys": who besides the admins
+//! session_creations_per_min = 10 # per key
+//! public_read = false            # serve reads without credentials (demos only)
+//! reads_per_sec = 100.0          # gRPC reads per key per second
+//! max_streams_per_key = 16       # streaming gRPC reads open at once per key
 //! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::collections::BTreeSet;
+
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
+use theta_gateway::auth::AccessConfig;
 use theta_gateway::{ServeConfig, TlsFiles};
-use theta_store::{Durability, StoreConfig};
+use theta_schemas::AuthorKey;
+use theta_store::{Admission, Durability, StoreConfig};
 
 /// Options of `theta serve`.
 #[derive(Debug, clap::Args)]
@@ -78,6 +89,30 @@ pub struct ServeArgs {
     /// Checkpoint spacing, entries [default: 10000].
     #[arg(long, env = "THETA_CHECKPOINT_EVERY", value_name = "ENTRIES")]
     checkpoint_every: Option<u64>,
+    /// A service admin key (repeatable): 64 hex digits of a public key, or a key file from
+    /// `theta keygen` (only its public key is used). Admins call `Stats`, read the global
+    /// rejection trail and, with the default admission, create sessions.
+    #[arg(long = "admin", env = "THETA_ADMINS", value_name = "KEY", value_delimiter = ',')]
+    admins: Vec<String>,
+    /// Who may create sessions: admins (default), anyone, or keys (the admins and every --creator).
+    #[arg(long, env = "THETA_ADMISSION", value_name = "admins|anyone|keys")]
+    admission: Option<String>,
+    /// With --admission keys: a key that may create sessions (repeatable; as for --admin).
+    #[arg(long = "creator", env = "THETA_CREATORS", value_name = "KEY", value_delimiter = ',')]
+    creators: Vec<String>,
+    /// Sessions one key may create per minute [default: 10].
+    #[arg(long, env = "THETA_SESSION_CREATIONS_PER_MIN", value_name = "N")]
+    session_creations_per_min: Option<u32>,
+    /// Serve every gRPC read without a credential (for demos: anyone who reaches the port reads
+    /// every session; a warning is logged at start).
+    #[arg(long, env = "THETA_PUBLIC_READ")]
+    public_read: bool,
+    /// gRPC reads per key per second (the burst is twice as many) [default: 100].
+    #[arg(long, env = "THETA_READS_PER_SEC", value_name = "N")]
+    reads_per_sec: Option<f64>,
+    /// Streaming gRPC reads a key may have open at once [default: 16].
+    #[arg(long, env = "THETA_MAX_STREAMS_PER_KEY", value_name = "N")]
+    max_streams_per_key: Option<usize>,
 }
 
 /// The TOML file's shape.
@@ -98,6 +133,29 @@ struct FileConfig {
     rate_burst: Option<f64>,
     max_lamport_skew: Option<u64>,
     checkpoint_every: Option<u64>,
+    admins: Option<Vec<String>>,
+    admission: Option<String>,
+    creators: Option<Vec<String>>,
+    session_creations_per_min: Option<u32>,
+    public_read: Option<bool>,
+    reads_per_sec: Option<f64>,
+    max_streams_per_key: Option<usize>,
+}
+
+/// A key given as 64 hex digits of a public key, or as a `theta keygen` file.
+fn public_key(s: &str) -> anyhow::Result<AuthorKey> {
+    let mut k = [0u8; 32];
+    if s.len() == 64 && hex::decode_to_slice(s, &mut k).is_ok() {
+        theta_schemas::signing::public_key(&k).with_context(|| format!("admin/creator key {s}"))?;
+        return Ok(AuthorKey(k));
+    }
+    let secret = crate::cli::read_key(std::path::Path::new(s))
+        .with_context(|| format!("{s:?} is neither 64 hex digits of a public key nor a key file"))?;
+    Ok(theta_schemas::signing::author_key(&secret))
+}
+
+fn keys(list: &[String]) -> anyhow::Result<BTreeSet<AuthorKey>> {
+    list.iter().map(|k| public_key(k.trim())).collect()
 }
 
 fn durability(s: &str) -> anyhow::Result<Durability> {
@@ -158,7 +216,34 @@ impl ServeArgs {
             (None, None) => None,
             _ => bail!("TLS needs both --tls-cert and --tls-key"),
         };
+        let admins = keys(&if self.admins.is_empty() { file.admins.unwrap_or_default() } else { self.admins })?;
+        let creators =
+            keys(&if self.creators.is_empty() { file.creators.unwrap_or_default() } else { self.creators })?;
+        let admission = match self.admission.or(file.admission).as_deref().unwrap_or("admins") {
+            "admins" if creators.is_empty() => Admission::Keys(admins.clone()),
+            "anyone" if creators.is_empty() => Admission::Anyone,
+            "keys" => Admission::Keys(admins.iter().chain(&creators).copied().collect()),
+            "admins" | "anyone" => bail!("--creator needs --admission keys"),
+            other => bail!("admission must be admins, anyone or keys, not {other:?}"),
+        };
+        let a = AccessConfig::default();
+        let access = AccessConfig {
+            admins,
+            public_read: self.public_read || file.public_read.unwrap_or(false),
+            reads_per_sec: self.reads_per_sec.or(file.reads_per_sec).unwrap_or(a.reads_per_sec),
+            max_streams_per_key: self.max_streams_per_key.or(file.max_streams_per_key).unwrap_or(a.max_streams_per_key),
+            ..a
+        };
+        if !(access.reads_per_sec > 0.0) || access.max_streams_per_key == 0 {
+            bail!("reads_per_sec and max_streams_per_key must be positive");
+        }
+        let access = AccessConfig { reads_burst: (access.reads_per_sec * 2.0).max(1.0), ..access };
         let store = StoreConfig {
+            admission,
+            session_creations_per_min: self
+                .session_creations_per_min
+                .or(file.session_creations_per_min)
+                .unwrap_or(s.session_creations_per_min),
             durability: match self.durability.or(file.durability) {
                 Some(m) => durability(&m)?,
                 None => s.durability,
@@ -189,6 +274,7 @@ impl ServeArgs {
             tls,
             store,
             checkpoint_every_entries,
+            access,
             ..d
         })
     }
@@ -218,6 +304,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             service_key = %hex::encode(store.service_public_key()),
             "theta serving"
         );
+        if config.access.public_read {
+            tracing::warn!("--public-read: every gRPC read is served without a credential; anyone who reaches {} reads every session", running.grpc_addr);
+        }
+        if config.access.admins.is_empty() {
+            tracing::warn!("no service admin key (--admin): Stats and the global rejection trail are refused to everyone");
+        }
+        match &config.store.admission {
+            Admission::Keys(k) if k.is_empty() => tracing::warn!(
+                "nobody may create sessions: pass --admin KEY (e.g. --admin owner.key) or --admission anyone"
+            ),
+            Admission::Keys(k) => tracing::info!(keys = k.len(), "sessions may be created by the listed keys"),
+            Admission::Anyone => tracing::warn!("--admission anyone: any key may create sessions"),
+        }
         if let (Some(addr), Some(_)) = (running.metrics_addr, &running.webrtc_signal) {
             tracing::info!("browser viewer: http://{addr}/?session=SESSION_ID#key=VIEWER_SECRET_KEY (or no key: the page makes one and says how to grant it)");
         }

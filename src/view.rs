@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use ed25519_dalek::SigningKey;
 use theta_client::compress::{ZSTD, ZSTD_DICT, ZSTD_STREAM};
 use theta_client::quic::{Client, Event, Options, Telemetry, TransportChoice, Trust};
 use theta_projector::{Assembler, Projection};
@@ -40,9 +41,6 @@ pub struct ViewArgs {
     /// Live: the WebRTC signalling URL (as `theta serve` logs it, `http://HOST:PORT/webrtc/offer`).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9464/webrtc/offer")]
     pub webrtc: String,
-    /// Live: the viewer's secret key file (its public key needs a role in the session).
-    #[arg(long, value_name = "FILE")]
-    pub key: Option<PathBuf>,
     /// Render headless into PNG files (works without a GPU through Mesa's lavapipe).
     #[arg(long)]
     pub headless: bool,
@@ -78,6 +76,8 @@ pub fn eyes(stereo: bool, width: u32, height: u32) -> Vec<Eye> {
 pub struct Historical {
     replay: ReplayServiceClient<Channel>,
     session: SessionId,
+    /// Signs every read (docs/PROTOCOL.md, "Read credentials"); `None` against --public-read servers.
+    key: Option<SigningKey>,
     /// The world at the current seq.
     pub mirror: Projection,
     /// The session head when opened.
@@ -88,17 +88,22 @@ pub struct Historical {
 
 impl Historical {
     /// Opens `session` at `seq` (0: the head) from the server's checkpoints and log.
-    pub async fn open(channel: Channel, session: SessionId, seq: u64) -> anyhow::Result<Historical> {
+    pub async fn open(
+        channel: Channel,
+        session: SessionId,
+        seq: u64,
+        key: Option<SigningKey>,
+    ) -> anyhow::Result<Historical> {
         let mut replay =
             ReplayServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-        let mirror = read_state(&mut replay, session, seq).await?;
-        let head = read_head(&mut replay, session).await?;
-        Ok(Historical { replay, session, head, current: None, mirror })
+        let mirror = read_state(&mut replay, session, seq, key.as_ref()).await?;
+        let head = read_head(&mut replay, session, key.as_ref()).await?;
+        Ok(Historical { replay, session, key, head, current: None, mirror })
     }
 
     /// Jumps to `seq` (forward or back).
     pub async fn seek(&mut self, seq: u64) -> anyhow::Result<()> {
-        self.mirror = read_state(&mut self.replay, self.session, seq).await?;
+        self.mirror = read_state(&mut self.replay, self.session, seq, self.key.as_ref()).await?;
         self.current = None;
         Ok(())
     }
@@ -112,6 +117,7 @@ impl Historical {
         let to = (from + n - 1).min(self.head);
         let req =
             pb::ReadLogRequest { session: self.session.0.to_vec(), from_seq: from, to_seq: to, ..Default::default() };
+        let req = request(self.key.as_ref(), "/theta.v1.ReplayService/ReadLog", &self.session, req);
         let mut stream = self.replay.read_log(req).await.map_err(crate::client::status)?.into_inner();
         let mut applied = 0;
         while let Some(batch) = stream.next().await {
@@ -141,10 +147,23 @@ impl Historical {
     }
 }
 
-async fn read_head(replay: &mut ReplayServiceClient<Channel>, session: SessionId) -> anyhow::Result<u64> {
+/// `msg` with a fresh read credential of `key` (a plain request without one).
+fn request<T>(key: Option<&SigningKey>, method: &str, session: &SessionId, msg: T) -> tonic::Request<T> {
+    match key {
+        Some(k) => crate::client::signed(k, method, Some(session), msg),
+        None => tonic::Request::new(msg),
+    }
+}
+
+async fn read_head(
+    replay: &mut ReplayServiceClient<Channel>,
+    session: SessionId,
+    key: Option<&SigningKey>,
+) -> anyhow::Result<u64> {
     // ReadState at 0 gives the head's seq in every chunk; ReadLog with to_seq=0 would stream it all.
+    let req = pb::ReadStateRequest { session: session.0.to_vec(), at_seq: 0, max_chunk_bytes: 1_024 };
     let mut s = replay
-        .read_state(pb::ReadStateRequest { session: session.0.to_vec(), at_seq: 0, max_chunk_bytes: 1_024 })
+        .read_state(request(key, "/theta.v1.ReplayService/ReadState", &session, req))
         .await
         .map_err(crate::client::status)?
         .into_inner();
@@ -160,8 +179,10 @@ pub async fn read_state(
     replay: &mut ReplayServiceClient<Channel>,
     session: SessionId,
     seq: u64,
+    key: Option<&SigningKey>,
 ) -> anyhow::Result<Projection> {
     let req = pb::ReadStateRequest { session: session.0.to_vec(), at_seq: seq, max_chunk_bytes: 0 };
+    let req = request(key, "/theta.v1.ReplayService/ReadState", &session, req);
     let mut stream = replay.read_state(req).await.map_err(crate::client::status)?.into_inner();
     let mut asm = Assembler::new();
     while let Some(chunk) = stream.next().await {
@@ -234,7 +255,7 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
     match a.at {
         Some(at) => rt.block_on(async {
             let channel = a.server.connect().await?;
-            let mut h = Historical::open(channel, session, at).await?;
+            let mut h = Historical::open(channel, session, at, a.server.key.as_deref().map(crate::cli::read_key).transpose()?).await?;
             println!("opened session {session} at seq {} (head {})", h.mirror.seq(), h.head);
             for i in 0..frames {
                 render(&h.mirror, i, None, &h.timeline())?;
@@ -277,6 +298,8 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
 /// about once a second; silent when the gRPC endpoint cannot be reached.
 struct ServerCounters {
     client: Option<theta_proto::v1::admin_service_client::AdminServiceClient<Channel>>,
+    /// Stats needs a service admin key; with another key the HUD line stays empty.
+    key: Option<SigningKey>,
     last: Option<(Instant, u64)>,
     next: Instant,
     line: String,
@@ -289,7 +312,8 @@ impl ServerCounters {
             .ok()
             .and_then(Result::ok)
             .map(theta_proto::v1::admin_service_client::AdminServiceClient::new);
-        ServerCounters { client, last: None, next: Instant::now(), line: String::new() }
+        let key = server.key.as_deref().and_then(|k| crate::cli::read_key(k).ok());
+        ServerCounters { client, key, last: None, next: Instant::now(), line: String::new() }
     }
 
     /// The HUD line, refreshed when due.
@@ -299,7 +323,11 @@ impl ServerCounters {
         }
         self.next = Instant::now() + Duration::from_secs(1);
         let Some(c) = self.client.as_mut() else { return &self.line };
-        let reply = tokio::time::timeout(Duration::from_millis(300), c.stats(pb::StatsRequest {})).await;
+        let req = match &self.key {
+            Some(k) => crate::client::signed(k, "/theta.v1.AdminService/Stats", None, pb::StatsRequest {}),
+            None => tonic::Request::new(pb::StatsRequest {}),
+        };
+        let reply = tokio::time::timeout(Duration::from_millis(300), c.stats(req)).await;
         let Ok(Ok(reply)) = reply else {
             self.client = None;
             return &self.line;
@@ -320,7 +348,7 @@ impl ServerCounters {
 
 /// Connects to the live session as `--key`, pinning `--fingerprint`.
 async fn connect_live(a: &ViewArgs, session: SessionId) -> anyhow::Result<Client> {
-    let key = crate::cli::read_key(a.key.as_deref().context("live viewing needs --key (a viewer's key file)")?)?;
+    let key = a.server.signing_key("live viewing (a key with a role in the session)")?;
     let mut pin = [0u8; 32];
     match a.fingerprint.as_deref() {
         // Accept the value as logged (quoted) and the colon-separated form.
@@ -377,7 +405,13 @@ fn run_window(a: ViewArgs, session: SessionId) -> anyhow::Result<()> {
         rt.block_on(async {
             match a.at {
                 Some(at) => {
-                    let mut h = Historical::open(a.server.connect().await?, session, at).await?;
+                    let mut h = Historical::open(
+                        a.server.connect().await?,
+                        session,
+                        at,
+                        a.server.key.as_deref().map(crate::cli::read_key).transpose()?,
+                    )
+                    .await?;
                     let mut last = Instant::now();
                     while !quit() {
                         let ctl = *c.lock().expect("controls");

@@ -22,6 +22,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Access, Caller, Need, StreamSlot};
 use crate::convert;
 use crate::history::project;
 use crate::metrics::Observability;
@@ -49,6 +50,8 @@ pub struct Gateway {
     closing: watch::Receiver<bool>,
     /// How long a subscriber may leave its buffer full before it is told to resume later.
     slow_subscriber: std::time::Duration,
+    /// Credentials, roles and per-key read limits.
+    pub(crate) access: Arc<Access>,
 }
 
 impl Gateway {
@@ -58,12 +61,25 @@ impl Gateway {
         obs: Arc<Observability>,
         closing: watch::Receiver<bool>,
         slow_subscriber: std::time::Duration,
+        access: Arc<Access>,
     ) -> Gateway {
         let (tx, rx) = watch::channel(0u64);
         store.add_commit_listener(move |_| {
             tx.send_modify(|n| *n += 1);
         });
-        Gateway { store, heads: rx, obs, closing, slow_subscriber }
+        Gateway { store, heads: rx, obs, closing, slow_subscriber, access }
+    }
+
+    /// Checks the caller of `method` (see [`crate::auth`]).
+    fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        method: &str,
+        session: Option<&SessionId>,
+        need: Need,
+        stream: bool,
+    ) -> Result<Caller, Status> {
+        self.access.authorize(req.metadata(), method, session, need, stream, &self.store)
     }
 
     fn submit(&self, envelope: Vec<u8>) -> oneshot::Receiver<Result<Receipt, AppendError>> {
@@ -79,11 +95,33 @@ impl Gateway {
     }
 }
 
+/// Smallest `ReadState.max_chunk_bytes` other than 0.
+pub const MIN_CHUNK_BYTES: usize = 1_024;
+
+/// A range `from..=to` of a log whose head is `head`: both ends must be at or below the head.
+fn check_range(from: u64, to: u64, head: u64) -> Result<(), Status> {
+    for (what, v) in [("from_seq", from), ("to_seq", to)] {
+        if v > head {
+            return Err(read_status(&theta_store::ReadError::OutOfRange { what, value: v, head }));
+        }
+    }
+    Ok(())
+}
+
 fn batch_size(requested: u32) -> usize {
     match requested {
         0 => 1_024,
         n => (n as usize).min(MAX_BATCH_ENTRIES),
     }
+}
+
+/// Keeps a key's stream slot until the stream is dropped.
+fn holding<T: Send + 'static>(stream: BoxStream<T>, slot: Option<StreamSlot>) -> BoxStream<T> {
+    use tokio_stream::StreamExt;
+    Box::pin(stream.map(move |item| {
+        let _held = &slot;
+        item
+    }))
 }
 
 /// Runs `produce` on a blocking thread, streaming what it sends.
@@ -122,16 +160,19 @@ fn send_entries_with(
     for e in entries {
         let e = convert(e.map_err(|e| read_status(&e))?);
         last = e.seq;
-        if keep(&e) {
-            bytes += e.envelope.len() + 160;
-            out.push(e);
+        if !keep(&e) {
+            continue;
         }
-        if out.len() == batch || bytes >= MAX_BATCH_BYTES {
+        // The entry's size inside the EntryBatch message (field tag and length prefix included).
+        let size = prost::Message::encoded_len(&e) + 1 + prost::encoding::encoded_len_varint(prost::Message::encoded_len(&e) as u64);
+        if !out.is_empty() && (out.len() == batch || bytes + size > MAX_BATCH_BYTES) {
             bytes = 0;
             if tx.blocking_send(Ok(pb::EntryBatch { entries: std::mem::take(&mut out) })).is_err() {
                 return Ok(last);
             }
         }
+        bytes += size;
+        out.push(e);
     }
     if !out.is_empty() {
         let _ = tx.blocking_send(Ok(pb::EntryBatch { entries: out }));
@@ -217,7 +258,8 @@ impl LogService for Gateway {
 
     async fn head(&self, req: Request<pb::HeadRequest>) -> Result<Response<pb::HeadResponse>, Status> {
         let _t = self.obs.call("Head");
-        let s = convert::session(&req.into_inner().session)?;
+        let s = convert::session(&req.get_ref().session)?;
+        self.authorize(&req, "/theta.v1.LogService/Head", Some(&s), Need::Member, false)?;
         let h = self.store.head(&s).map_err(|e| read_status(&e))?;
         Ok(Response::new(convert::head(&h)))
     }
@@ -229,13 +271,12 @@ impl ReplayService for Gateway {
 
     async fn read_log(&self, req: Request<pb::ReadLogRequest>) -> Result<Response<Self::ReadLogStream>, Status> {
         let _t = self.obs.call("ReadLog");
+        let s = convert::session(&req.get_ref().session)?;
+        let caller = self.authorize(&req, "/theta.v1.ReplayService/ReadLog", Some(&s), Need::Member, true)?;
         let r = req.into_inner();
-        let s = convert::session(&r.session)?;
         let head = self.store.head(&s).map_err(|e| read_status(&e))?.seq;
         let to = if r.to_seq == 0 { head } else { r.to_seq };
-        if to > head {
-            return Err(Status::out_of_range(format!("to_seq {to} is beyond the head {head}")));
-        }
+        check_range(r.from_seq, to, head)?;
         let author = if r.author.is_empty() { None } else { Some(convert::author(&r.author)?) };
         let mut kinds = Vec::new();
         for k in &r.kinds {
@@ -246,7 +287,7 @@ impl ReplayService for Gateway {
         let (from, entity, batch) = (r.from_seq.max(1), r.entity, batch_size(r.batch_size));
         let bare = r.envelope_only && author.is_none() && entity == 0 && kind_names.is_empty();
         let store = self.store.clone();
-        Ok(Response::new(blocking_stream(move |tx| {
+        Ok(Response::new(holding(blocking_stream(move |tx| {
             let keep = |e: &pb::Entry| {
                 (entity == 0 || e.entity == entity) && (kind_names.is_empty() || kind_names.contains(&e.kind.as_str()))
             };
@@ -258,23 +299,30 @@ impl ReplayService for Gateway {
             .map_err(|e| read_status(&e))?;
             let convert = if bare { convert::bare_entry } else { convert::entry };
             send_entries_with(tx, entries, batch, keep, convert).map(drop)
-        })))
+        }), caller.into_slot())))
     }
 
     type ReadStateStream = BoxStream<pb::StateChunk>;
 
     async fn read_state(&self, req: Request<pb::ReadStateRequest>) -> Result<Response<Self::ReadStateStream>, Status> {
         let _t = self.obs.call("ReadState");
+        let s = convert::session(&req.get_ref().session)?;
+        let caller = self.authorize(&req, "/theta.v1.ReplayService/ReadState", Some(&s), Need::Member, true)?;
         let r = req.into_inner();
-        let s = convert::session(&r.session)?;
         let head = self.store.head(&s).map_err(|e| read_status(&e))?.seq;
         let at = if r.at_seq == 0 { head } else { r.at_seq };
-        let max = match r.max_chunk_bytes {
+        let max = match r.max_chunk_bytes as usize {
             0 => theta_projector::DEFAULT_CHUNK_BYTES,
-            n => (n as usize).clamp(1_024, theta_schemas::MAX_ENVELOPE_BYTES),
+            n if (MIN_CHUNK_BYTES..=theta_schemas::MAX_ENVELOPE_BYTES).contains(&n) => n,
+            n => {
+                return Err(bad_field(
+                    "max_chunk_bytes",
+                    &format!("{n} is outside 0 (default) or {MIN_CHUNK_BYTES}..={}", theta_schemas::MAX_ENVELOPE_BYTES),
+                ));
+            }
         };
         let store = self.store.clone();
-        Ok(Response::new(blocking_stream(move |tx| {
+        Ok(Response::new(holding(blocking_stream(move |tx| {
             let opened = project(&store, &s, at).map_err(|e| history_status(&e))?;
             for chunk in opened.projection.snapshot(max, None) {
                 let msg = pb::StateChunk {
@@ -289,15 +337,16 @@ impl ReplayService for Gateway {
                 }
             }
             Ok(())
-        })))
+        }), caller.into_slot())))
     }
 
     type SubscribeStream = BoxStream<pb::EntryBatch>;
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let _t = self.obs.call("Subscribe");
+        let s = convert::session(&req.get_ref().session)?;
+        let caller = self.authorize(&req, "/theta.v1.ReplayService/Subscribe", Some(&s), Need::Member, true)?;
         let r = req.into_inner();
-        let s = convert::session(&r.session)?;
         self.store.head(&s).map_err(|e| read_status(&e))?;
         // One slot more than the data may use: the "fell behind" status always fits.
         let (tx, rx) = mpsc::channel(STREAM_BUFFER_BATCHES + 1);
@@ -369,7 +418,7 @@ impl ReplayService for Gateway {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(holding(Box::pin(ReceiverStream::new(rx)), caller.into_slot())))
     }
 
     type EntityHistoryStream = BoxStream<pb::EntryBatch>;
@@ -379,15 +428,17 @@ impl ReplayService for Gateway {
         req: Request<pb::EntityHistoryRequest>,
     ) -> Result<Response<Self::EntityHistoryStream>, Status> {
         let _t = self.obs.call("EntityHistory");
+        let s = convert::session(&req.get_ref().session)?;
+        let caller = self.authorize(&req, "/theta.v1.ReplayService/EntityHistory", Some(&s), Need::Member, true)?;
         let r = req.into_inner();
-        let s = convert::session(&r.session)?;
-        self.store.head(&s).map_err(|e| read_status(&e))?;
-        let to = if r.to_seq == 0 { u64::MAX } else { r.to_seq };
+        let head = self.store.head(&s).map_err(|e| read_status(&e))?.seq;
+        let to = if r.to_seq == 0 { head } else { r.to_seq };
+        check_range(r.from_seq, to, head)?;
         let store = self.store.clone();
-        Ok(Response::new(blocking_stream(move |tx| {
+        Ok(Response::new(holding(blocking_stream(move |tx| {
             let entries = store.read_by_entity(&s, r.entity, r.from_seq.max(1), to).map_err(|e| read_status(&e))?;
             send_entries(tx, entries, 1_024, |_| true).map(drop)
-        })))
+        }), caller.into_slot())))
     }
 }
 
@@ -515,8 +566,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Sen
 impl AuditService for Gateway {
     async fn verify_log(&self, req: Request<pb::VerifyLogRequest>) -> Result<Response<pb::VerifyLogResponse>, Status> {
         let _t = self.obs.call("VerifyLog");
+        let s = convert::session(&req.get_ref().session)?;
+        self.authorize(&req, "/theta.v1.AuditService/VerifyLog", Some(&s), Need::Auditor, false)?;
         let r = req.into_inner();
-        let s = convert::session(&r.session)?;
         let store = self.store.clone();
         Ok(Response::new(blocking(move || verify_log(&store, &s, r.from_seq, r.to_seq)).await?))
     }
@@ -526,8 +578,9 @@ impl AuditService for Gateway {
         req: Request<pb::InclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProofResponse>, Status> {
         let _t = self.obs.call("InclusionProof");
+        let s = convert::session(&req.get_ref().session)?;
+        self.authorize(&req, "/theta.v1.AuditService/InclusionProof", Some(&s), Need::Auditor, false)?;
         let r = req.into_inner();
-        let s = convert::session(&r.session)?;
         let size = if r.tree_size == 0 { self.store.head(&s).map_err(|e| read_status(&e))?.seq } else { r.tree_size };
         let p = self.store.inclusion_proof(&s, r.seq, size).map_err(|e| read_status(&e))?;
         Ok(Response::new(pb::InclusionProofResponse {
@@ -545,8 +598,9 @@ impl AuditService for Gateway {
         req: Request<pb::ConsistencyProofRequest>,
     ) -> Result<Response<pb::ConsistencyProofResponse>, Status> {
         let _t = self.obs.call("ConsistencyProof");
+        let s = convert::session(&req.get_ref().session)?;
+        self.authorize(&req, "/theta.v1.AuditService/ConsistencyProof", Some(&s), Need::Auditor, false)?;
         let r = req.into_inner();
-        let s = convert::session(&r.session)?;
         let new = if r.new_size == 0 { self.store.head(&s).map_err(|e| read_status(&e))?.seq } else { r.new_size };
         let proof = self.store.consistency_proof(&s, r.old_size, new).map_err(|e| read_status(&e))?;
         Ok(Response::new(pb::ConsistencyProofResponse {
@@ -563,7 +617,8 @@ impl AuditService for Gateway {
         req: Request<pb::SignedTreeHeadRequest>,
     ) -> Result<Response<pb::SignedTreeHeadResponse>, Status> {
         let _t = self.obs.call("SignedTreeHead");
-        let s = convert::session(&req.into_inner().session)?;
+        let s = convert::session(&req.get_ref().session)?;
+        self.authorize(&req, "/theta.v1.AuditService/SignedTreeHead", Some(&s), Need::Member, false)?;
         let h = self.store.signed_tree_head(&s).map_err(|e| read_status(&e))?;
         Ok(Response::new(pb::SignedTreeHeadResponse {
             session: h.session.0.to_vec(),
@@ -580,8 +635,9 @@ impl AuditService for Gateway {
         req: Request<pb::RejectionsRequest>,
     ) -> Result<Response<pb::RejectionsResponse>, Status> {
         let _t = self.obs.call("Rejections");
-        let r = req.into_inner();
-        let s = if r.session.is_empty() { None } else { Some(convert::session(&r.session)?) };
+        let s = if req.get_ref().session.is_empty() { None } else { Some(convert::session(&req.get_ref().session)?) };
+        let need = if s.is_some() { Need::Auditor } else { Need::Admin };
+        self.authorize(&req, "/theta.v1.AuditService/Rejections", s.as_ref(), need, false)?;
         let records = self.store.rejections(s.as_ref()).map_err(|e| read_status(&e))?;
         Ok(Response::new(pb::RejectionsResponse {
             records: records
@@ -604,7 +660,8 @@ impl AuditService for Gateway {
         req: Request<pb::AuthorSummaryRequest>,
     ) -> Result<Response<pb::AuthorSummaryResponse>, Status> {
         let _t = self.obs.call("AuthorSummary");
-        let s = convert::session(&req.into_inner().session)?;
+        let s = convert::session(&req.get_ref().session)?;
+        self.authorize(&req, "/theta.v1.AuditService/AuthorSummary", Some(&s), Need::Auditor, false)?;
         let store = self.store.clone();
         Ok(Response::new(blocking(move || author_summary(&store, &s)).await?))
     }
@@ -612,8 +669,9 @@ impl AuditService for Gateway {
 
 #[tonic::async_trait]
 impl AdminService for Gateway {
-    async fn stats(&self, _req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+    async fn stats(&self, req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         let _t = self.obs.call("Stats");
+        self.authorize(&req, "/theta.v1.AdminService/Stats", None, Need::Admin, false)?;
         let counters =
             self.obs.counters(&self.store).into_iter().map(|(name, value)| pb::Counter { name, value }).collect();
         Ok(Response::new(pb::StatsResponse {

@@ -4,11 +4,14 @@
 //! - [`server`]: `theta serve`: the gRPC services (append, replay, audit, admin; health and
 //!   reflection), the Prometheus endpoint, periodic checkpoints, graceful shutdown;
 //! - [`grpc`]: the `theta.v1` services over a store; [`status`]: errors to status codes;
+//!   [`auth`]: read credentials, roles and per-key read limits; [`calls`]: error counting;
 //! - [`history`]: a session's projection at any seq from the nearest checkpoint plus a replay;
 //! - [`quic`]: the QUIC endpoint; [`link`]: one live connection whatever the transport;
 //!   [`live`]: live projections and fan-out to viewers; [`webrtc`]: the WebRTC peer;
 //! - [`web`]: the browser viewer's assets, served on the HTTP port.
 
+pub mod auth;
+pub mod calls;
 mod convert;
 pub mod grpc;
 pub mod history;

@@ -35,7 +35,33 @@ pub struct Observability {
     live: std::sync::OnceLock<std::sync::Arc<crate::live::LiveHub>>,
     connections: Mutex<BTreeMap<u64, std::sync::Arc<ConnectionStats>>>,
     next_connection: std::sync::atomic::AtomicU64,
+    request_errors: Mutex<BTreeMap<(&'static str, i32), u64>>,
+    requests_too_large: std::sync::atomic::AtomicU64,
+    access: std::sync::OnceLock<std::sync::Arc<crate::auth::Access>>,
 }
+
+/// The gRPC methods, as labels (any other path counts as `other`).
+const METHODS: [&str; 19] = [
+    "/theta.v1.LogService/CreateSession",
+    "/theta.v1.LogService/Append",
+    "/theta.v1.LogService/AppendStream",
+    "/theta.v1.LogService/Head",
+    "/theta.v1.ReplayService/ReadLog",
+    "/theta.v1.ReplayService/ReadState",
+    "/theta.v1.ReplayService/Subscribe",
+    "/theta.v1.ReplayService/EntityHistory",
+    "/theta.v1.AuditService/VerifyLog",
+    "/theta.v1.AuditService/InclusionProof",
+    "/theta.v1.AuditService/ConsistencyProof",
+    "/theta.v1.AuditService/SignedTreeHead",
+    "/theta.v1.AuditService/Rejections",
+    "/theta.v1.AuditService/AuthorSummary",
+    "/theta.v1.AdminService/Stats",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
 
 /// One live connection's telemetry (QUIC or WebRTC), shown in `/metrics` and sent to the client
 /// once a second as a `Stats` message for its overlay.
@@ -144,6 +170,22 @@ impl Drop for CallTimer<'_> {
 }
 
 impl Observability {
+    /// Counts a gRPC error status of `path` (`theta_request_errors_total{method, code}`).
+    pub fn request_error(&self, path: &str, code: i32) {
+        let method = METHODS.iter().find(|m| **m == path).map_or("other", |m| m.rsplit('/').next().unwrap_or(m));
+        *self.request_errors.lock().expect("metrics lock").entry((method, code)).or_default() += 1;
+    }
+
+    /// Counts a request refused by the transport's size limit.
+    pub fn request_too_large(&self) {
+        self.requests_too_large.fetch_add(1, Relaxed);
+    }
+
+    /// Shows the access checks' counters too.
+    pub fn attach_access(&self, access: std::sync::Arc<crate::auth::Access>) {
+        let _ = self.access.set(access);
+    }
+
     /// Starts timing a call of `method`.
     pub fn call(&self, method: &'static str) -> CallTimer<'_> {
         CallTimer { obs: self, method, started: Instant::now() }
@@ -217,6 +259,18 @@ impl Observability {
         }
         out.push(("conflicts".to_string(), m.rejected(RejectionCode::Conflict)));
         out.push(("slow_subscriber_drops".to_string(), self.dropped()));
+        out.push(("requests_too_large".to_string(), self.requests_too_large.load(Relaxed)));
+        if let Some(a) = self.access.get() {
+            for (reason, n) in a.counters.failures() {
+                out.push((format!("auth_failures.{reason}"), n));
+            }
+            for (reason, n) in a.counters.limits() {
+                out.push((format!("read_limit_drops.{reason}"), n));
+            }
+        }
+        for ((method, code), n) in self.request_errors.lock().expect("metrics lock").iter() {
+            out.push((format!("request_errors.{method}.{}", tonic::Code::from_i32(*code).description()), *n));
+        }
         for (method, s) in self.methods.lock().expect("metrics lock").iter() {
             out.push((format!("grpc_calls.{method}"), s.calls));
         }
@@ -263,6 +317,29 @@ impl Observability {
             "Subscribe streams ended because the client stopped reading.",
             self.dropped(),
         );
+        counter(
+            &mut s,
+            "requests_too_large",
+            "gRPC requests refused by the transport's size limit (answered RESOURCE_EXHAUSTED).",
+            self.requests_too_large.load(Relaxed),
+        );
+        if let Some(a) = self.access.get() {
+            let _ = writeln!(s, "# HELP theta_auth_failures_total gRPC calls refused by the access checks, by reason.");
+            let _ = writeln!(s, "# TYPE theta_auth_failures_total counter");
+            for (reason, n) in a.counters.failures() {
+                let _ = writeln!(s, "theta_auth_failures_total{{reason=\"{reason}\"}} {n}");
+            }
+            let _ = writeln!(s, "# HELP theta_read_limit_drops_total gRPC reads refused by a per-key limit, by reason.");
+            let _ = writeln!(s, "# TYPE theta_read_limit_drops_total counter");
+            for (reason, n) in a.counters.limits() {
+                let _ = writeln!(s, "theta_read_limit_drops_total{{reason=\"{reason}\"}} {n}");
+            }
+        }
+        let _ = writeln!(s, "# HELP theta_request_errors_total gRPC calls answered with an error, by method and code.");
+        let _ = writeln!(s, "# TYPE theta_request_errors_total counter");
+        for ((method, code), n) in self.request_errors.lock().expect("metrics lock").iter() {
+            let _ = writeln!(s, "theta_request_errors_total{{method=\"{method}\",code=\"{code}\"}} {n}");
+        }
         let _ = writeln!(s, "# HELP theta_queue_depth Appends submitted and not yet answered.");
         let _ = writeln!(s, "# TYPE theta_queue_depth gauge");
         let _ = writeln!(s, "theta_queue_depth {}", m.queue_depth);

@@ -60,6 +60,8 @@ pub struct ServeConfig {
     /// How long a Subscribe client may stop reading (its buffer full) before its stream ends
     /// with `RESOURCE_EXHAUSTED` and the seq to resume from, milliseconds. Default 30,000.
     pub slow_subscriber_ms: u64,
+    /// Read credentials, service admins and per-key read limits (see [`crate::auth`]).
+    pub access: crate::auth::AccessConfig,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +78,7 @@ impl Default for ServeConfig {
             checkpoint_interval_ms: 5_000,
             slow_subscriber_ms: 30_000,
             webrtc: Some(crate::webrtc::WebRtcConfig::default()),
+            access: crate::auth::AccessConfig::default(),
         }
     }
 }
@@ -175,8 +178,11 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
 /// Starts serving an already opened store.
 pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result<Running, ServeError> {
     let obs = Arc::new(Observability::default());
+    let access = Arc::new(crate::auth::Access::new(config.access.clone()));
+    obs.attach_access(access.clone());
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
-    let gw = Gateway::new(store.clone(), obs.clone(), closing, Duration::from_millis(config.slow_subscriber_ms));
+    let gw =
+        Gateway::new(store.clone(), obs.clone(), closing, Duration::from_millis(config.slow_subscriber_ms), access);
     let limit = store.config().max_envelope_bytes + GRPC_HEADROOM_BYTES;
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -208,6 +214,7 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
             .map_err(|e| ServeError::Tls(e.to_string()))?;
     }
     let router = builder
+        .layer(crate::calls::CountErrors::new(obs.clone(), limit))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -8,12 +8,13 @@
 //!   limits tightened to Theta's sizes ([`Limits`]) and returns a typed [`DecodeError`];
 //! - component identity ([`ComponentId`], SipHash-2-4 under a fixed key) and the registry of
 //!   built-in components ([`registry`]);
-//! - the signing rule ([`signing`]) and the schema [`manifest`].
+//! - the signing rule ([`signing`]), the read [`credential`] and the schema [`manifest`].
 //!
 //! It does no I/O and knows nothing of storage, projection or transport.
 
 pub mod command;
 pub mod components;
+pub mod credential;
 pub mod decode;
 pub mod envelope;
 pub mod ids;

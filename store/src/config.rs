@@ -25,6 +25,25 @@ pub enum VerifyOnOpen {
     Tail,
 }
 
+/// Who may create sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Any valid key (the default of an embedded store, and `theta serve --admission anyone`).
+    Anyone,
+    /// Only these keys (`theta serve` defaults to its service admin keys).
+    Keys(std::collections::BTreeSet<theta_schemas::AuthorKey>),
+}
+
+impl Admission {
+    /// Whether `key` may create a session.
+    pub fn admits(&self, key: &theta_schemas::AuthorKey) -> bool {
+        match self {
+            Admission::Anyone => true,
+            Admission::Keys(keys) => keys.contains(key),
+        }
+    }
+}
+
 /// Configuration of a [`Store`](crate::Store).
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -62,6 +81,12 @@ pub struct StoreConfig {
     /// Largest log block (consecutive entries stored under one key), bytes. A single entry
     /// larger than this gets a block of its own. Default 32,768.
     pub max_block_bytes: usize,
+    /// Who may create sessions. Default [`Admission::Anyone`]; `theta serve` defaults to its
+    /// service admin keys.
+    pub admission: Admission,
+    /// Sessions one key may create per minute, also the burst (token bucket). Refusals are
+    /// `RateLimited`. Default 10.
+    pub session_creations_per_min: u32,
 }
 
 impl Default for StoreConfig {
@@ -83,6 +108,8 @@ impl Default for StoreConfig {
             verify_on_open: VerifyOnOpen::Full,
             verified_checkpoint_every_entries: 10_000,
             max_block_bytes: 32 * 1024,
+            admission: Admission::Anyone,
+            session_creations_per_min: 10,
         }
     }
 }

@@ -97,6 +97,12 @@ pub enum AppendError {
         /// The session.
         session: SessionId,
     },
+    /// The key may not create sessions on this store (counter `admission_denials`).
+    #[error("{author} may not create sessions on this server (admission)")]
+    NotAdmitted {
+        /// The key that tried.
+        author: AuthorKey,
+    },
     /// The author's role does not allow the command kind (counter `permission_denials`).
     #[error("{author} has role {role}, which may not {kind}")]
     PermissionDenied {
@@ -190,6 +196,7 @@ impl AppendError {
             AppendError::Corrupted { .. } | AppendError::Storage(_) | AppendError::ShuttingDown => {
                 RejectionCode::Unavailable
             }
+            AppendError::NotAdmitted { .. } => RejectionCode::Admission,
         }
     }
 }
@@ -218,11 +225,13 @@ pub enum RejectionCode {
     Conflict = 9,
     /// Store unavailable (corruption, storage failure, shutdown).
     Unavailable = 10,
+    /// The key may not create sessions.
+    Admission = 11,
 }
 
 impl RejectionCode {
     /// Every code.
-    pub const ALL: [RejectionCode; 10] = [
+    pub const ALL: [RejectionCode; 11] = [
         RejectionCode::PayloadGuard,
         RejectionCode::Schema,
         RejectionCode::Signature,
@@ -233,6 +242,7 @@ impl RejectionCode {
         RejectionCode::RateLimit,
         RejectionCode::Conflict,
         RejectionCode::Unavailable,
+        RejectionCode::Admission,
     ];
 
     /// The code with this byte.
@@ -253,6 +263,7 @@ impl RejectionCode {
             RejectionCode::RateLimit => "rate_limit_drops",
             RejectionCode::Conflict => "conflict_rejections",
             RejectionCode::Unavailable => "unavailable_rejections",
+            RejectionCode::Admission => "admission_denials",
         }
     }
 }

@@ -45,7 +45,7 @@ mod store;
 pub mod validate;
 mod verifier;
 
-pub use config::{Durability, StoreConfig, VerifyOnOpen};
+pub use config::{Admission, Durability, StoreConfig, VerifyOnOpen};
 pub use error::{AppendError, ConflictReason, OpenError, ReadError, RejectionCode};
 pub use metrics::MetricsSnapshot;
 pub use store::{

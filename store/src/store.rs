@@ -91,13 +91,13 @@ impl SignedTreeHead {
         m
     }
 
-    /// Checks the signature under `public_key` (strict).
+    /// Checks the signature under `public_key` (the signing rule of every path).
     pub fn verify(&self) -> bool {
-        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.public_key) else {
+        let Ok(key) = theta_schemas::signing::public_key(&self.public_key) else {
             return false;
         };
         let msg = SignedTreeHead::message(&self.session, self.tree_size, self.timestamp_ms, &self.root);
-        key.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&self.signature)).is_ok()
+        theta_schemas::signing::verify(&key, &msg, &self.signature).is_ok()
     }
 }
 
@@ -362,7 +362,13 @@ impl Store {
             .name("theta-verify".into())
             .spawn(move || verify_loop(v_shared, rx, tx2))
             .expect("spawn verifier thread");
-        let committer = Committer { shared: shared.clone(), states, global_trail_next, dirty_since: None };
+        let committer = Committer {
+            shared: shared.clone(),
+            states,
+            global_trail_next,
+            dirty_since: None,
+            creations: std::collections::HashMap::new(),
+        };
         let committer = std::thread::Builder::new()
             .name("theta-commit".into())
             .spawn(move || committer.run(rx2))
@@ -1034,7 +1040,13 @@ struct Committer {
     global_trail_next: u64,
     /// When the first unflushed batch was applied (interval durability).
     dirty_since: Option<Instant>,
+    /// Session-creation token buckets per key (bounded: at the bound, buckets that hold a
+    /// token are forgotten).
+    creations: std::collections::HashMap<theta_schemas::AuthorKey, crate::guard::TokenBucket>,
 }
+
+/// Keys whose session-creation buckets are remembered at once.
+const MAX_CREATION_BUCKETS: usize = 65_536;
 
 struct Outcome {
     reply: Responder,
@@ -1149,8 +1161,6 @@ impl Committer {
         batch: &mut WriteBatch,
         touched: &mut BTreeSet<SessionId>,
     ) -> Result<crate::session::Accepted, AppendError> {
-        let config = &self.shared.config;
-        let backend = &*self.shared.backend;
         if let Some(View { corrupted: Some(c), .. }) = self.shared.views.read().expect("views lock").get(&body.session)
         {
             return Err(AppendError::Corrupted { session: body.session, seq: c.seq, detail: c.detail.clone() });
@@ -1160,8 +1170,11 @@ impl Committer {
             if body.command.kind() != CommandKind::CreateSession {
                 return Err(AppendError::UnknownSession { session: body.session });
             }
+            self.admit(&body.author, now)?;
             self.states.insert(body.session, SessionState::new(body.session));
         }
+        let config = &self.shared.config;
+        let backend = &*self.shared.backend;
         let state = self.states.get_mut(&body.session).expect("present");
         if let Err(e) = state.check(body, backend, config, Some(now)) {
             if creating {
@@ -1172,6 +1185,23 @@ impl Committer {
         let (accepted, _) = state.apply(body, bytes, now, batch);
         touched.insert(body.session);
         Ok(accepted)
+    }
+
+    /// Admission and the per-key session-creation rate.
+    fn admit(&mut self, author: &theta_schemas::AuthorKey, now_ms: u64) -> Result<(), AppendError> {
+        let config = &self.shared.config;
+        if !config.admission.admits(author) {
+            return Err(AppendError::NotAdmitted { author: *author });
+        }
+        let per_min = f64::from(config.session_creations_per_min.max(1));
+        if self.creations.len() >= MAX_CREATION_BUCKETS && !self.creations.contains_key(author) {
+            self.creations.retain(|_, b| b.clone().take(per_min / 60.0, per_min, now_ms).is_err());
+        }
+        self.creations
+            .entry(*author)
+            .or_insert_with(|| crate::guard::TokenBucket::full(per_min, now_ms))
+            .take(per_min / 60.0, per_min, now_ms)
+            .map_err(|retry_after_ms| AppendError::RateLimited { author: *author, retry_after_ms })
     }
 
     fn trail(&mut self, session: Option<SessionId>, record: Rejection, batch: &mut WriteBatch) {

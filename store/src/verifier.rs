@@ -2,15 +2,15 @@
 //!
 //! Runs on its own thread ahead of the committer, so the next batch is verified while the
 //! previous one is being flushed. Signatures of a batch are split across
-//! `verify_threads`; each part is checked with ed25519 batch verification and, if that fails,
-//! one by one with strict verification so that only the bad ones are rejected.
+//! `verify_threads`; each part is checked with batch verification and, if that fails, one by
+//! one, so that only the bad ones are rejected. Both apply the one rule of
+//! [`theta_schemas::signing`], so the verdict never depends on which path a signature took.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
-use theta_schemas::signing::{self, SignatureError, command_message};
+use theta_schemas::signing::{self, PublicKey, SignatureError, command_message};
 use theta_schemas::{AuthorKey, CommandBody, Envelope, SessionId};
 
 use crate::config::StoreConfig;
@@ -33,7 +33,7 @@ pub(crate) struct Checked {
 
 /// Bounded cache of decoded, non-weak public keys.
 pub(crate) struct KeyCache {
-    keys: HashMap<AuthorKey, VerifyingKey>,
+    keys: HashMap<AuthorKey, PublicKey>,
     capacity: usize,
 }
 
@@ -42,7 +42,7 @@ impl KeyCache {
         KeyCache { keys: HashMap::new(), capacity: capacity.max(1) }
     }
 
-    pub fn get(&mut self, key: &AuthorKey) -> Result<VerifyingKey, SignatureError> {
+    pub fn get(&mut self, key: &AuthorKey) -> Result<PublicKey, SignatureError> {
         if let Some(k) = self.keys.get(key) {
             return Ok(*k);
         }
@@ -74,26 +74,18 @@ fn precheck(
 struct Pending<'a> {
     idx: usize,
     message: Vec<u8>,
-    signature: Signature,
-    key: VerifyingKey,
-    raw_signature: &'a [u8; 64],
+    key: PublicKey,
+    signature: &'a [u8; 64],
 }
 
 /// Verifies a part of a batch; returns the indexes that failed.
 fn verify_part(part: &[Pending<'_>], batch: bool) -> (Vec<usize>, bool) {
-    if batch && part.len() > 1 {
-        let msgs: Vec<&[u8]> = part.iter().map(|p| p.message.as_slice()).collect();
-        let sigs: Vec<Signature> = part.iter().map(|p| p.signature).collect();
-        let keys: Vec<VerifyingKey> = part.iter().map(|p| p.key).collect();
-        if ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok() {
-            return (Vec::new(), false);
-        }
+    if batch && part.len() > 1 && signing::verify_batch(part.iter().map(|p| (&p.key, p.message.as_slice(), p.signature)))
+    {
+        return (Vec::new(), false);
     }
-    let failed = part
-        .iter()
-        .filter(|p| p.key.verify_strict(&p.message, &Signature::from_bytes(p.raw_signature)).is_err())
-        .map(|p| p.idx)
-        .collect();
+    let failed =
+        part.iter().filter(|p| signing::verify(&p.key, &p.message, p.signature).is_err()).map(|p| p.idx).collect();
     (failed, batch && part.len() > 1)
 }
 
@@ -105,7 +97,7 @@ pub(crate) fn check_batch(
     metrics: &Metrics,
 ) -> Vec<Checked> {
     let mut out: Vec<Checked> = Vec::with_capacity(inputs.len());
-    let mut envelopes: Vec<Option<(Envelope, VerifyingKey)>> = Vec::with_capacity(inputs.len());
+    let mut envelopes: Vec<Option<(Envelope, PublicKey)>> = Vec::with_capacity(inputs.len());
     for bytes in inputs {
         let envelope_hash: Hash = Sha256::digest(&bytes).into();
         let mut origin = None;
@@ -130,9 +122,8 @@ pub(crate) fn check_batch(
             Some(Pending {
                 idx,
                 message: command_message(&envelope.body),
-                signature: Signature::from_bytes(&envelope.signature),
                 key: *key,
-                raw_signature: &envelope.signature,
+                signature: &envelope.signature,
             })
         })
         .collect();

@@ -18,9 +18,9 @@
 //! the key, the session and both capability sets. The server looks up the session and role only
 //! after the proof, so unauthenticated clients learn nothing about sessions.
 
-use ed25519_dalek::{Signature, Signer, SigningKey};
+use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
-use theta_schemas::signing::{author_key, verifying_key};
+use theta_schemas::signing::{self, author_key, verifying_key};
 use theta_schemas::wire::{Capabilities, Challenge, Hello, Proof, Welcome, WireError};
 use theta_schemas::{AuthorKey, DecodeError, Message, PROTOCOL_VERSION, Role, SessionId};
 
@@ -343,9 +343,8 @@ impl ServerHandshake {
                 ServerStep::Send(challenge)
             }
             (ServerState::AwaitProof { hello, challenge, parsed }, Message::Proof(p)) => {
-                let verified = verifying_key(&parsed.public_key).ok().is_some_and(|k| {
-                    k.verify_strict(&proof_message(&hello, &challenge), &Signature::from_bytes(&p.signature)).is_ok()
-                });
+                let verified = verifying_key(&parsed.public_key)
+                    .is_ok_and(|k| signing::verify(&k, &proof_message(&hello, &challenge), &p.signature).is_ok());
                 if !verified {
                     return self.close(Reject::BadProof);
                 }
