@@ -122,6 +122,8 @@ fn main() {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: None,
             quic_addr: None,
+            // Reads measured without credentials (one signature check per call is not the subject).
+            access: theta_gateway::auth::AccessConfig { public_read: true, ..Default::default() },
             ..ServeConfig::default()
         };
         let running = start_with_store(store.clone(), &serve).await.expect("server");

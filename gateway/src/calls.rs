@@ -1,9 +1,8 @@
 //! A tower layer around the gRPC services: counts every error status by method and code, and
 //! answers a request over the transport's size limit as the payload guard does.
 //!
-//! Errors returned before a response starts travel as `grpc-status` in the response head
-//! (tonic's trailers-only form), which is where this layer reads them; errors that end a stream
-//! after it started travel in trailers and are counted by the handler that ends the stream.
+//! Errors travel as `grpc-status` either in the response head (tonic's trailers-only form) or
+//! in the trailers; the layer reads both.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -50,10 +49,11 @@ impl<S, B, RB> tower::Service<http::Request<B>> for CountErrorsService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
+    RB: http_body::Body + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<CountedBody<RB>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -65,32 +65,71 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
-            let headers = resp.headers_mut();
-            let Some(code) = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok()) else {
-                return Ok(resp);
-            };
-            if code == 0 {
-                return Ok(resp);
-            }
-            let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("");
-            let code = if code == OUT_OF_RANGE && message.contains("message length too large") {
-                // The transport refused the request before any handler saw it.
-                layer.obs.request_too_large();
-                let text = format!(
-                    "payload_guard_drops: the request exceeds the {}-byte limit of a gRPC request",
-                    layer.max_request_bytes
-                );
-                headers.insert("grpc-status", http::HeaderValue::from(RESOURCE_EXHAUSTED));
-                headers.insert(
-                    "grpc-message",
-                    http::HeaderValue::from_str(&text.replace(' ', "%20")).expect("ASCII message"),
-                );
-                RESOURCE_EXHAUSTED
-            } else {
-                code
-            };
-            layer.obs.request_error(&method, code);
-            Ok(resp)
+            let counted = inspect(resp.headers_mut(), &layer, &method);
+            Ok(resp.map(|body| CountedBody { inner: Box::pin(body), layer, method, counted }))
         })
+    }
+}
+
+/// Counts an error status in `headers` (a response head or trailers); answers a request over the
+/// size limit with the payload guard's code. Returns whether there was a status to count.
+fn inspect(headers: &mut http::HeaderMap, layer: &CountErrors, method: &str) -> bool {
+    let Some(code) = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<i32>().ok()) else {
+        return false;
+    };
+    if code == 0 {
+        return true;
+    }
+    let message = headers.get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let too_large = message.contains("message%20length%20too%20large") || message.contains("message length too large");
+    let code = if code == OUT_OF_RANGE && too_large {
+        // The transport refused the request before any handler saw it.
+        layer.obs.request_too_large();
+        let text =
+            format!("payload_guard_drops: the request exceeds the {}-byte limit of a gRPC request", layer.max_request_bytes);
+        headers.insert("grpc-status", http::HeaderValue::from(RESOURCE_EXHAUSTED));
+        headers.insert("grpc-message", http::HeaderValue::from_str(&text.replace(' ', "%20")).expect("ASCII message"));
+        RESOURCE_EXHAUSTED
+    } else {
+        code
+    };
+    layer.obs.request_error(method, code);
+    true
+}
+
+/// A response body whose trailers are inspected as they pass.
+pub struct CountedBody<B> {
+    inner: Pin<Box<B>>,
+    layer: CountErrors,
+    method: String,
+    /// The status was already counted from the response head.
+    counted: bool,
+}
+
+impl<B: http_body::Body> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() && !this.counted => {
+                let mut trailers = frame.into_trailers().unwrap_or_else(|_| unreachable!("checked is_trailers"));
+                this.counted = inspect(&mut trailers, &this.layer, &this.method);
+                Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

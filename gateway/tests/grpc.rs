@@ -51,6 +51,20 @@ impl Author {
 
 const S: SessionId = SessionId([0x11; 16]);
 
+/// `msg` with a fresh read credential of `key` for `method` on `session`.
+fn signed<T>(key: &SigningKey, method: &str, session: &SessionId, msg: T) -> tonic::Request<T> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let c = theta_schemas::credential::Credential::sign(key, method, Some(session), now, rand::random());
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("theta-auth", c.encode().parse().unwrap());
+    req
+}
+
+/// The session owner of every test here (seed 1).
+fn owner_key() -> SigningKey {
+    SigningKey::from_bytes(&[1; 32])
+}
+
 async fn server(dir: &std::path::Path) -> Running {
     let config = ServeConfig {
         data_dir: dir.to_path_buf(),
@@ -74,6 +88,8 @@ fn req(envelope: Vec<u8>) -> pb::AppendRequest {
 }
 
 async fn read_all(replay: &mut ReplayServiceClient<Channel>, r: pb::ReadLogRequest) -> Vec<pb::Entry> {
+    let session = SessionId(r.session.clone().try_into().unwrap());
+    let r = signed(&owner_key(), "/theta.v1.ReplayService/ReadLog", &session, r);
     let mut stream = replay.read_log(r).await.unwrap().into_inner();
     let mut out = Vec::new();
     while let Some(b) = stream.next().await {
@@ -105,7 +121,12 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
 
     // A live subscriber from seq 1.
     let mut sub = replay
-        .subscribe(pb::SubscribeRequest { session: S.0.to_vec(), from_seq: 1, batch_size: 0 })
+        .subscribe(signed(
+            &owner.key,
+            "/theta.v1.ReplayService/Subscribe",
+            &S,
+            pb::SubscribeRequest { session: S.0.to_vec(), from_seq: 1, batch_size: 0 },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -144,7 +165,11 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
         }
     }
     log.append(req(alice.cmd(S, 2, Name::id(), 0, Command::Rename { name: "renamed".into() }))).await.unwrap();
-    let head = log.head(pb::HeadRequest { session: S.0.to_vec() }).await.unwrap().into_inner();
+    let head = log
+        .head(signed(&alice.key, "/theta.v1.LogService/Head", &S, pb::HeadRequest { session: S.0.to_vec() }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(head.seq, 3 + 3 + 20 + 1);
 
     // The subscriber sees every entry, in order, live.
@@ -170,7 +195,12 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
     let window = read_all(&mut replay, pb::ReadLogRequest { from_seq: 5, to_seq: 9, ..base.clone() }).await;
     assert_eq!(window.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 6, 7, 8, 9]);
     let history: Vec<u64> = replay
-        .entity_history(pb::EntityHistoryRequest { session: S.0.to_vec(), entity: 2, from_seq: 0, to_seq: 0 })
+        .entity_history(signed(
+            &bob.key,
+            "/theta.v1.ReplayService/EntityHistory",
+            &S,
+            pb::EntityHistoryRequest { session: S.0.to_vec(), entity: 2, from_seq: 0, to_seq: 0 },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -183,7 +213,12 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
     // ReadState: chunks that assemble to the projection at that seq.
     let mut asm = theta_projector::Assembler::new();
     let mut state = replay
-        .read_state(pb::ReadStateRequest { session: S.0.to_vec(), at_seq: 10, max_chunk_bytes: 0 })
+        .read_state(signed(
+            &alice.key,
+            "/theta.v1.ReplayService/ReadState",
+            &S,
+            pb::ReadStateRequest { session: S.0.to_vec(), at_seq: 10, max_chunk_bytes: 0 },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -201,7 +236,12 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
 
     // Audit: verify, proofs, signed tree head, rejection trail, author summary.
     let v = audit
-        .verify_log(pb::VerifyLogRequest { session: S.0.to_vec(), from_seq: 0, to_seq: 0 })
+        .verify_log(signed(
+            &owner.key,
+            "/theta.v1.AuditService/VerifyLog",
+            &S,
+            pb::VerifyLogRequest { session: S.0.to_vec(), from_seq: 0, to_seq: 0 },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -210,14 +250,24 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
         (head.seq, true, true, true, 0)
     );
     let partial = audit
-        .verify_log(pb::VerifyLogRequest { session: S.0.to_vec(), from_seq: 7, to_seq: 20 })
+        .verify_log(signed(
+            &owner.key,
+            "/theta.v1.AuditService/VerifyLog",
+            &S,
+            pb::VerifyLogRequest { session: S.0.to_vec(), from_seq: 7, to_seq: 20 },
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!((partial.entries_checked, partial.tree_ok), (14, true));
     for seq in [1, 13, head.seq] {
         let p = audit
-            .inclusion_proof(pb::InclusionProofRequest { session: S.0.to_vec(), seq, tree_size: 0 })
+            .inclusion_proof(signed(
+                &owner.key,
+                "/theta.v1.AuditService/InclusionProof",
+                &S,
+                pb::InclusionProofRequest { session: S.0.to_vec(), seq, tree_size: 0 },
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -227,7 +277,12 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
         assert!(verify_inclusion(&leaf, p.leaf_index, p.tree_size, &path, &p.root.as_slice().try_into().unwrap()));
     }
     let c = audit
-        .consistency_proof(pb::ConsistencyProofRequest { session: S.0.to_vec(), old_size: 9, new_size: 0 })
+        .consistency_proof(signed(
+            &owner.key,
+            "/theta.v1.AuditService/ConsistencyProof",
+            &S,
+            pb::ConsistencyProofRequest { session: S.0.to_vec(), old_size: 9, new_size: 0 },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -239,12 +294,34 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
         &c.new_root.as_slice().try_into().unwrap(),
         &proof
     ));
-    let sth = audit.signed_tree_head(pb::SignedTreeHeadRequest { session: S.0.to_vec() }).await.unwrap().into_inner();
+    let sth = audit
+        .signed_tree_head(signed(
+            &alice.key,
+            "/theta.v1.AuditService/SignedTreeHead",
+            &S,
+            pb::SignedTreeHeadRequest { session: S.0.to_vec() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(sth.tree_size, head.seq);
-    let trail = audit.rejections(pb::RejectionsRequest { session: S.0.to_vec() }).await.unwrap().into_inner();
+    let trail = audit
+        .rejections(signed(&owner.key, "/theta.v1.AuditService/Rejections", &S, pb::RejectionsRequest { session: S.0.to_vec() }))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(trail.records.len(), 1);
     assert_eq!(trail.records[0].counter, "conflict_rejections");
-    let summary = audit.author_summary(pb::AuthorSummaryRequest { session: S.0.to_vec() }).await.unwrap().into_inner();
+    let summary = audit
+        .author_summary(signed(
+            &owner.key,
+            "/theta.v1.AuditService/AuthorSummary",
+            &S,
+            pb::AuthorSummaryRequest { session: S.0.to_vec() },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let bob_row = summary.authors.iter().find(|a| a.author == bob.id()).unwrap();
     assert_eq!((bob_row.role.as_str(), bob_row.granted_at_seq, bob_row.entries), ("Editor", 3, 20));
 
@@ -284,9 +361,11 @@ async fn bad_input_gets_exact_status_codes_and_counters() {
     let mut big = owner.cmd(S, 1, Name::id(), 0, Command::Rename { name: "x".into() });
     big.resize(65_537, 0);
     assert_eq!(code(log.append(req(big)).await), Code::ResourceExhausted);
-    // Far larger than gRPC's limit: refused by the transport before the store sees it.
-    let c = code(log.append(req(vec![0; 200_000])).await);
-    assert!(matches!(c, Code::OutOfRange | Code::ResourceExhausted), "{c:?}");
+    // Far larger than gRPC's limit: refused by the transport before the store sees it, with the
+    // payload guard's code and counter name.
+    let err = log.append(req(vec![0; 200_000])).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().starts_with("payload_guard_drops: "), "{err:?}");
     // An unknown session.
     let mut stranger = Author::new(9);
     assert_eq!(
@@ -303,7 +382,12 @@ async fn bad_input_gets_exact_status_codes_and_counters() {
     let err = replay.read_log(pb::ReadLogRequest { session: vec![1, 2, 3], ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = AuditServiceClient::new(ch.clone())
-        .inclusion_proof(pb::InclusionProofRequest { session: S.0.to_vec(), seq: 99, tree_size: 0 })
+        .inclusion_proof(signed(
+            &owner.key,
+            "/theta.v1.AuditService/InclusionProof",
+            &S,
+            pb::InclusionProofRequest { session: S.0.to_vec(), seq: 99, tree_size: 0 },
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
@@ -413,7 +497,12 @@ async fn a_subscriber_that_stops_reading_is_told_where_to_resume() {
         .unwrap();
     // Subscribe with one entry per batch, and do not read.
     let mut sub = ReplayServiceClient::new(ch.clone())
-        .subscribe(pb::SubscribeRequest { session: S.0.to_vec(), from_seq: 1, batch_size: 1 })
+        .subscribe(signed(
+            &owner.key,
+            "/theta.v1.ReplayService/Subscribe",
+            &S,
+            pb::SubscribeRequest { session: S.0.to_vec(), from_seq: 1, batch_size: 1 },
+        ))
         .await
         .unwrap()
         .into_inner();

@@ -73,11 +73,25 @@ impl Drop for Driver {
 }
 
 /// The server's projection at its head, over gRPC ReadState (checked against its state hash).
-fn server_state(grpc: &str, session: &str) -> Projection {
+/// Read with the credentials of `key` (a key file).
+fn server_state(grpc: &str, session: &str, key: &str) -> Projection {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let secret: [u8; 32] = hex::decode(std::fs::read_to_string(key).unwrap().trim()).unwrap().try_into().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&secret);
     rt.block_on(async {
         let mut replay = ReplayServiceClient::connect(format!("http://{grpc}")).await.unwrap();
-        let req = pb::ReadStateRequest { session: hex::decode(session).unwrap(), at_seq: 0, max_chunk_bytes: 0 };
+        let session = theta_schemas::SessionId::from_hex(session).unwrap();
+        let req = pb::ReadStateRequest { session: session.0.to_vec(), at_seq: 0, max_chunk_bytes: 0 };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let credential = theta_schemas::credential::Credential::sign(
+            &key,
+            "/theta.v1.ReplayService/ReadState",
+            Some(&session),
+            now,
+            rand::random(),
+        );
+        let mut req = tonic::Request::new(req);
+        req.metadata_mut().insert("theta-auth", credential.encode().parse().unwrap());
         let mut stream = replay.read_state(req).await.unwrap().into_inner();
         let mut asm = Assembler::new();
         while let Some(chunk) = stream.message().await.unwrap() {
@@ -99,9 +113,14 @@ fn render(p: &Projection) -> Image {
 #[test]
 fn browser_follows_live_edits_over_webrtc_and_draws_the_scene() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, grpc, _quic, _fp, signal) = crate::cli::serve(&dir.path().join("data"));
-    let _child = crate::cli::Kill(child);
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    for k in ["owner", "editor", "viewer"] {
+        let (ok, _, err) = crate::cli::theta_env(&["keygen", "--out", &path(&format!("{k}.key"))], "127.0.0.1:1");
+        assert!(ok, "{err}");
+    }
+    let (child, grpc, _quic, _fp, signal) =
+        crate::cli::serve(&dir.path().join("data"), std::path::Path::new(&path("owner.key")));
+    let _child = crate::cli::Kill(child);
     let run = |key: &str, args: &[&str]| {
         let mut all = args.to_vec();
         if !key.is_empty() {
@@ -111,9 +130,6 @@ fn browser_follows_live_edits_over_webrtc_and_draws_the_scene() {
         assert!(ok, "theta {all:?} failed:\n{out}\n{err}");
         out
     };
-    for k in ["owner", "editor", "viewer"] {
-        run("", &["keygen", "--out", &path(&format!("{k}.key"))]);
-    }
     let owner = path("owner.key");
     let editor = path("editor.key");
     let session = run(&owner, &["session", "create", "--name", "browser"]);
@@ -155,7 +171,7 @@ fn browser_follows_live_edits_over_webrtc_and_draws_the_scene() {
     append(&owner, r#"{"kind":"Rename","entity":1,"name":"red box"}"#);
     append(&owner, r#"{"kind":"RemoveComponent","entity":1,"component":"theta.Name"}"#);
     append(&editor, r#"{"kind":"DeleteEntity","entity":4,"base_version":1}"#);
-    let server = server_state(&grpc, session);
+    let server = server_state(&grpc, session, &owner);
     assert_eq!(server.seq(), 16);
     let last = page.ask(&format!("wait {}", server.seq()));
     let status = &last["status"];

@@ -96,6 +96,8 @@ fn serve_shuts_down_gracefully_on_sigterm_keeping_every_acknowledged_append() {
             "127.0.0.1:0",
         ])
         .args(["--rate-per-sec", "100000", "--rate-burst", "100000"])
+        // The key the test creates its session with ([5; 32]'s public key) is the admin.
+        .args(["--admin", &hex::encode(ed25519_dalek::SigningKey::from_bytes(&[5; 32]).verifying_key().to_bytes())])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -180,12 +182,17 @@ impl Drop for Kill {
     }
 }
 
-/// Starts `theta serve` on loopback ports in `data`; returns the child, the gRPC address, the
-/// QUIC address and the certificate fingerprint from its start-up log line.
-pub(crate) fn serve(data: &std::path::Path) -> (std::process::Child, String, String, String, String) {
+/// Starts `theta serve` on loopback ports in `data` with `admin` (a key file) as its service
+/// admin, as the README says; returns the child, the gRPC address, the QUIC address, the
+/// certificate fingerprint and the WebRTC signalling URL from its start-up log line.
+pub(crate) fn serve(
+    data: &std::path::Path,
+    admin: &std::path::Path,
+) -> (std::process::Child, String, String, String, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_theta"))
         .args(["serve", "--data", data.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0"])
+        .args(["--admin", admin.to_str().unwrap()])
         .args(["--metrics-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0"])
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -211,19 +218,20 @@ pub(crate) fn serve(data: &std::path::Path) -> (std::process::Child, String, Str
 #[test]
 fn view_renders_a_session_live_and_from_history() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, grpc, quic, fp, signal) = serve(&dir.path().join("data"));
-    let _child = Kill(child);
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    assert!(theta(&["keygen", "--out", &path("owner.key")]).0);
+    let (child, grpc, quic, fp, signal) = serve(&dir.path().join("data"), std::path::Path::new(&path("owner.key")));
+    let _child = Kill(child);
     let run = |args: &[&str]| {
         let (ok, out, err) = theta_env(args, &grpc);
         assert!(ok, "theta {args:?} failed:\n{out}\n{err}");
         out
     };
-    run(&["keygen", "--out", &path("owner.key")]);
     run(&["keygen", "--out", &path("viewer.key")]);
+    // The bare id on stdout, so that S=$(theta session create ...) works.
     let session = run(&["session", "create", "--key", &path("owner.key"), "--name", "view"]);
-    let session =
-        session.split_whitespace().find(|w| w.len() == 32 && w.chars().all(|c| c.is_ascii_hexdigit())).unwrap();
+    let session = session.trim();
+    assert!(session.len() == 32 && session.chars().all(|c| c.is_ascii_hexdigit()), "{session:?}");
     let viewer = run(&["pubkey", &path("viewer.key")]).trim().to_string();
     for json in [
         format!(r#"{{"kind":"GrantRole","key":"{viewer}","role":"viewer"}}"#),
@@ -233,11 +241,14 @@ fn view_renders_a_session_live_and_from_history() {
     ] {
         run(&["append", "--key", &path("owner.key"), "--session", session, "--json", &json]);
     }
-    // From history: seq 2 on, one entry per frame, until the head (seq 5).
+    // From history: seq 2 on, one entry per frame, until the head (seq 5), read with the
+    // viewer's credentials.
     let out = run(&[
         "view",
         "--session",
         session,
+        "--key",
+        &path("viewer.key"),
         "--headless",
         "--at",
         "2",
@@ -371,15 +382,15 @@ fn window_under_xvfb_shows_the_scene() {
             .expect("Xvfb (apt-get install xvfb; scripts/test installs it)"),
     );
     let dir = tempfile::tempdir().unwrap();
-    let (child, grpc, _, _, _) = serve(&dir.path().join("data"));
-    let _server = Kill(child);
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    assert!(theta(&["keygen", "--out", &path("owner.key")]).0);
+    let (child, grpc, _, _, _) = serve(&dir.path().join("data"), std::path::Path::new(&path("owner.key")));
+    let _server = Kill(child);
     let run = |args: &[&str]| {
         let (ok, out, err) = theta_env(args, &grpc);
         assert!(ok, "theta {args:?} failed:\n{out}\n{err}");
         out
     };
-    run(&["keygen", "--out", &path("owner.key")]);
     let session = run(&["session", "create", "--key", &path("owner.key"), "--name", "window"]);
     let session =
         session.split_whitespace().find(|w| w.len() == 32 && w.chars().all(|c| c.is_ascii_hexdigit())).unwrap();
@@ -394,6 +405,7 @@ fn window_under_xvfb_shows_the_scene() {
     let _view = Kill(
         Command::new(env!("CARGO_BIN_EXE_theta"))
             .args(["view", "--session", session, "--at", "0", "--step", "0", "--frames", "2000"])
+            .args(["--key", &path("owner.key")])
             .args(["--width", "400", "--height", "300"])
             .env("THETA_SERVER", format!("http://{grpc}"))
             .env("DISPLAY", &display)

@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 addr, work = sys.argv[1], sys.argv[2]
@@ -111,6 +112,21 @@ def set_transform(builder):
 
 
 TRANSFORM_ID = 0x72D836534314151E  # SipHash-2-4("theta.Transform"), docs/PROTOCOL.md
+
+
+# --- Read credentials (docs/PROTOCOL.md, "Read credentials") ----------------------------
+def credential(key, method, session, issued_ms=None, nonce=None):
+    """The theta-auth metadata value for one call of `method` ("/theta.v1.X/Y") on `session`."""
+    issued_ms = int(time.time() * 1000) if issued_ms is None else issued_ms
+    nonce = os.urandom(16) if nonce is None else nonce
+    message = (b"theta/read/v1\x00" + method.encode() + b"\x00" + (session or bytes(16)) +
+               issued_ms.to_bytes(8, "big") + nonce)
+    sig = key.sign(message)
+    return f"v1.{raw_public(key).hex()}.{issued_ms}.{nonce.hex()}.{sig.hex()}"
+
+
+def signed(key, method, session):
+    return [("theta-auth", credential(key, method, session))]
 key = Ed25519PrivateKey.generate()
 session = os.urandom(16)
 channel = grpc.insecure_channel(addr)
@@ -128,7 +144,32 @@ assert r.receipt.seq == 1, r
 for i, env in enumerate(sent[1:], start=2):
     r = log.Append(pb.AppendRequest(envelope=env))
     assert r.receipt.seq == i, r
-print("appended 3 commands; head", log.Head(pb.HeadRequest(session=session)).seq)
+head = log.Head(pb.HeadRequest(session=session), metadata=signed(key, "/theta.v1.LogService/Head", session))
+print("appended 3 commands; head", head.seq)
+
+# Reads need a credential: none, a replayed one, one for another method, a stranger's.
+def refused(call, code, **kw):
+    try:
+        call(**kw)
+        raise SystemExit(f"{call} was answered without a valid credential")
+    except grpc.RpcError as e:
+        assert e.code() == code, (e.code(), e.details())
+        assert e.details().startswith("auth_failures: "), e.details()
+
+head_req = pb.HeadRequest(session=session)
+refused(log.Head, grpc.StatusCode.UNAUTHENTICATED, request=head_req)
+once = signed(key, "/theta.v1.LogService/Head", session)
+log.Head(head_req, metadata=once)
+refused(log.Head, grpc.StatusCode.UNAUTHENTICATED, request=head_req, metadata=once)
+refused(log.Head, grpc.StatusCode.UNAUTHENTICATED, request=head_req,
+        metadata=signed(key, "/theta.v1.ReplayService/ReadLog", session))
+stranger = Ed25519PrivateKey.generate()
+refused(log.Head, grpc.StatusCode.NOT_FOUND, request=head_req,
+        metadata=signed(stranger, "/theta.v1.LogService/Head", session))
+nowhere = os.urandom(16)
+refused(log.Head, grpc.StatusCode.NOT_FOUND, request=pb.HeadRequest(session=nowhere),
+        metadata=signed(key, "/theta.v1.LogService/Head", nowhere))
+print("reads without a valid credential refused")
 
 # A replay of the same envelope is refused with ALREADY_EXISTS.
 try:
@@ -138,7 +179,9 @@ except grpc.RpcError as e:
     assert e.code() == grpc.StatusCode.ALREADY_EXISTS, e
 
 # --- Reading back and checking hashes --------------------------------------------------
-entries = [e for batch in replay.ReadLog(pb.ReadLogRequest(session=session)) for e in batch.entries]
+entries = [e for batch in replay.ReadLog(pb.ReadLogRequest(session=session),
+                                         metadata=signed(key, "/theta.v1.ReplayService/ReadLog", session))
+           for e in batch.entries]
 assert [e.seq for e in entries] == [1, 2, 3]
 prev = bytes(32)
 for e, env in zip(entries, sent):
@@ -175,13 +218,16 @@ def verify_inclusion(leaf, index, size, path, root):
 
 
 for seq in (1, 2, 3):
-    p = audit.InclusionProof(pb.InclusionProofRequest(session=session, seq=seq))
+    p = audit.InclusionProof(pb.InclusionProofRequest(session=session, seq=seq),
+                             metadata=signed(key, "/theta.v1.AuditService/InclusionProof", session))
     leaf = hashlib.sha256(b"\x00" + entries[seq - 1].entry_hash).digest()
     assert leaf == p.leaf_hash
     assert verify_inclusion(leaf, p.leaf_index, p.tree_size, list(p.path), p.root), f"inclusion of {seq}"
 # The root of the whole tree, computed here from the leaves (MTH of RFC 6962).
 leaves = [hashlib.sha256(b"\x00" + e.entry_hash).digest() for e in entries]
 root3 = node(node(leaves[0], leaves[1]), leaves[2])
-assert root3 == audit.SignedTreeHead(pb.SignedTreeHeadRequest(session=session)).root
+sth = audit.SignedTreeHead(pb.SignedTreeHeadRequest(session=session),
+                           metadata=signed(key, "/theta.v1.AuditService/SignedTreeHead", session))
+assert root3 == sth.root
 print("inclusion proofs verified independently; tree root matches")
 print("python client: ok")
