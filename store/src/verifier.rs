@@ -27,7 +27,8 @@ pub(crate) struct Checked {
     pub envelope_hash: Hash,
     /// The decoded body, or why the stage rejected it.
     pub result: Result<CommandBody, AppendError>,
-    /// Session and author named by the body, when it decoded (for the rejection trail).
+    /// Session and author named by the body, when it decoded and the signature proves the author
+    /// (for the rejection trail: a session's trail holds only rejections of proven authors).
     pub origin: Option<(SessionId, AuthorKey)>,
 }
 
@@ -71,6 +72,13 @@ fn precheck(
     Ok((envelope, body))
 }
 
+/// Whether the envelope's signature verifies under the author it names (the rare path of
+/// commands that decode but are invalid: their rejection goes to the session's trail only then).
+fn author_proven(bytes: &[u8], keys: &mut KeyCache) -> bool {
+    let Ok((envelope, body)) = Envelope::open(bytes) else { return false };
+    keys.get(&body.author).is_ok_and(|k| signing::verify_command(&k, &envelope.body, &envelope.signature).is_ok())
+}
+
 struct Pending<'a> {
     idx: usize,
     message: Vec<u8>,
@@ -104,9 +112,18 @@ pub(crate) fn check_batch(
         let (envelope, result) = match precheck(&bytes, config, &mut origin) {
             Ok((envelope, body)) => match keys.get(&body.author) {
                 Ok(key) => (Some((envelope, key)), Ok(body)),
-                Err(e) => (None, Err(AppendError::Signature(e))),
+                Err(e) => {
+                    origin = None;
+                    (None, Err(AppendError::Signature(e)))
+                }
             },
-            Err(e) => (None, Err(e)),
+            Err(e) => {
+                // A decoded but invalid command keeps its session trail only if its author is proven.
+                if origin.is_some() && !author_proven(&bytes, keys) {
+                    origin = None;
+                }
+                (None, Err(e))
+            }
         };
         envelopes.push(envelope);
         out.push(Checked { bytes, envelope_hash, result, origin });
@@ -150,6 +167,7 @@ pub(crate) fn check_batch(
         }
         for idx in failed {
             out[idx].result = Err(AppendError::Signature(SignatureError::BadSignature));
+            out[idx].origin = None;
         }
     }
     out

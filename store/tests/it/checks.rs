@@ -46,9 +46,12 @@ fn every_flipped_signature_byte_is_rejected() {
     assert_eq!(store.metrics().counter("signature_failures"), Some(64));
     // The genuine envelope is still accepted afterwards.
     store.append(&envelope.encode()).unwrap();
-    let trail = store.rejections(Some(&s)).unwrap();
+    // The author is not proven by a bad signature: the records go to the global trail, with no
+    // author, and the session's own trail stays clean (docs/PROTOCOL.md, "Append checks").
+    assert!(store.rejections(Some(&s)).unwrap().is_empty());
+    let trail = store.rejections(None).unwrap();
     assert_eq!(trail.len(), 64);
-    assert!(trail.iter().all(|r| r.code == RejectionCode::Signature && r.author == Some(owner.id())));
+    assert!(trail.iter().all(|r| r.code == RejectionCode::Signature && r.author.is_none()));
 }
 
 #[test]
