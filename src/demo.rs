@@ -348,6 +348,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         data_dir: dir.clone(),
         grpc_addr: "127.0.0.1:0".parse()?,
         metrics_addr: Some("127.0.0.1:0".parse()?),
+        http_addr: Some("127.0.0.1:0".parse()?),
         quic_addr: Some("127.0.0.1:0".parse()?),
         store: StoreConfig {
             rate_per_sec: 20_000.0,
@@ -366,6 +367,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  QUIC    {quic}  certificate sha256 {fingerprint}");
     if let Some(m) = running.metrics_addr {
         println!("  metrics http://{m}/metrics");
+    }
+    if let Some(w) = running.http_addr {
+        println!("  web     http://{w}/ (browser viewer, WebRTC signalling)");
     }
     let mut pin = [0u8; 32];
     hex::decode_to_slice(&fingerprint, &mut pin)?;

@@ -6,7 +6,8 @@
 //! ```toml
 //! data = "./theta-data"          # data directory
 //! grpc_addr = "127.0.0.1:50051"  # gRPC listen address
-//! metrics_addr = "127.0.0.1:9464" # HTTP: /metrics, the browser viewer (/), WebRTC signalling; or "off"
+//! metrics_addr = "127.0.0.1:9464" # private HTTP: Prometheus /metrics; or "off"
+//! http_addr = "127.0.0.1:50053"  # public HTTP: the browser viewer (/) and WebRTC signalling; or "off"
 //! quic_addr = "127.0.0.1:50052"  # QUIC (UDP) address, or "off"
 //! webrtc_udp = "127.0.0.1:0"     # WebRTC UDP bind (signalling on the metrics port), or "off"
 //! ice_servers = "stun:stun.example.org:3478"  # comma-separated STUN/TURN URLs
@@ -25,6 +26,8 @@
 //! public_read = false            # serve reads without credentials (demos only)
 //! reads_per_sec = 100.0          # gRPC reads per key per second
 //! max_streams_per_key = 16       # streaming gRPC reads open at once per key
+//! max_half_open_per_address = 32 # live handshakes open at once per IP address
+//! max_connections_per_address = 256 # live connections per IP address
 //! ```
 
 use std::net::SocketAddr;
@@ -51,15 +54,20 @@ pub struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:50051].
     #[arg(long, env = "THETA_GRPC_ADDR", value_name = "ADDR")]
     grpc_addr: Option<SocketAddr>,
-    /// HTTP address: Prometheus `/metrics`, the browser viewer page (`/`) and WebRTC signalling;
-    /// or "off" [default: 127.0.0.1:9464].
+    /// Private HTTP address for operators: Prometheus `/metrics` (and `/healthz`); or "off"
+    /// [default: 127.0.0.1:9464].
     #[arg(long, env = "THETA_METRICS_ADDR", value_name = "ADDR|off")]
     metrics_addr: Option<String>,
+    /// Public HTTP address: the browser viewer page (`/`) and WebRTC signalling (`POST
+    /// /webrtc/offer`); or "off". Give it the metrics address to serve both on one port
+    /// [default: 127.0.0.1:50053].
+    #[arg(long, env = "THETA_HTTP_ADDR", value_name = "ADDR|off")]
+    http_addr: Option<String>,
     /// QUIC (UDP) listen address, or "off" [default: 127.0.0.1:50052].
     #[arg(long, env = "THETA_QUIC_ADDR", value_name = "ADDR|off")]
     quic_addr: Option<String>,
     /// WebRTC: UDP address to gather candidates on, or "off"; signalling is `POST
-    /// /webrtc/offer` on the metrics port [default: 127.0.0.1:0].
+    /// /webrtc/offer` on the public HTTP port [default: 127.0.0.1:0].
     #[arg(long, env = "THETA_WEBRTC_UDP", value_name = "ADDR|off")]
     webrtc_udp: Option<String>,
     /// WebRTC: STUN/TURN server URLs, comma-separated (for peers beyond loopback).
@@ -113,6 +121,12 @@ pub struct ServeArgs {
     /// Streaming gRPC reads a key may have open at once [default: 16].
     #[arg(long, env = "THETA_MAX_STREAMS_PER_KEY", value_name = "N")]
     max_streams_per_key: Option<usize>,
+    /// Live (QUIC and WebRTC) handshakes one IP address may have open at once [default: 32].
+    #[arg(long, env = "THETA_MAX_HALF_OPEN_PER_ADDRESS", value_name = "N")]
+    max_half_open_per_address: Option<usize>,
+    /// Live connections one IP address may have open at once [default: 256].
+    #[arg(long, env = "THETA_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
+    max_connections_per_address: Option<usize>,
 }
 
 /// The TOML file's shape.
@@ -122,6 +136,7 @@ struct FileConfig {
     data: Option<PathBuf>,
     grpc_addr: Option<SocketAddr>,
     metrics_addr: Option<String>,
+    http_addr: Option<String>,
     quic_addr: Option<String>,
     webrtc_udp: Option<String>,
     ice_servers: Option<String>,
@@ -140,6 +155,8 @@ struct FileConfig {
     public_read: Option<bool>,
     reads_per_sec: Option<f64>,
     max_streams_per_key: Option<usize>,
+    max_half_open_per_address: Option<usize>,
+    max_connections_per_address: Option<usize>,
 }
 
 /// A key given as 64 hex digits of a public key, or as a `theta keygen` file.
@@ -188,6 +205,11 @@ impl ServeArgs {
             None => d.metrics_addr,
             Some("off") => None,
             Some(a) => Some(a.parse().with_context(|| format!("metrics address {a:?}"))?),
+        };
+        let http_addr = match self.http_addr.or(file.http_addr).as_deref() {
+            None => d.http_addr,
+            Some("off") => None,
+            Some(a) => Some(a.parse().with_context(|| format!("HTTP address {a:?}"))?),
         };
         let quic_addr = match self.quic_addr.or(file.quic_addr).as_deref() {
             None => d.quic_addr,
@@ -238,6 +260,20 @@ impl ServeArgs {
             bail!("reads_per_sec and max_streams_per_key must be positive");
         }
         let access = AccessConfig { reads_burst: (access.reads_per_sec * 2.0).max(1.0), ..access };
+        let ad = d.addresses;
+        let addresses = theta_gateway::peers::AddressConfig {
+            max_half_open_per_address: self
+                .max_half_open_per_address
+                .or(file.max_half_open_per_address)
+                .unwrap_or(ad.max_half_open_per_address),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .unwrap_or(ad.max_connections_per_address),
+        };
+        if addresses.max_half_open_per_address == 0 || addresses.max_connections_per_address == 0 {
+            bail!("max_half_open_per_address and max_connections_per_address must be positive");
+        }
         let store = StoreConfig {
             admission,
             session_creations_per_min: self
@@ -269,12 +305,14 @@ impl ServeArgs {
             data_dir: self.data.or(file.data).unwrap_or(d.data_dir),
             grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(d.grpc_addr),
             metrics_addr,
+            http_addr,
             quic_addr,
             webrtc,
             tls,
             store,
             checkpoint_every_entries,
             access,
+            addresses,
             ..d
         })
     }
@@ -296,6 +334,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             data = %config.data_dir.display(),
             grpc = %running.grpc_addr,
             metrics = ?running.metrics_addr,
+            http = ?running.http_addr,
             quic = ?running.quic_addr,
             quic_cert_sha256 = running.quic_fingerprint.as_deref().unwrap_or("-"),
             webrtc_signal = running.webrtc_signal.as_deref().unwrap_or("-"),
@@ -317,7 +356,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             Admission::Keys(k) => tracing::info!(keys = k.len(), "sessions may be created by the listed keys"),
             Admission::Anyone => tracing::warn!("--admission anyone: any key may create sessions"),
         }
-        if let (Some(addr), Some(_)) = (running.metrics_addr, &running.webrtc_signal) {
+        if let (Some(addr), Some(_)) = (running.http_addr, &running.webrtc_signal) {
             tracing::info!("browser viewer: http://{addr}/?session=SESSION_ID#key=VIEWER_SECRET_KEY (or no key: the page makes one and says how to grant it)");
         }
         for (session, seq, why) in store.corrupted() {
@@ -367,6 +406,7 @@ mod tests {
         let d = resolve(&[]).unwrap();
         assert_eq!(d.grpc_addr, "127.0.0.1:50051".parse::<std::net::SocketAddr>().unwrap());
         assert_eq!(d.metrics_addr, Some("127.0.0.1:9464".parse::<std::net::SocketAddr>().unwrap()));
+        assert_eq!(d.http_addr, Some("127.0.0.1:50053".parse::<std::net::SocketAddr>().unwrap()));
         assert_eq!(d.store.durability, Durability::Sync);
         assert_eq!(d.data_dir, PathBuf::from("theta-data"));
 

@@ -39,7 +39,7 @@ pub struct ViewArgs {
     #[arg(long, default_value = "quic", value_parser = ["quic", "webrtc", "auto"])]
     pub transport: String,
     /// Live: the WebRTC signalling URL (as `theta serve` logs it, `http://HOST:PORT/webrtc/offer`).
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9464/webrtc/offer")]
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:50053/webrtc/offer")]
     pub webrtc: String,
     /// Render headless into PNG files (works without a GPU through Mesa's lavapipe).
     #[arg(long)]

@@ -121,6 +121,7 @@ fn main() {
         let serve = ServeConfig {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: None,
+            http_addr: None,
             quic_addr: None,
             // Reads measured without credentials (one signature check per call is not the subject).
             access: theta_gateway::auth::AccessConfig { public_read: true, ..Default::default() },

@@ -129,6 +129,7 @@ async fn run(server_rt: tokio::runtime::Handle, store: Arc<Store>, dir: &std::pa
         data_dir: dir.to_path_buf(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        http_addr: Some("127.0.0.1:0".parse().unwrap()),
         quic_addr: Some("127.0.0.1:0".parse().unwrap()),
         ..theta_gateway::ServeConfig::default()
     };

@@ -43,6 +43,8 @@ pub struct Link {
     pub stats: Arc<ConnectionStats>,
     /// Closes the connection.
     pub close: Close,
+    /// The connection's place in its address's limits (half-open until the welcome).
+    pub address: Option<crate::peers::AddressPermit>,
 }
 
 fn now_ms() -> u64 {
@@ -55,7 +57,8 @@ fn now_us() -> u64 {
 
 /// Runs one connection to its end.
 pub async fn drive(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>, link: Link, timeout_ms: u64) {
-    let Link { transport, mut control_in, mut commands_in, control_out, replication_out, stats, close } = link;
+    let Link { transport, mut control_in, mut commands_in, control_out, replication_out, stats, close, mut address } =
+        link;
     let mut hs = ServerHandshake::new(crate::quic::server_capabilities(), rand::random(), now_ms(), timeout_ms);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     let accepted = loop {
@@ -97,6 +100,9 @@ pub async fn drive(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>
                     return;
                 }
                 obs.live_connected(transport);
+                if let Some(a) = address.as_mut() {
+                    a.established();
+                }
                 break accepted;
             }
             ServerStep::Close { error, reject } => {

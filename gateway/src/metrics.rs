@@ -3,7 +3,6 @@
 //! Every store counter is exported under its seed name with a `theta_` prefix and `_total`
 //! suffix (`theta_replay_rejections_total`, ...); latencies are histograms in seconds.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -12,8 +11,6 @@ use std::time::Instant;
 
 use theta_store::metrics::{HistogramSnapshot, LATENCY_BUCKETS_US};
 use theta_store::{RejectionCode, Store};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// Calls and latency of one gRPC method.
 #[derive(Debug, Default, Clone)]
@@ -37,6 +34,7 @@ pub struct Observability {
     next_connection: std::sync::atomic::AtomicU64,
     request_errors: Mutex<BTreeMap<(&'static str, i32), u64>>,
     requests_too_large: std::sync::atomic::AtomicU64,
+    address_refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     access: std::sync::OnceLock<std::sync::Arc<crate::auth::Access>>,
 }
 
@@ -174,6 +172,11 @@ impl Observability {
     pub fn request_error(&self, path: &str, code: i32) {
         let method = METHODS.iter().find(|m| **m == path).map_or("other", |m| m.rsplit('/').next().unwrap_or(m));
         *self.request_errors.lock().expect("metrics lock").entry((method, code)).or_default() += 1;
+    }
+
+    /// Counts a live connection refused by its address's limits.
+    pub fn address_refused(&self, transport: &'static str, reason: crate::peers::AddressRefusal) {
+        *self.address_refusals.lock().expect("metrics lock").entry((transport, reason.label())).or_default() += 1;
     }
 
     /// Counts a request refused by the transport's size limit.
@@ -333,6 +336,27 @@ impl Observability {
             let _ = writeln!(s, "# TYPE theta_read_limit_drops_total counter");
             for (reason, n) in a.counters.limits() {
                 let _ = writeln!(s, "theta_read_limit_drops_total{{reason=\"{reason}\"}} {n}");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP theta_live_address_refusals_total Live connections refused by their address's limits, by transport and reason."
+        );
+        let _ = writeln!(s, "# TYPE theta_live_address_refusals_total counter");
+        for transport in ["quic", "webrtc"] {
+            for reason in [crate::peers::AddressRefusal::HalfOpen, crate::peers::AddressRefusal::Connections] {
+                let n = self
+                    .address_refusals
+                    .lock()
+                    .expect("metrics lock")
+                    .get(&(transport, reason.label()))
+                    .copied()
+                    .unwrap_or(0);
+                let _ = writeln!(
+                    s,
+                    "theta_live_address_refusals_total{{transport=\"{transport}\",reason=\"{}\"}} {n}",
+                    reason.label()
+                );
             }
         }
         let _ = writeln!(s, "# HELP theta_request_errors_total gRPC calls answered with an error, by method and code.");
@@ -501,121 +525,4 @@ fn histogram_body(s: &mut String, name: &str, labels: &[(&str, &str)], h: &Histo
     let braces = if plain.is_empty() { String::new() } else { format!("{{{plain}}}") };
     let _ = writeln!(s, "{name}_sum{braces} {}", h.sum_us as f64 / 1e6);
     let _ = writeln!(s, "{name}_count{braces} {}", h.count);
-}
-
-/// Serves the gateway's HTTP port until the task is dropped: `GET /metrics` (Prometheus),
-/// `GET /healthz`, the browser viewer (`GET /`, `GET /viewer.js`), and with WebRTC
-/// `POST /webrtc/offer` (SDP offer in, SDP answer out).
-/// A deliberately small HTTP/1.1 responder: one request per connection, bounded reads.
-pub async fn serve_metrics(listener: TcpListener, obs: std::sync::Arc<Observability>, store: std::sync::Arc<Store>) {
-    serve_http(listener, obs, store, None).await
-}
-
-/// [`serve_metrics`] with the WebRTC signalling route.
-pub async fn serve_http(
-    listener: TcpListener,
-    obs: std::sync::Arc<Observability>,
-    store: std::sync::Arc<Store>,
-    webrtc: Option<std::sync::Arc<crate::webrtc::WebRtcEndpoint>>,
-) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else { continue };
-        let (obs, store, webrtc) = (obs.clone(), store.clone(), webrtc.clone());
-        tokio::spawn(async move {
-            let (head, body) = match read_request(&mut conn).await {
-                Ok(r) => r,
-                Err(Some(status)) => {
-                    let msg = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                    let _ = conn.write_all(msg.as_bytes()).await;
-                    let _ = conn.shutdown().await;
-                    return;
-                }
-                Err(None) => return,
-            };
-            let target = head.split_whitespace().nth(1).unwrap_or("");
-            let path = target.split(['?', '#']).next().unwrap_or("").to_string();
-            let method = head.split_whitespace().next().unwrap_or("").to_string();
-            // HEAD is GET without the body.
-            let head_only = method == "HEAD";
-            let method = if head_only { "GET".to_string() } else { method };
-            const TEXT: &str = "text/plain; charset=utf-8";
-            // Static bodies (the page, fixed messages) are sent without copying.
-            let (status, ctype, body): (&str, &str, Cow<'static, [u8]>) = match (method.as_str(), path.as_str()) {
-                ("GET", "/metrics") => {
-                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", obs.render(&store).into_bytes().into())
-                }
-                ("GET", "/healthz") => ("200 OK", TEXT, b"ok\n"[..].into()),
-                ("GET", "/" | "/index.html") => ("200 OK", "text/html; charset=utf-8", crate::web::INDEX_HTML.into()),
-                ("GET", "/viewer.js") => ("200 OK", "text/javascript; charset=utf-8", crate::web::VIEWER_JS.into()),
-                ("POST", "/webrtc/offer") => match &webrtc {
-                    None => ("404 Not Found", TEXT, b"WebRTC is off on this server\n"[..].into()),
-                    Some(w) => match w.answer(&body).await {
-                        Ok(answer) => ("200 OK", "application/json", answer.into()),
-                        Err(e @ crate::webrtc::WebRtcError::BadOffer(_)) => {
-                            obs.signalling_refused();
-                            ("400 Bad Request", TEXT, format!("{e}\n").into_bytes().into())
-                        }
-                        Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n").into_bytes().into()),
-                    },
-                },
-                ("GET", _) => ("404 Not Found", TEXT, b"not found: try / (the viewer page) or /metrics\n"[..].into()),
-                _ => ("405 Method Not Allowed", TEXT, b"GET /, /viewer.js, /metrics, /healthz; POST /webrtc/offer\n"[..].into()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            if !head_only {
-                let _ = conn.write_all(&body).await;
-            }
-            let _ = conn.shutdown().await;
-        });
-    }
-}
-
-/// Largest request head and body accepted, bytes.
-const MAX_HEAD: usize = 8 * 1024;
-const MAX_BODY: usize = 64 * 1024;
-
-/// Reads one request (head up to 8 KiB, body by Content-Length up to 64 KiB) within 5 s.
-/// Errors carry the status to answer with, if any.
-async fn read_request(conn: &mut tokio::net::TcpStream) -> Result<(String, Vec<u8>), Option<&'static str>> {
-    let read = async {
-        let mut buf = Vec::with_capacity(1_024);
-        let mut chunk = [0u8; 4_096];
-        let end = loop {
-            let n = conn.read(&mut chunk).await.map_err(|_| None)?;
-            if n == 0 {
-                return Err(None);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > MAX_HEAD {
-                return Err(Some("431 Request Header Fields Too Large"));
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let len = head
-            .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        if len > MAX_BODY {
-            return Err(Some("413 Payload Too Large"));
-        }
-        let mut body = buf[end..].to_vec();
-        while body.len() < len {
-            let n = conn.read(&mut chunk).await.map_err(|_| None)?;
-            if n == 0 {
-                return Err(None);
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        body.truncate(len);
-        Ok((head, body))
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(5), read).await.unwrap_or(Err(None))
 }

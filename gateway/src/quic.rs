@@ -124,7 +124,8 @@ pub fn serve_quic_with(
 ) -> Result<QuicServer, QuicError> {
     let hub = crate::live::LiveHub::new(store.clone());
     obs.attach_live(hub.clone());
-    serve_quic_on(store, hub, addr, identity, handshake_timeout_ms, obs)
+    let limits = crate::peers::AddressLimits::new(crate::peers::AddressConfig::default());
+    serve_quic_on(store, hub, addr, identity, handshake_timeout_ms, obs, limits)
 }
 
 /// Starts the QUIC endpoint fanning out through an existing hub (shared with WebRTC).
@@ -135,6 +136,7 @@ pub fn serve_quic_on(
     identity: Identity,
     handshake_timeout_ms: u64,
     obs: Arc<crate::metrics::Observability>,
+    limits: Arc<crate::peers::AddressLimits>,
 ) -> Result<QuicServer, QuicError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -153,10 +155,19 @@ pub fn serve_quic_on(
     let hub2 = hub.clone();
     let task = tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
+            // Per-address limits, before any handshake work is done for the peer.
+            let permit = match limits.admit(incoming.remote_address().ip()) {
+                Ok(p) => p,
+                Err(reason) => {
+                    obs.address_refused("quic", reason);
+                    incoming.refuse();
+                    continue;
+                }
+            };
             let (store, hub, obs) = (store.clone(), hub2.clone(), obs.clone());
             tokio::spawn(async move {
                 if let Ok(conn) = incoming.await {
-                    connection(store, hub, obs, conn, handshake_timeout_ms).await;
+                    connection(store, hub, obs, conn, handshake_timeout_ms, permit).await;
                 }
             });
         }
@@ -226,6 +237,7 @@ async fn connection(
     obs: Arc<crate::metrics::Observability>,
     conn: quinn::Connection,
     timeout_ms: u64,
+    address: crate::peers::AddressPermit,
 ) {
     let Ok((control_tx, control_rx)) = conn.accept_bi().await else { return };
     let stats = obs.new_connection("quic");
@@ -272,6 +284,7 @@ async fn connection(
         replication_out,
         stats,
         close: Arc::new(move |code, reason| close_conn.close(code.into(), reason.as_bytes())),
+        address: Some(address),
     };
     crate::link::drive(store, hub, obs, link, timeout_ms).await;
     for t in tasks {

@@ -39,8 +39,13 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// gRPC listen address. Default `127.0.0.1:50051`.
     pub grpc_addr: SocketAddr,
-    /// Prometheus endpoint address (`/metrics`); `None` disables it. Default `127.0.0.1:9464`.
+    /// Prometheus endpoint address (`/metrics`, `/healthz`), for operators only; `None`
+    /// disables it. Default `127.0.0.1:9464`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Public web address: the browser viewer page (`/`, `/viewer.js`) and WebRTC signalling
+    /// (`POST /webrtc/offer`); `None` disables it. The same address as `metrics_addr` serves
+    /// both on one port. Default `127.0.0.1:50053`.
+    pub http_addr: Option<SocketAddr>,
     /// QUIC endpoint address (UDP); `None` disables it. Default `127.0.0.1:50052`. Its
     /// certificate is `quic-cert.der` in the data directory, made at first start.
     pub quic_addr: Option<SocketAddr>,
@@ -54,7 +59,7 @@ pub struct ServeConfig {
     pub checkpoint_every_entries: u64,
     /// How often sessions are checked for due checkpoints, milliseconds. Default 5,000.
     pub checkpoint_interval_ms: u64,
-    /// WebRTC (signalling at `POST /webrtc/offer` on the metrics port); `None` disables it.
+    /// WebRTC (signalling at `POST /webrtc/offer` on the web port); `None` disables it.
     /// Default: on, UDP on 127.0.0.1 only.
     pub webrtc: Option<crate::webrtc::WebRtcConfig>,
     /// How long a Subscribe client may stop reading (its buffer full) before its stream ends
@@ -62,6 +67,8 @@ pub struct ServeConfig {
     pub slow_subscriber_ms: u64,
     /// Read credentials, service admins and per-key read limits (see [`crate::auth`]).
     pub access: crate::auth::AccessConfig,
+    /// Per-address limits on live connections (see [`crate::peers`]).
+    pub addresses: crate::peers::AddressConfig,
 }
 
 impl Default for ServeConfig {
@@ -70,6 +77,7 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("theta-data"),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 50053))),
             quic_addr: Some(SocketAddr::from(([127, 0, 0, 1], 50052))),
             handshake_timeout_ms: 5_000,
             tls: None,
@@ -79,6 +87,7 @@ impl Default for ServeConfig {
             slow_subscriber_ms: 30_000,
             webrtc: Some(crate::webrtc::WebRtcConfig::default()),
             access: crate::auth::AccessConfig::default(),
+            addresses: crate::peers::AddressConfig::default(),
         }
     }
 }
@@ -121,6 +130,8 @@ pub struct Running {
     pub grpc_addr: SocketAddr,
     /// The bound metrics address.
     pub metrics_addr: Option<SocketAddr>,
+    /// The bound public web address (page and WebRTC signalling).
+    pub http_addr: Option<SocketAddr>,
     /// The bound QUIC address.
     pub quic_addr: Option<SocketAddr>,
     /// SHA-256 fingerprint of the QUIC certificate (hex), for clients to pin.
@@ -231,18 +242,30 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
     // One live hub fans out to viewers on every transport.
     let hub = crate::live::LiveHub::new(store.clone());
     obs.attach_live(hub.clone());
+    // One set of per-address limits for both live transports.
+    let limits = crate::peers::AddressLimits::new(config.addresses);
     let webrtc = config.webrtc.clone().map(|mut w| {
         w.handshake_timeout_ms = config.handshake_timeout_ms;
-        crate::webrtc::WebRtcEndpoint::new(store.clone(), hub.clone(), obs.clone(), w)
+        crate::webrtc::WebRtcEndpoint::new(store.clone(), hub.clone(), obs.clone(), w, limits.clone())
     });
-    let metrics_addr = match config.metrics_addr {
-        Some(addr) => {
-            let l = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
-            let bound = l.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
-            background.push(tokio::spawn(crate::metrics::serve_http(l, obs.clone(), store.clone(), webrtc.clone())));
-            Some(bound)
-        }
-        None => None,
+    // The metrics port and the public web port; one listener when they are the same address.
+    use crate::http::Routes;
+    // (Port 0 twice means two ephemeral ports, not one.)
+    let shared = config.metrics_addr.is_some_and(|a| a.port() != 0) && config.metrics_addr == config.http_addr;
+    let mut bind_http = |addr: Option<SocketAddr>, routes: Routes| -> Result<Option<SocketAddr>, ServeError> {
+        let Some(addr) = addr else { return Ok(None) };
+        let l = std::net::TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+        l.set_nonblocking(true).map_err(|source| ServeError::Bind { addr, source })?;
+        let bound = l.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+        let l = TcpListener::from_std(l).map_err(|source| ServeError::Bind { addr, source })?;
+        background.push(tokio::spawn(crate::http::serve_http(l, routes, obs.clone(), store.clone(), webrtc.clone())));
+        Ok(Some(bound))
+    };
+    let (metrics_addr, http_addr) = if shared {
+        let a = bind_http(config.metrics_addr, Routes::ALL)?;
+        (a, a)
+    } else {
+        (bind_http(config.metrics_addr, Routes::METRICS)?, bind_http(config.http_addr, Routes::WEB)?)
     };
     background.push(tokio::spawn(checkpoint_loop(
         store.clone(),
@@ -259,14 +282,16 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
                 identity,
                 config.handshake_timeout_ms,
                 obs.clone(),
+                limits.clone(),
             )?)
         }
         None => None,
     };
-    let webrtc_signal = metrics_addr.filter(|_| webrtc.is_some()).map(|a| format!("http://{a}/webrtc/offer"));
+    let webrtc_signal = http_addr.filter(|_| webrtc.is_some()).map(|a| format!("http://{a}/webrtc/offer"));
     Ok(Running {
         grpc_addr,
         metrics_addr,
+        http_addr,
         webrtc_signal,
         webrtc,
         quic_addr: quic.as_ref().map(|q| q.addr),

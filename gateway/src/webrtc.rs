@@ -47,6 +47,9 @@ pub enum WebRtcError {
     /// The peer connection failed.
     #[error("webrtc: {0}")]
     Peer(String),
+    /// The signalling client's address is at its limit of live connections.
+    #[error("too many live connections from this address ({})", .0.label())]
+    AddressLimit(crate::peers::AddressRefusal),
 }
 
 /// The WebRTC endpoint: answers offers and drives their connections.
@@ -56,6 +59,7 @@ pub struct WebRtcEndpoint {
     obs: Arc<Observability>,
     config: WebRtcConfig,
     peers: Mutex<Vec<Arc<dyn PeerConnection>>>,
+    limits: Arc<crate::peers::AddressLimits>,
 }
 
 #[derive(Default)]
@@ -71,6 +75,8 @@ struct Handler {
     gathered: mpsc::Sender<()>,
     channels: Mutex<Channels>,
     peer: std::sync::OnceLock<Arc<dyn PeerConnection>>,
+    /// The signalling client's place in its address's limits, until the connection starts.
+    address: Mutex<Option<crate::peers::AddressPermit>>,
 }
 
 #[async_trait::async_trait]
@@ -121,7 +127,8 @@ impl Handler {
             }
         };
         if let Some((control, replication, commands)) = ready {
-            self.endpoint.clone().start(pc.clone(), control, replication, commands);
+            let address = self.address.lock().expect("address lock").take();
+            self.endpoint.clone().start(pc.clone(), control, replication, commands, address);
         }
     }
 }
@@ -146,8 +153,14 @@ fn bytes_out(stats: &Arc<ConnectionStats>) -> Counter {
 
 impl WebRtcEndpoint {
     /// An endpoint serving `store`'s sessions through `hub`.
-    pub fn new(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>, config: WebRtcConfig) -> Arc<Self> {
-        Arc::new(WebRtcEndpoint { store, hub, obs, config, peers: Mutex::new(Vec::new()) })
+    pub fn new(
+        store: Arc<Store>,
+        hub: Arc<LiveHub>,
+        obs: Arc<Observability>,
+        config: WebRtcConfig,
+        limits: Arc<crate::peers::AddressLimits>,
+    ) -> Arc<Self> {
+        Arc::new(WebRtcEndpoint { store, hub, obs, config, peers: Mutex::new(Vec::new()), limits })
     }
 
     /// Open peer connections.
@@ -155,11 +168,15 @@ impl WebRtcEndpoint {
         self.peers.lock().expect("peers lock").len()
     }
 
-    /// Answers an SDP offer (JSON `{"type":"offer","sdp":...}`) with the SDP answer (JSON), ICE
-    /// candidates included.
-    pub async fn answer(self: &Arc<Self>, offer: &[u8]) -> Result<Vec<u8>, WebRtcError> {
+    /// Answers an SDP offer (JSON `{"type":"offer","sdp":...}`) from the signalling client at
+    /// `from` with the SDP answer (JSON), ICE candidates included.
+    pub async fn answer(self: &Arc<Self>, offer: &[u8], from: std::net::IpAddr) -> Result<Vec<u8>, WebRtcError> {
         let offer: RTCSessionDescription =
             serde_json::from_slice(offer).map_err(|e| WebRtcError::BadOffer(e.to_string()))?;
+        let permit = self.limits.admit(from).map_err(|reason| {
+            self.obs.address_refused("webrtc", reason);
+            WebRtcError::AddressLimit(reason)
+        })?;
         let peer = |e: &dyn std::fmt::Display| WebRtcError::Peer(e.to_string());
         let (gathered_tx, mut gathered) = mpsc::channel(1);
         let handler = Arc::new(Handler {
@@ -167,6 +184,7 @@ impl WebRtcEndpoint {
             gathered: gathered_tx,
             channels: Mutex::new(Channels::default()),
             peer: std::sync::OnceLock::new(),
+            address: Mutex::new(Some(permit)),
         });
         let config = RTCConfigurationBuilder::new()
             .with_ice_servers(
@@ -213,6 +231,7 @@ impl WebRtcEndpoint {
         control: Arc<dyn DataChannel>,
         replication: Arc<dyn DataChannel>,
         commands: Arc<dyn DataChannel>,
+        address: Option<crate::peers::AddressPermit>,
     ) {
         let stats = self.obs.new_connection("webrtc");
         let (control_in_tx, control_in) = mpsc::channel(64);
@@ -240,6 +259,7 @@ impl WebRtcEndpoint {
                     let _ = pc.close().await;
                 });
             }),
+            address,
         };
         let me = self.clone();
         tokio::spawn(async move {

@@ -54,6 +54,7 @@ async fn server(dir: &std::path::Path, access: AccessConfig, store: StoreConfig)
         data_dir: dir.to_path_buf(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        http_addr: None,
         quic_addr: None,
         webrtc: None,
         store,

@@ -70,6 +70,7 @@ async fn server(dir: &std::path::Path) -> Running {
         data_dir: dir.to_path_buf(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        http_addr: Some("127.0.0.1:0".parse().unwrap()),
         quic_addr: Some("127.0.0.1:0".parse().unwrap()),
         store: StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
         checkpoint_every_entries: 10,
@@ -443,6 +444,7 @@ async fn grpc_over_tls_with_a_pinned_certificate() {
         data_dir: dir.path().join("data"),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
+        http_addr: None,
         quic_addr: None,
         tls: Some(theta_gateway::TlsFiles { cert: dir.path().join("cert.pem"), key: dir.path().join("key.pem") }),
         ..ServeConfig::default()
@@ -481,6 +483,7 @@ async fn a_subscriber_that_stops_reading_is_told_where_to_resume() {
         data_dir: dir.path().join("data"),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
+        http_addr: None,
         quic_addr: None,
         store: StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
         slow_subscriber_ms: 300,

@@ -48,6 +48,11 @@ fn session_with_editor_and_viewer(dir: &std::path::Path) -> (Arc<Store>, Signing
 }
 
 fn client(cert: rustls::pki_types::CertificateDer<'static>) -> quinn::Endpoint {
+    client_at(cert, "127.0.0.1:0")
+}
+
+/// A client endpoint bound to `bind` (another loopback address is another client address).
+fn client_at(cert: rustls::pki_types::CertificateDer<'static>, bind: &str) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -57,7 +62,7 @@ fn client(cert: rustls::pki_types::CertificateDer<'static>) -> quinn::Endpoint {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut ep = quinn::Endpoint::client(bind.parse().unwrap()).unwrap();
     ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap())));
     ep
 }
@@ -839,5 +844,55 @@ async fn bad_handshakes_close_cleanly_with_a_code_and_a_counter() {
         );
     }
     assert!(text.contains("theta_live_protocol_violations_total 1"), "protocol violation counted");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_address_limits_on_half_open_handshakes_and_connections() {
+    use theta_gateway::peers::{AddressConfig, AddressLimits};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _owner, editor, _viewer) = session_with_editor_and_viewer(dir.path());
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let cert = identity.cert.clone();
+    let obs = Arc::new(theta_gateway::metrics::Observability::default());
+    let hub = theta_gateway::live::LiveHub::new(store.clone());
+    obs.attach_live(hub.clone());
+    let limits = AddressLimits::new(AddressConfig { max_half_open_per_address: 2, max_connections_per_address: 3 });
+    let server = theta_gateway::quic::serve_quic_on(
+        store.clone(),
+        hub,
+        "127.0.0.1:0".parse().unwrap(),
+        identity,
+        10_000,
+        obs.clone(),
+        limits.clone(),
+    )
+    .unwrap();
+    let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let ep = client(cert.clone());
+    // Two connections that never send a Hello: both half-open.
+    let (_c1, mut ctl1) = connect(&ep, server.addr).await;
+    let (_c2, _ctl2) = connect(&ep, server.addr).await;
+    // A third handshake from the same address is refused at once.
+    let third = ep.connect(server.addr, "localhost").unwrap().await;
+    assert!(third.is_err(), "a third half-open connection was accepted");
+    // Another address is unaffected.
+    let other = client_at(cert.clone(), "127.0.0.2:0");
+    let (_c, mut ctl) = connect(&other, server.addr).await;
+    handshake(&mut ctl, &editor).await.unwrap();
+    // Once one finishes its handshake, the address may open another, up to 3 in all.
+    handshake(&mut ctl1, &editor).await.unwrap();
+    assert_eq!(limits.open(ip), (1, 2));
+    let (_c3, _ctl3) = connect(&ep, server.addr).await;
+    let fourth = ep.connect(server.addr, "localhost").unwrap().await;
+    assert!(fourth.is_err(), "a fourth connection was accepted");
+    let text = obs.render(&store);
+    for line in [
+        "theta_live_address_refusals_total{transport=\"quic\",reason=\"half_open\"} 1\n",
+        "theta_live_address_refusals_total{transport=\"quic\",reason=\"connections\"} 1\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?}");
+    }
     server.shutdown().await;
 }

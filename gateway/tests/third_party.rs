@@ -24,6 +24,7 @@ async fn python_client_from_the_protocol_doc_and_grpcurl_via_reflection() {
         data_dir: dir.path().join("data"),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        http_addr: Some("127.0.0.1:0".parse().unwrap()),
         quic_addr: Some("127.0.0.1:0".parse().unwrap()),
         ..ServeConfig::default()
     };

@@ -35,6 +35,7 @@ async fn server(dir: &std::path::Path) -> (theta_gateway::Running, SigningKey, S
         data_dir: dir.join("data"),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        http_addr: Some("127.0.0.1:0".parse().unwrap()),
         quic_addr: Some("127.0.0.1:0".parse().unwrap()),
         store: StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
         ..ServeConfig::default()
@@ -218,15 +219,21 @@ async fn http_post(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> Strin
 async fn bad_signalling_and_bad_frames_over_webrtc() {
     let dir = tempfile::tempdir().unwrap();
     let (r, editor, viewer) = server(dir.path()).await;
-    let m = r.metrics_addr.unwrap();
+    let (m, web) = (r.metrics_addr.unwrap(), r.http_addr.unwrap());
     // Garbage instead of an offer: a clean 400 and a counter.
-    let resp = http_post(m, "/webrtc/offer", b"{\"type\":\"offer\",\"sdp\":\"nonsense\"}").await;
+    let resp = http_post(web, "/webrtc/offer", b"{\"type\":\"offer\",\"sdp\":\"nonsense\"}").await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
-    let resp = http_post(m, "/webrtc/offer", b"not json").await;
+    let resp = http_post(web, "/webrtc/offer", b"not json").await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     // An oversized body is refused without reading it.
-    let resp = http_post(m, "/webrtc/offer", &vec![b'x'; 100_000]).await;
+    let resp = http_post(web, "/webrtc/offer", &vec![b'x'; 100_000]).await;
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    // The public web port does not serve metrics, and the metrics port serves neither the page
+    // nor signalling.
+    assert!(http_get(web, "/metrics").await.starts_with("HTTP/1.1 404"));
+    assert!(http_get(m, "/").await.starts_with("HTTP/1.1 404"));
+    assert!(http_post(m, "/webrtc/offer", b"not json").await.starts_with("HTTP/1.1 405"));
+    assert!(http_get(web, "/").await.starts_with("HTTP/1.1 200"));
     assert!(http_get(m, "/metrics").await.contains("theta_webrtc_signalling_refusals_total 2"));
     // A forged handshake (wrong key's proof) is refused with its close code; others unaffected.
     let mut good = Client::connect(options(&r, &editor, TransportChoice::WebRtc)).await.unwrap();

@@ -92,6 +92,8 @@ fn serve_shuts_down_gracefully_on_sigterm_keeping_every_acknowledged_append() {
             "127.0.0.1:0",
             "--metrics-addr",
             "off",
+            "--http-addr",
+            "off",
             "--quic-addr",
             "127.0.0.1:0",
         ])
@@ -193,7 +195,7 @@ pub(crate) fn serve(
     let mut child = Command::new(env!("CARGO_BIN_EXE_theta"))
         .args(["serve", "--data", data.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0"])
         .args(["--admin", admin.to_str().unwrap()])
-        .args(["--metrics-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0"])
+        .args(["--metrics-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -53,7 +53,7 @@ pub struct Options {
     pub capabilities: Capabilities,
     /// Which transport to use.
     pub transport: TransportChoice,
-    /// The server's WebRTC signalling URL, e.g. `http://127.0.0.1:9464/webrtc/offer` (for
+    /// The server's WebRTC signalling URL, e.g. `http://127.0.0.1:50053/webrtc/offer` (for
     /// [`TransportChoice::WebRtc`] and the fallback of [`TransportChoice::Auto`]).
     pub webrtc_signal: Option<String>,
 }
