@@ -36,8 +36,16 @@ fn verdicts(key: &[u8; 32], message: &[u8], sig: &[u8; 64]) -> (bool, bool, Vec<
     (single, alone, inside)
 }
 
+/// An independent ZIP-215 implementation (ed25519-zebra) under the same key rule.
+fn zebra_verdict(key: &[u8; 32], message: &[u8], sig: &[u8; 64]) -> bool {
+    signing::public_key(key).is_ok()
+        && ed25519_zebra::VerificationKey::try_from(*key)
+            .is_ok_and(|k| k.verify(&ed25519_zebra::Signature::from_bytes(sig), message).is_ok())
+}
+
 fn check(name: &str, key: &[u8; 32], message: &[u8], sig: &[u8; 64], expected: bool) {
     assert_eq!(reference_verdict(key, message, sig), expected, "{name}: reference verdict");
+    assert_eq!(zebra_verdict(key, message, sig), expected, "{name}: ed25519-zebra's verdict");
     let (single, alone, inside) = verdicts(key, message, sig);
     assert_eq!(single, expected, "{name}: single verification");
     assert_eq!(alone, expected, "{name}: batch of one");
