@@ -31,7 +31,15 @@ fn sign(key: &SigningKey, lamport: u64, command: Command) -> Vec<u8> {
 }
 
 async fn server(dir: &std::path::Path) -> (theta_gateway::Running, SigningKey, SigningKey) {
+    server_with(dir, theta_gateway::peers::AddressConfig::default()).await
+}
+
+async fn server_with(
+    dir: &std::path::Path,
+    addresses: theta_gateway::peers::AddressConfig,
+) -> (theta_gateway::Running, SigningKey, SigningKey) {
     let config = ServeConfig {
+        addresses,
         data_dir: dir.join("data"),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
@@ -306,5 +314,26 @@ async fn bad_signalling_and_bad_frames_over_webrtc() {
     assert!(text.contains("theta_live_handshake_refusals_total{code=\"5\"} 1"), "{text}");
     let _ = viewer;
     drop(good);
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_at_its_limit_of_half_open_connections_gets_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = theta_gateway::peers::AddressConfig { max_half_open_per_address: 1, max_connections_per_address: 4 };
+    let (r, editor, _viewer) = server_with(dir.path(), limits).await;
+    let url = r.webrtc_signal.clone().unwrap();
+    // A peer that opens its channels and never says Hello holds the address's one half-open slot.
+    let _raw = theta_client::webrtc::connect_raw(&url).await.unwrap();
+    let resp = http_post(r.http_addr.unwrap(), "/webrtc/offer", b"{\"type\":\"offer\",\"sdp\":\"v=0\"}").await;
+    assert!(resp.starts_with("HTTP/1.1 429"), "{resp}");
+    assert!(
+        http_get(r.metrics_addr.unwrap(), "/metrics")
+            .await
+            .contains("theta_live_address_refusals_total{transport=\"webrtc\",reason=\"half_open\"} 1\n")
+    );
+    // QUIC shares the limits: the same address may not start a QUIC handshake either.
+    let refused = Client::connect(options(&r, &editor, TransportChoice::Quic)).await;
+    assert!(refused.is_err(), "a QUIC handshake was accepted beyond the address's limit");
     r.shutdown().await;
 }
