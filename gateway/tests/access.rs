@@ -474,3 +474,92 @@ fn signature_edges_get_one_verdict_alone_and_inside_concurrent_batches() {
         assert_eq!(report.first_bad_seq, 0);
     }
 }
+
+/// The small print of docs/PROTOCOL.md's gRPC table: ranges beyond the head, the chunk-size
+/// range, the 2 MiB batch cap, the counter name in every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_surface_matches_the_protocol_doc() {
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let owner = key(1);
+    let (running, ch) = server(dir.path(), AccessConfig::default(), StoreConfig::default()).await;
+    let store = running.store().clone();
+    store.append(&envelope(&owner, S, 1, 0, Command::CreateSession { name: "s".into() })).unwrap();
+    store.append(&envelope(&owner, S, 2, 1, Command::CreateEntity { shape: Shape::Cube, name: String::new(), parent: 0 })).unwrap();
+    // 40 renames of ~60 KB: 2.4 MB of entries.
+    for i in 0..40u64 {
+        let body = CommandBody {
+            session: S,
+            author: author_key(&owner),
+            lamport: 3 + i,
+            nonce: 1_000 + i,
+            wall_clock_ms: 0,
+            entity: 1,
+            component: <theta_schemas::components::Name as theta_schemas::ids::ComponentMeta>::id(),
+            base_version: 0,
+            command: Command::Rename { name: "x".repeat(60_000) },
+        };
+        store.append(&Envelope::sign(&body, &owner).encode()).unwrap();
+    }
+    let head = store.head(&S).unwrap().seq;
+    let mut replay = ReplayServiceClient::new(ch.clone()).max_decoding_message_size(8 << 20);
+    let read = |from_seq: u64, to_seq: u64| {
+        let r = pb::ReadLogRequest { session: S.0.to_vec(), from_seq, to_seq, batch_size: 8_192, ..Default::default() };
+        with(r, Some(&credential(&owner, "/theta.v1.ReplayService/ReadLog", Some(&S))).map(String::as_str))
+    };
+    // Every batch within 2 MiB encoded, all entries there.
+    let mut stream = replay.read_log(read(0, 0)).await.unwrap().into_inner();
+    let (mut n, mut batches) = (0, 0);
+    while let Some(b) = stream.message().await.unwrap() {
+        assert!(b.encoded_len() <= 2 * 1024 * 1024, "batch of {} bytes", b.encoded_len());
+        n += b.entries.len() as u64;
+        batches += 1;
+    }
+    assert_eq!(n, head);
+    assert!(batches >= 2);
+    // from_seq or to_seq beyond the head: OUT_OF_RANGE, with the counter's name.
+    for (from, to) in [(head + 1, 0), (1, head + 1)] {
+        let e = replay.read_log(read(from, to)).await.unwrap_err();
+        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        assert!(e.message().starts_with("request_errors: "), "{e:?}");
+    }
+    let history = |to_seq: u64| {
+        let r = pb::EntityHistoryRequest { session: S.0.to_vec(), entity: 1, from_seq: 0, to_seq };
+        with(r, Some(&credential(&owner, "/theta.v1.ReplayService/EntityHistory", Some(&S))).map(String::as_str))
+    };
+    let e = replay.entity_history(history(head + 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    // max_chunk_bytes: 0 or 1,024..=65,536.
+    for (max, ok) in [(0u32, true), (512, false), (1_024, true), (65_536, true), (65_537, false)] {
+        let r = pb::ReadStateRequest { session: S.0.to_vec(), at_seq: 2, max_chunk_bytes: max };
+        let c = credential(&owner, "/theta.v1.ReplayService/ReadState", Some(&S));
+        let got = replay.read_state(with(r, Some(&c))).await;
+        match (got, ok) {
+            (Ok(_), true) => {}
+            (Err(e), false) => {
+                assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+                assert!(e.message().starts_with("request_errors: max_chunk_bytes"), "{e:?}");
+            }
+            (got, _) => panic!("max_chunk_bytes {max}: {got:?}"),
+        }
+    }
+    // A bad session id and a CreateSession of another kind: INVALID_ARGUMENT, counted.
+    let e = LogServiceClient::new(ch.clone())
+        .create_session(pb::AppendRequest {
+            envelope: envelope(&owner, S, 100, 1, Command::Rename { name: "y".into() }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("request_errors: "), "{e:?}");
+    let metrics = http_get(running.metrics_addr.unwrap(), "/metrics").await;
+    for line in [
+        "theta_request_errors_total{method=\"ReadLog\",code=\"11\"} 2\n",
+        "theta_request_errors_total{method=\"EntityHistory\",code=\"11\"} 1\n",
+        "theta_request_errors_total{method=\"ReadState\",code=\"3\"} 2\n",
+        "theta_request_errors_total{method=\"CreateSession\",code=\"3\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    running.shutdown().await;
+}
