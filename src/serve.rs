@@ -444,5 +444,42 @@ mod tests {
         let e = resolve(&["--max-envelope-bytes", "70000"]).unwrap_err();
         assert!(e.to_string().contains("max_envelope_bytes"), "{e}");
         assert!(resolve(&["--grpc-addr", "not an address"]).is_err());
+        let e = resolve(&["--admission", "everyone"]).unwrap_err();
+        assert!(e.to_string().contains("admins, anyone or keys"), "{e}");
+        let key = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8";
+        let e = resolve(&["--creator", key]).unwrap_err();
+        assert!(e.to_string().contains("--creator needs --admission keys"), "{e}");
+        let e = resolve(&["--admin", "nonsense.key"]).unwrap_err();
+        assert!(format!("{e:#}").contains("neither 64 hex digits of a public key nor a key file"), "{e:#}");
+        // A small-order key is no admin.
+        let weak = "0100000000000000000000000000000000000000000000000000000000000000";
+        assert!(resolve(&["--admin", weak]).is_err());
+    }
+
+    #[test]
+    fn access_settings_secure_by_default() {
+        let d = resolve(&[]).unwrap();
+        assert_eq!(d.store.admission, Admission::Keys(BTreeSet::new()), "nobody creates sessions until an admin is named");
+        assert!(!d.access.public_read);
+        assert!(d.access.admins.is_empty());
+        let key = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8";
+        let a = resolve(&["--admin", key]).unwrap();
+        let k = public_key(key).unwrap();
+        assert_eq!(a.store.admission, Admission::Keys([k].into()));
+        assert!(a.access.admins.contains(&k));
+        // RFC 8032's first test key.
+        let other = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        let keys = resolve(&["--admin", key, "--admission", "keys", "--creator", other]).unwrap();
+        assert_eq!(keys.store.admission, Admission::Keys([k, public_key(other).unwrap()].into()));
+        assert_eq!(keys.access.admins.len(), 1, "a creator is no admin");
+        let open = resolve(&["--admission", "anyone", "--public-read"]).unwrap();
+        assert_eq!(open.store.admission, Admission::Anyone);
+        assert!(open.access.public_read);
+        // An admin given as a key file: only its public key is used.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("owner.key");
+        std::fs::write(&file, "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n").unwrap();
+        let f = resolve(&["--admin", file.to_str().unwrap()]).unwrap();
+        assert!(f.access.admins.contains(&k), "the key file's public key is the vector key");
     }
 }
