@@ -83,7 +83,12 @@ fn session_id(s: &str) -> anyhow::Result<SessionId> {
 }
 
 pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+    let hint = if e.code() == tonic::Code::Unauthenticated && e.message().contains("needs a credential") {
+        " (pass --key FILE or set THETA_KEY: a key with a role in the session)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!("{:?}: {}{hint}", e.code(), e.message())
 }
 
 fn now_ms() -> u64 {
