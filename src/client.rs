@@ -53,7 +53,12 @@ impl Server {
 
     /// A read request for `method` on `session`, with a fresh credential when `--key` is given
     /// (without one the server answers UNAUTHENTICATED unless it runs with --public-read).
-    pub(crate) fn read<T>(&self, method: &str, session: Option<&SessionId>, msg: T) -> anyhow::Result<tonic::Request<T>> {
+    pub(crate) fn read<T>(
+        &self,
+        method: &str,
+        session: Option<&SessionId>,
+        msg: T,
+    ) -> anyhow::Result<tonic::Request<T>> {
         match &self.key {
             Some(path) => Ok(signed(&read_key(path)?, method, session, msg)),
             None => Ok(tonic::Request::new(msg)),
@@ -105,7 +110,8 @@ async fn sign(
     base: u64,
     command: Command,
 ) -> anyhow::Result<Vec<u8>> {
-    let head = signed(key, "/theta.v1.LogService/Head", Some(&session), pb::HeadRequest { session: session.0.to_vec() });
+    let head =
+        signed(key, "/theta.v1.LogService/Head", Some(&session), pb::HeadRequest { session: session.0.to_vec() });
     let clock = match LogServiceClient::new(ch.clone()).head(head).await {
         Ok(h) => h.into_inner().lamport_clock,
         Err(e) if e.code() == tonic::Code::NotFound && matches!(command, Command::CreateSession { .. }) => 0,
@@ -420,11 +426,7 @@ pub async fn verify(server: &Server, session: &str, from: u64, to: u64) -> anyho
         Some(&session),
         pb::VerifyLogRequest { session: session.0.to_vec(), from_seq: from, to_seq: to },
     )?;
-    let r = AuditServiceClient::new(ch)
-        .verify_log(req)
-        .await
-        .map_err(status)?
-        .into_inner();
+    let r = AuditServiceClient::new(ch).verify_log(req).await.map_err(status)?.into_inner();
     println!("entries checked  {}", r.entries_checked);
     println!("signatures       {}", if r.signatures_ok { "ok" } else { "FAILED" });
     println!("hash chain       {}", if r.chain_ok { "ok" } else { "FAILED" });
@@ -450,11 +452,7 @@ pub async fn prove(server: &Server, session: &str, seq: u64) -> anyhow::Result<(
         Some(&session),
         pb::ReadLogRequest { session: session.0.to_vec(), from_seq: seq, to_seq: seq, ..Default::default() },
     )?;
-    let mut entries = replay
-        .read_log(req)
-        .await
-        .map_err(status)?
-        .into_inner();
+    let mut entries = replay.read_log(req).await.map_err(status)?.into_inner();
     let entry = entries
         .next()
         .await
@@ -469,11 +467,7 @@ pub async fn prove(server: &Server, session: &str, seq: u64) -> anyhow::Result<(
         Some(&session),
         pb::InclusionProofRequest { session: session.0.to_vec(), seq, tree_size: 0 },
     )?;
-    let p = AuditServiceClient::new(ch)
-        .inclusion_proof(req)
-        .await
-        .map_err(status)?
-        .into_inner();
+    let p = AuditServiceClient::new(ch).inclusion_proof(req).await.map_err(status)?.into_inner();
     let entry_hash: [u8; 32] = entry.entry_hash.as_slice().try_into().context("entry hash length")?;
     let recomputed = theta_store::merkle::entry_hash(
         &session,

@@ -239,8 +239,7 @@ impl ServeArgs {
             _ => bail!("TLS needs both --tls-cert and --tls-key"),
         };
         let admins = keys(&if self.admins.is_empty() { file.admins.unwrap_or_default() } else { self.admins })?;
-        let creators =
-            keys(&if self.creators.is_empty() { file.creators.unwrap_or_default() } else { self.creators })?;
+        let creators = keys(&if self.creators.is_empty() { file.creators.unwrap_or_default() } else { self.creators })?;
         let admission = match self.admission.or(file.admission).as_deref().unwrap_or("admins") {
             "admins" if creators.is_empty() => Admission::Keys(admins.clone()),
             "anyone" if creators.is_empty() => Admission::Anyone,
@@ -459,7 +458,11 @@ mod tests {
     #[test]
     fn access_settings_secure_by_default() {
         let d = resolve(&[]).unwrap();
-        assert_eq!(d.store.admission, Admission::Keys(BTreeSet::new()), "nobody creates sessions until an admin is named");
+        assert_eq!(
+            d.store.admission,
+            Admission::Keys(BTreeSet::new()),
+            "nobody creates sessions until an admin is named"
+        );
         assert!(!d.access.public_read);
         assert!(d.access.admins.is_empty());
         let key = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8";

@@ -255,7 +255,9 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
     match a.at {
         Some(at) => rt.block_on(async {
             let channel = a.server.connect().await?;
-            let mut h = Historical::open(channel, session, at, a.server.key.as_deref().map(crate::cli::read_key).transpose()?).await?;
+            let mut h =
+                Historical::open(channel, session, at, a.server.key.as_deref().map(crate::cli::read_key).transpose()?)
+                    .await?;
             println!("opened session {session} at seq {} (head {})", h.mirror.seq(), h.head);
             for i in 0..frames {
                 render(&h.mirror, i, None, &h.timeline())?;

@@ -231,12 +231,7 @@ fn not_found(session: &SessionId) -> Status {
 impl Access {
     /// Checks with `config`.
     pub fn new(config: AccessConfig) -> Access {
-        Access {
-            config,
-            remembered: Mutex::default(),
-            keys: Mutex::default(),
-            counters: AccessCounters::default(),
-        }
+        Access { config, remembered: Mutex::default(), keys: Mutex::default(), counters: AccessCounters::default() }
     }
 
     /// The settings.
@@ -281,7 +276,12 @@ impl Access {
     }
 
     /// Parses, dates and verifies the credential.
-    fn credential(&self, metadata: &MetadataMap, method: &str, session: Option<&SessionId>) -> Result<Credential, Status> {
+    fn credential(
+        &self,
+        metadata: &MetadataMap,
+        method: &str,
+        session: Option<&SessionId>,
+    ) -> Result<Credential, Status> {
         let Some(raw) = metadata.get(CREDENTIAL_METADATA) else {
             return Err(self.refuse(
                 AuthFailure::Missing,
@@ -290,13 +290,15 @@ impl Access {
                 )),
             ));
         };
-        let credential = raw
-            .to_str()
-            .map_err(|_| "not ASCII")
-            .and_then(|s| Credential::parse(s).map_err(|e| e.0))
-            .map_err(|why| {
-                self.refuse(AuthFailure::Malformed, Status::unauthenticated(format!("auth_failures: malformed credential: {why}")))
-            })?;
+        let credential =
+            raw.to_str().map_err(|_| "not ASCII").and_then(|s| Credential::parse(s).map_err(|e| e.0)).map_err(
+                |why| {
+                    self.refuse(
+                        AuthFailure::Malformed,
+                        Status::unauthenticated(format!("auth_failures: malformed credential: {why}")),
+                    )
+                },
+            )?;
         let now = now_ms();
         let window = self.config.credential_window_ms;
         if credential.issued_ms.abs_diff(now) > window {

@@ -85,8 +85,10 @@ fn inspect(headers: &mut http::HeaderMap, layer: &CountErrors, method: &str) -> 
     let code = if code == OUT_OF_RANGE && too_large {
         // The transport refused the request before any handler saw it.
         layer.obs.request_too_large();
-        let text =
-            format!("payload_guard_drops: the request exceeds the {}-byte limit of a gRPC request", layer.max_request_bytes);
+        let text = format!(
+            "payload_guard_drops: the request exceeds the {}-byte limit of a gRPC request",
+            layer.max_request_bytes
+        );
         headers.insert("grpc-status", http::HeaderValue::from(RESOURCE_EXHAUSTED));
         headers.insert("grpc-message", http::HeaderValue::from_str(&text.replace(' ', "%20")).expect("ASCII message"));
         RESOURCE_EXHAUSTED

@@ -164,7 +164,9 @@ fn send_entries_with(
             continue;
         }
         // The entry's size inside the EntryBatch message (field tag and length prefix included).
-        let size = prost::Message::encoded_len(&e) + 1 + prost::encoding::encoded_len_varint(prost::Message::encoded_len(&e) as u64);
+        let size = prost::Message::encoded_len(&e)
+            + 1
+            + prost::encoding::encoded_len_varint(prost::Message::encoded_len(&e) as u64);
         if !out.is_empty() && (out.len() == batch || bytes + size > MAX_BATCH_BYTES) {
             bytes = 0;
             if tx.blocking_send(Ok(pb::EntryBatch { entries: std::mem::take(&mut out) })).is_err() {
@@ -287,19 +289,23 @@ impl ReplayService for Gateway {
         let (from, entity, batch) = (r.from_seq.max(1), r.entity, batch_size(r.batch_size));
         let bare = r.envelope_only && author.is_none() && entity == 0 && kind_names.is_empty();
         let store = self.store.clone();
-        Ok(Response::new(holding(blocking_stream(move |tx| {
-            let keep = |e: &pb::Entry| {
-                (entity == 0 || e.entity == entity) && (kind_names.is_empty() || kind_names.contains(&e.kind.as_str()))
-            };
-            let entries = match (author, entity) {
-                (Some(a), _) => store.read_by_author(&s, &a, from, to),
-                (None, e) if e != 0 => store.read_by_entity(&s, e, from, to),
-                _ => store.read_range(&s, from, to),
-            }
-            .map_err(|e| read_status(&e))?;
-            let convert = if bare { convert::bare_entry } else { convert::entry };
-            send_entries_with(tx, entries, batch, keep, convert).map(drop)
-        }), caller.into_slot())))
+        Ok(Response::new(holding(
+            blocking_stream(move |tx| {
+                let keep = |e: &pb::Entry| {
+                    (entity == 0 || e.entity == entity)
+                        && (kind_names.is_empty() || kind_names.contains(&e.kind.as_str()))
+                };
+                let entries = match (author, entity) {
+                    (Some(a), _) => store.read_by_author(&s, &a, from, to),
+                    (None, e) if e != 0 => store.read_by_entity(&s, e, from, to),
+                    _ => store.read_range(&s, from, to),
+                }
+                .map_err(|e| read_status(&e))?;
+                let convert = if bare { convert::bare_entry } else { convert::entry };
+                send_entries_with(tx, entries, batch, keep, convert).map(drop)
+            }),
+            caller.into_slot(),
+        )))
     }
 
     type ReadStateStream = BoxStream<pb::StateChunk>;
@@ -322,22 +328,25 @@ impl ReplayService for Gateway {
             }
         };
         let store = self.store.clone();
-        Ok(Response::new(holding(blocking_stream(move |tx| {
-            let opened = project(&store, &s, at).map_err(|e| history_status(&e))?;
-            for chunk in opened.projection.snapshot(max, None) {
-                let msg = pb::StateChunk {
-                    seq: chunk.seq,
-                    state_hash: chunk.state_hash.to_vec(),
-                    chunk_index: chunk.chunk_index,
-                    chunk_count: chunk.chunk_count,
-                    frame: theta_schemas::Message::SnapshotChunk(chunk).encode(),
-                };
-                if tx.blocking_send(Ok(msg)).is_err() {
-                    break;
+        Ok(Response::new(holding(
+            blocking_stream(move |tx| {
+                let opened = project(&store, &s, at).map_err(|e| history_status(&e))?;
+                for chunk in opened.projection.snapshot(max, None) {
+                    let msg = pb::StateChunk {
+                        seq: chunk.seq,
+                        state_hash: chunk.state_hash.to_vec(),
+                        chunk_index: chunk.chunk_index,
+                        chunk_count: chunk.chunk_count,
+                        frame: theta_schemas::Message::SnapshotChunk(chunk).encode(),
+                    };
+                    if tx.blocking_send(Ok(msg)).is_err() {
+                        break;
+                    }
                 }
-            }
-            Ok(())
-        }), caller.into_slot())))
+                Ok(())
+            }),
+            caller.into_slot(),
+        )))
     }
 
     type SubscribeStream = BoxStream<pb::EntryBatch>;
@@ -435,10 +444,13 @@ impl ReplayService for Gateway {
         let to = if r.to_seq == 0 { head } else { r.to_seq };
         check_range(r.from_seq, to, head)?;
         let store = self.store.clone();
-        Ok(Response::new(holding(blocking_stream(move |tx| {
-            let entries = store.read_by_entity(&s, r.entity, r.from_seq.max(1), to).map_err(|e| read_status(&e))?;
-            send_entries(tx, entries, 1_024, |_| true).map(drop)
-        }), caller.into_slot())))
+        Ok(Response::new(holding(
+            blocking_stream(move |tx| {
+                let entries = store.read_by_entity(&s, r.entity, r.from_seq.max(1), to).map_err(|e| read_status(&e))?;
+                send_entries(tx, entries, 1_024, |_| true).map(drop)
+            }),
+            caller.into_slot(),
+        )))
     }
 }
 

@@ -94,7 +94,11 @@ pub async fn serve_http(
                     },
                 },
                 ("GET", _) => ("404 Not Found", TEXT, routes.not_found().as_bytes().into()),
-                _ => ("405 Method Not Allowed", TEXT, b"GET /, /viewer.js, /metrics, /healthz; POST /webrtc/offer\n"[..].into()),
+                _ => (
+                    "405 Method Not Allowed",
+                    TEXT,
+                    b"GET /, /viewer.js, /metrics, /healthz; POST /webrtc/offer\n"[..].into(),
+                ),
             };
             let head = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",

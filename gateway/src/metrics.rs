@@ -332,7 +332,8 @@ impl Observability {
             for (reason, n) in a.counters.failures() {
                 let _ = writeln!(s, "theta_auth_failures_total{{reason=\"{reason}\"}} {n}");
             }
-            let _ = writeln!(s, "# HELP theta_read_limit_drops_total gRPC reads refused by a per-key limit, by reason.");
+            let _ =
+                writeln!(s, "# HELP theta_read_limit_drops_total gRPC reads refused by a per-key limit, by reason.");
             let _ = writeln!(s, "# TYPE theta_read_limit_drops_total counter");
             for (reason, n) in a.counters.limits() {
                 let _ = writeln!(s, "theta_read_limit_drops_total{{reason=\"{reason}\"}} {n}");

@@ -194,7 +194,9 @@ async fn every_read_rpc_against_every_kind_of_credential() {
     store
         .append(&envelope(&owner, S, 2, 0, Command::GrantRole { key: author_key(&auditor), role: Role::Auditor }))
         .unwrap();
-    store.append(&envelope(&owner, S, 3, 0, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
+    store
+        .append(&envelope(&owner, S, 3, 0, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer }))
+        .unwrap();
     let create = Command::CreateEntity { shape: Shape::Cube, name: "box".into(), parent: 0 };
     store.append(&envelope(&owner, S, 4, 1, create)).unwrap();
     store.append(&envelope(&other, T, 1, 0, Command::CreateSession { name: "t".into() })).unwrap();
@@ -245,7 +247,10 @@ async fn every_read_rpc_against_every_kind_of_credential() {
                         "auth_failures: ",
                         method,
                     );
-                    assert_eq!(m.replace(&S.to_string(), "<session>"), unknown.replace(&UNKNOWN.to_string(), "<session>"));
+                    assert_eq!(
+                        m.replace(&S.to_string(), "<session>"),
+                        unknown.replace(&UNKNOWN.to_string(), "<session>")
+                    );
                 }
                 if need == Need::Auditor {
                     // Too low a role: a viewer, and an editor-less owner's viewer.
@@ -334,11 +339,14 @@ async fn admission_and_the_session_creation_rate() {
 async fn per_key_stream_and_rate_limits() {
     let dir = tempfile::tempdir().unwrap();
     let (owner, viewer) = (key(1), key(3));
-    let access = AccessConfig { max_streams_per_key: 2, reads_per_sec: 0.5, reads_burst: 6.0, ..AccessConfig::default() };
+    let access =
+        AccessConfig { max_streams_per_key: 2, reads_per_sec: 0.5, reads_burst: 6.0, ..AccessConfig::default() };
     let (running, ch) = server(dir.path(), access, StoreConfig::default()).await;
     let store = running.store().clone();
     store.append(&envelope(&owner, S, 1, 0, Command::CreateSession { name: "s".into() })).unwrap();
-    store.append(&envelope(&owner, S, 2, 0, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
+    store
+        .append(&envelope(&owner, S, 2, 0, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer }))
+        .unwrap();
     let subscribe = |k: &SigningKey| {
         let r = pb::SubscribeRequest { session: S.0.to_vec(), from_seq: 1, batch_size: 0 };
         let c = credential(k, "/theta.v1.ReplayService/Subscribe", Some(&S));
@@ -367,7 +375,10 @@ async fn per_key_stream_and_rate_limits() {
     // The rate: the owner's burst of 6 is spent by now; the viewer still reads.
     let mut limited = None;
     for _ in 0..10 {
-        if let Err(e) = call(&ch, "/theta.v1.LogService/Head", S, Some(&credential(&owner, "/theta.v1.LogService/Head", Some(&S)))).await {
+        if let Err(e) =
+            call(&ch, "/theta.v1.LogService/Head", S, Some(&credential(&owner, "/theta.v1.LogService/Head", Some(&S))))
+                .await
+        {
             limited = Some(e);
             break;
         }
@@ -399,7 +410,11 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 #[test]
 fn signature_edges_get_one_verdict_alone_and_inside_concurrent_batches() {
     use theta_schemas::signing::edge::{Edge, edge_key, sign_edge};
-    let store = theta_store::Store::open_in_memory(StoreConfig { rate_per_sec: 1e9, rate_burst: 1e9, ..StoreConfig::default() });
+    let store = theta_store::Store::open_in_memory(StoreConfig {
+        rate_per_sec: 1e9,
+        rate_burst: 1e9,
+        ..StoreConfig::default()
+    });
     let honest = key(40);
     store.append(&envelope(&honest, S, 1, 0, Command::CreateSession { name: "traffic".into() })).unwrap();
     let create = Command::CreateEntity { shape: Shape::Cube, name: "box".into(), parent: 0 };
@@ -485,7 +500,15 @@ async fn the_grpc_surface_matches_the_protocol_doc() {
     let (running, ch) = server(dir.path(), AccessConfig::default(), StoreConfig::default()).await;
     let store = running.store().clone();
     store.append(&envelope(&owner, S, 1, 0, Command::CreateSession { name: "s".into() })).unwrap();
-    store.append(&envelope(&owner, S, 2, 1, Command::CreateEntity { shape: Shape::Cube, name: String::new(), parent: 0 })).unwrap();
+    store
+        .append(&envelope(
+            &owner,
+            S,
+            2,
+            1,
+            Command::CreateEntity { shape: Shape::Cube, name: String::new(), parent: 0 },
+        ))
+        .unwrap();
     // 40 renames of ~60 KB: 2.4 MB of entries.
     for i in 0..40u64 {
         let body = CommandBody {

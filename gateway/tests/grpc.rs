@@ -307,7 +307,12 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
         .into_inner();
     assert_eq!(sth.tree_size, head.seq);
     let trail = audit
-        .rejections(signed(&owner.key, "/theta.v1.AuditService/Rejections", &S, pb::RejectionsRequest { session: S.0.to_vec() }))
+        .rejections(signed(
+            &owner.key,
+            "/theta.v1.AuditService/Rejections",
+            &S,
+            pb::RejectionsRequest { session: S.0.to_vec() },
+        ))
         .await
         .unwrap()
         .into_inner();

@@ -510,9 +510,7 @@ async fn follow(
             dropped = true;
             c.disconnect();
             // Events already received may still come out first; then the cut shows as an error.
-            let cut = tokio::time::timeout(Duration::from_secs(10), async {
-                while c.next_event().await.is_ok() {}
-            });
+            let cut = tokio::time::timeout(Duration::from_secs(10), async { while c.next_event().await.is_ok() {} });
             assert!(cut.await.is_ok(), "a cut connection reports an error");
             c.reconnect().await.expect("reconnect");
             continue;

@@ -169,7 +169,9 @@ async fn a_long_command_stream_over_webrtc_is_all_appended() {
             Ok(Ok(Event::Rejected(x))) => panic!("rejected: {x:?}"),
             Ok(Ok(_)) => {}
             Ok(Err(x)) => panic!("editor: {x}"),
-            Err(_) => panic!("stalled: {receipts} of {} receipts, head at seq {}", N + 1, r.store().head(&S).unwrap().seq),
+            Err(_) => {
+                panic!("stalled: {receipts} of {} receipts, head at seq {}", N + 1, r.store().head(&S).unwrap().seq)
+            }
         }
     }
     let head = r.store().head(&S).unwrap().seq;

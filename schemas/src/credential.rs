@@ -97,9 +97,10 @@ impl Credential {
             .ok()
             .filter(|_| issued.bytes().all(|b| b.is_ascii_digit()))
             .ok_or(CredentialFormatError("issued_ms is not a decimal number"))?;
-        let nonce = fixed_hex::<16>(field("missing nonce")?).ok_or(CredentialFormatError("nonce is not 32 hex digits"))?;
-        let signature =
-            fixed_hex::<64>(field("missing signature")?).ok_or(CredentialFormatError("signature is not 128 hex digits"))?;
+        let nonce =
+            fixed_hex::<16>(field("missing nonce")?).ok_or(CredentialFormatError("nonce is not 32 hex digits"))?;
+        let signature = fixed_hex::<64>(field("missing signature")?)
+            .ok_or(CredentialFormatError("signature is not 128 hex digits"))?;
         if parts.next().is_some() {
             return Err(CredentialFormatError("trailing fields"));
         }

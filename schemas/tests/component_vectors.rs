@@ -2,8 +2,8 @@
 //! them ("Canonical component bytes"): a client that folds the log itself checks its encoder
 //! against these.
 
-use theta_schemas::components::{Material, Mesh, Name, Parent, Primitive, Selection, ToolState, Transform};
 use theta_schemas::components::Component;
+use theta_schemas::components::{Material, Mesh, Name, Parent, Primitive, Selection, ToolState, Transform};
 use theta_schemas::{AuthorKey, Shape};
 
 fn check(value: &(impl Component + std::fmt::Debug), hex: &str) {

@@ -88,7 +88,9 @@ struct Pending<'a> {
 
 /// Verifies a part of a batch; returns the indexes that failed.
 fn verify_part(part: &[Pending<'_>], batch: bool) -> (Vec<usize>, bool) {
-    if batch && part.len() > 1 && signing::verify_batch(part.iter().map(|p| (&p.key, p.message.as_slice(), p.signature)))
+    if batch
+        && part.len() > 1
+        && signing::verify_batch(part.iter().map(|p| (&p.key, p.message.as_slice(), p.signature)))
     {
         return (Vec::new(), false);
     }
@@ -136,12 +138,7 @@ pub(crate) fn check_batch(
         .filter_map(|(idx, (c, e))| {
             c.result.as_ref().ok()?;
             let (envelope, key) = e.as_ref()?;
-            Some(Pending {
-                idx,
-                message: command_message(&envelope.body),
-                key: *key,
-                signature: &envelope.signature,
-            })
+            Some(Pending { idx, message: command_message(&envelope.body), key: *key, signature: &envelope.signature })
         })
         .collect();
     if pending.is_empty() {
