@@ -255,7 +255,7 @@ impl ServeArgs {
             max_streams_per_key: self.max_streams_per_key.or(file.max_streams_per_key).unwrap_or(a.max_streams_per_key),
             ..a
         };
-        if !(access.reads_per_sec > 0.0) || access.max_streams_per_key == 0 {
+        if access.reads_per_sec.is_nan() || access.reads_per_sec <= 0.0 || access.max_streams_per_key == 0 {
             bail!("reads_per_sec and max_streams_per_key must be positive");
         }
         let access = AccessConfig { reads_burst: (access.reads_per_sec * 2.0).max(1.0), ..access };

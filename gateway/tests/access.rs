@@ -528,7 +528,7 @@ async fn the_grpc_surface_matches_the_protocol_doc() {
     let mut replay = ReplayServiceClient::new(ch.clone()).max_decoding_message_size(8 << 20);
     let read = |from_seq: u64, to_seq: u64| {
         let r = pb::ReadLogRequest { session: S.0.to_vec(), from_seq, to_seq, batch_size: 8_192, ..Default::default() };
-        with(r, Some(&credential(&owner, "/theta.v1.ReplayService/ReadLog", Some(&S))).map(String::as_str))
+        with(r, Some(credential(&owner, "/theta.v1.ReplayService/ReadLog", Some(&S)).as_str()))
     };
     // Every batch within 2 MiB encoded, all entries there.
     let mut stream = replay.read_log(read(0, 0)).await.unwrap().into_inner();
@@ -548,7 +548,7 @@ async fn the_grpc_surface_matches_the_protocol_doc() {
     }
     let history = |to_seq: u64| {
         let r = pb::EntityHistoryRequest { session: S.0.to_vec(), entity: 1, from_seq: 0, to_seq };
-        with(r, Some(&credential(&owner, "/theta.v1.ReplayService/EntityHistory", Some(&S))).map(String::as_str))
+        with(r, Some(credential(&owner, "/theta.v1.ReplayService/EntityHistory", Some(&S)).as_str()))
     };
     let e = replay.entity_history(history(head + 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
