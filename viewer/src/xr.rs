@@ -7,6 +7,11 @@
 //! creation fails with `ERROR_RUNTIME_UNAVAILABLE`; [`XrError`] then tells the user how to
 //! install or select a runtime, and callers offer the window or headless backend instead.
 
+pub mod session;
+pub mod vulkan;
+
+pub use session::{Frame, XrViewer};
+
 use glam::{Quat, Vec3};
 
 use crate::camera::{Eye, Fov};
@@ -53,22 +58,7 @@ impl std::fmt::Debug for XrSystem {
 
 /// Loads the loader, creates the instance with Vulkan interop, and finds the headset.
 pub fn start() -> Result<XrSystem, XrError> {
-    // Debian's runtime package installs the versioned name only (the plain one comes with -dev).
-    let mut entry = Err(XrError::LoaderMissing("not tried".into()));
-    for name in ["libopenxr_loader.so.1", "libopenxr_loader.so"] {
-        // SAFETY: loading the system OpenXR loader runs its initialisers; it is the library the
-        // OpenXR specification defines for exactly this use.
-        #[allow(unsafe_code)]
-        let loaded = unsafe { openxr::Entry::load_from(std::path::Path::new(name)) };
-        match loaded {
-            Ok(e) => {
-                entry = Ok(e);
-                break;
-            }
-            Err(e) => entry = Err(XrError::LoaderMissing(e.to_string())),
-        }
-    }
-    let entry = entry?;
+    let entry = vulkan::openxr_entry()?;
     let available = entry.enumerate_extensions().map_err(classify)?;
     if !available.khr_vulkan_enable2 {
         return Err(XrError::NoVulkan);

@@ -28,3 +28,81 @@ fn the_runtime_offers_vulkan_and_a_stereo_headset() {
         assert!(v.recommended_image_rect_width > 0 && v.recommended_image_rect_height > 0, "{v:?}");
     }
 }
+
+/// A few coloured primitives in front of the origin.
+fn scene() -> theta_viewer::Scene {
+    use theta_schemas::components::{Material, Transform};
+    use theta_schemas::ids::ComponentMeta;
+    use theta_schemas::{AuthorKey, Command, CommandBody, ComponentId, SessionId, Shape};
+    let s = SessionId([9; 16]);
+    let mut p = theta_projector::Projection::new(s);
+    let mut commands = vec![(0, ComponentId::NONE, Command::CreateSession { name: "xr".into() })];
+    let shapes = [Shape::Cube, Shape::Sphere, Shape::Cylinder];
+    let colors = [[0.9, 0.2, 0.2, 1.0], [0.2, 0.8, 0.3, 1.0], [0.2, 0.4, 0.9, 1.0]];
+    for (i, shape) in shapes.into_iter().enumerate() {
+        let e = i as u64 + 1;
+        commands.push((e, ComponentId::NONE, Command::CreateEntity { shape, name: format!("e{e}"), parent: 0 }));
+        let t = Transform { translation: [i as f32 * 1.2 - 1.2, 1.5, -3.0], ..Transform::default() };
+        commands.push((e, Transform::id(), Command::SetTransform(t)));
+        let m = Material { base_color: colors[i], metallic: 0.0, roughness: 0.5 };
+        commands.push((e, Material::id(), Command::SetMaterial(m)));
+    }
+    for (i, (entity, component, command)) in commands.into_iter().enumerate() {
+        let body = CommandBody {
+            session: s,
+            author: AuthorKey([1; 32]),
+            lamport: i as u64 + 1,
+            nonce: i as u64 + 1,
+            wall_clock_ms: 0,
+            entity,
+            component,
+            base_version: 0,
+            command,
+        };
+        p.apply_command(i as u64 + 1, &body).unwrap();
+    }
+    theta_viewer::extract(&p)
+}
+
+#[test]
+fn frames_reach_the_runtime_and_each_eye_matches_the_headless_render() {
+    use theta_viewer::xr::{Frame, Phase, XrViewer};
+    monado();
+    let scene = scene();
+    let mut viewer = XrViewer::new(start().unwrap()).unwrap_or_else(|e| panic!("XR viewer on Monado: {e}"));
+    let (w, h) = viewer.eye_size();
+    let mut focused = false;
+    let mut captured = None;
+    let started = std::time::Instant::now();
+    while viewer.frames_ended < 60 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "60 frames took over 2 minutes: {viewer:?}");
+        let capture = viewer.frames_ended == 30;
+        match viewer.frame(&scene, capture).unwrap_or_else(|e| panic!("frame {}: {e}", viewer.frames_ended)) {
+            Frame::Rendered { eyes, images: Some(images) } => captured = Some((eyes, images)),
+            Frame::Exit => panic!("the session ended early"),
+            _ => {}
+        }
+        focused |= viewer.phase() == Phase::Focused;
+    }
+    assert!(focused, "the session never reached FOCUSED");
+    let (eyes, images) = captured.expect("frame 30 was rendered and read back");
+    // Each eye equals the headless renderer's image of the same scene from the same pose.
+    let mut headless = theta_viewer::Renderer::headless().unwrap();
+    for (i, (eye, image)) in eyes.iter().zip(&images).enumerate() {
+        let want = headless.render(&scene, std::slice::from_ref(eye), w, h, None).unwrap();
+        let diff = image.diff_fraction(&want, 24);
+        assert!(diff < 0.01, "eye {i}: {:.2}% of pixels differ from the headless render", diff * 100.0);
+        // Not a blank image: the scene's red cube is in view of at least one eye.
+        assert!(image.rgba.chunks(4).any(|p| p[0] > 150 && p[1] < 90), "eye {i} shows no red");
+    }
+    // Asked to end, the session stops cleanly.
+    viewer.request_exit().unwrap();
+    let mut exited = false;
+    for _ in 0..500 {
+        if let Frame::Exit = viewer.frame(&scene, false).unwrap() {
+            exited = true;
+            break;
+        }
+    }
+    assert!(exited, "the session did not end after xrRequestExitSession: {viewer:?}");
+}

@@ -1,0 +1,294 @@
+//! A running OpenXR session that draws the scene into the runtime's swapchain: one swapchain of
+//! two array layers (one per eye), each eye rendered at its located pose and field of view for
+//! the predicted display time, submitted as a projection layer. Frame pacing is the runtime's
+//! (`xrWaitFrame`); state changes come from its events and drive [`Phase`].
+
+use openxr as xr;
+
+use super::vulkan::{self, XrGpu};
+use super::{Action, Phase, XrError, XrSystem, eye};
+use crate::render::{COLOR_FORMAT, Image, Renderer};
+use crate::{Eye, Scene};
+
+/// What one call of [`XrViewer::frame`] did.
+#[derive(Debug)]
+pub enum Frame {
+    /// The session is not running (yet, or any more): nothing was submitted.
+    Idle,
+    /// The runtime asked for no rendering this frame (`should_render` false); an empty frame
+    /// was submitted.
+    Skipped,
+    /// Both eyes were rendered and submitted.
+    Rendered {
+        /// The eyes, as located for the predicted display time.
+        eyes: [Eye; 2],
+        /// The eyes' swapchain images, read back, when asked for.
+        images: Option<[Image; 2]>,
+    },
+    /// The session ended: leave the frame loop.
+    Exit,
+}
+
+/// An OpenXR session with its swapchain, drawing through the renderer on the runtime's device.
+/// Fields drop in order: the textures before the swapchain that owns their images, the session
+/// before the device it runs on.
+pub struct XrViewer {
+    textures: Vec<wgpu::Texture>,
+    swapchain: xr::Swapchain<xr::Vulkan>,
+    space: xr::Space,
+    stream: xr::FrameStream<xr::Vulkan>,
+    waiter: xr::FrameWaiter,
+    session: xr::Session<xr::Vulkan>,
+    renderer: Renderer,
+    gpu: XrGpu,
+    system: XrSystem,
+    phase: Phase,
+    width: u32,
+    height: u32,
+    format: wgpu::TextureFormat,
+    events: xr::EventDataBuffer,
+    /// Frames submitted with `xrEndFrame` (rendered or empty).
+    pub frames_ended: u64,
+}
+
+impl std::fmt::Debug for XrViewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XrViewer")
+            .field("phase", &self.phase)
+            .field("size", &(self.width, self.height))
+            .field("frames_ended", &self.frames_ended)
+            .finish_non_exhaustive()
+    }
+}
+
+fn call(what: &str, e: xr::sys::Result) -> XrError {
+    XrError::Call(format!("{what}: {e}"))
+}
+
+impl XrViewer {
+    /// Creates the Vulkan device through the runtime, the session, a reference space and the
+    /// swapchain.
+    pub fn new(system: XrSystem) -> Result<XrViewer, XrError> {
+        let gpu = vulkan::create(&system.instance, system.system)?;
+        let (session, waiter, stream) = vulkan::create_session(&system.instance, system.system, &gpu)?;
+        let space = session
+            .create_reference_space(xr::ReferenceSpaceType::STAGE, xr::Posef::IDENTITY)
+            .or_else(|_| session.create_reference_space(xr::ReferenceSpaceType::LOCAL, xr::Posef::IDENTITY))
+            .map_err(|e| call("xrCreateReferenceSpace", e))?;
+        let view = system.views.first().ok_or_else(|| XrError::Call("the runtime reports no views".into()))?;
+        let (width, height) = (view.recommended_image_rect_width, view.recommended_image_rect_height);
+        let offered = session.enumerate_swapchain_formats().map_err(|e| call("xrEnumerateSwapchainFormats", e))?;
+        let format = [COLOR_FORMAT, wgpu::TextureFormat::Bgra8UnormSrgb]
+            .into_iter()
+            .find(|f| vulkan::vk_format(*f).is_some_and(|v| offered.contains(&v)))
+            .ok_or_else(|| {
+                XrError::Call(format!("the runtime offers no sRGB RGBA/BGRA swapchain format ({offered:?})"))
+            })?;
+        let swapchain = session
+            .create_swapchain(&xr::SwapchainCreateInfo {
+                create_flags: xr::SwapchainCreateFlags::EMPTY,
+                usage_flags: xr::SwapchainUsageFlags::COLOR_ATTACHMENT | xr::SwapchainUsageFlags::TRANSFER_SRC,
+                format: vulkan::vk_format(format).expect("checked above"),
+                sample_count: 1,
+                width,
+                height,
+                face_count: 1,
+                array_size: 2,
+                mip_count: 1,
+            })
+            .map_err(|e| call("xrCreateSwapchain", e))?;
+        let images = swapchain.enumerate_images().map_err(|e| call("xrEnumerateSwapchainImages", e))?;
+        let textures =
+            images.iter().map(|&i| vulkan::swapchain_texture(&gpu.device, i, format, width, height, 2)).collect();
+        let renderer =
+            Renderer::with_device_format(gpu.device.clone(), gpu.queue.clone(), gpu.adapter.get_info(), format);
+        Ok(XrViewer {
+            textures,
+            swapchain,
+            space,
+            stream,
+            waiter,
+            session,
+            renderer,
+            gpu,
+            system,
+            phase: Phase::Idle,
+            width,
+            height,
+            format,
+            events: xr::EventDataBuffer::new(),
+            frames_ended: 0,
+        })
+    }
+
+    /// Where the session stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Per-eye image size, pixels.
+    pub fn eye_size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// The renderer (on the runtime's device).
+    pub fn renderer(&mut self) -> &mut Renderer {
+        &mut self.renderer
+    }
+
+    /// Asks the runtime to end the session; the frame loop sees [`Frame::Exit`] soon after.
+    pub fn request_exit(&self) -> Result<(), XrError> {
+        self.session.request_exit().map_err(|e| call("xrRequestExitSession", e))
+    }
+
+    /// Handles the runtime's pending events; true when the viewer must leave.
+    fn poll_events(&mut self) -> Result<bool, XrError> {
+        while let Some(event) = self.system.instance.poll_event(&mut self.events).map_err(|e| call("xrPollEvent", e))? {
+            match event {
+                xr::Event::SessionStateChanged(e) => {
+                    let (phase, action) = self.phase.on(e.state());
+                    self.phase = phase;
+                    match action {
+                        Action::Begin => self
+                            .session
+                            .begin(xr::ViewConfigurationType::PRIMARY_STEREO)
+                            .map(drop)
+                            .map_err(|e| call("xrBeginSession", e))?,
+                        Action::End => self.session.end().map(drop).map_err(|e| call("xrEndSession", e))?,
+                        Action::Exit => return Ok(true),
+                        Action::None => {}
+                    }
+                }
+                xr::Event::InstanceLossPending(_) => {
+                    return Err(XrError::Call("the OpenXR runtime is going away (instance loss pending)".into()));
+                }
+                _ => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// Runs one frame: events, then (while the session runs) wait, render both eyes, submit.
+    /// With `capture`, the eyes' images are read back from the swapchain before release.
+    pub fn frame(&mut self, scene: &Scene, capture: bool) -> Result<Frame, XrError> {
+        if self.poll_events()? {
+            return Ok(Frame::Exit);
+        }
+        if !self.phase.renders() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            return Ok(Frame::Idle);
+        }
+        let state = self.waiter.wait().map_err(|e| call("xrWaitFrame", e))?;
+        self.stream.begin().map_err(|e| call("xrBeginFrame", e))?;
+        if !state.should_render {
+            self.stream
+                .end(state.predicted_display_time, xr::EnvironmentBlendMode::OPAQUE, &[])
+                .map_err(|e| call("xrEndFrame", e))?;
+            self.frames_ended += 1;
+            return Ok(Frame::Skipped);
+        }
+        let (_, views) = self
+            .session
+            .locate_views(xr::ViewConfigurationType::PRIMARY_STEREO, state.predicted_display_time, &self.space)
+            .map_err(|e| call("xrLocateViews", e))?;
+        if views.len() < 2 {
+            return Err(XrError::Call(format!("the runtime located {} views, not 2", views.len())));
+        }
+        let eyes = [eye(&views[0]), eye(&views[1])];
+        let index = self.swapchain.acquire_image().map_err(|e| call("xrAcquireSwapchainImage", e))? as usize;
+        self.swapchain.wait_image(xr::Duration::INFINITE).map_err(|e| call("xrWaitSwapchainImage", e))?;
+        let texture = &self.textures[index];
+        for (layer, e) in eyes.iter().enumerate() {
+            let view = texture.create_view(&wgpu::TextureViewDescriptor {
+                dimension: Some(wgpu::TextureViewDimension::D2),
+                base_array_layer: layer as u32,
+                array_layer_count: Some(1),
+                ..Default::default()
+            });
+            self.renderer.draw_to(&view, scene, std::slice::from_ref(e), self.width, self.height, None);
+        }
+        let images = if capture { Some([self.read_layer(index, 0)?, self.read_layer(index, 1)?]) } else { None };
+        // The runtime wants the image back in COLOR_ATTACHMENT_OPTIMAL, with our work submitted.
+        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+        encoder.transition_resources(
+            std::iter::empty(),
+            std::iter::once(wgpu::TextureTransition {
+                texture,
+                selector: None,
+                state: wgpu::TextureUses::COLOR_TARGET,
+            }),
+        );
+        self.gpu.queue.submit([encoder.finish()]);
+        self.swapchain.release_image().map_err(|e| call("xrReleaseSwapchainImage", e))?;
+        let rect = xr::Rect2Di {
+            offset: xr::Offset2Di { x: 0, y: 0 },
+            extent: xr::Extent2Di { width: self.width as i32, height: self.height as i32 },
+        };
+        let projection: Vec<xr::CompositionLayerProjectionView<'_, xr::Vulkan>> = views
+            .iter()
+            .take(2)
+            .enumerate()
+            .map(|(i, v)| {
+                xr::CompositionLayerProjectionView::new().pose(v.pose).fov(v.fov).sub_image(
+                    xr::SwapchainSubImage::new()
+                        .swapchain(&self.swapchain)
+                        .image_array_index(i as u32)
+                        .image_rect(rect),
+                )
+            })
+            .collect();
+        let layer = xr::CompositionLayerProjection::new().space(&self.space).views(&projection);
+        self.stream
+            .end(state.predicted_display_time, xr::EnvironmentBlendMode::OPAQUE, &[&layer])
+            .map_err(|e| call("xrEndFrame", e))?;
+        self.frames_ended += 1;
+        Ok(Frame::Rendered { eyes, images })
+    }
+
+    /// Copies one layer of swapchain image `index` into memory.
+    fn read_layer(&self, index: usize, layer: u32) -> Result<Image, XrError> {
+        let (w, h) = (self.width, self.height);
+        let row = (w * 4).div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
+        let device = &self.gpu.device;
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("xr read-back"),
+            size: u64::from(row) * u64::from(h),
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+            mapped_at_creation: false,
+        });
+        let mut encoder = device.create_command_encoder(&Default::default());
+        encoder.copy_texture_to_buffer(
+            wgpu::TexelCopyTextureInfo {
+                texture: &self.textures[index],
+                mip_level: 0,
+                origin: wgpu::Origin3d { x: 0, y: 0, z: layer },
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::TexelCopyBufferInfo {
+                buffer: &buffer,
+                layout: wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(row), rows_per_image: Some(h) },
+            },
+            wgpu::Extent3d { width: w, height: h, depth_or_array_layers: 1 },
+        );
+        self.gpu.queue.submit([encoder.finish()]);
+        let slice = buffer.slice(..);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        device
+            .poll(wgpu::PollType::Wait { submission_index: None, timeout: None })
+            .map_err(|e| XrError::Call(format!("read back the eye image: {e}")))?;
+        let data = slice.get_mapped_range().map_err(|e| XrError::Call(format!("map the eye image: {e}")))?;
+        let bgra = self.format == wgpu::TextureFormat::Bgra8UnormSrgb;
+        let mut rgba = Vec::with_capacity((w * h * 4) as usize);
+        for y in 0..h as usize {
+            let line = &data[y * row as usize..y * row as usize + w as usize * 4];
+            if bgra {
+                for px in line.chunks_exact(4) {
+                    rgba.extend_from_slice(&[px[2], px[1], px[0], px[3]]);
+                }
+            } else {
+                rgba.extend_from_slice(line);
+            }
+        }
+        Ok(Image { width: w, height: h, rgba })
+    }
+}
