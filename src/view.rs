@@ -221,20 +221,17 @@ fn frame_path(dir: &Path, i: u32) -> PathBuf {
 
 /// Runs `theta view`.
 pub fn run(a: ViewArgs) -> anyhow::Result<()> {
+    let session = SessionId::from_hex(&a.session).with_context(|| format!("session id {:?}", a.session))?;
     if a.xr {
         #[cfg(feature = "vr-openxr")]
         match theta_viewer::xr::start() {
-            Ok(x) => bail!(
-                "OpenXR runtime found ({} views); submitting frames to it through its Vulkan device is not built yet: use --headless --stereo",
-                x.views.len()
-            ),
+            Ok(system) => return run_xr(a, session, system),
             Err(e) if a.headless => eprintln!("theta view: {e}\ncontinuing with the headless backend"),
             Err(e) => bail!("{e}"),
         }
         #[cfg(not(feature = "vr-openxr"))]
         bail!("this theta was built without OpenXR: rebuild with `cargo build --release --features vr-openxr`");
     }
-    let session = SessionId::from_hex(&a.session).with_context(|| format!("session id {:?}", a.session))?;
     if !a.headless {
         return run_window(a, session);
     }
@@ -383,22 +380,18 @@ async fn connect_live(a: &ViewArgs, session: SessionId) -> anyhow::Result<Client
     .await?)
 }
 
-/// The window backend: the session side on a background thread, the window on this one.
-fn run_window(a: ViewArgs, session: SessionId) -> anyhow::Result<()> {
-    use std::sync::{Arc, Mutex};
-    use theta_viewer::window::{self, Controls, Frame, WindowOptions};
-
-    let frame = Arc::new(Mutex::new(Frame::default()));
-    let controls = Arc::new(Mutex::new(Controls::default()));
-    let options = WindowOptions {
-        title: format!("theta · session {session}"),
-        width: a.width * if a.stereo { 2 } else { 1 },
-        height: a.height,
-        stereo: a.stereo,
-        frames: a.frames.map(u64::from),
-    };
-    let (f, c) = (frame.clone(), controls.clone());
-    let producer = std::thread::spawn(move || -> anyhow::Result<()> {
+/// The session side of the window and headset backends, on its own thread: follows the session
+/// live or plays its history (as `controls` say) and publishes each new scene and HUD text into
+/// `frame`, until `controls.quit`.
+fn spawn_session_side(
+    a: ViewArgs,
+    session: SessionId,
+    frame: std::sync::Arc<std::sync::Mutex<theta_viewer::window::Frame>>,
+    controls: std::sync::Arc<std::sync::Mutex<theta_viewer::window::Controls>>,
+) -> std::thread::JoinHandle<anyhow::Result<()>> {
+    use theta_viewer::window::Frame;
+    let (f, c) = (frame, controls);
+    std::thread::spawn(move || -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let quit = || c.lock().expect("controls").quit;
         let publish = |m: &Projection, hud_text: String| {
@@ -460,7 +453,63 @@ fn run_window(a: ViewArgs, session: SessionId) -> anyhow::Result<()> {
             }
             anyhow::Ok(())
         })
-    });
+    })
+}
+
+/// The headset backend: the session side on a background thread; the OpenXR frame loop on this
+/// one (the runtime submits on our queue inside `xrEndFrame`, so frame calls and queue
+/// submissions stay on one thread). Live, or history from `--at` played at `--step` entries a
+/// frame; `--frames` ends the session after that many frames.
+#[cfg(feature = "vr-openxr")]
+fn run_xr(a: ViewArgs, session: SessionId, system: theta_viewer::xr::XrSystem) -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+    use theta_viewer::window::{Controls, Frame};
+    use theta_viewer::xr::{Frame as XrFrame, XrViewer};
+
+    let mut viewer = XrViewer::new(system)?;
+    let (w, h) = viewer.eye_size();
+    println!("OpenXR session started on {} ({w}×{h} per eye); put the headset on", viewer.renderer().adapter_name());
+    let frame = Arc::new(Mutex::new(Frame::default()));
+    let controls = Arc::new(Mutex::new(Controls::default()));
+    let limit = a.frames.map(u64::from);
+    let producer = spawn_session_side(a, session, frame.clone(), controls.clone());
+    let mut exit_requested = false;
+    let result = loop {
+        if producer.is_finished() {
+            break Ok(());
+        }
+        let scene = frame.lock().expect("frame").scene.clone();
+        match viewer.frame(&scene, false) {
+            Ok(XrFrame::Exit) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(anyhow::Error::from(e)),
+        }
+        if !exit_requested && limit.is_some_and(|n| viewer.frames_ended >= n) {
+            viewer.request_exit()?;
+            exit_requested = true;
+        }
+    };
+    controls.lock().expect("controls").quit = true;
+    let produced = producer.join().map_err(|_| anyhow::anyhow!("the session thread panicked"))?;
+    println!("OpenXR session ended after {} frames", viewer.frames_ended);
+    result.and(produced)
+}
+
+/// The window backend: the session side on a background thread, the window on this one.
+fn run_window(a: ViewArgs, session: SessionId) -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+    use theta_viewer::window::{self, Controls, Frame, WindowOptions};
+
+    let frame = Arc::new(Mutex::new(Frame::default()));
+    let controls = Arc::new(Mutex::new(Controls::default()));
+    let options = WindowOptions {
+        title: format!("theta · session {session}"),
+        width: a.width * if a.stereo { 2 } else { 1 },
+        height: a.height,
+        stereo: a.stereo,
+        frames: a.frames.map(u64::from),
+    };
+    let producer = spawn_session_side(a, session, frame.clone(), controls.clone());
     let shown = window::run(options, frame, controls.clone());
     controls.lock().expect("controls").quit = true;
     let produced = producer.join().map_err(|_| anyhow::anyhow!("the session thread panicked"))?;
