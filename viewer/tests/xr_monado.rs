@@ -5,7 +5,17 @@
 
 use theta_viewer::xr::start;
 
-/// Points the loader at Monado (null compositor, no window, no GPU needed).
+/// Monado runs in-process and allows one OpenXR instance at a time: the tests take turns.
+static ONE_INSTANCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Where the OpenXR core validation layer writes what it finds.
+fn validation_log() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("theta-xr-validation-{}.txt", std::process::id()))
+}
+
+/// Points the loader at Monado (null compositor, no window, no GPU needed), with the OpenXR
+/// core validation layer (Debian's openxr-layer-corevalidation; instance creation fails if it is
+/// missing) writing to [`validation_log`].
 fn monado() {
     let manifest = std::env::var("THETA_MONADO_JSON").expect(
         "THETA_MONADO_JSON must name Monado's runtime manifest: run `scripts/build-monado` (scripts/test does) and set it to the path it prints",
@@ -16,11 +26,15 @@ fn monado() {
     unsafe {
         std::env::set_var("XR_RUNTIME_JSON", &manifest);
         std::env::set_var("XRT_COMPOSITOR_NULL", "1");
+        std::env::set_var("XR_ENABLE_API_LAYERS", "XR_APILAYER_LUNARG_core_validation");
+        std::env::set_var("XR_CORE_VALIDATION_EXPORT_TYPE", "text");
+        std::env::set_var("XR_CORE_VALIDATION_FILE_NAME", validation_log());
     }
 }
 
 #[test]
 fn the_runtime_offers_vulkan_and_a_stereo_headset() {
+    let _turn = ONE_INSTANCE.lock().unwrap_or_else(|e| e.into_inner());
     monado();
     let system = start().unwrap_or_else(|e| panic!("OpenXR against Monado: {e}"));
     assert_eq!(system.views.len(), 2, "two eyes");
@@ -67,6 +81,7 @@ fn scene() -> theta_viewer::Scene {
 #[test]
 fn frames_reach_the_runtime_and_each_eye_matches_the_headless_render() {
     use theta_viewer::xr::{Frame, Phase, XrViewer};
+    let _turn = ONE_INSTANCE.lock().unwrap_or_else(|e| e.into_inner());
     monado();
     let scene = scene();
     let mut viewer = XrViewer::new(start().unwrap()).unwrap_or_else(|e| panic!("XR viewer on Monado: {e}"));
@@ -105,4 +120,8 @@ fn frames_reach_the_runtime_and_each_eye_matches_the_headless_render() {
         }
     }
     assert!(exited, "the session did not end after xrRequestExitSession: {viewer:?}");
+    drop(viewer);
+    // The core validation layer found nothing wrong (it writes its file only when it reports).
+    let report = std::fs::read_to_string(validation_log()).unwrap_or_default();
+    assert!(!report.to_ascii_lowercase().contains("error"), "OpenXR core validation:\n{report}");
 }
