@@ -10,6 +10,7 @@ pub mod geometry;
 pub mod hud;
 pub mod render;
 pub mod scene;
+pub mod vr_input;
 pub mod window;
 #[cfg(feature = "vr-openxr")]
 pub mod xr;
