@@ -7,6 +7,7 @@
 //! creation fails with `ERROR_RUNTIME_UNAVAILABLE`; [`XrError`] then tells the user how to
 //! install or select a runtime, and callers offer the window or headless backend instead.
 
+pub mod actions;
 pub mod session;
 pub mod vulkan;
 

@@ -86,6 +86,8 @@ fn frames_reach_the_runtime_and_each_eye_matches_the_headless_render() {
     let scene = scene();
     let mut viewer = XrViewer::new(start().unwrap()).unwrap_or_else(|e| panic!("XR viewer on Monado: {e}"));
     let (w, h) = viewer.eye_size();
+    // The controller bindings were accepted, the generic profile at least.
+    assert!(viewer.profiles().contains(&"/interaction_profiles/khr/simple_controller"), "{:?}", viewer.profiles());
     let mut focused = false;
     let mut captured = None;
     let started = std::time::Instant::now();
@@ -93,7 +95,10 @@ fn frames_reach_the_runtime_and_each_eye_matches_the_headless_render() {
         assert!(started.elapsed() < std::time::Duration::from_secs(120), "60 frames took over 2 minutes: {viewer:?}");
         let capture = viewer.frames_ended == 30;
         match viewer.frame(&scene, capture).unwrap_or_else(|e| panic!("frame {}: {e}", viewer.frames_ended)) {
-            Frame::Rendered { eyes, images: Some(images) } => captured = Some((eyes, images)),
+            Frame::Rendered { eyes, images: Some(images), commands } => {
+                assert!(commands.is_empty(), "no controller was touched: {commands:?}");
+                captured = Some((eyes, images));
+            }
             Frame::Exit => panic!("the session ended early"),
             _ => {}
         }

@@ -5,9 +5,11 @@
 
 use openxr as xr;
 
+use super::actions::XrActions;
 use super::vulkan::{self, XrGpu};
 use super::{Action, Phase, XrError, XrSystem, eye};
 use crate::render::{COLOR_FORMAT, Image, Renderer};
+use crate::vr_input::{Command, Controls, Pose, Rig, Timeline};
 use crate::{Eye, Scene};
 
 /// What one call of [`XrViewer::frame`] did.
@@ -20,8 +22,10 @@ pub enum Frame {
     Skipped,
     /// Both eyes were rendered and submitted.
     Rendered {
-        /// The eyes, as located for the predicted display time.
+        /// The eyes in world space (the located stage poses through the controls' rig).
         eyes: [Eye; 2],
+        /// What the controller input of this frame asks the viewer to do.
+        commands: Vec<Command>,
         /// The eyes' swapchain images, read back, when asked for.
         images: Option<[Image; 2]>,
     },
@@ -35,6 +39,7 @@ pub enum Frame {
 pub struct XrViewer {
     textures: Vec<wgpu::Texture>,
     swapchain: xr::Swapchain<xr::Vulkan>,
+    actions: XrActions,
     space: xr::Space,
     stream: xr::FrameStream<xr::Vulkan>,
     waiter: xr::FrameWaiter,
@@ -47,6 +52,10 @@ pub struct XrViewer {
     height: u32,
     format: wgpu::TextureFormat,
     events: xr::EventDataBuffer,
+    /// The headset controls (where the world sits, teleport, grab, scrub).
+    pub controls: Controls,
+    /// Where the timeline panel is, and the seqs it spans (history only).
+    pub timeline: Option<Timeline>,
     /// Frames submitted with `xrEndFrame` (rendered or empty).
     pub frames_ended: u64,
 }
@@ -102,9 +111,11 @@ impl XrViewer {
             images.iter().map(|&i| vulkan::swapchain_texture(&gpu.device, i, format, width, height, 2)).collect();
         let renderer =
             Renderer::with_device_format(gpu.device.clone(), gpu.queue.clone(), gpu.adapter.get_info(), format);
+        let actions = XrActions::new(&system.instance, &session)?;
         Ok(XrViewer {
             textures,
             swapchain,
+            actions,
             space,
             stream,
             waiter,
@@ -117,6 +128,8 @@ impl XrViewer {
             height,
             format,
             events: xr::EventDataBuffer::new(),
+            controls: Controls::new(Rig::default()),
+            timeline: None,
             frames_ended: 0,
         })
     }
@@ -124,6 +137,11 @@ impl XrViewer {
     /// Where the session stands.
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Interaction profiles the runtime accepted bindings for.
+    pub fn profiles(&self) -> &[&'static str] {
+        &self.actions.profiles
     }
 
     /// Per-eye image size, pixels.
@@ -194,7 +212,19 @@ impl XrViewer {
         if views.len() < 2 {
             return Err(XrError::Call(format!("the runtime located {} views, not 2", views.len())));
         }
-        let eyes = [eye(&views[0]), eye(&views[1])];
+        let stage_eyes = [eye(&views[0]), eye(&views[1])];
+        let head = Pose {
+            position: (stage_eyes[0].position + stage_eyes[1].position) / 2.0,
+            orientation: stage_eyes[0].orientation,
+        };
+        let input = self.actions.read(&self.session, &self.space, state.predicted_display_time)?;
+        let commands = self.controls.update(&input, &head, self.timeline.as_ref());
+        let rig = self.controls.rig;
+        let eyes = stage_eyes.map(|e| Eye {
+            position: rig.to_world(e.position),
+            orientation: rig.orientation_to_world(e.orientation),
+            fov: e.fov,
+        });
         let index = self.swapchain.acquire_image().map_err(|e| call("xrAcquireSwapchainImage", e))? as usize;
         self.swapchain.wait_image(xr::Duration::INFINITE).map_err(|e| call("xrWaitSwapchainImage", e))?;
         let texture = &self.textures[index];
@@ -242,7 +272,7 @@ impl XrViewer {
             .end(state.predicted_display_time, xr::EnvironmentBlendMode::OPAQUE, &[&layer])
             .map_err(|e| call("xrEndFrame", e))?;
         self.frames_ended += 1;
-        Ok(Frame::Rendered { eyes, images })
+        Ok(Frame::Rendered { eyes, commands, images })
     }
 
     /// Copies one layer of swapchain image `index` into memory.
