@@ -394,8 +394,8 @@ fn spawn_session_side(
     std::thread::spawn(move || -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let quit = || c.lock().expect("controls").quit;
-        let publish = |m: &Projection, hud_text: String| {
-            *f.lock().expect("frame") = Frame { scene: extract(m), hud: hud_text };
+        let publish = |m: &Projection, hud_text: String, seqs: Option<(u64, u64)>| {
+            *f.lock().expect("frame") = Frame { scene: extract(m), hud: hud_text, seqs };
         };
         rt.block_on(async {
             match a.at {
@@ -410,7 +410,13 @@ fn spawn_session_side(
                     let mut last = Instant::now();
                     while !quit() {
                         let ctl = *c.lock().expect("controls");
-                        if ctl.steps != 0 {
+                        if let Some(seq) = ctl.seek {
+                            c.lock().expect("controls").seek = None;
+                            h.seek(seq).await?;
+                            if seq == 0 {
+                                h.head = h.mirror.seq();
+                            }
+                        } else if ctl.steps != 0 {
                             c.lock().expect("controls").steps = 0;
                             if ctl.steps > 0 {
                                 h.step(ctl.steps as u64).await?;
@@ -426,7 +432,8 @@ fn spawn_session_side(
                             format!("{}\n{state} x{}  space: pause  arrows: step  +/-: speed", h.timeline(), ctl.speed);
                         let ms = last.elapsed().as_secs_f64() * 1e3;
                         last = Instant::now();
-                        publish(&h.mirror, hud(1e3 / ms.max(1e-3), ms, &h.mirror, None, &extra));
+                        let seqs = Some((h.mirror.seq(), h.head));
+                        publish(&h.mirror, hud(1e3 / ms.max(1e-3), ms, &h.mirror, None, &extra), seqs);
                         tokio::time::sleep(Duration::from_millis(33)).await;
                     }
                 }
@@ -446,7 +453,7 @@ fn spawn_session_side(
                             next = Instant::now() + Duration::from_millis(16);
                             let ms = last.elapsed().as_secs_f64() * 1e3;
                             last = Instant::now();
-                            publish(m, hud(1e3 / ms.max(1e-3), ms, m, Some(&client.telemetry()), &line));
+                            publish(m, hud(1e3 / ms.max(1e-3), ms, m, Some(&client.telemetry()), &line), None);
                         }
                     }
                 }
@@ -463,6 +470,7 @@ fn spawn_session_side(
 #[cfg(feature = "vr-openxr")]
 fn run_xr(a: ViewArgs, session: SessionId, system: theta_viewer::xr::XrSystem) -> anyhow::Result<()> {
     use std::sync::{Arc, Mutex};
+    use theta_viewer::vr_input::Command;
     use theta_viewer::window::{Controls, Frame};
     use theta_viewer::xr::{Frame as XrFrame, XrViewer};
 
@@ -478,9 +486,25 @@ fn run_xr(a: ViewArgs, session: SessionId, system: theta_viewer::xr::XrSystem) -
         if producer.is_finished() {
             break Ok(());
         }
-        let scene = frame.lock().expect("frame").scene.clone();
+        let (scene, seqs) = {
+            let f = frame.lock().expect("frame");
+            (f.scene.clone(), f.seqs)
+        };
+        viewer.set_timeline(seqs);
         match viewer.frame(&scene, false) {
             Ok(XrFrame::Exit) => break Ok(()),
+            Ok(XrFrame::Rendered { commands, .. }) => {
+                let mut ctl = controls.lock().expect("controls");
+                for c in commands {
+                    match c {
+                        Command::Seek(seq) => ctl.seek = Some(seq),
+                        Command::Step(n) => ctl.steps += n,
+                        Command::TogglePause => ctl.paused = !ctl.paused,
+                        Command::Speed(d) => ctl.speed = if d > 0 { ctl.speed * 2 } else { (ctl.speed / 2).max(1) },
+                        Command::Live => ctl.seek = Some(0),
+                    }
+                }
+            }
             Ok(_) => {}
             Err(e) => break Err(anyhow::Error::from(e)),
         }

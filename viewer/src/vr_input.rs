@@ -103,6 +103,8 @@ pub struct Timeline {
     pub size: Vec2,
     /// First and last seq the panel spans.
     pub seqs: (u64, u64),
+    /// The seq shown (where the marker is).
+    pub current: u64,
 }
 
 impl Timeline {
@@ -325,7 +327,7 @@ mod tests {
     }
 
     fn timeline() -> Timeline {
-        Timeline { center: Vec3::new(0.0, 1.2, -1.0), size: Vec2::new(1.0, 0.2), seqs: (1, 101) }
+        Timeline { center: Vec3::new(0.0, 1.2, -1.0), size: Vec2::new(1.0, 0.2), seqs: (1, 101), current: 1 }
     }
 
     /// Runs `frames` of input through fresh controls; returns every command and the final rig.

@@ -24,6 +24,8 @@ pub struct Frame {
     pub scene: Scene,
     /// HUD text.
     pub hud: String,
+    /// History: the seq shown and the head (the timeline's span is 1..=head).
+    pub seqs: Option<(u64, u64)>,
 }
 
 /// What the user asked for with the keyboard, read by the session side.
@@ -35,13 +37,15 @@ pub struct Controls {
     pub steps: i64,
     /// Entries per tick while playing.
     pub speed: u64,
+    /// Open this seq next (0: the head), as a headset's timeline scrub asks.
+    pub seek: Option<u64>,
     /// The window closed.
     pub quit: bool,
 }
 
 impl Default for Controls {
     fn default() -> Self {
-        Controls { paused: false, steps: 0, speed: 1, quit: false }
+        Controls { paused: false, steps: 0, speed: 1, seek: None, quit: false }
     }
 }
 

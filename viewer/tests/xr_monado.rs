@@ -90,14 +90,23 @@ fn frames_reach_the_runtime_and_each_eye_matches_the_headless_render() {
     assert!(viewer.profiles().contains(&"/interaction_profiles/khr/simple_controller"), "{:?}", viewer.profiles());
     let mut focused = false;
     let mut captured = None;
+    let mut with_timeline = None;
     let started = std::time::Instant::now();
     while viewer.frames_ended < 60 {
         assert!(started.elapsed() < std::time::Duration::from_secs(120), "60 frames took over 2 minutes: {viewer:?}");
-        let capture = viewer.frames_ended == 30;
+        let capture = viewer.frames_ended == 30 || viewer.frames_ended == 45;
+        // From frame 40 on, a history timeline (seq 5 of 10) floats in front of the user.
+        if viewer.frames_ended == 40 {
+            viewer.set_timeline(Some((5, 10)));
+        }
         match viewer.frame(&scene, capture).unwrap_or_else(|e| panic!("frame {}: {e}", viewer.frames_ended)) {
             Frame::Rendered { eyes, images: Some(images), commands } => {
                 assert!(commands.is_empty(), "no controller was touched: {commands:?}");
-                captured = Some((eyes, images));
+                if viewer.timeline.is_some() {
+                    with_timeline = Some(images);
+                } else {
+                    captured = Some((eyes, images));
+                }
             }
             Frame::Exit => panic!("the session ended early"),
             _ => {}
@@ -115,6 +124,13 @@ fn frames_reach_the_runtime_and_each_eye_matches_the_headless_render() {
         // Not a blank image: the scene's red cube is in view of at least one eye.
         assert!(image.rgba.chunks(4).any(|p| p[0] > 150 && p[1] < 90), "eye {i} shows no red");
     }
+    // The timeline's orange playhead is drawn in the headset.
+    let timeline = with_timeline.expect("frame 45 was rendered with the timeline");
+    let orange = |img: &theta_viewer::Image| {
+        img.rgba.chunks(4).filter(|p| p[0] > 200 && (90..190).contains(&p[1]) && p[2] < 90).count()
+    };
+    assert!(orange(&timeline[0]) > 0 || orange(&timeline[1]) > 0, "no playhead in either eye");
+    assert_eq!(orange(&images[0]) + orange(&images[1]), 0, "a playhead without a timeline");
     // Asked to end, the session stops cleanly.
     viewer.request_exit().unwrap();
     let mut exited = false;
