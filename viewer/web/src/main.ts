@@ -57,7 +57,15 @@ let frames = 0;
 let fps = 0;
 let overlayOn = params.get('overlay') !== '0';
 const live = new Live('/webrtc/offer', unhex(sessionHex), secret, iceServers, () => publish());
-const theta = (window.theta = Object.assign(live.status, { fps: 0, frames: 0, renderer: rendererName, vr: 'checking' }));
+const theta = (window.theta = Object.assign(live.status, {
+  fps: 0,
+  frames: 0,
+  renderer: rendererName,
+  vr: 'checking',
+  // XR frames drawn, and the views of the last one (for tests and tools).
+  xrFrames: 0,
+  xrViews: [] as { position: number[]; orientation: number[]; projection: number[]; viewport: number[] }[],
+}));
 
 function kb(n: number) {
   return n >= 1024 ? `${(n / 1024).toFixed(1)} KiB` : `${n} B`;
@@ -197,6 +205,17 @@ async function setupXr() {
           };
         });
         renderer.draw(layer.framebuffer, views);
+        theta.xrFrames += 1;
+        theta.xrViews = pose.views.map((v) => {
+          const vp = layer.getViewport(v)!;
+          const { position: p, orientation: o } = v.transform;
+          return {
+            position: [p.x, p.y, p.z],
+            orientation: [o.x, o.y, o.z, o.w],
+            projection: Array.from(v.projectionMatrix),
+            viewport: [vp.x, vp.y, vp.width, vp.height],
+          };
+        });
         tick(now);
       };
       session.requestAnimationFrame(onFrame);

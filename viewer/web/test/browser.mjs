@@ -1,5 +1,8 @@
 // Drives the viewer page in a real browser (Debian's chromium through playwright-core) for
-// tests/it/browser.rs. Usage: node test/browser.mjs URL
+// tests/it/browser.rs. Usage: node test/browser.mjs URL [xr]
+// With `xr`, the page gets a WebXR runtime before it loads: IWER (Meta's Immersive Web Emulation
+// Runtime, a pinned npm dev dependency) emulating a Quest 3 with stereo on, since headless
+// Chromium has no immersive-vr of its own.
 // Then reads commands on stdin, one per line, and answers each with one JSON line on stdout:
 //   wait SEQ            until the page's mirror is at seq >= SEQ with the server's state hash
 //   shot PATH           a screenshot of the page (overlay shown)
@@ -7,6 +10,8 @@
 //   status              the page's status now
 //   state NAME          until the page's connection state is NAME (e.g. refused)
 //   goto URL            opens another address in the same tab
+//   vr                  clicks "Enter VR" and waits until the page is in VR
+//   xrframes N          until the page has drawn N XR frames
 //   quit
 // Page console lines and errors go to stderr.
 import { chromium } from 'playwright-core';
@@ -26,6 +31,13 @@ const browser = await chromium.launch({
   ],
 });
 const page = await browser.newPage({ viewport: { width: 640, height: 360 }, deviceScaleFactor: 1 });
+if (process.argv[3] === 'xr') {
+  await page.addInitScript({ path: new URL('../node_modules/iwer/build/iwer.min.js', import.meta.url).pathname });
+  await page.addInitScript(() => {
+    const device = new globalThis.IWER.XRDevice(globalThis.IWER.metaQuest3, { stereoEnabled: true });
+    device.installRuntime({ forceInstall: true });
+  });
+}
 page.on('console', (m) => process.stderr.write(`[page ${m.type()}] ${m.text()}\n`));
 page.on('pageerror', (e) => process.stderr.write(`[page error] ${e.message}\n`));
 await page.goto(url);
@@ -65,6 +77,13 @@ for await (const line of createInterface({ input: process.stdin })) {
     } else if (cmd === 'goto') {
       await page.goto(arg);
       answer({ ok: true });
+    } else if (cmd === 'vr') {
+      await until('offering VR', (s) => s.vr === 'ready');
+      await page.click('#vr');
+      answer({ ok: true, status: await until('in VR', (s) => s.vr === 'in VR') });
+    } else if (cmd === 'xrframes') {
+      const n = Number(arg);
+      answer({ ok: true, status: await until(`${n} XR frames in`, (s) => s.xrFrames >= n) });
     } else if (cmd === 'status') {
       answer({ ok: true, status: await status() });
     } else if (cmd === 'quit') {
