@@ -303,6 +303,70 @@ impl Controls {
     }
 }
 
+/// What the headset shows on top of the session: the timeline, the right controller's ray and
+/// the teleport target, all placed in the stage (they stay put while the world moves) and drawn
+/// as primitives converted to world coordinates through the rig.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overlay<'a> {
+    /// The history timeline, when shown.
+    pub timeline: Option<&'a Timeline>,
+    /// The right controller's aim, when tracked.
+    pub ray: Option<Pose>,
+    /// The teleport target being aimed at.
+    pub teleport: Option<Vec3>,
+}
+
+/// Length of the drawn controller ray, metres.
+pub const RAY_LENGTH: f32 = 3.0;
+
+impl Overlay<'_> {
+    /// Nothing to draw.
+    pub fn is_empty(&self) -> bool {
+        self.timeline.is_none() && self.ray.is_none() && self.teleport.is_none()
+    }
+
+    /// `scene` with the overlay drawn into it.
+    pub fn draw(&self, scene: &crate::Scene, rig: &Rig) -> crate::Scene {
+        use crate::scene::{Instance, shape_index};
+        use glam::Mat4;
+        let mut out = scene.clone();
+        let place = |center: Vec3, rotation: Quat, size: Vec3, color: [f32; 4]| Instance {
+            model: Mat4::from_scale_rotation_translation(
+                size / rig.scale,
+                rig.orientation_to_world(rotation),
+                rig.to_world(center),
+            )
+            .to_cols_array_2d(),
+            color,
+            highlight: [0.0; 4],
+        };
+        let cube = shape_index(theta_schemas::Shape::Cube);
+        if let Some(t) = self.timeline {
+            out.instances[cube].push(place(t.center, Quat::IDENTITY, Vec3::new(t.size.x, 0.02, 0.02), BAR));
+            let (first, last) = t.seqs;
+            let u =
+                if last > first { (t.current.clamp(first, last) - first) as f32 / (last - first) as f32 } else { 1.0 };
+            let at = t.center + Vec3::new((u - 0.5) * t.size.x, 0.0, 0.0);
+            out.instances[cube].push(place(at, Quat::IDENTITY, Vec3::new(0.02, t.size.y, 0.03), PLAYHEAD));
+        }
+        if let Some(ray) = self.ray {
+            let center = ray.position + ray.forward() * (RAY_LENGTH / 2.0);
+            out.instances[cube].push(place(center, ray.orientation, Vec3::new(0.004, 0.004, RAY_LENGTH), RAY));
+        }
+        if let Some(target) = self.teleport {
+            let disc = shape_index(theta_schemas::Shape::Cylinder);
+            out.instances[disc].push(place(target, Quat::IDENTITY, Vec3::new(0.5, 0.01, 0.5), TELEPORT));
+        }
+        out
+    }
+}
+
+/// Colours of the overlay (linear RGBA).
+const BAR: [f32; 4] = [0.8, 0.8, 0.85, 1.0];
+const PLAYHEAD: [f32; 4] = [1.0, 0.55, 0.1, 1.0];
+const RAY: [f32; 4] = [0.3, 0.8, 1.0, 1.0];
+const TELEPORT: [f32; 4] = [0.2, 1.0, 0.4, 1.0];
+
 /// Where a ray meets the floor (y = 0) in front of it.
 fn floor_hit(ray: Pose) -> Option<Vec3> {
     let d = ray.forward();
@@ -406,6 +470,29 @@ mod tests {
         // The point under the head stays under the head.
         let under_head = c.rig.to_stage(Rig::default().to_world(Vec3::new(0.0, 0.0, 0.0)));
         assert!(under_head.length() < 1e-4, "{under_head}");
+    }
+
+    #[test]
+    fn the_overlay_draws_the_timeline_ray_and_teleport_target_where_they_are_in_the_stage() {
+        let t = timeline();
+        let ray = pointing(Vec3::new(0.2, 1.1, 0.0), Vec3::new(0.2, 1.1, -1.0));
+        let rig = Rig { translation: Vec3::new(1.0, 0.0, 0.0), yaw: 0.3, scale: 2.0 };
+        let empty = crate::Scene::default();
+        assert!(Overlay::default().is_empty());
+        let all = Overlay { timeline: Some(&t), ray: Some(ray), teleport: Some(Vec3::new(0.5, 0.0, -2.0)) };
+        let drawn = all.draw(&empty, &rig);
+        assert_eq!(drawn.len(), 4, "bar, playhead, ray, teleport disc");
+        // Each instance's centre, taken back to the stage, is where it belongs.
+        let stage_centre = |i: &crate::scene::Instance| rig.to_stage(Vec3::from_slice(&i.model[3][..3]));
+        let cubes = &drawn.instances[crate::scene::shape_index(theta_schemas::Shape::Cube)];
+        assert!((stage_centre(&cubes[0]) - t.center).length() < 1e-4);
+        assert!(
+            (stage_centre(&cubes[1]) - (t.center - Vec3::new(0.5, 0.0, 0.0))).length() < 1e-4,
+            "seq 1: the left end"
+        );
+        assert!((stage_centre(&cubes[2]) - Vec3::new(0.2, 1.1, -RAY_LENGTH / 2.0)).length() < 1e-3);
+        let discs = &drawn.instances[crate::scene::shape_index(theta_schemas::Shape::Cylinder)];
+        assert!((stage_centre(&discs[0]) - Vec3::new(0.5, 0.0, -2.0)).length() < 1e-4);
     }
 
     #[test]

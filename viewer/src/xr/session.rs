@@ -9,7 +9,7 @@ use super::actions::XrActions;
 use super::vulkan::{self, XrGpu};
 use super::{Action, Phase, XrError, XrSystem, eye};
 use crate::render::{COLOR_FORMAT, Image, Renderer};
-use crate::vr_input::{Command, Controls, Pose, Rig, Timeline};
+use crate::vr_input::{Command, Controls, Overlay, Pose, Rig, Timeline};
 use crate::{Eye, Scene};
 
 /// What one call of [`XrViewer::frame`] did.
@@ -238,13 +238,14 @@ impl XrViewer {
         });
         let index = self.swapchain.acquire_image().map_err(|e| call("xrAcquireSwapchainImage", e))? as usize;
         self.swapchain.wait_image(xr::Duration::INFINITE).map_err(|e| call("xrWaitSwapchainImage", e))?;
-        let with_timeline;
-        let scene = match &self.timeline {
-            Some(t) => {
-                with_timeline = timeline_scene(scene, t, &rig);
-                &with_timeline
-            }
-            None => scene,
+        let overlay =
+            Overlay { timeline: self.timeline.as_ref(), ray: input.right.aim, teleport: self.controls.teleport_aim() };
+        let with_overlay;
+        let scene = if overlay.is_empty() {
+            scene
+        } else {
+            with_overlay = overlay.draw(scene, &rig);
+            &with_overlay
         };
         let texture = &self.textures[index];
         for (layer, e) in eyes.iter().enumerate() {
@@ -340,28 +341,4 @@ impl XrViewer {
         }
         Ok(Image { width: w, height: h, rgba })
     }
-}
-
-/// `scene` with the timeline drawn into it: a bar across the panel and a marker at the seq
-/// shown, placed in the stage (so they stay put while the world moves) and converted to world
-/// coordinates through `rig`.
-fn timeline_scene(scene: &Scene, t: &Timeline, rig: &Rig) -> Scene {
-    use crate::scene::{Instance, shape_index};
-    use glam::{Mat4, Quat, Vec3};
-    let mut out = scene.clone();
-    let place = |center_stage: Vec3, size: Vec3, color: [f32; 4]| {
-        let model = Mat4::from_scale_rotation_translation(
-            size / rig.scale,
-            Quat::from_rotation_y(-rig.yaw),
-            rig.to_world(center_stage),
-        );
-        Instance { model: model.to_cols_array_2d(), color, highlight: [0.0; 4] }
-    };
-    let cube = shape_index(theta_schemas::Shape::Cube);
-    out.instances[cube].push(place(t.center, Vec3::new(t.size.x, 0.02, 0.02), [0.8, 0.8, 0.85, 1.0]));
-    let (first, last) = t.seqs;
-    let u = if last > first { (t.current.clamp(first, last) - first) as f32 / (last - first) as f32 } else { 1.0 };
-    let at = t.center + Vec3::new((u - 0.5) * t.size.x, 0.0, 0.0);
-    out.instances[cube].push(place(at, Vec3::new(0.02, t.size.y, 0.03), [1.0, 0.55, 0.1, 1.0]));
-    out
 }
