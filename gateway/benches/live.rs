@@ -124,7 +124,13 @@ struct Setup {
     interest: bool,
 }
 
-async fn run(server_rt: tokio::runtime::Handle, store: Arc<Store>, dir: &std::path::Path, setup: Setup, secs: f64) -> Run {
+async fn run(
+    server_rt: tokio::runtime::Handle,
+    store: Arc<Store>,
+    dir: &std::path::Path,
+    setup: Setup,
+    secs: f64,
+) -> Run {
     let config = theta_gateway::ServeConfig {
         data_dir: dir.to_path_buf(),
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
@@ -162,7 +168,8 @@ async fn run(server_rt: tokio::runtime::Handle, store: Arc<Store>, dir: &std::pa
     let mut viewers = Vec::new();
     let viewers_n = std::env::var("THETA_BENCH_VIEWERS").ok().and_then(|v| v.parse().ok()).unwrap_or(setup.viewers);
     for _ in 0..viewers_n {
-        let mut c = Client::connect(options(key(1_000), setup.compression, setup.interest, setup.transport)).await.unwrap();
+        let mut c =
+            Client::connect(options(key(1_000), setup.compression, setup.interest, setup.transport)).await.unwrap();
         if setup.interest {
             c.set_interest([0.0, 0.0, 0.0], 40.0).await.unwrap();
         }
@@ -199,7 +206,8 @@ async fn run(server_rt: tokio::runtime::Handle, store: Arc<Store>, dir: &std::pa
     // Every editor connects first; the paced run starts for all of them at once.
     let (start_tx, start_rx) = tokio::sync::watch::channel(false);
     // THETA_BENCH_EDITORS: fewer editors (diagnostics).
-    let editors_n: u32 = std::env::var("THETA_BENCH_EDITORS").ok().and_then(|v| v.parse().ok()).unwrap_or(EDITORS as u32);
+    let editors_n: u32 =
+        std::env::var("THETA_BENCH_EDITORS").ok().and_then(|v| v.parse().ok()).unwrap_or(EDITORS as u32);
     for i in 1..=editors_n.min(EDITORS as u32) {
         let mut c = Client::connect(options(key(i), &[], false, setup.editors)).await.unwrap();
         let submitted = submitted.clone();
@@ -317,17 +325,77 @@ fn main() {
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut configs = vec![
-        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[], interest: false },
-        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[ZSTD], interest: false },
-        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_DICT, ZSTD], interest: false },
-        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_STREAM], interest: false },
-        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[], interest: true },
-        Setup { transport: TransportChoice::Quic, editors: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_STREAM], interest: true },
+        Setup {
+            transport: TransportChoice::Quic,
+            editors: TransportChoice::Quic,
+            viewers: 16,
+            compression: &[],
+            interest: false,
+        },
+        Setup {
+            transport: TransportChoice::Quic,
+            editors: TransportChoice::Quic,
+            viewers: 16,
+            compression: &[ZSTD],
+            interest: false,
+        },
+        Setup {
+            transport: TransportChoice::Quic,
+            editors: TransportChoice::Quic,
+            viewers: 16,
+            compression: &[ZSTD_DICT, ZSTD],
+            interest: false,
+        },
+        Setup {
+            transport: TransportChoice::Quic,
+            editors: TransportChoice::Quic,
+            viewers: 16,
+            compression: &[ZSTD_STREAM],
+            interest: false,
+        },
+        Setup {
+            transport: TransportChoice::Quic,
+            editors: TransportChoice::Quic,
+            viewers: 16,
+            compression: &[],
+            interest: true,
+        },
+        Setup {
+            transport: TransportChoice::Quic,
+            editors: TransportChoice::Quic,
+            viewers: 16,
+            compression: &[ZSTD_STREAM],
+            interest: true,
+        },
         // The same workload with WebRTC viewers (editors on QUIC), then editors on WebRTC too.
-        Setup { transport: TransportChoice::WebRtc, editors: TransportChoice::Quic, viewers: 16, compression: &[], interest: false },
-        Setup { transport: TransportChoice::WebRtc, editors: TransportChoice::Quic, viewers: 16, compression: &[ZSTD_STREAM], interest: false },
-        Setup { transport: TransportChoice::WebRtc, editors: TransportChoice::WebRtc, viewers: 16, compression: &[], interest: false },
-        Setup { transport: TransportChoice::Quic, editors: TransportChoice::WebRtc, viewers: 16, compression: &[], interest: false },
+        Setup {
+            transport: TransportChoice::WebRtc,
+            editors: TransportChoice::Quic,
+            viewers: 16,
+            compression: &[],
+            interest: false,
+        },
+        Setup {
+            transport: TransportChoice::WebRtc,
+            editors: TransportChoice::Quic,
+            viewers: 16,
+            compression: &[ZSTD_STREAM],
+            interest: false,
+        },
+        Setup {
+            transport: TransportChoice::WebRtc,
+            editors: TransportChoice::WebRtc,
+            viewers: 16,
+            compression: &[],
+            interest: false,
+        },
+        Setup {
+            transport: TransportChoice::Quic,
+            editors: TransportChoice::WebRtc,
+            viewers: 16,
+            compression: &[],
+            interest: false,
+        },
     ];
     if std::env::var("THETA_BENCH_SCALE").map_or(true, |v| v != "0") {
         for v in [32, 64, 128, 256] {
@@ -343,7 +411,8 @@ fn main() {
     // THETA_BENCH_ONLY=webrtc|quic: only the runs where viewers or editors use that transport.
     let only = std::env::var("THETA_BENCH_ONLY").ok();
     let name = |t: TransportChoice| if t == TransportChoice::WebRtc { "webrtc" } else { "quic" };
-    let runs = configs.into_iter().filter(|s| only.as_deref().is_none_or(|o| o == name(s.transport) || o == name(s.editors)));
+    let runs =
+        configs.into_iter().filter(|s| only.as_deref().is_none_or(|o| o == name(s.transport) || o == name(s.editors)));
     for setup in runs {
         let dir = tempfile::tempdir().unwrap();
         let store = make_store(dir.path());

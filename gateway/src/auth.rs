@@ -25,6 +25,9 @@ use tonic::metadata::MetadataMap;
 
 use crate::status::read_status;
 
+/// Keys whose read limits are tracked at once; beyond this, idle keys are forgotten.
+const MAX_TRACKED_KEYS: usize = 65_536;
+
 /// Access settings of the gRPC API.
 #[derive(Debug, Clone)]
 pub struct AccessConfig {
@@ -391,7 +394,7 @@ impl Access {
         let now = now_ms();
         let (rate, burst) = (self.config.reads_per_sec, self.config.reads_burst);
         let mut keys = self.keys.lock().expect("keys lock");
-        if keys.len() >= 65_536 && !keys.contains_key(key) {
+        if keys.len() >= MAX_TRACKED_KEYS && !keys.contains_key(key) {
             // Bounded: forget keys that are idle (no open stream, bucket refilled).
             keys.retain(|_, k| {
                 k.streams.load(Ordering::Acquire) > 0

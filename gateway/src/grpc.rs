@@ -164,9 +164,8 @@ fn send_entries_with(
             continue;
         }
         // The entry's size inside the EntryBatch message (field tag and length prefix included).
-        let size = prost::Message::encoded_len(&e)
-            + 1
-            + prost::encoding::encoded_len_varint(prost::Message::encoded_len(&e) as u64);
+        let len = prost::Message::encoded_len(&e);
+        let size = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
         if !out.is_empty() && (out.len() == batch || bytes + size > MAX_BATCH_BYTES) {
             bytes = 0;
             if tx.blocking_send(Ok(pb::EntryBatch { entries: std::mem::take(&mut out) })).is_err() {
