@@ -888,6 +888,39 @@ impl Renderer {
         }
     }
 
+    /// Draws each eye into its own view (the layers of a headset's swapchain image, `width` ×
+    /// `height` each) with one preparation of the scene and one submission: the OpenXR path.
+    pub fn draw_layers(
+        &mut self,
+        views: [&wgpu::TextureView; 2],
+        scene: &Scene,
+        eyes: &[Eye; 2],
+        width: u32,
+        height: u32,
+    ) {
+        let started = std::time::Instant::now();
+        self.ensure_depth(width, height);
+        let centre = (eyes[0].position + eyes[1].position) / 2.0;
+        let ranges = self.prepare(scene, centre);
+        for (i, eye) in eyes.iter().enumerate() {
+            let u = CameraUniform {
+                view_proj: eye.view_projection().to_cols_array_2d(),
+                eye: eye.position.extend(1.0).to_array(),
+                light: [-0.4, -1.0, -0.3, 0.0],
+            };
+            self.queue.write_buffer(&self.camera_buffer, i as u64 * CAMERA_SLOT, bytemuck::bytes_of(&u));
+        }
+        let depth = &self.window_depth.as_ref().expect("depth").2;
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        for (i, view) in views.iter().enumerate() {
+            let mut pass = begin_pass(&mut encoder, "eye", view, depth, None);
+            pass.set_bind_group(0, &self.camera_group, &[(i as u64 * CAMERA_SLOT) as u32]);
+            self.draw_content(&mut pass, &ranges, scene, &self.scene_pipeline, &self.grid_pipeline);
+        }
+        self.queue.submit(Some(encoder.finish()));
+        self.stats.cpu = started.elapsed();
+    }
+
     /// Records the scene's draws (instanced primitives per level of detail, mesh entities, the
     /// grid) into a pass whose cameras are bound.
     fn draw_content(

@@ -248,15 +248,16 @@ impl XrViewer {
             &with_overlay
         };
         let texture = &self.textures[index];
-        for (layer, e) in eyes.iter().enumerate() {
-            let view = texture.create_view(&wgpu::TextureViewDescriptor {
+        let layer = |i: u32| {
+            texture.create_view(&wgpu::TextureViewDescriptor {
                 dimension: Some(wgpu::TextureViewDimension::D2),
-                base_array_layer: layer as u32,
+                base_array_layer: i,
                 array_layer_count: Some(1),
                 ..Default::default()
-            });
-            self.renderer.draw_to(&view, scene, std::slice::from_ref(e), self.width, self.height, None);
-        }
+            })
+        };
+        let (left, right) = (layer(0), layer(1));
+        self.renderer.draw_layers([&left, &right], scene, &eyes, self.width, self.height);
         let images = if capture { Some([self.read_layer(index, 0)?, self.read_layer(index, 1)?]) } else { None };
         // The runtime wants the image back in COLOR_ATTACHMENT_OPTIMAL, with our work submitted.
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
