@@ -1,6 +1,8 @@
-//! Frame time of the renderer for 1k, 10k and 100k instanced entities, mono and stereo
-//! (side by side, 1280×720 per eye): instance upload, draw, submit and GPU completion; no
-//! read-back. Prints the adapter so the figures can be attributed.
+//! Frame time of the renderer for 1k, 10k and 100k instanced entities, mono, stereo side by
+//! side, and stereo into the two layers of one image with a pass per eye (what the OpenXR path
+//! does with a swapchain image; here without a runtime), 1280×720 per eye: instance upload,
+//! draw, submit and GPU completion; no read-back. Prints the adapter so the figures can be
+//! attributed.
 //!
 //! `cargo bench -p theta-viewer --bench frame` (`THETA_BENCH_FRAMES`, default 30).
 
@@ -38,6 +40,32 @@ fn main() {
     let frames: usize = std::env::var("THETA_BENCH_FRAMES").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let mut r = Renderer::headless().expect("a graphics adapter");
     println!("adapter: {}", r.adapter_name());
+    let layered = r.device().create_texture(&wgpu::TextureDescriptor {
+        label: Some("two-layer eye image"),
+        size: wgpu::Extent3d { width: W, height: H, depth_or_array_layers: 2 },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: theta_viewer::render::COLOR_FORMAT,
+        usage: wgpu::TextureUsages::RENDER_ATTACHMENT,
+        view_formats: &[],
+    });
+    let layers = [0, 1].map(|i| {
+        layered.create_view(&wgpu::TextureViewDescriptor {
+            dimension: Some(wgpu::TextureViewDimension::D2),
+            base_array_layer: i,
+            array_layer_count: Some(1),
+            ..Default::default()
+        })
+    });
+    // Draws one frame of `label`'s kind.
+    let draw = |r: &mut Renderer, s: &Scene, label: &str, eyes: &[theta_viewer::Eye]| {
+        if label == "stereo, layers" {
+            r.draw_layers([&layers[0], &layers[1]], s, &[eyes[0], eyes[1]], W, H);
+        } else {
+            r.draw(s, eyes, W, H, None);
+        }
+    };
     let mut clock = 0usize;
     println!(
         "| entities | view | frame time, pipelined | fps | latency (one frame alone), mean | p90 | CPU part | instances uploaded per frame |"
@@ -47,9 +75,10 @@ fn main() {
         let mut s = scene(n);
         let side = (n as f32).sqrt() * 1.5;
         let head = Orbit { distance: side * 0.9, pitch: 0.6, ..Orbit::default() }.eye(W as f32 / H as f32);
-        for (label, eyes) in [("mono", vec![head]), ("stereo", head.stereo(DEFAULT_IPD).to_vec())] {
+        let stereo = head.stereo(DEFAULT_IPD).to_vec();
+        for (label, eyes) in [("mono", vec![head]), ("stereo", stereo.clone()), ("stereo, layers", stereo)] {
             for _ in 0..3 {
-                r.draw(&s, &eyes, W, H, None);
+                draw(&mut r, &s, label, &eyes);
             }
             let mut times = Vec::with_capacity(frames);
             let (mut cpu, mut uploads) = (0.0, 0);
@@ -64,7 +93,7 @@ fn main() {
                     list[j].model[3][1] = 0.5 + 0.2 * ((f + k) as f32 * 0.3).sin();
                 }
                 let t = Instant::now();
-                r.draw(&s, &eyes, W, H, None);
+                draw(&mut r, &s, label, &eyes);
                 r.finish();
                 times.push(t.elapsed().as_secs_f64() * 1e3);
                 cpu += r.stats.cpu.as_secs_f64() * 1e3;
@@ -79,7 +108,7 @@ fn main() {
                 let list = &mut s.instances[i % 5];
                 let j = (i / 5).min(list.len() - 1);
                 list[j].model[3][1] += 0.001;
-                r.draw(&s, &eyes, W, H, None);
+                draw(&mut r, &s, label, &eyes);
             }
             r.finish();
             let pipelined = t.elapsed().as_secs_f64() * 1e3 / frames as f64;
