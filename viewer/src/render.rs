@@ -830,14 +830,7 @@ impl Renderer {
         }
         let centre = eyes.iter().map(|e| e.position).sum::<glam::Vec3>() / eyes.len().max(1) as f32;
         let ranges = self.prepare(scene, centre);
-        for (i, eye) in eyes.iter().enumerate() {
-            let u = CameraUniform {
-                view_proj: eye.view_projection().to_cols_array_2d(),
-                eye: eye.position.extend(1.0).to_array(),
-                light: [-0.4, -1.0, -0.3, 0.0],
-            };
-            self.queue.write_buffer(&self.camera_buffer, i as u64 * CAMERA_SLOT, bytemuck::bytes_of(&u));
-        }
+        self.write_cameras(eyes);
         let target = self.target.as_ref().expect("target");
         let view = match into {
             Some(v) => v.clone(),
@@ -888,6 +881,18 @@ impl Renderer {
         }
     }
 
+    /// Writes each eye's camera into its slot of the camera buffer.
+    fn write_cameras(&self, eyes: &[Eye]) {
+        for (i, eye) in eyes.iter().enumerate() {
+            let u = CameraUniform {
+                view_proj: eye.view_projection().to_cols_array_2d(),
+                eye: eye.position.extend(1.0).to_array(),
+                light: [-0.4, -1.0, -0.3, 0.0],
+            };
+            self.queue.write_buffer(&self.camera_buffer, i as u64 * CAMERA_SLOT, bytemuck::bytes_of(&u));
+        }
+    }
+
     /// Draws each eye into its own view (the layers of a headset's swapchain image, `width` ×
     /// `height` each) with one preparation of the scene and one submission: the OpenXR path.
     pub fn draw_layers(
@@ -902,14 +907,7 @@ impl Renderer {
         self.ensure_depth(width, height);
         let centre = (eyes[0].position + eyes[1].position) / 2.0;
         let ranges = self.prepare(scene, centre);
-        for (i, eye) in eyes.iter().enumerate() {
-            let u = CameraUniform {
-                view_proj: eye.view_projection().to_cols_array_2d(),
-                eye: eye.position.extend(1.0).to_array(),
-                light: [-0.4, -1.0, -0.3, 0.0],
-            };
-            self.queue.write_buffer(&self.camera_buffer, i as u64 * CAMERA_SLOT, bytemuck::bytes_of(&u));
-        }
+        self.write_cameras(eyes);
         let depth = &self.window_depth.as_ref().expect("depth").2;
         let mut encoder = self.device.create_command_encoder(&Default::default());
         for (i, view) in views.iter().enumerate() {
