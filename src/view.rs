@@ -13,7 +13,7 @@ use theta_proto::v1 as pb;
 use theta_proto::v1::replay_service_client::ReplayServiceClient;
 use theta_schemas::wire::Capabilities;
 use theta_schemas::{Envelope, Message, SessionId};
-use theta_viewer::{DEFAULT_IPD, Eye, Image, Orbit, Renderer, extract};
+use theta_viewer::{DEFAULT_IPD, Eye, Image, Orbit, Renderer, badges, extract};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -62,6 +62,19 @@ pub struct ViewArgs {
     /// Image height, pixels.
     #[arg(long, default_value_t = 360)]
     pub height: u32,
+    /// Headset: at the last frame (`--frames`), write what each eye saw without the headset's
+    /// panels, ray and markers (`left.png`, `right.png`) and where the eyes were (`eyes.json`)
+    /// into DIR.
+    #[arg(long, value_name = "DIR", requires_all = ["xr", "frames"])]
+    pub capture: Option<PathBuf>,
+    /// Headless: render from the eyes of a headset capture (the `eyes.json` that `--capture`
+    /// writes), at its size, instead of the default camera: the desktop's view of what the
+    /// headset showed.
+    #[arg(long, value_name = "FILE", conflicts_with = "xr")]
+    pub eyes: Option<PathBuf>,
+    /// Headless: leave the HUD out of the frames.
+    #[arg(long)]
+    pub no_hud: bool,
     #[command(flatten)]
     pub server: crate::client::Server,
 }
@@ -215,6 +228,56 @@ pub fn hud(fps: f64, frame_ms: f64, mirror: &Projection, t: Option<&Telemetry>, 
     s
 }
 
+/// Writes a headset capture's eyes: size per eye, then each eye's position, orientation
+/// (quaternion x, y, z, w) and field of view (left, right, up, down, radians).
+fn write_eyes(path: &Path, width: u32, height: u32, eyes: &[Eye]) -> anyhow::Result<()> {
+    let eyes: Vec<serde_json::Value> = eyes
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "position": e.position.to_array(),
+                "orientation": e.orientation.to_array(),
+                "fov": [e.fov.left, e.fov.right, e.fov.up, e.fov.down],
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({ "width": width, "height": height, "eyes": eyes });
+    std::fs::write(path, serde_json::to_string_pretty(&doc)?).with_context(|| format!("write {}", path.display()))
+}
+
+/// Reads what [`write_eyes`] wrote.
+fn read_eyes(path: &Path) -> anyhow::Result<(u32, u32, Vec<Eye>)> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        width: u32,
+        height: u32,
+        eyes: Vec<EyeJson>,
+    }
+    #[derive(serde::Deserialize)]
+    struct EyeJson {
+        position: [f32; 3],
+        orientation: [f32; 4],
+        fov: [f32; 4],
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let f: File = serde_json::from_str(&text).with_context(|| format!("{} is not an eyes file", path.display()))?;
+    ensure!(
+        (1..=2).contains(&f.eyes.len()) && f.width > 0 && f.height > 0 && f.width <= 8_192 && f.height <= 8_192,
+        "{}: one or two eyes and a size of 1..=8192 pixels expected",
+        path.display()
+    );
+    let eyes = f
+        .eyes
+        .iter()
+        .map(|e| Eye {
+            position: glam::Vec3::from_array(e.position),
+            orientation: glam::Quat::from_array(e.orientation).normalize(),
+            fov: theta_viewer::Fov { left: e.fov[0], right: e.fov[1], up: e.fov[2], down: e.fov[3] },
+        })
+        .collect();
+    Ok((f.width, f.height, eyes))
+}
+
 fn frame_path(dir: &Path, i: u32) -> PathBuf {
     dir.join(format!("frame-{i:05}.png"))
 }
@@ -239,14 +302,18 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
     let mut renderer = Renderer::headless()?;
     println!("adapter: {}", renderer.adapter_name());
-    let eyes = eyes(a.stereo, a.width, a.height);
+    let (width, height, eyes) = match &a.eyes {
+        Some(path) => read_eyes(path)?,
+        None => (a.width, a.height, eyes(a.stereo, a.width, a.height)),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut last = Instant::now();
     let mut render = |mirror: &Projection, i: u32, telemetry: Option<&Telemetry>, extra: &str| -> anyhow::Result<()> {
         let frame_ms = last.elapsed().as_secs_f64() * 1e3;
         last = Instant::now();
         let text = hud(1e3 / frame_ms.max(1e-3), frame_ms, mirror, telemetry, extra);
-        let img = renderer.render(&extract(mirror), &eyes, a.width, a.height, Some(&text))?;
+        let text = (!a.no_hud).then_some(text.as_str());
+        let img = renderer.render(&extract(mirror), &eyes, width, height, text)?;
         img.save_png(&frame_path(&a.out, i)).with_context(|| format!("write frame {i}"))
     };
     match a.at {
@@ -394,8 +461,10 @@ fn spawn_session_side(
     std::thread::spawn(move || -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let quit = || c.lock().expect("controls").quit;
-        let publish = |m: &Projection, hud_text: String, seqs: Option<(u64, u64)>| {
-            *f.lock().expect("frame") = Frame { scene: extract(m), hud: hud_text, seqs };
+        let publish = |m: &Projection, hud_text: String, status: String, seqs: Option<(u64, u64)>| {
+            let mut scene = extract(m);
+            scene.labels = badges(m, BADGES);
+            *f.lock().expect("frame") = Frame { scene: std::sync::Arc::new(scene), hud: hud_text, status, seqs };
         };
         rt.block_on(async {
             match a.at {
@@ -430,10 +499,11 @@ fn spawn_session_side(
                         let state = if ctl.paused { "paused" } else { "playing" };
                         let extra =
                             format!("{}\n{state} x{}  space: pause  arrows: step  +/-: speed", h.timeline(), ctl.speed);
+                        let status = format!("{}\nhistory: {state} x{}", h.timeline(), ctl.speed);
                         let ms = last.elapsed().as_secs_f64() * 1e3;
                         last = Instant::now();
                         let seqs = Some((h.mirror.seq(), h.head));
-                        publish(&h.mirror, hud(1e3 / ms.max(1e-3), ms, &h.mirror, None, &extra), seqs);
+                        publish(&h.mirror, hud(1e3 / ms.max(1e-3), ms, &h.mirror, None, &extra), status, seqs);
                         tokio::time::sleep(Duration::from_millis(33)).await;
                     }
                 }
@@ -453,7 +523,9 @@ fn spawn_session_side(
                             next = Instant::now() + Duration::from_millis(16);
                             let ms = last.elapsed().as_secs_f64() * 1e3;
                             last = Instant::now();
-                            publish(m, hud(1e3 / ms.max(1e-3), ms, m, Some(&client.telemetry()), &line), None);
+                            let status = format!("live  seq {}  entities {}", m.seq(), m.entity_count());
+                            let text = hud(1e3 / ms.max(1e-3), ms, m, Some(&client.telemetry()), &line);
+                            publish(m, text, status, None);
                         }
                     }
                 }
@@ -462,6 +534,15 @@ fn spawn_session_side(
         })
     })
 }
+
+/// Entities labelled with their last editor in the window and the headset.
+const BADGES: usize = 8;
+/// The controls, as the headset's status panel lists them.
+#[cfg(feature = "vr-openxr")]
+const XR_HINTS_HISTORY: &str =
+    "trigger on bar: scrub  R stick: step/speed\nA: play/pause  B: live  L stick: turn/teleport  grips: grab";
+#[cfg(feature = "vr-openxr")]
+const XR_HINTS_LIVE: &str = "L stick: turn/teleport  grips: move/scale the world";
 
 /// The headset backend: the session side on a background thread; the OpenXR frame loop on this
 /// one (the runtime submits on our queue inside `xrEndFrame`, so frame calls and queue
@@ -480,20 +561,36 @@ fn run_xr(a: ViewArgs, session: SessionId, system: theta_viewer::xr::XrSystem) -
     let frame = Arc::new(Mutex::new(Frame::default()));
     let controls = Arc::new(Mutex::new(Controls::default()));
     let limit = a.frames.map(u64::from);
+    let mut capture = a.capture.clone();
+    if let Some(dir) = &capture {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
     let producer = spawn_session_side(a, session, frame.clone(), controls.clone());
     let mut exit_requested = false;
     let result = loop {
         if producer.is_finished() {
             break Ok(());
         }
-        let (scene, seqs) = {
+        let (scene, seqs, status) = {
             let f = frame.lock().expect("frame");
-            (f.scene.clone(), f.seqs)
+            (f.scene.clone(), f.seqs, f.status.clone())
         };
+        let hints = if seqs.is_some() { XR_HINTS_HISTORY } else { XR_HINTS_LIVE };
+        viewer.panel = Some(format!("{status}\n{hints}"));
         viewer.set_timeline(seqs);
-        match viewer.frame(&scene, false) {
+        let last = limit.is_some_and(|n| viewer.frames_ended + 1 >= n);
+        let capturing = capture.is_some() && last;
+        viewer.show_overlay = !capturing;
+        match viewer.frame(&scene, capturing) {
             Ok(XrFrame::Exit) => break Ok(()),
-            Ok(XrFrame::Rendered { commands, .. }) => {
+            Ok(XrFrame::Rendered { commands, eyes, images }) => {
+                if let (Some(dir), Some([left, right])) = (capture.take_if(|_| images.is_some()), images) {
+                    left.save_png(&dir.join("left.png"))?;
+                    right.save_png(&dir.join("right.png"))?;
+                    write_eyes(&dir.join("eyes.json"), w, h, &eyes)?;
+                    let shown = status.lines().next().unwrap_or_default();
+                    println!("captured both eyes ({shown}) into {}", dir.display());
+                }
                 let mut ctl = controls.lock().expect("controls");
                 for c in commands {
                     match c {
@@ -516,6 +613,11 @@ fn run_xr(a: ViewArgs, session: SessionId, system: theta_viewer::xr::XrSystem) -
     controls.lock().expect("controls").quit = true;
     let produced = producer.join().map_err(|_| anyhow::anyhow!("the session thread panicked"))?;
     println!("OpenXR session ended after {} frames", viewer.frames_ended);
+    if let Some(dir) = capture
+        && result.is_ok()
+    {
+        bail!("the session ended before a frame was rendered to capture into {}", dir.display());
+    }
     result.and(produced)
 }
 

@@ -223,6 +223,12 @@ impl Projection {
         Value::get_from(self.world.entity_from_id(r.flecs), component)
     }
 
+    /// The newest write to an entity (by Lamport, then author): who edited it last. `None` for
+    /// an entity that is not live.
+    pub fn last_edit(&self, entity: EntityId) -> Option<Stamp> {
+        self.entities.get(&entity)?.stamps.values().max().copied()
+    }
+
     /// The flecs world (for read-only queries by renderers in this process).
     pub fn world(&self) -> &World {
         &self.world

@@ -79,3 +79,88 @@ fn view_xr_shows_a_session_live_and_from_history_in_the_headset() {
     assert!(ok, "theta view --xr (live) failed:\n{out}\n{err}");
     assert!(frames_ended(&out) >= 30, "{out}");
 }
+
+/// A historical session opened at seq S in the headset shows what the desktop viewer shows at S
+/// from the same eyes: `--capture` writes the eyes' images and poses, `--eyes` renders from them.
+#[test]
+fn the_headset_at_seq_s_shows_what_the_desktop_shows_at_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (ok, _, err) = theta_env(&["keygen", "--out", &path("owner.key")], "127.0.0.1:1");
+    assert!(ok, "{err}");
+    let (child, grpc, _, _, _) = serve(&dir.path().join("data"), std::path::Path::new(&path("owner.key")));
+    let _server = Kill(child);
+    let run = |args: &[&str]| {
+        let (ok, out, err) = theta_env(args, &grpc);
+        assert!(ok, "theta {args:?} failed:\n{out}\n{err}");
+        out
+    };
+    let key = path("owner.key");
+    let session = run(&["session", "create", "--key", &key, "--name", "xr"]).trim().to_string();
+    // A red box in front of the headset (seq 4), then moved out to the right (seq 5).
+    for json in [
+        r#"{"kind":"CreateEntity","entity":1,"shape":"cube","name":"box"}"#,
+        r#"{"kind":"SetMaterial","entity":1,"base_color":[0.9,0.1,0.1,1]}"#,
+        r#"{"kind":"SetTransform","entity":1,"translation":[0,1.4,-2.5]}"#,
+        r#"{"kind":"SetTransform","entity":1,"translation":[3,1.4,-2.5]}"#,
+    ] {
+        run(&["append", "--key", &key, "--session", &session, "--json", json]);
+    }
+    let cap = path("capture");
+    let (ok, out, err) = view_xr(
+        &[
+            "--session",
+            &session,
+            "--key",
+            &key,
+            "--xr",
+            "--at",
+            "4",
+            "--step",
+            "0",
+            "--frames",
+            "20",
+            "--capture",
+            &cap,
+        ],
+        &grpc,
+    );
+    assert!(ok, "theta view --xr --capture failed:\n{out}\n{err}");
+    assert!(out.contains("captured both eyes (seq 4/5"), "{out}");
+    let eyes = format!("{cap}/eyes.json");
+    let desktop = |at: &str, out_dir: &str| {
+        run(&[
+            "view",
+            "--session",
+            &session,
+            "--key",
+            &key,
+            "--headless",
+            "--at",
+            at,
+            "--step",
+            "0",
+            "--frames",
+            "1",
+            "--eyes",
+            &eyes,
+            "--no-hud",
+            "--out",
+            out_dir,
+        ]);
+        theta_viewer::Image::load_png(&std::path::Path::new(out_dir).join("frame-00000.png")).unwrap()
+    };
+    let at_s = desktop("4", &path("desk4"));
+    let at_head = desktop("5", &path("desk5"));
+    for (i, name) in ["left.png", "right.png"].iter().enumerate() {
+        let headset = theta_viewer::Image::load_png(&std::path::Path::new(&cap).join(name)).unwrap();
+        let (same, other) = (at_s.half(i == 1), at_head.half(i == 1));
+        assert_eq!((same.width, same.height), (headset.width, headset.height));
+        let d = headset.diff_fraction(&same, 24);
+        assert!(d < 0.01, "{name}: {:.2}% of pixels differ from the desktop at seq 4", d * 100.0);
+        let red = headset.rgba.chunks(4).filter(|p| p[0] > 150 && p[1] < 90).count();
+        assert!(red > 100, "{name}: the red box is not in view ({red} red pixels)");
+        let moved = headset.diff_fraction(&other, 24);
+        assert!(moved > 0.01, "{name}: seq 4 and seq 5 look the same ({:.2}%)", moved * 100.0);
+    }
+}

@@ -61,7 +61,7 @@ fn main() {
     // Draws one frame of `label`'s kind.
     let draw = |r: &mut Renderer, s: &Scene, label: &str, eyes: &[theta_viewer::Eye]| {
         if label == "stereo, layers" {
-            r.draw_layers([&layers[0], &layers[1]], s, &[eyes[0], eyes[1]], W, H);
+            r.draw_layers([&layers[0], &layers[1]], &[s], &[eyes[0], eyes[1]], W, H);
         } else {
             r.draw(s, eyes, W, H, None);
         }

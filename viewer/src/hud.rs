@@ -23,18 +23,55 @@ pub fn rasterize(text: &str, width: usize, height: usize) -> Vec<u8> {
             img[(y * width + x) * 4..][..4].copy_from_slice(&[10, 12, 16, 170]);
         }
     }
+    draw_text(&mut img, width, height, PAD, PAD, &lines, scale);
+    img
+}
+
+/// Font pixels per label pixel.
+pub const LABEL_SCALE: usize = 2;
+/// Pixel height of one label line (a 10-pixel font line at [`LABEL_SCALE`]).
+pub const LABEL_LINE: usize = 10 * LABEL_SCALE;
+/// Width of a label's accent stripe, pixels.
+const STRIPE: usize = 6;
+
+/// Rasterises a label: `text` (one line per `\n`, each cut at `columns` characters) in white on
+/// a dark panel with an accent stripe of `accent` (sRGB bytes) down its left edge. Returns the
+/// image's width, height and RGBA bytes, sized to the text.
+pub fn badge(text: &str, columns: usize, accent: [u8; 4]) -> (usize, usize, Vec<u8>) {
+    let lines: Vec<String> = text.lines().map(|l| l.chars().take(columns).collect()).collect();
+    let cols = lines.iter().map(|l| l.chars().count()).max().unwrap_or(0).max(1);
+    let (w, h) = (STRIPE + cols * 8 * LABEL_SCALE + 2 * PAD, lines.len().max(1) * LABEL_LINE + 2 * PAD);
+    let mut img = vec![0u8; w * h * 4];
+    for y in 0..h {
+        for x in 0..w {
+            let px: [u8; 4] = if x < STRIPE { accent } else { [16, 18, 24, 230] };
+            img[(y * w + x) * 4..][..4].copy_from_slice(&px);
+        }
+    }
+    draw_text(&mut img, w, h, STRIPE + PAD, PAD, &lines, LABEL_SCALE);
+    (w, h, img)
+}
+
+/// Draws `lines` in white from (`x0`, `y0`) at `scale` pixels per font pixel, clipped to the
+/// `width`×`height` RGBA image.
+fn draw_text<S: AsRef<str>>(
+    img: &mut [u8],
+    width: usize,
+    height: usize,
+    x0: usize,
+    y0: usize,
+    lines: &[S],
+    scale: usize,
+) {
     for (row, line) in lines.iter().enumerate() {
-        for (col, ch) in line.chars().enumerate() {
+        for (col, ch) in line.as_ref().chars().enumerate() {
             let glyph = font8x8::legacy::BASIC_LEGACY.get(ch as usize).copied().unwrap_or([0; 8]);
             for (gy, bits) in glyph.iter().enumerate() {
-                for gx in 0..8 {
-                    if bits >> gx & 1 == 0 {
-                        continue;
-                    }
+                for gx in (0..8).filter(|gx| bits >> gx & 1 == 1) {
                     for sy in 0..scale {
                         for sx in 0..scale {
-                            let x = PAD + (col * 8 + gx) * scale + sx;
-                            let y = PAD + (row * 10 + gy) * scale + sy;
+                            let x = x0 + (col * 8 + gx) * scale + sx;
+                            let y = y0 + (row * 10 + gy) * scale + sy;
                             if x < width && y < height {
                                 img[(y * width + x) * 4..][..4].copy_from_slice(&[240, 240, 240, 255]);
                             }
@@ -44,5 +81,4 @@ pub fn rasterize(text: &str, width: usize, height: usize) -> Vec<u8> {
             }
         }
     }
-    img
 }

@@ -8,6 +8,7 @@
 pub mod camera;
 pub mod geometry;
 pub mod hud;
+mod labels;
 pub mod render;
 pub mod scene;
 pub mod vr_input;
@@ -17,7 +18,7 @@ pub mod xr;
 
 pub use camera::{Eye, Fov, Orbit};
 pub use render::{Image, RenderError, Renderer};
-pub use scene::{Scene, extract};
+pub use scene::{Label, Scene, badges, extract};
 
 /// Distance between the eyes used for stereo without a headset, metres.
 pub const DEFAULT_IPD: f32 = 0.064;

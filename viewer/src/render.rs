@@ -1,7 +1,7 @@
 //! The wgpu renderer: instanced primitives, mesh entities (buffers cached per entity and
 //! replaced only when the mesh changes), a ground grid, directional light with depth, selection
-//! highlights, and the HUD. Mono or stereo (side by side, one pass per frame with a viewport and
-//! camera per eye). It draws a [`Scene`]; it never talks to the network.
+//! highlights, text labels in the world (`labels`), and the HUD. Mono or stereo (side by side,
+//! one pass per frame with a viewport and camera per eye). It draws a [`Scene`]; it never talks to the network.
 
 use std::collections::BTreeMap;
 
@@ -283,6 +283,7 @@ pub struct Renderer {
     format: wgpu::TextureFormat,
     multiview: Option<Multiview>,
     hud: Option<(String, u32, u32, wgpu::BindGroup)>,
+    labels: crate::labels::Labels,
     /// What the last frame did.
     pub stats: FrameStats,
 }
@@ -573,6 +574,7 @@ impl Renderer {
             .map(|g| upload(&device, &g.vertices, &g.indices))
             .collect();
         let sampler = device.create_sampler(&wgpu::SamplerDescriptor::default());
+        let labels = crate::labels::Labels::new(&device, &camera_layout, format, DEPTH_FORMAT);
         Renderer {
             device,
             queue,
@@ -595,6 +597,7 @@ impl Renderer {
             format,
             multiview,
             hud: None,
+            labels,
             stats: FrameStats::default(),
         }
     }
@@ -707,9 +710,10 @@ impl Renderer {
         self.hud = Some((text.to_string(), width, height, group));
     }
 
-    /// Uploads instance data and changed meshes; drops meshes of entities no longer drawn.
-    fn prepare(&mut self, scene: &Scene, eye: glam::Vec3) -> Vec<(usize, u32, u32)> {
-        let total: usize = scene.instances.iter().map(Vec::len).sum();
+    /// Uploads the instance data of `scenes` (drawn together, in order) and changed meshes;
+    /// drops meshes of entities no longer drawn; prepares the labels.
+    fn prepare(&mut self, scenes: &[&Scene], eye: glam::Vec3) -> Vec<(usize, u32, u32)> {
+        let total: usize = scenes.iter().flat_map(|s| s.instances.iter()).map(Vec::len).sum();
         let needed = (total.max(1) * std::mem::size_of::<Instance>()) as u64;
         let mut fresh = false;
         if self.instances.as_ref().is_none_or(|(_, cap)| *cap < needed) {
@@ -734,12 +738,13 @@ impl Renderer {
             bounds.iter().filter(|b| d > **b).count()
         };
         let mut levels = std::mem::take(&mut self.levels);
-        for (shape, list) in scene.instances.iter().enumerate() {
+        for shape in 0..SHAPES.len() {
+            let list = || scenes.iter().flat_map(|s| s.instances[shape].iter());
             levels.clear();
-            levels.extend(list.iter().map(|i| level(i) as u8));
+            levels.extend(list().map(|i| level(i) as u8));
             for lod in 0..LODS {
                 let start = staging.len() as u32;
-                staging.extend(list.iter().zip(&levels).filter(|(_, l)| **l as usize == lod).map(|(i, _)| *i));
+                staging.extend(list().zip(&levels).filter(|(_, l)| **l as usize == lod).map(|(i, _)| *i));
                 ranges.push((shape * LODS + lod, start, staging.len() as u32 - start));
             }
         }
@@ -761,11 +766,12 @@ impl Renderer {
             }
         }
         self.staging = std::mem::replace(&mut self.uploaded, staging);
-        self.stats.entities = scene.len();
+        self.stats.entities = scenes.iter().map(|s| s.len()).sum();
         self.stats.mesh_uploads = 0;
-        let keep: std::collections::BTreeSet<EntityId> = scene.meshes.iter().map(|m| m.entity).collect();
+        let meshes = || scenes.iter().flat_map(|s| s.meshes.iter());
+        let keep: std::collections::BTreeSet<EntityId> = meshes().map(|m| m.entity).collect();
         self.meshes.retain(|e, _| keep.contains(e));
-        for m in &scene.meshes {
+        for m in meshes() {
             let key = (m.mesh.indices.len(), fingerprint(&m.mesh.positions, &m.mesh.indices));
             if self.meshes.get(&m.entity).is_some_and(|c| c.key == key) {
                 continue;
@@ -774,6 +780,8 @@ impl Renderer {
             self.meshes.insert(m.entity, CachedMesh { key, mesh: upload(&self.device, &g.vertices, &g.indices) });
             self.stats.mesh_uploads += 1;
         }
+        let labels: Vec<&crate::scene::Label> = scenes.iter().flat_map(|s| s.labels.iter()).collect();
+        self.labels.prepare(&self.device, &self.queue, &labels);
         ranges
     }
 
@@ -829,7 +837,7 @@ impl Renderer {
             self.set_hud(text, full_width, height);
         }
         let centre = eyes.iter().map(|e| e.position).sum::<glam::Vec3>() / eyes.len().max(1) as f32;
-        let ranges = self.prepare(scene, centre);
+        let ranges = self.prepare(&[scene], centre);
         self.write_cameras(eyes);
         let target = self.target.as_ref().expect("target");
         let view = match into {
@@ -846,7 +854,8 @@ impl Renderer {
             for i in 0..eyes.len() {
                 pass.set_viewport((i as u32 * width) as f32, 0.0, width as f32, height as f32, 0.0, 1.0);
                 pass.set_bind_group(0, &self.camera_group, &[(i as u64 * CAMERA_SLOT) as u32]);
-                self.draw_content(&mut pass, &ranges, scene, &self.scene_pipeline, &self.grid_pipeline);
+                self.draw_content(&mut pass, &ranges, &[scene], &self.scene_pipeline, &self.grid_pipeline);
+                self.labels.draw(&mut pass);
             }
             if let (Some(_), Some((_, _, _, group))) = (hud, &self.hud) {
                 pass.set_viewport(0.0, 0.0, full_width as f32, height as f32, 0.0, 1.0);
@@ -894,11 +903,12 @@ impl Renderer {
     }
 
     /// Draws each eye into its own view (the layers of a headset's swapchain image, `width` ×
-    /// `height` each) with one preparation of the scene and one submission: the OpenXR path.
+    /// `height` each) with one preparation of the scenes and one submission: the OpenXR path.
+    /// `scenes` are drawn together (the session, then the headset's panels), none copied.
     pub fn draw_layers(
         &mut self,
         views: [&wgpu::TextureView; 2],
-        scene: &Scene,
+        scenes: &[&Scene],
         eyes: &[Eye; 2],
         width: u32,
         height: u32,
@@ -906,14 +916,15 @@ impl Renderer {
         let started = std::time::Instant::now();
         self.ensure_depth(width, height);
         let centre = (eyes[0].position + eyes[1].position) / 2.0;
-        let ranges = self.prepare(scene, centre);
+        let ranges = self.prepare(scenes, centre);
         self.write_cameras(eyes);
         let depth = &self.window_depth.as_ref().expect("depth").2;
         let mut encoder = self.device.create_command_encoder(&Default::default());
         for (i, view) in views.iter().enumerate() {
             let mut pass = begin_pass(&mut encoder, "eye", view, depth, None);
             pass.set_bind_group(0, &self.camera_group, &[(i as u64 * CAMERA_SLOT) as u32]);
-            self.draw_content(&mut pass, &ranges, scene, &self.scene_pipeline, &self.grid_pipeline);
+            self.draw_content(&mut pass, &ranges, scenes, &self.scene_pipeline, &self.grid_pipeline);
+            self.labels.draw(&mut pass);
         }
         self.queue.submit(Some(encoder.finish()));
         self.stats.cpu = started.elapsed();
@@ -925,7 +936,7 @@ impl Renderer {
         &self,
         pass: &mut wgpu::RenderPass<'_>,
         ranges: &[(usize, u32, u32)],
-        scene: &Scene,
+        scenes: &[&Scene],
         scene_pipeline: &wgpu::RenderPipeline,
         grid_pipeline: &wgpu::RenderPipeline,
     ) {
@@ -940,7 +951,7 @@ impl Renderer {
             pass.set_index_buffer(m.indices.slice(..), wgpu::IndexFormat::Uint32);
             pass.draw_indexed(0..m.count, 0, *start..*start + *count);
         }
-        for m in &scene.meshes {
+        for m in scenes.iter().flat_map(|s| s.meshes.iter()) {
             let cached = &self.meshes[&m.entity].mesh;
             if cached.count == 0 {
                 continue;
@@ -965,7 +976,8 @@ impl Renderer {
     }
 
     /// Renders both eyes with one draw per batch into a two-layer texture (multiview) and reads
-    /// them back side by side, like [`Renderer::render`] with two eyes. `None` without multiview.
+    /// them back side by side, like [`Renderer::render`] with two eyes, labels left out (they
+    /// are drawn on the per-eye paths). `None` without multiview.
     pub fn render_multiview(
         &mut self,
         scene: &Scene,
@@ -975,7 +987,7 @@ impl Renderer {
     ) -> Option<Result<Image, RenderError>> {
         self.multiview.as_ref()?;
         let centre = (eyes[0].position + eyes[1].position) / 2.0;
-        let ranges = self.prepare(scene, centre);
+        let ranges = self.prepare(&[scene], centre);
         let mv = self.multiview.as_ref().expect("multiview");
         let cams: Vec<CameraUniform> = eyes
             .iter()
@@ -1019,7 +1031,7 @@ impl Renderer {
             let mut pass =
                 begin_pass(&mut encoder, "multiview frame", &color_view, &depth_view, std::num::NonZeroU32::new(0b11));
             pass.set_bind_group(0, &mv.group, &[]);
-            self.draw_content(&mut pass, &ranges, scene, &mv.scene, &mv.grid);
+            self.draw_content(&mut pass, &ranges, &[scene], &mv.scene, &mv.grid);
         }
         for layer in 0..2u32 {
             encoder.copy_texture_to_buffer(

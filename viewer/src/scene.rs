@@ -6,7 +6,7 @@
 use glam::{Mat4, Quat, Vec3};
 use theta_projector::spatial::world_of;
 use theta_projector::{Projection, Value};
-use theta_schemas::components::{Material, Mesh, Primitive, Selection};
+use theta_schemas::components::{Material, Mesh, Name, Primitive, Selection};
 use theta_schemas::ids::ComponentMeta;
 use theta_schemas::{AuthorKey, EntityId, Shape};
 
@@ -41,6 +41,23 @@ pub struct MeshItem {
     pub instance: Instance,
 }
 
+/// Text floating in the world (a name badge, a headset panel): drawn as a quad facing the eye,
+/// over the scene, its bottom edge centred on `anchor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Label {
+    /// One or more lines (`\n`); lines are cut at [`LABEL_COLUMNS`] characters.
+    pub text: String,
+    /// Where the label's bottom centre is, world metres.
+    pub anchor: Vec3,
+    /// Height of one text line, world metres.
+    pub line_height: f32,
+    /// The accent stripe's colour (an author's colour), linear RGBA.
+    pub accent: [f32; 4],
+}
+
+/// Longest label line drawn, characters.
+pub const LABEL_COLUMNS: usize = 48;
+
 /// A frame's content.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Scene {
@@ -48,6 +65,8 @@ pub struct Scene {
     pub instances: [Vec<Instance>; 5],
     /// Mesh entities.
     pub meshes: Vec<MeshItem>,
+    /// Text labels, drawn in order.
+    pub labels: Vec<Label>,
 }
 
 impl Scene {
@@ -110,4 +129,55 @@ pub fn extract(p: &Projection) -> Scene {
         }
     }
     scene
+}
+
+/// The first eight hex digits of an author's key: how badges and the timeline name authors.
+pub fn author_tag(key: &AuthorKey) -> String {
+    hex::encode(&key.0[..4])
+}
+
+/// Name badges: one label over each selected entity ("selected by …", in the first selecting
+/// author's colour) and over each of the `recent` entities edited last ("edited by …"), in
+/// entity id order. Labels hang above the entity's world position by half its largest scale.
+pub fn badges(p: &Projection, recent: usize) -> Vec<Label> {
+    let mut edited: Vec<(u64, AuthorKey, EntityId)> =
+        p.entities().filter_map(|e| p.last_edit(e).map(|(lamport, author)| (lamport, author, e))).collect();
+    let cut = edited.len().saturating_sub(recent);
+    if cut > 0 {
+        edited.select_nth_unstable(cut - 1);
+    }
+    let mut chosen: std::collections::BTreeMap<EntityId, Option<AuthorKey>> =
+        edited[cut..].iter().map(|(_, a, e)| (*e, Some(*a))).collect();
+    for e in p.entities() {
+        if let Some(Value::Selection(s)) = p.get(e, Selection::id())
+            && !s.authors.is_empty()
+        {
+            chosen.entry(e).or_insert(None);
+        }
+    }
+    chosen
+        .into_iter()
+        .map(|(e, edited_by)| {
+            let name = match p.get(e, Name::id()) {
+                Some(Value::Name(n)) if !n.0.is_empty() => n.0,
+                _ => format!("entity {e}"),
+            };
+            let selectors = match p.get(e, Selection::id()) {
+                Some(Value::Selection(s)) => s.authors,
+                _ => Vec::new(),
+            };
+            let mut text = name;
+            if !selectors.is_empty() {
+                let tags: Vec<String> = selectors.iter().map(author_tag).collect();
+                text += &format!("\nselected by {}", tags.join(", "));
+            }
+            if let Some(a) = edited_by {
+                text += &format!("\nedited by {}", author_tag(&a));
+            }
+            let accent = selectors.first().or(edited_by.as_ref()).map_or(DEFAULT_COLOR, author_color);
+            let t = world_of(p, e);
+            let lift = 0.5 * t.scale.iter().fold(0.0f32, |m, s| m.max(s.abs())) + 0.05;
+            Label { text, anchor: Vec3::from(t.translation) + Vec3::new(0.0, lift, 0.0), line_height: 0.06, accent }
+        })
+        .collect()
 }

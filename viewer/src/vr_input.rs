@@ -303,18 +303,26 @@ impl Controls {
     }
 }
 
-/// What the headset shows on top of the session: the timeline, the right controller's ray and
-/// the teleport target, all placed in the stage (they stay put while the world moves) and drawn
-/// as primitives converted to world coordinates through the rig.
+/// What the headset shows on top of the session: the timeline, the status panel, the right
+/// controller's ray and the teleport target, all placed in the stage (they stay put while the
+/// world moves) and drawn as primitives and labels converted to world coordinates through the
+/// rig.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Overlay<'a> {
     /// The history timeline, when shown.
     pub timeline: Option<&'a Timeline>,
+    /// The status panel's text (what is shown, the current edit, the controls).
+    pub panel: Option<&'a str>,
     /// The right controller's aim, when tracked.
     pub ray: Option<Pose>,
     /// The teleport target being aimed at.
     pub teleport: Option<Vec3>,
 }
+
+/// Where the status panel's bottom centre is in the stage (above the timeline), metres.
+pub const PANEL_ANCHOR: Vec3 = Vec3::new(0.0, 1.1, -1.2);
+/// Height of a status panel line, metres (about 1.7° seen from the stage origin).
+pub const PANEL_LINE: f32 = 0.035;
 
 /// Length of the drawn controller ray, metres.
 pub const RAY_LENGTH: f32 = 3.0;
@@ -322,14 +330,15 @@ pub const RAY_LENGTH: f32 = 3.0;
 impl Overlay<'_> {
     /// Nothing to draw.
     pub fn is_empty(&self) -> bool {
-        self.timeline.is_none() && self.ray.is_none() && self.teleport.is_none()
+        self.timeline.is_none() && self.panel.is_none() && self.ray.is_none() && self.teleport.is_none()
     }
 
-    /// `scene` with the overlay drawn into it.
-    pub fn draw(&self, scene: &crate::Scene, rig: &Rig) -> crate::Scene {
-        use crate::scene::{Instance, shape_index};
+    /// The overlay as a scene of its own, in world coordinates for `rig` (drawn with the
+    /// session's scene).
+    pub fn draw(&self, rig: &Rig) -> crate::Scene {
+        use crate::scene::{Instance, Label, shape_index};
         use glam::Mat4;
-        let mut out = scene.clone();
+        let mut out = crate::Scene::default();
         let place = |center: Vec3, rotation: Quat, size: Vec3, color: [f32; 4]| Instance {
             model: Mat4::from_scale_rotation_translation(
                 size / rig.scale,
@@ -348,6 +357,14 @@ impl Overlay<'_> {
                 if last > first { (t.current.clamp(first, last) - first) as f32 / (last - first) as f32 } else { 1.0 };
             let at = t.center + Vec3::new((u - 0.5) * t.size.x, 0.0, 0.0);
             out.instances[cube].push(place(at, Quat::IDENTITY, Vec3::new(0.02, t.size.y, 0.03), PLAYHEAD));
+        }
+        if let Some(text) = self.panel {
+            out.labels.push(Label {
+                text: text.to_string(),
+                anchor: rig.to_world(PANEL_ANCHOR),
+                line_height: PANEL_LINE / rig.scale,
+                accent: PLAYHEAD,
+            });
         }
         if let Some(ray) = self.ray {
             let center = ray.position + ray.forward() * (RAY_LENGTH / 2.0);
@@ -477,11 +494,18 @@ mod tests {
         let t = timeline();
         let ray = pointing(Vec3::new(0.2, 1.1, 0.0), Vec3::new(0.2, 1.1, -1.0));
         let rig = Rig { translation: Vec3::new(1.0, 0.0, 0.0), yaw: 0.3, scale: 2.0 };
-        let empty = crate::Scene::default();
         assert!(Overlay::default().is_empty());
-        let all = Overlay { timeline: Some(&t), ray: Some(ray), teleport: Some(Vec3::new(0.5, 0.0, -2.0)) };
-        let drawn = all.draw(&empty, &rig);
+        let all = Overlay {
+            timeline: Some(&t),
+            panel: Some("seq 7/9"),
+            ray: Some(ray),
+            teleport: Some(Vec3::new(0.5, 0.0, -2.0)),
+        };
+        let drawn = all.draw(&rig);
         assert_eq!(drawn.len(), 4, "bar, playhead, ray, teleport disc");
+        assert_eq!(drawn.labels.len(), 1, "the status panel");
+        assert!((rig.to_stage(drawn.labels[0].anchor) - PANEL_ANCHOR).length() < 1e-4);
+        assert!((drawn.labels[0].line_height * rig.scale - PANEL_LINE).abs() < 1e-6, "the same size in the stage");
         // Each instance's centre, taken back to the stage, is where it belongs.
         let stage_centre = |i: &crate::scene::Instance| rig.to_stage(Vec3::from_slice(&i.model[3][..3]));
         let cubes = &drawn.instances[crate::scene::shape_index(theta_schemas::Shape::Cube)];

@@ -20,10 +20,13 @@ use crate::scene::Scene;
 /// What the window shows: the newest scene and its HUD text.
 #[derive(Debug, Clone, Default)]
 pub struct Frame {
-    /// The scene.
-    pub scene: Scene,
+    /// The scene (shared: the session side publishes it, the frame loop draws it uncopied).
+    pub scene: std::sync::Arc<Scene>,
     /// HUD text.
     pub hud: String,
+    /// A short status for a headset's panel: what is shown (live, or the seq with the edit's
+    /// time, kind and author) and the playback state.
+    pub status: String,
     /// History: the seq shown and the head (the timeline's span is 1..=head).
     pub seqs: Option<(u64, u64)>,
 }

@@ -190,3 +190,40 @@ fn stereo_eyes_differ_by_the_eye_offset() {
     let d = mono_pair.half(false).diff_fraction(&mono_pair.half(true), 2);
     assert!(d < 0.001, "identical eyes differ in {:.3}% of pixels", d * 100.0);
 }
+
+#[test]
+fn badges_name_the_author_over_selected_and_recently_edited_entities() {
+    let p = showcase();
+    let badges = theta_viewer::badges(&p, 2);
+    let texts: Vec<&str> = badges.iter().map(|l| l.text.as_str()).collect();
+    // Entity 2 is selected; 10 and 11 were edited last (11's transform is the newest entry).
+    assert_eq!(texts, ["e2\nselected by 01010101", "e10\nedited by 01010101", "e11\nedited by 01010101"]);
+    let color = theta_viewer::scene::author_color(&AuthorKey([1; 32]));
+    assert!(badges.iter().all(|l| l.accent == color));
+    // Each hangs above its entity: entity 2 sits at (-1.6, 0.5, 0), scale 1.
+    assert!((badges[0].anchor - Vec3::new(-1.6, 1.05, 0.0)).length() < 1e-5, "{}", badges[0].anchor);
+
+    let mut r = renderer();
+    let eye = camera();
+    let mut scene = extract(&p);
+    let plain = r.render(&scene, &[eye], W, H, None).unwrap();
+    // Large enough to test pixels at this distance (in a headset they are seen from ~1 m).
+    scene.labels = badges.into_iter().map(|l| theta_viewer::Label { line_height: 0.3, ..l }).collect();
+    let labelled = r.render(&scene, &[eye], W, H, None).unwrap();
+    golden("badges", &labelled);
+    // Just above each anchor (the bottom margin) the label's dark panel covers what was there.
+    for l in &scene.labels {
+        let clip = eye.view_projection() * (l.anchor + Vec3::new(0.0, 0.06, 0.0)).extend(1.0);
+        let (x, y) =
+            (((clip.x / clip.w + 1.0) / 2.0 * W as f32) as u32, ((1.0 - clip.y / clip.w) / 2.0 * H as f32) as u32);
+        let i = ((y * W + x) * 4) as usize;
+        let (px, under) = (&labelled.rgba[i..i + 3], &plain.rgba[i..i + 3]);
+        // A translucent dark panel (blended in linear light): dark, and darker than the scene.
+        assert!(
+            px.iter().zip(under).all(|(c, u)| *c < 100 && (*c < *u || *u < 40)),
+            "{px:?} over {under:?} at ({x}, {y}): not the label's panel"
+        );
+    }
+    let d = plain.diff_fraction(&labelled, 24);
+    assert!(d > 0.01 && d < 0.2, "the labels changed {:.2}% of the image", d * 100.0);
+}

@@ -95,9 +95,11 @@ fn frames_reach_the_runtime_and_each_eye_matches_the_headless_render() {
     while viewer.frames_ended < 60 {
         assert!(started.elapsed() < std::time::Duration::from_secs(120), "60 frames took over 2 minutes: {viewer:?}");
         let capture = viewer.frames_ended == 30 || viewer.frames_ended == 45;
-        // From frame 40 on, a history timeline (seq 5 of 10) floats in front of the user.
+        // From frame 40 on, a history timeline (seq 5 of 10) and its status panel float in
+        // front of the user.
         if viewer.frames_ended == 40 {
             viewer.set_timeline(Some((5, 10)));
+            viewer.panel = Some("seq 5/10  12:00:00.000 UTC  SetTransform by 01010101".into());
         }
         match viewer.frame(&scene, capture).unwrap_or_else(|e| panic!("frame {}: {e}", viewer.frames_ended)) {
             Frame::Rendered { eyes, images: Some(images), commands } => {
@@ -131,6 +133,15 @@ fn frames_reach_the_runtime_and_each_eye_matches_the_headless_render() {
     };
     assert!(orange(&timeline[0]) > 0 || orange(&timeline[1]) > 0, "no playhead in either eye");
     assert_eq!(orange(&images[0]) + orange(&images[1]), 0, "a playhead without a timeline");
+    // So is the status panel: its dark backing (darker than anything in the scene or the sky).
+    let dark = |img: &theta_viewer::Image| img.rgba.chunks(4).filter(|p| p[..3].iter().all(|c| *c < 60)).count();
+    if let Ok(dir) = std::env::var("THETA_XR_SHOTS") {
+        timeline[0].save_png(&std::path::Path::new(&dir).join("xr-left-timeline.png")).unwrap();
+    }
+    for eye in 0..2 {
+        let (with, without) = (dark(&timeline[eye]), dark(&images[eye]));
+        assert!(with > without + 150, "eye {eye}: no status panel ({with} dark pixels, {without} without it)");
+    }
     // Asked to end, the session stops cleanly.
     viewer.request_exit().unwrap();
     let mut exited = false;

@@ -56,6 +56,11 @@ pub struct XrViewer {
     pub controls: Controls,
     /// Where the timeline panel is, and the seqs it spans (history only).
     pub timeline: Option<Timeline>,
+    /// The status panel's text, shown above the timeline.
+    pub panel: Option<String>,
+    /// Whether the headset's own panels, ray and markers are drawn (on by default; off shows
+    /// the session's scene alone, to compare with other viewers).
+    pub show_overlay: bool,
     /// Frames submitted with `xrEndFrame` (rendered or empty).
     pub frames_ended: u64,
 }
@@ -130,6 +135,8 @@ impl XrViewer {
             events: xr::EventDataBuffer::new(),
             controls: Controls::new(Rig::default()),
             timeline: None,
+            panel: None,
+            show_overlay: true,
             frames_ended: 0,
         })
     }
@@ -238,15 +245,17 @@ impl XrViewer {
         });
         let index = self.swapchain.acquire_image().map_err(|e| call("xrAcquireSwapchainImage", e))? as usize;
         self.swapchain.wait_image(xr::Duration::INFINITE).map_err(|e| call("xrWaitSwapchainImage", e))?;
-        let overlay =
-            Overlay { timeline: self.timeline.as_ref(), ray: input.right.aim, teleport: self.controls.teleport_aim() };
-        let with_overlay;
-        let scene = if overlay.is_empty() {
-            scene
+        let overlay = if self.show_overlay {
+            Overlay {
+                timeline: self.timeline.as_ref(),
+                panel: self.panel.as_deref(),
+                ray: input.right.aim,
+                teleport: self.controls.teleport_aim(),
+            }
         } else {
-            with_overlay = overlay.draw(scene, &rig);
-            &with_overlay
+            Overlay::default()
         };
+        let overlay = overlay.draw(&rig);
         let texture = &self.textures[index];
         let layer = |i: u32| {
             texture.create_view(&wgpu::TextureViewDescriptor {
@@ -257,7 +266,7 @@ impl XrViewer {
             })
         };
         let (left, right) = (layer(0), layer(1));
-        self.renderer.draw_layers([&left, &right], scene, &eyes, self.width, self.height);
+        self.renderer.draw_layers([&left, &right], &[scene, &overlay], &eyes, self.width, self.height);
         let images = if capture { Some([self.read_layer(index, 0)?, self.read_layer(index, 1)?]) } else { None };
         // The runtime wants the image back in COLOR_ATTACHMENT_OPTIMAL, with our work submitted.
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());

@@ -1,0 +1,248 @@
+//! Drawing [`Label`]s: every label of a frame is rasterised into one atlas texture (rebuilt only
+//! when the texts or colours change) and drawn as an instanced quad that faces the eye, over
+//! the scene (no depth test, alpha blended), in the per-eye passes.
+
+use wgpu::util::DeviceExt;
+
+use crate::hud;
+use crate::scene::{LABEL_COLUMNS, Label};
+
+/// Labels drawn per frame at most (the rest are dropped, in order).
+pub const MAX_LABELS: usize = 64;
+
+const LABEL_WGSL: &str = r#"
+struct Camera { view_proj: mat4x4<f32>, eye: vec4<f32>, light: vec4<f32> };
+@group(0) @binding(0) var<uniform> cam: Camera;
+@group(1) @binding(0) var atlas: texture_2d<f32>;
+@group(1) @binding(1) var smp: sampler;
+
+struct LIn { @location(0) anchor: vec4<f32>, @location(1) size: vec4<f32>, @location(2) uv: vec4<f32> };
+struct LOut { @builtin(position) clip: vec4<f32>, @location(0) uv: vec2<f32> };
+
+@vertex fn label_vs(@builtin(vertex_index) idx: u32, l: LIn) -> LOut {
+  var corners = array<vec2<f32>, 6>(vec2(0.0, 0.0), vec2(1.0, 0.0), vec2(1.0, 1.0),
+                                    vec2(0.0, 0.0), vec2(1.0, 1.0), vec2(0.0, 1.0));
+  let c = corners[idx];
+  // Face the eye, upright: right is horizontal, up is perpendicular to the view direction.
+  let dir = normalize(l.anchor.xyz - cam.eye.xyz);
+  var right = cross(dir, vec3<f32>(0.0, 1.0, 0.0));
+  if (length(right) < 1e-4) { right = vec3<f32>(1.0, 0.0, 0.0); }
+  right = normalize(right);
+  let up = cross(right, dir);
+  let p = l.anchor.xyz + right * ((c.x - 0.5) * l.size.x) + up * (c.y * l.size.y);
+  var o: LOut;
+  o.clip = cam.view_proj * vec4<f32>(p, 1.0);
+  o.uv = vec2<f32>(mix(l.uv.x, l.uv.z, c.x), mix(l.uv.w, l.uv.y, c.y));
+  return o;
+}
+
+@fragment fn label_fs(i: LOut) -> @location(0) vec4<f32> {
+  return textureSample(atlas, smp, i.uv);
+}
+"#;
+
+/// Per-label instance data as the shader reads it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+struct LabelInstance {
+    /// Bottom centre, world metres (w unused).
+    anchor: [f32; 4],
+    /// Width and height, world metres.
+    size: [f32; 4],
+    /// Atlas rectangle: left, top, right, bottom (0..1).
+    uv: [f32; 4],
+}
+
+/// The atlas of the labels last drawn, with their instances.
+struct Atlas {
+    /// What it was built from: each label's text and accent.
+    key: Vec<(String, [u8; 4])>,
+    /// Each label's size in pixels and its rectangle in the atlas.
+    rects: Vec<(usize, usize, [f32; 4])>,
+    group: wgpu::BindGroup,
+}
+
+/// The label pipeline and the current atlas.
+pub(crate) struct Labels {
+    pipeline: wgpu::RenderPipeline,
+    layout: wgpu::BindGroupLayout,
+    sampler: wgpu::Sampler,
+    atlas: Option<Atlas>,
+    instances: Option<(wgpu::Buffer, u32)>,
+}
+
+/// sRGB bytes of a linear colour.
+fn srgb(c: [f32; 4]) -> [u8; 4] {
+    let e = |v: f32| {
+        let v = v.clamp(0.0, 1.0);
+        let s = if v <= 0.003_130_8 { v * 12.92 } else { 1.055 * v.powf(1.0 / 2.4) - 0.055 };
+        (s * 255.0).round() as u8
+    };
+    [e(c[0]), e(c[1]), e(c[2]), (c[3].clamp(0.0, 1.0) * 255.0).round() as u8]
+}
+
+impl Labels {
+    /// The pipeline for a target of `format` with the renderer's depth format; group 0 is the
+    /// renderer's camera layout.
+    pub(crate) fn new(
+        device: &wgpu::Device,
+        camera_layout: &wgpu::BindGroupLayout,
+        format: wgpu::TextureFormat,
+        depth_format: wgpu::TextureFormat,
+    ) -> Labels {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("labels"),
+            source: wgpu::ShaderSource::Wgsl(LABEL_WGSL.into()),
+        });
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("label atlas"),
+            entries: &[
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::FRAGMENT,
+                    ty: wgpu::BindingType::Texture {
+                        sample_type: wgpu::TextureSampleType::Float { filterable: true },
+                        view_dimension: wgpu::TextureViewDimension::D2,
+                        multisampled: false,
+                    },
+                    count: None,
+                },
+                wgpu::BindGroupLayoutEntry {
+                    binding: 1,
+                    visibility: wgpu::ShaderStages::FRAGMENT,
+                    ty: wgpu::BindingType::Sampler(wgpu::SamplerBindingType::Filtering),
+                    count: None,
+                },
+            ],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("labels"),
+            bind_group_layouts: &[Some(camera_layout), Some(&layout)],
+            immediate_size: 0,
+        });
+        const ATTRS: [wgpu::VertexAttribute; 3] =
+            wgpu::vertex_attr_array![0 => Float32x4, 1 => Float32x4, 2 => Float32x4];
+        let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+            label: Some("labels"),
+            layout: Some(&pipeline_layout),
+            vertex: wgpu::VertexState {
+                module: &module,
+                entry_point: Some("label_vs"),
+                compilation_options: Default::default(),
+                buffers: &[Some(wgpu::VertexBufferLayout {
+                    array_stride: std::mem::size_of::<LabelInstance>() as u64,
+                    step_mode: wgpu::VertexStepMode::Instance,
+                    attributes: &ATTRS,
+                })],
+            },
+            primitive: wgpu::PrimitiveState::default(),
+            depth_stencil: Some(wgpu::DepthStencilState {
+                format: depth_format,
+                depth_write_enabled: Some(false),
+                depth_compare: Some(wgpu::CompareFunction::Always),
+                stencil: Default::default(),
+                bias: Default::default(),
+            }),
+            multisample: Default::default(),
+            fragment: Some(wgpu::FragmentState {
+                module: &module,
+                entry_point: Some("label_fs"),
+                compilation_options: Default::default(),
+                targets: &[Some(wgpu::ColorTargetState {
+                    format,
+                    blend: Some(wgpu::BlendState::ALPHA_BLENDING),
+                    write_mask: wgpu::ColorWrites::ALL,
+                })],
+            }),
+            multiview_mask: None,
+            cache: None,
+        });
+        let sampler = device.create_sampler(&wgpu::SamplerDescriptor::default());
+        Labels { pipeline, layout, sampler, atlas: None, instances: None }
+    }
+
+    /// Rebuilds the atlas if the labels' texts or colours changed, and uploads their instances.
+    pub(crate) fn prepare(&mut self, device: &wgpu::Device, queue: &wgpu::Queue, labels: &[&Label]) {
+        let labels = &labels[..labels.len().min(MAX_LABELS)];
+        if labels.is_empty() {
+            self.instances = None;
+            return;
+        }
+        let key: Vec<(String, [u8; 4])> = labels.iter().map(|l| (l.text.clone(), srgb(l.accent))).collect();
+        if self.atlas.as_ref().is_none_or(|a| a.key != key) {
+            self.atlas = Some(self.build(device, queue, key));
+        }
+        let atlas = self.atlas.as_ref().expect("built above");
+        let instances: Vec<LabelInstance> = labels
+            .iter()
+            .zip(&atlas.rects)
+            .map(|(l, (w, h, uv))| {
+                let height = l.line_height * *h as f32 / hud::LABEL_LINE as f32;
+                LabelInstance {
+                    anchor: l.anchor.extend(1.0).to_array(),
+                    size: [height * *w as f32 / *h as f32, height, 0.0, 0.0],
+                    uv: *uv,
+                }
+            })
+            .collect();
+        let buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("label instances"),
+            contents: bytemuck::cast_slice(&instances),
+            usage: wgpu::BufferUsages::VERTEX,
+        });
+        self.instances = Some((buffer, instances.len() as u32));
+    }
+
+    fn build(&self, device: &wgpu::Device, queue: &wgpu::Queue, key: Vec<(String, [u8; 4])>) -> Atlas {
+        let images: Vec<(usize, usize, Vec<u8>)> =
+            key.iter().map(|(text, accent)| hud::badge(text, LABEL_COLUMNS, *accent)).collect();
+        let width = images.iter().map(|i| i.0).max().unwrap_or(1);
+        let height: usize = images.iter().map(|i| i.1).sum::<usize>().max(1);
+        let mut pixels = vec![0u8; width * height * 4];
+        let mut rects = Vec::with_capacity(images.len());
+        let mut top = 0;
+        for (w, h, rgba) in &images {
+            for y in 0..*h {
+                let dst = ((top + y) * width) * 4;
+                pixels[dst..dst + w * 4].copy_from_slice(&rgba[y * w * 4..(y + 1) * w * 4]);
+            }
+            let (fw, fh) = (width as f32, height as f32);
+            rects.push((*w, *h, [0.0, top as f32 / fh, *w as f32 / fw, (top + h) as f32 / fh]));
+            top += h;
+        }
+        let texture = device.create_texture_with_data(
+            queue,
+            &wgpu::TextureDescriptor {
+                label: Some("label atlas"),
+                size: wgpu::Extent3d { width: width as u32, height: height as u32, depth_or_array_layers: 1 },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba8UnormSrgb,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING,
+                view_formats: &[],
+            },
+            wgpu::util::TextureDataOrder::LayerMajor,
+            &pixels,
+        );
+        let view = texture.create_view(&Default::default());
+        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("label atlas"),
+            layout: &self.layout,
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(&view) },
+                wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::Sampler(&self.sampler) },
+            ],
+        });
+        Atlas { key, rects, group }
+    }
+
+    /// Draws the prepared labels into a pass whose camera (group 0) is bound.
+    pub(crate) fn draw(&self, pass: &mut wgpu::RenderPass<'_>) {
+        let (Some((buffer, count)), Some(atlas)) = (&self.instances, &self.atlas) else { return };
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(1, &atlas.group, &[]);
+        pass.set_vertex_buffer(0, buffer.slice(..));
+        pass.draw(0..6, 0..*count);
+    }
+}
