@@ -10,6 +10,7 @@ import { randomSecretKey, unhex } from './protocol.js';
 import { Renderer, View } from './render.js';
 import { extract } from './scene.js';
 import { Orbit, mul } from './math.js';
+import { drawPanel, panelLines } from './panel.js';
 
 declare global {
   interface Window {
@@ -65,6 +66,8 @@ const theta = (window.theta = Object.assign(live.status, {
   // XR frames drawn, and the views of the last one (for tests and tools).
   xrFrames: 0,
   xrViews: [] as { position: number[]; orientation: number[]; projection: number[]; viewport: number[] }[],
+  // The lines of the status panel shown in VR.
+  xrPanel: [] as string[],
 }));
 
 function kb(n: number) {
@@ -181,11 +184,31 @@ async function setupXr() {
       const base = await session.requestReferenceSpace('local-floor').catch(() => session.requestReferenceSpace('local'));
       // Stand 6 m back from the origin, facing it.
       const space = base.getOffsetReferenceSpace(new XRRigidTransform({ x: 0, y: 0, z: -6 }));
+      // The status panel and live timeline: 1.1 m ahead of where the head is in the first
+      // frame (the user faces −Z, towards the origin), 0.7 m below the eyes, facing the user.
+      const panelCanvas = document.createElement('canvas');
+      let panelAt: [number, number, number] | null = null;
+      const showPanel = (head: DOMPointReadOnly) => {
+        panelAt ??= [head.x, head.y - 0.7, head.z - 1.1];
+        if (!overlayOn) {
+          // H hides the panel with the overlay (the scene alone, as in the page).
+          if (theta.xrPanel.length) renderer.setPanel(null);
+          theta.xrPanel = [];
+          return;
+        }
+        const lines = panelLines(theta, fps);
+        if (lines.join('\n') === theta.xrPanel.join('\n')) return;
+        theta.xrPanel = lines;
+        drawPanel(panelCanvas, lines);
+        renderer.setPanel(panelCanvas, { center: panelAt, size: [0.8, 0.25] });
+      };
       xrSession = session;
       theta.vr = 'in VR';
       button.textContent = 'Exit VR';
       session.addEventListener('end', () => {
         xrSession = null;
+        renderer.setPanel(null);
+        theta.xrPanel = [];
         theta.vr = 'ready';
         button.textContent = 'Enter VR';
         requestAnimationFrame(drawPage);
@@ -195,6 +218,7 @@ async function setupXr() {
         const pose = frame.getViewerPose(space);
         if (!pose) return;
         sync();
+        showPanel(pose.transform.position);
         const views: View[] = pose.views.map((v) => {
           const vp = layer.getViewport(v)!;
           const p = v.transform.position;

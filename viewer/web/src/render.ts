@@ -70,6 +70,11 @@ void main() {
   vec2 origin = vec2(float(tile % 20), float(tile / 20)) * 10.0 - 100.0;
   vec2 xz = origin + corners[gl_VertexID % 6] * 10.0;
   gl_Position = view_proj * vec4(xz.x, 0.0, xz.y, 1.0);
+  // A corner exactly in the eye's plane (w = 0: a head straight above a grid corner) makes
+  // SwiftShader interpolate garbage over the whole clipped tile (it tinted the tile with the
+  // axis colour). A hair of positive w leaves the corner outside the near plane, clipped as
+  // before, with every rasteriser.
+  if (abs(gl_Position.w) < 1e-4) gl_Position.w = 1e-4;
   v_xz = xz;
 }`;
 
@@ -87,6 +92,34 @@ void main() {
   vec3 rgb = mix(base, vec3(0.45, 0.47, 0.5), line * fade) + vec3(0.2, 0.05, 0.05) * min(axis, 1.0);
   out_color = vec4(srgb(rgb), 1.0);
 }`;
+
+// A panel: a textured quad facing +Z (the canvas it shows is already sRGB).
+const PANEL_VS = `#version 300 es
+uniform mat4 view_proj;
+uniform vec3 center;
+uniform vec2 size;
+out vec2 v_uv;
+void main() {
+  vec2 corners[6] = vec2[6](vec2(0.0, 0.0), vec2(1.0, 0.0), vec2(1.0, 1.0), vec2(0.0, 0.0), vec2(1.0, 1.0), vec2(0.0, 1.0));
+  vec2 c = corners[gl_VertexID];
+  gl_Position = view_proj * vec4(center + vec3((c.x - 0.5) * size.x, (c.y - 0.5) * size.y, 0.0), 1.0);
+  v_uv = vec2(c.x, 1.0 - c.y);
+}`;
+
+const PANEL_FS = `#version 300 es
+precision highp float;
+uniform sampler2D tex;
+in vec2 v_uv;
+out vec4 out_color;
+void main() {
+  out_color = texture(tex, v_uv);
+}`;
+
+/** Where a panel floats: its centre and size in the world, metres. */
+export interface PanelPlace {
+  center: [number, number, number];
+  size: [number, number];
+}
 
 /** Linear clear colour of the native renderer, sRGB-encoded. */
 const CLEAR = [0.05, 0.06, 0.08].map((c) => (c <= 0.0031308 ? c * 12.92 : 1.055 * Math.pow(c, 1 / 2.4) - 0.055));
@@ -131,6 +164,9 @@ export class Renderer {
   private gridVao: WebGLVertexArrayObject;
   private shapes: Drawable[];
   private meshes = new Map<bigint, { bytes: Uint8Array; d: Drawable }>();
+  private panelProgram: WebGLProgram;
+  private panelUniforms: Record<'view_proj' | 'center' | 'size' | 'tex', WebGLUniformLocation | null>;
+  private panel: { texture: WebGLTexture; place: PanelPlace } | null = null;
   /** Milliseconds the last frame's CPU work took. */
   cpuMs = 0;
 
@@ -145,6 +181,29 @@ export class Renderer {
     this.gridViewProj = gl.getUniformLocation(this.grid, 'view_proj');
     this.gridVao = gl.createVertexArray()!;
     this.shapes = primitives().map((g) => this.drawable(g));
+    this.panelProgram = compile(gl, PANEL_VS, PANEL_FS);
+    const at = (name: string) => gl.getUniformLocation(this.panelProgram, name);
+    this.panelUniforms = { view_proj: at('view_proj'), center: at('center'), size: at('size'), tex: at('tex') };
+  }
+
+  /** Shows `canvas` as a panel at `place` in every view (null hides it). */
+  setPanel(canvas: HTMLCanvasElement | null, place?: PanelPlace) {
+    const gl = this.gl;
+    if (!canvas || !place) {
+      if (this.panel) gl.deleteTexture(this.panel.texture);
+      this.panel = null;
+      return;
+    }
+    const texture = this.panel?.texture ?? gl.createTexture()!;
+    gl.bindTexture(gl.TEXTURE_2D, texture);
+    gl.pixelStorei(gl.UNPACK_FLIP_Y_WEBGL, false);
+    gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, false);
+    gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, gl.RGBA, gl.UNSIGNED_BYTE, canvas);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, gl.CLAMP_TO_EDGE);
+    gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, gl.CLAMP_TO_EDGE);
+    this.panel = { texture, place };
   }
 
   private drawable(g: Geometry): Drawable {
@@ -238,6 +297,22 @@ export class Renderer {
       gl.uniformMatrix4fv(this.gridViewProj, false, v.viewProj);
       gl.bindVertexArray(this.gridVao);
       gl.drawArrays(gl.TRIANGLES, 0, 20 * 20 * 6);
+      if (this.panel) {
+        const u = this.panelUniforms;
+        gl.disable(gl.DEPTH_TEST);
+        gl.enable(gl.BLEND);
+        gl.blendFunc(gl.SRC_ALPHA, gl.ONE_MINUS_SRC_ALPHA);
+        gl.useProgram(this.panelProgram);
+        gl.uniformMatrix4fv(u.view_proj, false, v.viewProj);
+        gl.uniform3fv(u.center, this.panel.place.center);
+        gl.uniform2fv(u.size, this.panel.place.size);
+        gl.activeTexture(gl.TEXTURE0);
+        gl.bindTexture(gl.TEXTURE_2D, this.panel.texture);
+        gl.uniform1i(u.tex, 0);
+        gl.drawArrays(gl.TRIANGLES, 0, 6);
+        gl.disable(gl.BLEND);
+        gl.enable(gl.DEPTH_TEST);
+      }
     }
     gl.bindVertexArray(null);
     this.cpuMs = performance.now() - started;

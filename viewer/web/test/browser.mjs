@@ -10,6 +10,7 @@
 //   status              the page's status now
 //   state NAME          until the page's connection state is NAME (e.g. refused)
 //   goto URL            opens another address in the same tab
+//   canvas PATH         screenshots the canvas as it is (in VR: with the status panel)
 //   vr                  clicks "Enter VR" and waits until the page is in VR
 //   xrframes N          until the page has drawn N XR frames
 //   quit
@@ -71,6 +72,9 @@ for await (const line of createInterface({ input: process.stdin })) {
       await page.waitForTimeout(300);
       await page.locator('#view').screenshot({ path: arg });
       await page.keyboard.press('h');
+      answer({ ok: true });
+    } else if (cmd === 'canvas') {
+      await page.locator('#view').screenshot({ path: arg });
       answer({ ok: true });
     } else if (cmd === 'state') {
       answer({ ok: true, status: await until(arg, (s) => s.state === arg) });
