@@ -557,7 +557,11 @@ fn run_xr(a: ViewArgs, session: SessionId, system: theta_viewer::xr::XrSystem) -
 
     let mut viewer = XrViewer::new(system)?;
     let (w, h) = viewer.eye_size();
-    println!("OpenXR session started on {} ({w}×{h} per eye); put the headset on", viewer.renderer().adapter_name());
+    let passes = if viewer.renderer().has_multiview() { "both eyes per draw" } else { "a pass per eye" };
+    println!(
+        "OpenXR session started on {} ({w}×{h} per eye, {passes}); put the headset on",
+        viewer.renderer().adapter_name()
+    );
     let frame = Arc::new(Mutex::new(Frame::default()));
     let controls = Arc::new(Mutex::new(Controls::default()));
     let limit = a.frames.map(u64::from);

@@ -1,10 +1,11 @@
 //! Frame time of the renderer for 1k, 10k and 100k instanced entities, mono, stereo side by
-//! side, and stereo into the two layers of one image with a pass per eye (what the OpenXR path
-//! does with a swapchain image; here without a runtime), 1280×720 per eye: instance upload,
-//! draw, submit and GPU completion; no read-back. Prints the adapter so the figures can be
-//! attributed.
+//! side, and stereo into the two layers of one image (what the OpenXR path does with a
+//! swapchain image; here without a runtime) with a pass per eye and with one multiview pass,
+//! 1280×720 per eye: instance upload, draw, submit and GPU completion; no read-back. Prints the
+//! adapter so the figures can be attributed.
 //!
-//! `cargo bench -p theta-viewer --bench frame` (`THETA_BENCH_FRAMES`, default 30).
+//! `cargo bench -p theta-viewer --bench frame` (`THETA_BENCH_FRAMES`, default 30;
+//! `THETA_BENCH_SIZES`, default `1000,10000,100000`).
 
 use std::time::Instant;
 
@@ -50,6 +51,11 @@ fn main() {
         usage: wgpu::TextureUsages::RENDER_ATTACHMENT,
         view_formats: &[],
     });
+    let both = layered.create_view(&wgpu::TextureViewDescriptor {
+        dimension: Some(wgpu::TextureViewDimension::D2Array),
+        array_layer_count: Some(2),
+        ..Default::default()
+    });
     let layers = [0, 1].map(|i| {
         layered.create_view(&wgpu::TextureViewDescriptor {
             dimension: Some(wgpu::TextureViewDimension::D2),
@@ -62,26 +68,37 @@ fn main() {
     let draw = |r: &mut Renderer, s: &Scene, label: &str, eyes: &[theta_viewer::Eye]| {
         if label == "stereo, layers" {
             r.draw_layers([&layers[0], &layers[1]], &[s], &[eyes[0], eyes[1]], W, H);
+        } else if label == "stereo, multiview layers" {
+            r.draw_array(&both, [&layers[0], &layers[1]], &[s], &[eyes[0], eyes[1]], W, H);
         } else {
             r.draw(s, eyes, W, H, None);
         }
     };
     let mut clock = 0usize;
     println!(
-        "| entities | view | frame time, pipelined | fps | latency (one frame alone), mean | p90 | CPU part | instances uploaded per frame |"
+        "| entities | view | frame time, pipelined | fps | latency (one frame alone), mean | p90 | CPU part | of which preparing instances | instances uploaded per frame |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    for n in [1_000usize, 10_000, 100_000] {
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let sizes: Vec<usize> = std::env::var("THETA_BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000,100000".into())
+        .split(',')
+        .map(|n| n.trim().parse().expect("THETA_BENCH_SIZES: numbers separated by commas"))
+        .collect();
+    for n in sizes {
         let mut s = scene(n);
         let side = (n as f32).sqrt() * 1.5;
         let head = Orbit { distance: side * 0.9, pitch: 0.6, ..Orbit::default() }.eye(W as f32 / H as f32);
         let stereo = head.stereo(DEFAULT_IPD).to_vec();
-        for (label, eyes) in [("mono", vec![head]), ("stereo", stereo.clone()), ("stereo, layers", stereo)] {
+        let mut views = vec![("mono", vec![head]), ("stereo", stereo.clone()), ("stereo, layers", stereo.clone())];
+        if r.has_multiview() {
+            views.push(("stereo, multiview layers", stereo));
+        }
+        for (label, eyes) in views {
             for _ in 0..3 {
                 draw(&mut r, &s, label, &eyes);
             }
             let mut times = Vec::with_capacity(frames);
-            let (mut cpu, mut uploads) = (0.0, 0);
+            let (mut cpu, mut prep, mut uploads) = (0.0, 0.0, 0);
             for _ in 0..frames {
                 clock += 1;
                 let f = clock;
@@ -97,6 +114,7 @@ fn main() {
                 r.finish();
                 times.push(t.elapsed().as_secs_f64() * 1e3);
                 cpu += r.stats.cpu.as_secs_f64() * 1e3;
+                prep += r.stats.prepare.as_secs_f64() * 1e3;
                 uploads += r.stats.instance_uploads;
             }
             // Throughput: frames submitted back to back, the CPU preparing the next frame while
@@ -116,9 +134,10 @@ fn main() {
             let mean = times.iter().sum::<f64>() / times.len() as f64;
             let p90 = times[(times.len() * 9 / 10).min(times.len() - 1)];
             println!(
-                "| {n} | {label} | {pipelined:.2} ms | {:.0} | {mean:.2} ms | {p90:.2} ms | {:.2} ms | {} |",
+                "| {n} | {label} | {pipelined:.2} ms | {:.0} | {mean:.2} ms | {p90:.2} ms | {:.2} ms | {:.2} ms | {} |",
                 1e3 / pipelined,
                 cpu / frames as f64,
+                prep / frames as f64,
                 uploads / frames
             );
         }

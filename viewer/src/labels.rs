@@ -10,16 +10,18 @@ use crate::scene::{LABEL_COLUMNS, Label};
 /// Labels drawn per frame at most (the rest are dropped, in order).
 pub const MAX_LABELS: usize = 64;
 
+/// The label shader; the camera source is filled in for one camera per draw or for multiview.
 const LABEL_WGSL: &str = r#"
 struct Camera { view_proj: mat4x4<f32>, eye: vec4<f32>, light: vec4<f32> };
-@group(0) @binding(0) var<uniform> cam: Camera;
+/*CAMERA*/
 @group(1) @binding(0) var atlas: texture_2d<f32>;
 @group(1) @binding(1) var smp: sampler;
 
 struct LIn { @location(0) anchor: vec4<f32>, @location(1) size: vec4<f32>, @location(2) uv: vec4<f32> };
 struct LOut { @builtin(position) clip: vec4<f32>, @location(0) uv: vec2<f32> };
 
-@vertex fn label_vs(@builtin(vertex_index) idx: u32, l: LIn) -> LOut {
+@vertex fn label_vs(@builtin(vertex_index) idx: u32, l: LIn /*VIEW_ARG*/) -> LOut {
+  let cam = camera(/*VIEW*/);
   var corners = array<vec2<f32>, 6>(vec2(0.0, 0.0), vec2(1.0, 0.0), vec2(1.0, 1.0),
                                     vec2(0.0, 0.0), vec2(1.0, 1.0), vec2(0.0, 1.0));
   let c = corners[idx];
@@ -62,9 +64,11 @@ struct Atlas {
     group: wgpu::BindGroup,
 }
 
-/// The label pipeline and the current atlas.
+/// The label pipelines (per-eye passes, and multiview where the device has it) and the
+/// current atlas.
 pub(crate) struct Labels {
     pipeline: wgpu::RenderPipeline,
+    multiview: Option<wgpu::RenderPipeline>,
     layout: wgpu::BindGroupLayout,
     sampler: wgpu::Sampler,
     atlas: Option<Atlas>,
@@ -82,18 +86,15 @@ fn srgb(c: [f32; 4]) -> [u8; 4] {
 }
 
 impl Labels {
-    /// The pipeline for a target of `format` with the renderer's depth format; group 0 is the
-    /// renderer's camera layout.
+    /// The pipelines for a target of `format` with the renderer's depth format; group 0 is the
+    /// renderer's camera layout (`multiview_cameras`: the multiview path's, where it has one).
     pub(crate) fn new(
         device: &wgpu::Device,
         camera_layout: &wgpu::BindGroupLayout,
+        multiview_cameras: Option<&wgpu::BindGroupLayout>,
         format: wgpu::TextureFormat,
         depth_format: wgpu::TextureFormat,
     ) -> Labels {
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("labels"),
-            source: wgpu::ShaderSource::Wgsl(LABEL_WGSL.into()),
-        });
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("label atlas"),
             entries: &[
@@ -115,50 +116,73 @@ impl Labels {
                 },
             ],
         });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("labels"),
-            bind_group_layouts: &[Some(camera_layout), Some(&layout)],
-            immediate_size: 0,
-        });
-        const ATTRS: [wgpu::VertexAttribute; 3] =
-            wgpu::vertex_attr_array![0 => Float32x4, 1 => Float32x4, 2 => Float32x4];
-        let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
-            label: Some("labels"),
-            layout: Some(&pipeline_layout),
-            vertex: wgpu::VertexState {
-                module: &module,
-                entry_point: Some("label_vs"),
-                compilation_options: Default::default(),
-                buffers: &[Some(wgpu::VertexBufferLayout {
-                    array_stride: std::mem::size_of::<LabelInstance>() as u64,
-                    step_mode: wgpu::VertexStepMode::Instance,
-                    attributes: &ATTRS,
-                })],
-            },
-            primitive: wgpu::PrimitiveState::default(),
-            depth_stencil: Some(wgpu::DepthStencilState {
-                format: depth_format,
-                depth_write_enabled: Some(false),
-                depth_compare: Some(wgpu::CompareFunction::Always),
-                stencil: Default::default(),
-                bias: Default::default(),
-            }),
-            multisample: Default::default(),
-            fragment: Some(wgpu::FragmentState {
-                module: &module,
-                entry_point: Some("label_fs"),
-                compilation_options: Default::default(),
-                targets: &[Some(wgpu::ColorTargetState {
-                    format,
-                    blend: Some(wgpu::BlendState::ALPHA_BLENDING),
-                    write_mask: wgpu::ColorWrites::ALL,
-                })],
-            }),
-            multiview_mask: None,
-            cache: None,
-        });
+        let pipeline = |cameras: &wgpu::BindGroupLayout, multiview: bool| {
+            let (camera, arg, view) = if multiview {
+                (
+                    "@group(0) @binding(0) var<uniform> cams: array<Camera, 2>;\nfn camera(v: u32) -> Camera { return cams[v]; }",
+                    ", @builtin(view_index) view_index: u32",
+                    "view_index",
+                )
+            } else {
+                (
+                    "@group(0) @binding(0) var<uniform> cam0: Camera;\nfn camera(v: u32) -> Camera { return cam0; }",
+                    "",
+                    "0u",
+                )
+            };
+            let source =
+                LABEL_WGSL.replace("/*CAMERA*/", camera).replace("/*VIEW_ARG*/", arg).replace("/*VIEW*/", view);
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("labels"),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("labels"),
+                bind_group_layouts: &[Some(cameras), Some(&layout)],
+                immediate_size: 0,
+            });
+            const ATTRS: [wgpu::VertexAttribute; 3] =
+                wgpu::vertex_attr_array![0 => Float32x4, 1 => Float32x4, 2 => Float32x4];
+            device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+                label: Some("labels"),
+                layout: Some(&pipeline_layout),
+                vertex: wgpu::VertexState {
+                    module: &module,
+                    entry_point: Some("label_vs"),
+                    compilation_options: Default::default(),
+                    buffers: &[Some(wgpu::VertexBufferLayout {
+                        array_stride: std::mem::size_of::<LabelInstance>() as u64,
+                        step_mode: wgpu::VertexStepMode::Instance,
+                        attributes: &ATTRS,
+                    })],
+                },
+                primitive: wgpu::PrimitiveState::default(),
+                depth_stencil: Some(wgpu::DepthStencilState {
+                    format: depth_format,
+                    depth_write_enabled: Some(false),
+                    depth_compare: Some(wgpu::CompareFunction::Always),
+                    stencil: Default::default(),
+                    bias: Default::default(),
+                }),
+                multisample: Default::default(),
+                fragment: Some(wgpu::FragmentState {
+                    module: &module,
+                    entry_point: Some("label_fs"),
+                    compilation_options: Default::default(),
+                    targets: &[Some(wgpu::ColorTargetState {
+                        format,
+                        blend: Some(wgpu::BlendState::ALPHA_BLENDING),
+                        write_mask: wgpu::ColorWrites::ALL,
+                    })],
+                }),
+                multiview_mask: if multiview { std::num::NonZeroU32::new(0b11) } else { None },
+                cache: None,
+            })
+        };
+        let (pipeline, multiview) =
+            (pipeline(camera_layout, false), multiview_cameras.map(|cameras| pipeline(cameras, true)));
         let sampler = device.create_sampler(&wgpu::SamplerDescriptor::default());
-        Labels { pipeline, layout, sampler, atlas: None, instances: None }
+        Labels { pipeline, multiview, layout, sampler, atlas: None, instances: None }
     }
 
     /// Rebuilds the atlas if the labels' texts or colours changed, and uploads their instances.
@@ -239,8 +263,19 @@ impl Labels {
 
     /// Draws the prepared labels into a pass whose camera (group 0) is bound.
     pub(crate) fn draw(&self, pass: &mut wgpu::RenderPass<'_>) {
+        self.draw_with(pass, &self.pipeline);
+    }
+
+    /// Draws the prepared labels into a multiview pass whose cameras (group 0) are bound.
+    pub(crate) fn draw_multiview(&self, pass: &mut wgpu::RenderPass<'_>) {
+        if let Some(p) = &self.multiview {
+            self.draw_with(pass, p);
+        }
+    }
+
+    fn draw_with(&self, pass: &mut wgpu::RenderPass<'_>, pipeline: &wgpu::RenderPipeline) {
         let (Some((buffer, count)), Some(atlas)) = (&self.instances, &self.atlas) else { return };
-        pass.set_pipeline(&self.pipeline);
+        pass.set_pipeline(pipeline);
         pass.set_bind_group(1, &atlas.group, &[]);
         pass.set_vertex_buffer(0, buffer.slice(..));
         pass.draw(0..6, 0..*count);

@@ -230,6 +230,8 @@ struct Multiview {
     grid: wgpu::RenderPipeline,
     cameras: wgpu::Buffer,
     group: wgpu::BindGroup,
+    /// The two-layer depth of [`Renderer::draw_array`], by size.
+    depth: Option<(u32, u32, wgpu::TextureView)>,
 }
 
 struct CachedMesh {
@@ -257,6 +259,9 @@ pub struct FrameStats {
     pub instance_uploads: usize,
     /// CPU time to prepare, encode and submit the frame.
     pub cpu: std::time::Duration,
+    /// The part of `cpu` spent preparing the instances (level of detail, change detection,
+    /// upload).
+    pub prepare: std::time::Duration,
 }
 
 /// A renderer on one device.
@@ -486,6 +491,7 @@ impl Renderer {
             pipeline_in(&shader, None, label, layout, vs, fs, buffers, depth_stencil, blend, cull)
         };
         // Multiview (both eyes in one draw, into a two-layer texture) where the device has it.
+        let mut mv_camera_layout = None;
         let multiview = (device.features().contains(wgpu::Features::MULTIVIEW)
             && device.limits().max_multiview_view_count >= 2)
             .then(|| {
@@ -522,6 +528,7 @@ impl Renderer {
                     bind_group_layouts: &[Some(&layout)],
                     immediate_size: 0,
                 });
+                mv_camera_layout = Some(layout.clone());
                 let views = std::num::NonZeroU32::new(0b11);
                 Multiview {
                     scene: pipeline_in(
@@ -550,6 +557,7 @@ impl Renderer {
                     ),
                     cameras,
                     group,
+                    depth: None,
                 }
             });
         let scene_pipeline =
@@ -574,7 +582,8 @@ impl Renderer {
             .map(|g| upload(&device, &g.vertices, &g.indices))
             .collect();
         let sampler = device.create_sampler(&wgpu::SamplerDescriptor::default());
-        let labels = crate::labels::Labels::new(&device, &camera_layout, format, DEPTH_FORMAT);
+        let labels =
+            crate::labels::Labels::new(&device, &camera_layout, mv_camera_layout.as_ref(), format, DEPTH_FORMAT);
         Renderer {
             device,
             queue,
@@ -713,6 +722,7 @@ impl Renderer {
     /// Uploads the instance data of `scenes` (drawn together, in order) and changed meshes;
     /// drops meshes of entities no longer drawn; prepares the labels.
     fn prepare(&mut self, scenes: &[&Scene], eye: glam::Vec3) -> Vec<(usize, u32, u32)> {
+        let started = std::time::Instant::now();
         let total: usize = scenes.iter().flat_map(|s| s.instances.iter()).map(Vec::len).sum();
         let needed = (total.max(1) * std::mem::size_of::<Instance>()) as u64;
         let mut fresh = false;
@@ -782,6 +792,7 @@ impl Renderer {
         }
         let labels: Vec<&crate::scene::Label> = scenes.iter().flat_map(|s| s.labels.iter()).collect();
         self.labels.prepare(&self.device, &self.queue, &labels);
+        self.stats.prepare = started.elapsed();
         ranges
     }
 
@@ -930,6 +941,64 @@ impl Renderer {
         self.stats.cpu = started.elapsed();
     }
 
+    /// Draws both eyes into the two layers of `view` (a two-layer array view of a headset's
+    /// swapchain image, `width` × `height` per layer) in one multiview pass: each draw covers
+    /// both eyes. Falls back to [`Renderer::draw_layers`]' pass per eye where the device has no
+    /// multiview ([`Renderer::has_multiview`]).
+    pub fn draw_array(
+        &mut self,
+        view: &wgpu::TextureView,
+        layers: [&wgpu::TextureView; 2],
+        scenes: &[&Scene],
+        eyes: &[Eye; 2],
+        width: u32,
+        height: u32,
+    ) {
+        if self.multiview.is_none() {
+            return self.draw_layers(layers, scenes, eyes, width, height);
+        }
+        let started = std::time::Instant::now();
+        let centre = (eyes[0].position + eyes[1].position) / 2.0;
+        let ranges = self.prepare(scenes, centre);
+        let device = self.device.clone();
+        let mv = self.multiview.as_mut().expect("checked above");
+        if mv.depth.as_ref().is_none_or(|(w, h, _)| (*w, *h) != (width, height)) {
+            let depth = device.create_texture(&wgpu::TextureDescriptor {
+                label: Some("multiview depth"),
+                size: wgpu::Extent3d { width, height, depth_or_array_layers: 2 },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: DEPTH_FORMAT,
+                usage: wgpu::TextureUsages::RENDER_ATTACHMENT,
+                view_formats: &[],
+            });
+            let view = depth.create_view(&wgpu::TextureViewDescriptor {
+                dimension: Some(wgpu::TextureViewDimension::D2Array),
+                array_layer_count: Some(2),
+                ..Default::default()
+            });
+            mv.depth = Some((width, height, view));
+        }
+        let cams = eyes.map(|eye| CameraUniform {
+            view_proj: eye.view_projection().to_cols_array_2d(),
+            eye: eye.position.extend(1.0).to_array(),
+            light: [-0.4, -1.0, -0.3, 0.0],
+        });
+        let mv = self.multiview.as_ref().expect("checked above");
+        self.queue.write_buffer(&mv.cameras, 0, bytemuck::cast_slice(&cams));
+        let depth = &mv.depth.as_ref().expect("made above").2;
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = begin_pass(&mut encoder, "eyes", view, depth, std::num::NonZeroU32::new(0b11));
+            pass.set_bind_group(0, &mv.group, &[]);
+            self.draw_content(&mut pass, &ranges, scenes, &mv.scene, &mv.grid);
+            self.labels.draw_multiview(&mut pass);
+        }
+        self.queue.submit(Some(encoder.finish()));
+        self.stats.cpu = started.elapsed();
+    }
+
     /// Records the scene's draws (instanced primitives per level of detail, mesh entities, the
     /// grid) into a pass whose cameras are bound.
     fn draw_content(
@@ -975,9 +1044,9 @@ impl Renderer {
         self.multiview.is_some()
     }
 
-    /// Renders both eyes with one draw per batch into a two-layer texture (multiview) and reads
-    /// them back side by side, like [`Renderer::render`] with two eyes, labels left out (they
-    /// are drawn on the per-eye paths). `None` without multiview.
+    /// Renders both eyes with one draw per batch into a two-layer texture (multiview, through
+    /// [`Renderer::draw_array`]) and reads them back side by side, like [`Renderer::render`]
+    /// with two eyes. `None` without multiview.
     pub fn render_multiview(
         &mut self,
         scene: &Scene,
@@ -986,39 +1055,30 @@ impl Renderer {
         height: u32,
     ) -> Option<Result<Image, RenderError>> {
         self.multiview.as_ref()?;
-        let centre = (eyes[0].position + eyes[1].position) / 2.0;
-        let ranges = self.prepare(&[scene], centre);
-        let mv = self.multiview.as_ref().expect("multiview");
-        let cams: Vec<CameraUniform> = eyes
-            .iter()
-            .map(|eye| CameraUniform {
-                view_proj: eye.view_projection().to_cols_array_2d(),
-                eye: eye.position.extend(1.0).to_array(),
-                light: [-0.4, -1.0, -0.3, 0.0],
-            })
-            .collect();
-        self.queue.write_buffer(&mv.cameras, 0, bytemuck::cast_slice(&cams));
-        let size = wgpu::Extent3d { width, height, depth_or_array_layers: 2 };
-        let layered = |format, usage| {
-            self.device.create_texture(&wgpu::TextureDescriptor {
-                label: Some("multiview"),
-                size,
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format,
-                usage,
-                view_formats: &[],
-            })
-        };
-        let color = layered(self.format, wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC);
-        let depth = layered(DEPTH_FORMAT, wgpu::TextureUsages::RENDER_ATTACHMENT);
-        let array = wgpu::TextureViewDescriptor {
+        let color = self.device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("multiview"),
+            size: wgpu::Extent3d { width, height, depth_or_array_layers: 2 },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: self.format,
+            usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
+            view_formats: &[],
+        });
+        let array = color.create_view(&wgpu::TextureViewDescriptor {
             dimension: Some(wgpu::TextureViewDimension::D2Array),
             array_layer_count: Some(2),
             ..Default::default()
+        });
+        let layer = |i: u32| {
+            color.create_view(&wgpu::TextureViewDescriptor {
+                dimension: Some(wgpu::TextureViewDimension::D2),
+                base_array_layer: i,
+                array_layer_count: Some(1),
+                ..Default::default()
+            })
         };
-        let (color_view, depth_view) = (color.create_view(&array), depth.create_view(&array));
+        self.draw_array(&array, [&layer(0), &layer(1)], &[scene], &eyes, width, height);
         let padded_row = (width * 4).div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
         let readback = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("multiview readback"),
@@ -1027,31 +1087,23 @@ impl Renderer {
             mapped_at_creation: false,
         });
         let mut encoder = self.device.create_command_encoder(&Default::default());
-        {
-            let mut pass =
-                begin_pass(&mut encoder, "multiview frame", &color_view, &depth_view, std::num::NonZeroU32::new(0b11));
-            pass.set_bind_group(0, &mv.group, &[]);
-            self.draw_content(&mut pass, &ranges, &[scene], &mv.scene, &mv.grid);
-        }
-        for layer in 0..2u32 {
-            encoder.copy_texture_to_buffer(
-                wgpu::TexelCopyTextureInfo {
-                    texture: &color,
-                    mip_level: 0,
-                    origin: wgpu::Origin3d { x: 0, y: 0, z: layer },
-                    aspect: wgpu::TextureAspect::All,
+        encoder.copy_texture_to_buffer(
+            wgpu::TexelCopyTextureInfo {
+                texture: &color,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::TexelCopyBufferInfo {
+                buffer: &readback,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(padded_row),
+                    rows_per_image: Some(height),
                 },
-                wgpu::TexelCopyBufferInfo {
-                    buffer: &readback,
-                    layout: wgpu::TexelCopyBufferLayout {
-                        offset: padded_row as u64 * height as u64 * layer as u64,
-                        bytes_per_row: Some(padded_row),
-                        rows_per_image: Some(height),
-                    },
-                },
-                wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
-            );
-        }
+            },
+            wgpu::Extent3d { width, height, depth_or_array_layers: 2 },
+        );
         self.queue.submit(Some(encoder.finish()));
         let slice = readback.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();

@@ -226,4 +226,11 @@ fn badges_name_the_author_over_selected_and_recently_edited_entities() {
     }
     let d = plain.diff_fraction(&labelled, 24);
     assert!(d > 0.01 && d < 0.2, "the labels changed {:.2}% of the image", d * 100.0);
+    // Multiview (both eyes per draw, the headset path where the device has it) draws the
+    // labels as the pass per eye does.
+    let [left, right] = eye.stereo(0.064);
+    let pair = r.render(&scene, &[left, right], W, H, None).unwrap();
+    let mv = r.render_multiview(&scene, [left, right], W, H).expect("multiview").unwrap();
+    let d = mv.diff_fraction(&pair, 8);
+    assert!(d < 0.005, "multiview and side by side differ in {:.3}% of pixels with labels", d * 100.0);
 }

@@ -86,6 +86,8 @@ fn frames_reach_the_runtime_and_each_eye_matches_the_headless_render() {
     let scene = scene();
     let mut viewer = XrViewer::new(start().unwrap()).unwrap_or_else(|e| panic!("XR viewer on Monado: {e}"));
     let (w, h) = viewer.eye_size();
+    // Both eyes per draw (multiview) on the runtime's device (lavapipe has it).
+    assert!(viewer.renderer().has_multiview(), "no multiview on {}", viewer.renderer().adapter_name());
     // The controller bindings were accepted, the generic profile at least.
     assert!(viewer.profiles().contains(&"/interaction_profiles/khr/simple_controller"), "{:?}", viewer.profiles());
     let mut focused = false;

@@ -266,7 +266,13 @@ impl XrViewer {
             })
         };
         let (left, right) = (layer(0), layer(1));
-        self.renderer.draw_layers([&left, &right], &[scene, &overlay], &eyes, self.width, self.height);
+        let both = texture.create_view(&wgpu::TextureViewDescriptor {
+            dimension: Some(wgpu::TextureViewDimension::D2Array),
+            array_layer_count: Some(2),
+            ..Default::default()
+        });
+        // One multiview pass for both eyes where the device has it, else a pass per eye.
+        self.renderer.draw_array(&both, [&left, &right], &[scene, &overlay], &eyes, self.width, self.height);
         let images = if capture { Some([self.read_layer(index, 0)?, self.read_layer(index, 1)?]) } else { None };
         // The runtime wants the image back in COLOR_ATTACHMENT_OPTIMAL, with our work submitted.
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());

@@ -85,11 +85,17 @@ pub fn create(xr: &openxr::Instance, system: openxr::SystemId) -> Result<XrGpu, 
     let instance_info =
         vk::InstanceCreateInfo::default().application_info(&app).enabled_extension_names(&extension_names);
     let get_proc = entry.static_fn().get_instance_proc_addr;
+    // The same C function in the two crates' spellings (ash's and openxr-sys's).
+    type XrGetProc = openxr::sys::platform::VkGetInstanceProcAddr;
     // SAFETY: `instance_info` and everything it points to live until the call returns;
     // `get_proc` is the loader's own vkGetInstanceProcAddr, which the runtime calls to create
     // the instance; the function pointer types are the same C signature.
     let raw_instance = unsafe {
-        xr.create_vulkan_instance(system, std::mem::transmute(get_proc), &instance_info as *const _ as *const _)
+        xr.create_vulkan_instance(
+            system,
+            std::mem::transmute::<vk::PFN_vkGetInstanceProcAddr, XrGetProc>(get_proc),
+            &instance_info as *const _ as *const _,
+        )
     }
     .map_err(|e| call("xrCreateVulkanInstanceKHR", e))?
     .map_err(|e| call("vkCreateInstance (through the runtime)", vk::Result::from_raw(e)))?;
@@ -122,8 +128,16 @@ pub fn create(xr: &openxr::Instance, system: openxr::SystemId) -> Result<XrGpu, 
         .expose_adapter(physical)
         .ok_or_else(|| XrError::Call("the runtime's Vulkan device cannot run wgpu".into()))?;
 
-    let features = wgpu::Features::empty();
-    let limits = wgpu::Limits::downlevel_defaults().using_resolution(exposed.capabilities.limits.clone());
+    // Multiview where the device has it: both eyes per draw into the swapchain's two layers.
+    let features = exposed.features & wgpu::Features::MULTIVIEW;
+    let limits = wgpu::Limits {
+        max_multiview_view_count: if features.is_empty() {
+            0
+        } else {
+            exposed.capabilities.limits.max_multiview_view_count
+        },
+        ..wgpu::Limits::downlevel_defaults().using_resolution(exposed.capabilities.limits.clone())
+    };
     let device_extensions = exposed.adapter.required_device_extensions(features);
     let mut device_features = exposed.adapter.physical_device_features(&device_extensions, features);
     // SAFETY: a plain query of a live physical device.
@@ -144,7 +158,7 @@ pub fn create(xr: &openxr::Instance, system: openxr::SystemId) -> Result<XrGpu, 
     let raw_device = unsafe {
         xr.create_vulkan_device(
             system,
-            std::mem::transmute(get_proc),
+            std::mem::transmute::<vk::PFN_vkGetInstanceProcAddr, XrGetProc>(get_proc),
             raw_physical,
             &device_info as *const _ as *const _,
         )
