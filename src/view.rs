@@ -228,6 +228,7 @@ pub fn hud(fps: f64, frame_ms: f64, mirror: &Projection, t: Option<&Telemetry>, 
     s
 }
 
+#[cfg(feature = "vr-openxr")]
 /// Writes a headset capture's eyes: size per eye, then each eye's position, orientation
 /// (quaternion x, y, z, w) and field of view (left, right, up, down, radians).
 fn write_eyes(path: &Path, width: u32, height: u32, eyes: &[Eye]) -> anyhow::Result<()> {

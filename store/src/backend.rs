@@ -29,7 +29,7 @@ pub enum BackendError {
 pub type KvIter = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), BackendError>> + Send>;
 
 /// One atomic set of writes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct WriteBatch {
     ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
@@ -237,6 +237,69 @@ impl Backend for MemoryBackend {
         Ok(())
     }
     fn flush(&self, _sync_data: bool) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn path(&self) -> Option<&Path> {
+        None
+    }
+}
+
+/// A backend that loses power on request: what was applied since the last durable flush is
+/// gone after [`PowerLossBackend::power_loss`]. Batches stay atomic (all or nothing), as
+/// sled's are. Flushes can be made to fail (`fail_flushes`), as a disk error would. For tests.
+#[derive(Default)]
+pub struct PowerLossBackend {
+    live: MemoryBackend,
+    durable: MemoryBackend,
+    unflushed: std::sync::Mutex<Vec<WriteBatch>>,
+    failing_flushes: std::sync::atomic::AtomicU64,
+}
+
+impl PowerLossBackend {
+    /// An empty backend.
+    pub fn new() -> PowerLossBackend {
+        PowerLossBackend::default()
+    }
+
+    /// Fails the next `n` flushes with an I/O error (nothing of theirs becomes durable).
+    pub fn fail_flushes(&self, n: u64) {
+        self.failing_flushes.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The power goes out: a new backend holding only what was durable.
+    pub fn power_loss(&self) -> PowerLossBackend {
+        let durable = self.durable.map.read().expect("memory backend lock").clone();
+        let copy = || MemoryBackend { map: RwLock::new(durable.clone()) };
+        PowerLossBackend { live: copy(), durable: copy(), ..Default::default() }
+    }
+}
+
+impl Backend for PowerLossBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.live.get(key)
+    }
+    fn range(&self, start: &[u8], end: &[u8]) -> KvIter {
+        self.live.range(start, end)
+    }
+    fn range_rev(&self, start: &[u8], end: &[u8]) -> KvIter {
+        self.live.range_rev(start, end)
+    }
+    fn apply(&self, batch: WriteBatch) -> Result<(), BackendError> {
+        self.unflushed.lock().expect("unflushed lock").push(batch.clone());
+        self.live.apply(batch)
+    }
+    fn flush(&self, _sync_data: bool) -> Result<(), BackendError> {
+        let failing = &self.failing_flushes;
+        if failing.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            failing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(BackendError::Io {
+                what: "flush (injected)".into(),
+                source: std::io::Error::other("injected I/O error"),
+            });
+        }
+        for b in std::mem::take(&mut *self.unflushed.lock().expect("unflushed lock")) {
+            self.durable.apply(b)?;
+        }
         Ok(())
     }
     fn path(&self) -> Option<&Path> {

@@ -78,9 +78,13 @@ pub struct StoreConfig {
     pub verify_on_open: VerifyOnOpen,
     /// Spacing of the chain's verified points, entries. Default 10,000.
     pub verified_checkpoint_every_entries: u64,
-    /// Largest log block (consecutive entries stored under one key), bytes. A single entry
-    /// larger than this gets a block of its own. Default 32,768.
+    /// Largest log block (consecutive entries stored under one key), bytes before compression.
+    /// A single entry larger than this gets a block of its own. Default 32,768.
     pub max_block_bytes: usize,
+    /// Spacing of the state checkpoints (Lamport values, scope versions, entities, tombstones,
+    /// the replay window), entries: opening a session folds at most this many entries after
+    /// its newest one. A clean close writes one at every head. Default 16,384.
+    pub state_checkpoint_every_entries: u64,
     /// Who may create sessions. Default [`Admission::Anyone`]; `theta serve` defaults to its
     /// service admin keys.
     pub admission: Admission,
@@ -108,6 +112,7 @@ impl Default for StoreConfig {
             verify_on_open: VerifyOnOpen::Full,
             verified_checkpoint_every_entries: 10_000,
             max_block_bytes: 32 * 1024,
+            state_checkpoint_every_entries: 16_384,
             admission: Admission::Anyone,
             session_creations_per_min: 10,
         }

@@ -282,6 +282,21 @@ pub enum OpenError {
         /// What is wrong.
         reason: String,
     },
+    /// The data directory holds another on-disk format.
+    #[error(
+        "the data directory holds on-disk format {found}; this theta reads format {supported}. {}",
+        if *found < *supported {
+            "Convert it with `theta store migrate --data DIR` (it keeps the old directory as DIR.format-N)."
+        } else {
+            "It was written by a newer theta: run that one."
+        }
+    )]
+    Format {
+        /// The format found.
+        found: u8,
+        /// The format this build reads.
+        supported: u8,
+    },
 }
 
 /// Why a read failed.

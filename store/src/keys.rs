@@ -4,22 +4,21 @@
 //! big-endian so that byte order is numeric order. One keyspace (one sled tree) lets every
 //! append be one atomic batch.
 //!
-//! | tag | rest of key | value |
-//! | --- | --- | --- |
-//! | `E` | first seq | log block: consecutive `LogEntry`s, each behind a u32 LE length |
-//! | `N` | level (1), index | Merkle node hash, levels 4 and up (lower ones are recomputed) |
-//! | `A` | author (32), seq | empty: author index |
-//! | `I` | entity, seq | empty: entity index |
-//! | `K` | author (32), nonce | seq that used the nonce |
-//! | `S` | | session meta (head seq, last hash, clock, name) |
-//! | `M` | key (32) | role (1), granted at seq (8) |
-//! | `P` | component | conflict strategy (1) |
-//! | `L` | author (32) | author's last Lamport timestamp |
-//! | `V` | entity, component | scope version |
-//! | `X` | entity | parent (8), children (4): live entities |
-//! | `D` | entity | seq of deletion: tombstones |
-//! | `J` | index | rejection trail record |
-//! | `C` | seq | projection checkpoint bytes |
+//! | tag | rest of key | value | written |
+//! | --- | --- | --- | --- |
+//! | `E` | first seq | log block (see `blocks`): consecutive `LogEntry`s, compressed | acknowledgement path |
+//! | `N` | level (1), index | Merkle node hash, levels 4 and up (lower ones are recomputed) | acknowledgement path |
+//! | `S` | | session header (head seq, last hash, clock, name) | acknowledgement path |
+//! | `M` | key (32) | role (1), granted at seq (8) | with the entry that changes it |
+//! | `P` | component | conflict strategy (1) | with the entry that changes it |
+//! | `Z` | | state checkpoint (Lamport values, versions, entities, tombstones, replay window) | every `state_checkpoint_every_entries` |
+//! | `A` | author (32), last seq of the run | author index run: the author's seqs in the run | indexer, in the background |
+//! | `I` | entity, last seq of the run | entity index run: the entity's seqs in the run | indexer, in the background |
+//! | `W` | | index watermark: every entry up to this seq is in the runs | indexer, with its runs |
+//! | `J` | index | rejection trail record | with the rejection |
+//! | `C` | seq | projection checkpoint bytes | by the projector's owner |
+//!
+//! One key outside sessions: `F` (the byte alone) holds the on-disk format version.
 //!
 //! The global rejection trail (rejections that name no known session) uses the all-zero
 //! session id, which no session may have (a create-session command for it is invalid).
@@ -32,16 +31,14 @@ pub(crate) mod tag {
     pub const NODE: u8 = b'N';
     pub const BY_AUTHOR: u8 = b'A';
     pub const BY_ENTITY: u8 = b'I';
-    pub const NONCE: u8 = b'K';
+    pub const WATERMARK: u8 = b'W';
     pub const META: u8 = b'S';
     pub const MEMBER: u8 = b'M';
     pub const POLICY: u8 = b'P';
-    pub const LAMPORT: u8 = b'L';
-    pub const VERSION: u8 = b'V';
-    pub const ENTITY: u8 = b'X';
-    pub const DELETED: u8 = b'D';
+    pub const STATE: u8 = b'Z';
     pub const TRAIL: u8 = b'J';
     pub const CHECKPOINT: u8 = b'C';
+    pub const FORMAT: u8 = b'F';
 }
 
 /// Builds a key from a tag, a session and parts.
@@ -77,14 +74,14 @@ pub(crate) fn entry(s: &SessionId, seq: u64) -> Vec<u8> {
 pub(crate) fn node(s: &SessionId, level: u8, index: u64) -> Vec<u8> {
     Key::new(tag::NODE, s).u8(level).u64(index).done()
 }
-pub(crate) fn by_author(s: &SessionId, a: &AuthorKey, seq: u64) -> Vec<u8> {
-    Key::new(tag::BY_AUTHOR, s).bytes(&a.0).u64(seq).done()
+pub(crate) fn by_author(s: &SessionId, a: &AuthorKey, last: u64) -> Vec<u8> {
+    Key::new(tag::BY_AUTHOR, s).bytes(&a.0).u64(last).done()
 }
-pub(crate) fn by_entity(s: &SessionId, e: EntityId, seq: u64) -> Vec<u8> {
-    Key::new(tag::BY_ENTITY, s).u64(e).u64(seq).done()
+pub(crate) fn by_entity(s: &SessionId, e: EntityId, last: u64) -> Vec<u8> {
+    Key::new(tag::BY_ENTITY, s).u64(e).u64(last).done()
 }
-pub(crate) fn nonce(s: &SessionId, a: &AuthorKey, nonce: u64) -> Vec<u8> {
-    Key::new(tag::NONCE, s).bytes(&a.0).u64(nonce).done()
+pub(crate) fn watermark(s: &SessionId) -> Vec<u8> {
+    Key::new(tag::WATERMARK, s).done()
 }
 pub(crate) fn meta(s: &SessionId) -> Vec<u8> {
     Key::new(tag::META, s).done()
@@ -95,18 +92,11 @@ pub(crate) fn member(s: &SessionId, a: &AuthorKey) -> Vec<u8> {
 pub(crate) fn policy(s: &SessionId, c: ComponentId) -> Vec<u8> {
     Key::new(tag::POLICY, s).u64(c.0).done()
 }
-pub(crate) fn lamport(s: &SessionId, a: &AuthorKey) -> Vec<u8> {
-    Key::new(tag::LAMPORT, s).bytes(&a.0).done()
+pub(crate) fn state(s: &SessionId) -> Vec<u8> {
+    Key::new(tag::STATE, s).done()
 }
-pub(crate) fn version(s: &SessionId, e: EntityId, c: ComponentId) -> Vec<u8> {
-    Key::new(tag::VERSION, s).u64(e).u64(c.0).done()
-}
-pub(crate) fn entity(s: &SessionId, e: EntityId) -> Vec<u8> {
-    Key::new(tag::ENTITY, s).u64(e).done()
-}
-pub(crate) fn deleted(s: &SessionId, e: EntityId) -> Vec<u8> {
-    Key::new(tag::DELETED, s).u64(e).done()
-}
+/// The format key.
+pub(crate) const FORMAT: &[u8] = &[tag::FORMAT];
 pub(crate) fn trail(s: &SessionId, idx: u64) -> Vec<u8> {
     Key::new(tag::TRAIL, s).u64(idx).done()
 }
@@ -134,4 +124,26 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0xff; prefix.len() + 1]
+}
+
+/// Reads little-endian fields off a byte slice.
+pub(crate) struct Reader<'a>(pub &'a [u8]);
+
+impl<'a> Reader<'a> {
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    pub fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    /// A count of items of at least `item_bytes` each, checked against what is left.
+    pub fn count(&mut self, item_bytes: usize) -> Option<usize> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        (n.checked_mul(item_bytes)? <= self.0.len()).then_some(n)
+    }
 }

@@ -35,6 +35,7 @@ mod blocks;
 pub mod config;
 pub mod error;
 pub mod guard;
+mod index;
 mod keys;
 pub mod merkle;
 pub mod metrics;
@@ -49,6 +50,6 @@ pub use config::{Admission, Durability, StoreConfig, VerifyOnOpen};
 pub use error::{AppendError, ConflictReason, OpenError, ReadError, RejectionCode};
 pub use metrics::MetricsSnapshot;
 pub use store::{
-    CommitListener, Entries, Head, ImportError, InclusionProof, Receipt, Rejection, Session, SignedTreeHead, Store,
-    TREE_HEAD_DOMAIN,
+    CommitListener, Entries, FORMAT_VERSION, Head, ImportError, InclusionProof, Receipt, Rejection, Session,
+    SignedTreeHead, Store, TREE_HEAD_DOMAIN,
 };

@@ -1,16 +1,21 @@
 //! One session's derived state, the stateful checks, and the effects of an accepted entry.
 //!
-//! Owned by the committer thread only. Everything here is derived from the log and persisted
-//! in the same atomic batch as the entry that changed it, so a reopened store resumes with
-//! exactly the state of its last durable entry.
+//! Owned by the committer thread only. Everything here is derived from the log. The checks
+//! run from memory; the acknowledgement path writes the log blocks, the Merkle nodes and the
+//! session header, plus the rare membership and policy changes. The rest of the state
+//! (Lamport values, scope versions, entities, tombstones, the replay window) is written as one
+//! state checkpoint every `state_checkpoint_every_entries` entries, in the same atomic batch as
+//! the entry it reflects; a reopened store loads the newest one and folds the log after it, so
+//! it resumes with exactly the state of its last durable entry.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use theta_schemas::{
     AuthorKey, Command, CommandBody, CommandKind, ComponentId, ConflictStrategy, EntityId, LogEntry, Role, SessionId,
 };
 
 use crate::backend::{Backend, WriteBatch};
+use crate::keys::Reader;
 use crate::blocks::{self, STORED_MIN_LEVEL};
 use crate::config::StoreConfig;
 use crate::error::{AppendError, ConflictReason, ReadError};
@@ -25,6 +30,9 @@ pub(crate) struct EntityInfo {
     pub parent: EntityId,
     pub children: u32,
 }
+
+/// Version of the state checkpoint's encoding.
+const STATE_FORMAT: u8 = 1;
 
 /// Persisted session header.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -73,6 +81,39 @@ pub(crate) struct Accepted {
     pub entry_hash: Hash,
 }
 
+/// Accepted entries whose (author, nonce) each session remembers for the replay check.
+pub(crate) const REPLAY_WINDOW: usize = 4_096;
+
+/// The (author, nonce) pairs of a session's last [`REPLAY_WINDOW`] entries, with their seqs.
+/// An envelope naming one of them is a replay (answered with the seq that used it); any older
+/// envelope fails the Lamport rule, which is what makes a replay impossible for good.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct RecentNonces {
+    order: VecDeque<(AuthorKey, u64, u64)>,
+    seqs: HashMap<(AuthorKey, u64), u64>,
+}
+
+impl RecentNonces {
+    pub fn get(&self, author: &AuthorKey, nonce: u64) -> Option<u64> {
+        self.seqs.get(&(*author, nonce)).copied()
+    }
+
+    pub fn push(&mut self, author: AuthorKey, nonce: u64, seq: u64) {
+        if self.order.len() == REPLAY_WINDOW
+            && let Some((a, n, _)) = self.order.pop_front()
+        {
+            self.seqs.remove(&(a, n));
+        }
+        self.order.push_back((author, nonce, seq));
+        self.seqs.insert((author, nonce), seq);
+    }
+
+    /// Oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &(AuthorKey, u64, u64)> {
+        self.order.iter()
+    }
+}
+
 /// One session's state.
 #[derive(Debug)]
 pub(crate) struct SessionState {
@@ -86,14 +127,13 @@ pub(crate) struct SessionState {
     pub entities: HashMap<EntityId, EntityInfo>,
     pub deleted: HashMap<EntityId, u64>,
     pub buckets: HashMap<AuthorKey, TokenBucket>,
-    /// Nonces used by entries of the batch being built (not yet in the backend).
-    pub pending_nonces: HashMap<(AuthorKey, u64), u64>,
+    /// The replay window.
+    pub recent: RecentNonces,
+    /// The seq of the newest state checkpoint (0: none yet).
+    pub checkpointed: u64,
     /// Encoded entries of the batch being built, from seq `pending_first`.
     pending_entries: Vec<Vec<u8>>,
     pending_first: u64,
-    /// Authors and scopes whose persisted Lamport or version must be rewritten at `finish`.
-    dirty_lamports: BTreeSet<AuthorKey>,
-    dirty_versions: BTreeSet<(EntityId, ComponentId)>,
 }
 
 fn conflict(body: &CommandBody, reason: ConflictReason) -> AppendError {
@@ -114,15 +154,15 @@ impl SessionState {
             entities: HashMap::new(),
             deleted: HashMap::new(),
             buckets: HashMap::new(),
-            pending_nonces: HashMap::new(),
+            recent: RecentNonces::default(),
+            checkpointed: 0,
             pending_entries: Vec::new(),
             pending_first: 0,
-            dirty_lamports: BTreeSet::new(),
-            dirty_versions: BTreeSet::new(),
         }
     }
 
-    /// Loads a session's state from the backend (no verification; see `open`).
+    /// Loads a session's state from the backend: memberships and policies from their keys, the
+    /// newest state checkpoint, then the log after it folded in (no verification; see `open`).
     pub fn load(backend: &dyn Backend, id: SessionId, meta: Meta) -> Result<SessionState, ReadError> {
         let mut s = SessionState::new(id);
         let scan = |tag: u8| {
@@ -142,31 +182,100 @@ impl SessionState {
                 ConflictStrategy::ALL.get(usize::from(v[0])).copied().unwrap_or(ConflictStrategy::LastWriteWins);
             s.policies.insert(ComponentId(keys::be_u64(&k, skip)), strategy);
         }
-        for kv in scan(keys::tag::LAMPORT) {
-            let (k, v) = kv?;
-            s.lamports.insert(AuthorKey(k[skip..skip + 32].try_into().expect("author")), keys::be_u64(&v, 0));
-        }
-        for kv in scan(keys::tag::VERSION) {
-            let (k, v) = kv?;
-            s.versions.insert((keys::be_u64(&k, skip), ComponentId(keys::be_u64(&k, skip + 8))), keys::be_u64(&v, 0));
-        }
-        for kv in scan(keys::tag::ENTITY) {
-            let (k, v) = kv?;
-            s.entities.insert(keys::be_u64(&k, skip), EntityInfo { parent: keys::be_u64(&v, 0), children: 0 });
-        }
-        let parents: Vec<EntityId> = s.entities.values().map(|e| e.parent).filter(|p| *p != 0).collect();
-        for p in parents {
-            if let Some(e) = s.entities.get_mut(&p) {
-                e.children += 1;
+        let corrupt = |seq: u64, detail: String| ReadError::Corrupted { session: id, seq, detail };
+        if let Some(raw) = backend.get(&keys::state(&id))? {
+            let seq = s.restore(&raw).ok_or_else(|| corrupt(meta.head_seq, "state checkpoint unreadable".into()))?;
+            if seq > meta.head_seq {
+                return Err(corrupt(seq, format!("state checkpoint at {seq} beyond the head {}", meta.head_seq)));
             }
+            s.checkpointed = seq;
         }
-        for kv in scan(keys::tag::DELETED) {
-            let (k, v) = kv?;
-            s.deleted.insert(keys::be_u64(&k, skip), keys::be_u64(&v, 0));
+        for e in blocks::Cursor::new(backend, &id, s.checkpointed + 1, meta.head_seq)? {
+            let e = e?;
+            let (_, body) = theta_schemas::Envelope::open(&e.envelope)
+                .map_err(|err| corrupt(e.seq, format!("envelope does not decode: {err}")))?;
+            s.effects(&body, e.seq, None);
         }
         s.frontier = Frontier::from_nodes(meta.head_seq, |level, index| blocks::node_at(backend, &id, level, index))?;
         s.meta = meta;
         Ok(s)
+    }
+
+    /// The state checkpoint: what `load` cannot get from keys, as of the head.
+    fn checkpoint(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(
+            64 + self.lamports.len() * 40 + self.versions.len() * 24 + self.entities.len() * 16 + REPLAY_WINDOW * 48,
+        );
+        let u64s = |w: &mut Vec<u8>, xs: &[u64]| xs.iter().for_each(|x| w.extend_from_slice(&x.to_le_bytes()));
+        w.push(STATE_FORMAT);
+        u64s(&mut w, &[self.meta.head_seq]);
+        let mut lamports: Vec<_> = self.lamports.iter().collect();
+        lamports.sort_unstable();
+        u64s(&mut w, &[lamports.len() as u64]);
+        for (a, l) in lamports {
+            w.extend_from_slice(&a.0);
+            u64s(&mut w, &[*l]);
+        }
+        let mut versions: Vec<_> = self.versions.iter().collect();
+        versions.sort_unstable();
+        u64s(&mut w, &[versions.len() as u64]);
+        for ((e, c), v) in versions {
+            u64s(&mut w, &[*e, c.0, *v]);
+        }
+        let mut entities: Vec<_> = self.entities.iter().collect();
+        entities.sort_unstable_by_key(|(e, _)| **e);
+        u64s(&mut w, &[entities.len() as u64]);
+        for (e, info) in entities {
+            u64s(&mut w, &[*e, info.parent]);
+        }
+        let mut deleted: Vec<_> = self.deleted.iter().collect();
+        deleted.sort_unstable();
+        u64s(&mut w, &[deleted.len() as u64]);
+        for (e, seq) in deleted {
+            u64s(&mut w, &[*e, *seq]);
+        }
+        u64s(&mut w, &[self.recent.order.len() as u64]);
+        for (a, n, seq) in self.recent.iter() {
+            w.extend_from_slice(&a.0);
+            u64s(&mut w, &[*n, *seq]);
+        }
+        zstd::bulk::compress(&w, 1).expect("zstd compresses into a growable buffer")
+    }
+
+    /// Loads a state checkpoint; returns the seq it reflects (`None`: unreadable).
+    fn restore(&mut self, raw: &[u8]) -> Option<u64> {
+        let plain = zstd::stream::decode_all(raw).ok()?;
+        let mut r = Reader(&plain);
+        if r.take(1)?[0] != STATE_FORMAT {
+            return None;
+        }
+        let seq = r.u64()?;
+        for _ in 0..r.count(40)? {
+            let a = AuthorKey(r.take(32)?.try_into().ok()?);
+            self.lamports.insert(a, r.u64()?);
+        }
+        for _ in 0..r.count(24)? {
+            let (e, c, v) = (r.u64()?, ComponentId(r.u64()?), r.u64()?);
+            self.versions.insert((e, c), v);
+        }
+        for _ in 0..r.count(16)? {
+            let (e, parent) = (r.u64()?, r.u64()?);
+            self.entities.insert(e, EntityInfo { parent, children: 0 });
+        }
+        let parents: Vec<EntityId> = self.entities.values().map(|e| e.parent).filter(|p| *p != 0).collect();
+        for p in parents {
+            self.entities.get_mut(&p)?.children += 1;
+        }
+        for _ in 0..r.count(16)? {
+            let (e, at) = (r.u64()?, r.u64()?);
+            self.deleted.insert(e, at);
+        }
+        for _ in 0..r.count(48)? {
+            let a = AuthorKey(r.take(32)?.try_into().ok()?);
+            let (n, at) = (r.u64()?, r.u64()?);
+            self.recent.push(a, n, at);
+        }
+        r.0.is_empty().then_some(seq)
     }
 
     fn role(&self, key: &AuthorKey) -> Role {
@@ -188,13 +297,7 @@ impl SessionState {
 
     /// Runs the stateful checks in their documented order: role, replay, Lamport, rate,
     /// conflict. `rate` is skipped for trusted imports (`now_ms` = None).
-    pub fn check(
-        &mut self,
-        body: &CommandBody,
-        backend: &dyn Backend,
-        config: &StoreConfig,
-        now_ms: Option<u64>,
-    ) -> Result<(), AppendError> {
+    pub fn check(&mut self, body: &CommandBody, config: &StoreConfig, now_ms: Option<u64>) -> Result<(), AppendError> {
         let kind = body.command.kind();
         let is_create = kind == CommandKind::CreateSession;
         if is_create {
@@ -208,14 +311,8 @@ impl SessionState {
             }
         }
         // Replay.
-        if let Some(seq) = self.pending_nonces.get(&(body.author, body.nonce)) {
-            return Err(AppendError::Replay { author: body.author, nonce: body.nonce, first_seq: *seq });
-        }
-        if let Some(v) = backend
-            .get(&keys::nonce(&self.id, &body.author, body.nonce))
-            .map_err(|e| AppendError::Storage(e.to_string()))?
-        {
-            return Err(AppendError::Replay { author: body.author, nonce: body.nonce, first_seq: keys::be_u64(&v, 0) });
+        if let Some(first_seq) = self.recent.get(&body.author, body.nonce) {
+            return Err(AppendError::Replay { author: body.author, nonce: body.nonce, first_seq });
         }
         // Lamport.
         let previous = self.lamports.get(&body.author).copied().unwrap_or(0);
@@ -320,7 +417,7 @@ impl SessionState {
     }
 
     /// Appends an accepted command: assigns its seq, hashes it into the chain and the tree,
-    /// updates the derived state, and puts every write into `batch`.
+    /// updates the derived state, and puts the writes of the acknowledgement path into `batch`.
     pub fn apply(
         &mut self,
         body: &CommandBody,
@@ -342,27 +439,33 @@ impl SessionState {
             }
         });
         assert_eq!(self.frontier.size(), seq, "tree size equals the head seq");
-        batch.put(keys::by_author(&id, &body.author, seq), Vec::new());
-        if body.entity != 0 {
-            batch.put(keys::by_entity(&id, body.entity, seq), Vec::new());
-        }
-        batch.put(keys::nonce(&id, &body.author, body.nonce), seq.to_be_bytes().to_vec());
-        self.pending_nonces.insert((body.author, body.nonce), seq);
-        self.lamports.insert(body.author, body.lamport);
-        self.dirty_lamports.insert(body.author);
-        self.meta.clock = self.meta.clock.max(body.lamport);
         self.meta.head_seq = seq;
         self.meta.last_hash = entry_hash;
+        self.effects(body, seq, Some(batch));
+        (Accepted { seq, lamport: body.lamport, nonce: body.nonce, entry_hash }, entry)
+    }
 
+    /// The effects of the accepted entry `seq` on the derived state (and, with a batch, the
+    /// membership and policy keys it changes). Folding the log after a state checkpoint runs
+    /// exactly this, so a reopened session has the state it had.
+    pub fn effects(&mut self, body: &CommandBody, seq: u64, mut batch: Option<&mut WriteBatch>) {
+        let id = self.id;
+        self.recent.push(body.author, body.nonce, seq);
+        self.lamports.insert(body.author, body.lamport);
+        self.meta.clock = self.meta.clock.max(body.lamport);
         let mut member = |members: &mut BTreeMap<AuthorKey, Role>, key: AuthorKey, role: Role| {
             if role == Role::None {
                 members.remove(&key);
-                batch.delete(keys::member(&id, &key));
+                if let Some(b) = batch.as_deref_mut() {
+                    b.delete(keys::member(&id, &key));
+                }
             } else {
                 members.insert(key, role);
-                let mut v = vec![role as u8];
-                v.extend_from_slice(&seq.to_be_bytes());
-                batch.put(keys::member(&id, &key), v);
+                if let Some(b) = batch.as_deref_mut() {
+                    let mut v = vec![role as u8];
+                    v.extend_from_slice(&seq.to_be_bytes());
+                    b.put(keys::member(&id, &key), v);
+                }
             }
         };
         match &body.command {
@@ -374,60 +477,58 @@ impl SessionState {
             Command::RevokeRole { key } => member(&mut self.members, *key, Role::None),
             Command::SetConflictPolicy { component, strategy } => {
                 self.policies.insert(*component, *strategy);
-                batch.put(keys::policy(&id, *component), vec![*strategy as u8]);
+                if let Some(b) = batch.as_deref_mut() {
+                    b.put(keys::policy(&id, *component), vec![*strategy as u8]);
+                }
             }
+            // Checked before apply; folding a stored log (which verification checks after
+            // loading) must not panic on a damaged one, so missing relatives are skipped.
             Command::CreateEntity { parent, .. } => {
                 self.entities.insert(body.entity, EntityInfo { parent: *parent, children: 0 });
-                if *parent != 0 {
-                    self.entities.get_mut(parent).expect("checked parent").children += 1;
+                if let Some(p) = self.entities.get_mut(parent).filter(|_| *parent != 0) {
+                    p.children += 1;
                 }
-                batch.put(keys::entity(&id, body.entity), parent.to_be_bytes().to_vec());
             }
             Command::DeleteEntity => {
-                let info = self.entities.remove(&body.entity).expect("checked entity");
-                assert_eq!(info.children, 0, "deleted entities have no children");
-                if info.parent != 0 {
-                    self.entities.get_mut(&info.parent).expect("parent of live entity").children -= 1;
+                if let Some(info) = self.entities.remove(&body.entity)
+                    && let Some(p) = self.entities.get_mut(&info.parent)
+                {
+                    p.children = p.children.saturating_sub(1);
                 }
                 self.deleted.insert(body.entity, seq);
-                batch.delete(keys::entity(&id, body.entity));
-                batch.put(keys::deleted(&id, body.entity), seq.to_be_bytes().to_vec());
             }
             Command::Reparent { parent } => {
-                let old = self.entities[&body.entity].parent;
-                if old != 0 {
-                    self.entities.get_mut(&old).expect("old parent").children -= 1;
+                let old = self.entities.get(&body.entity).map_or(0, |i| i.parent);
+                if let Some(p) = self.entities.get_mut(&old) {
+                    p.children = p.children.saturating_sub(1);
                 }
-                if *parent != 0 {
-                    self.entities.get_mut(parent).expect("checked parent").children += 1;
+                if let Some(p) = self.entities.get_mut(parent) {
+                    p.children += 1;
                 }
-                self.entities.get_mut(&body.entity).expect("checked entity").parent = *parent;
-                batch.put(keys::entity(&id, body.entity), parent.to_be_bytes().to_vec());
+                if let Some(e) = self.entities.get_mut(&body.entity) {
+                    e.parent = *parent;
+                }
             }
             _ => {}
         }
         if body.entity != 0 {
-            let mut bump = |scope: (EntityId, ComponentId)| {
-                *self.versions.entry(scope).or_insert(0) += 1;
-                self.dirty_versions.insert(scope);
-            };
-            bump((body.entity, ComponentId::NONE));
+            *self.versions.entry((body.entity, ComponentId::NONE)).or_insert(0) += 1;
             if body.component != ComponentId::NONE {
-                bump((body.entity, body.component));
+                *self.versions.entry((body.entity, body.component)).or_insert(0) += 1;
             }
         }
-        (Accepted { seq, lamport: body.lamport, nonce: body.nonce, entry_hash }, entry)
     }
 
-    /// Ends the batch being built: writes the pending entries as blocks of at most
-    /// `max_block_bytes`, the changed Lamport timestamps and scope versions, and the header.
-    pub fn finish(&mut self, batch: &mut WriteBatch, max_block_bytes: usize) {
+    /// Ends the batch being built: writes the pending entries as compressed blocks of at most
+    /// `max_block_bytes` (before compression), a state checkpoint when one is due (or `force`d),
+    /// and the header.
+    pub fn finish(&mut self, batch: &mut WriteBatch, config: &StoreConfig, force_checkpoint: bool) {
         let id = self.id;
         let mut first = self.pending_first;
         let mut block: Vec<Vec<u8>> = Vec::new();
         let mut size = 0;
         for e in std::mem::take(&mut self.pending_entries) {
-            if !block.is_empty() && size + e.len() + 4 > max_block_bytes {
+            if !block.is_empty() && size + e.len() + 4 > config.max_block_bytes {
                 let n = block.len() as u64;
                 batch.put(keys::entry(&id, first), blocks::encode(&block));
                 first += n;
@@ -440,13 +541,18 @@ impl SessionState {
         if !block.is_empty() {
             batch.put(keys::entry(&id, first), blocks::encode(&block));
         }
-        for a in std::mem::take(&mut self.dirty_lamports) {
-            batch.put(keys::lamport(&id, &a), self.lamports[&a].to_be_bytes().to_vec());
+        if self.meta.head_seq - self.checkpointed >= config.state_checkpoint_every_entries.max(1) || force_checkpoint {
+            self.save_state(batch);
         }
-        for scope in std::mem::take(&mut self.dirty_versions) {
-            batch.put(keys::version(&id, scope.0, scope.1), self.versions[&scope].to_be_bytes().to_vec());
-        }
-        self.pending_nonces.clear();
         batch.put(keys::meta(&id), self.meta.encode());
     }
+
+    /// Puts a state checkpoint at the head into `batch`, unless the newest one is there.
+    pub fn save_state(&mut self, batch: &mut WriteBatch) {
+        if self.meta.head_seq > self.checkpointed {
+            batch.put(keys::state(&self.id), self.checkpoint());
+            self.checkpointed = self.meta.head_seq;
+        }
+    }
+
 }

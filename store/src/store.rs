@@ -11,10 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::{Signer, SigningKey};
 use theta_schemas::{AuthorKey, CommandKind, EntityId, Envelope, LogEntry, SessionId};
 
-use crate::backend::{Backend, BackendError, KvIter, MemoryBackend, SledBackend, WriteBatch};
+use crate::backend::{Backend, BackendError, MemoryBackend, SledBackend, WriteBatch};
 use crate::blocks;
 use crate::config::{Durability, StoreConfig, VerifyOnOpen};
 use crate::error::{AppendError, OpenError, ReadError, RejectionCode};
+use crate::index::{IndexJob, IndexRead, Wanted};
 use crate::keys;
 use crate::merkle::{self, Frontier, Hash, Prover};
 use crate::metrics::{Metrics, MetricsSnapshot};
@@ -210,6 +211,8 @@ struct Shared {
     service_key: SigningKey,
     closing: AtomicBool,
     listeners: RwLock<Vec<CommitListener>>,
+    /// Durable entries go to the indexer thread (`index`).
+    indexer: std::sync::Mutex<Option<std::sync::mpsc::Sender<IndexJob>>>,
 }
 
 /// Called by the commit thread with the new heads of the sessions a durable commit changed.
@@ -292,6 +295,7 @@ impl Store {
         config: StoreConfig,
         service_key: SigningKey,
     ) -> Result<Store, OpenError> {
+        check_format(&*backend)?;
         let mut states = BTreeMap::new();
         let mut views = BTreeMap::new();
         let metas: Vec<(SessionId, Vec<u8>)> = backend
@@ -346,6 +350,21 @@ impl Store {
             }
         }
         let global_trail_next = last_key_u64(&*backend, keys::tag::TRAIL, &SessionId::default())?.map_or(0, |i| i + 1);
+        // The indexes: catch up where the watermark lags the head (after a crash, or a store
+        // written before the runs were).
+        let (index_tx, index_rx) = std::sync::mpsc::channel::<IndexJob>();
+        for (id, state) in &states {
+            // An unreadable watermark counts as none: the indexer rebuilds from the start.
+            let w = crate::index::watermark(&*backend, id).unwrap_or(0);
+            if w < state.meta.head_seq {
+                let _ = index_tx.send(IndexJob::CatchUp(*id, w + 1, state.meta.head_seq));
+            }
+        }
+        let i_backend = backend.clone();
+        let indexer = std::thread::Builder::new()
+            .name("theta-index".into())
+            .spawn(move || crate::index::run(i_backend, index_rx))
+            .expect("spawn indexer thread");
         let shared = Arc::new(Shared {
             backend,
             config,
@@ -354,6 +373,7 @@ impl Store {
             service_key,
             closing: AtomicBool::new(false),
             listeners: RwLock::new(Vec::new()),
+            indexer: std::sync::Mutex::new(Some(index_tx)),
         });
         let (tx, rx) = sync_channel::<Job>(shared.config.queue_capacity.max(1));
         let (tx2, rx2) = sync_channel::<Stage2>(2);
@@ -373,7 +393,7 @@ impl Store {
             .name("theta-commit".into())
             .spawn(move || committer.run(rx2))
             .expect("spawn committer thread");
-        Ok(Store { shared, tx, threads: std::sync::Mutex::new(vec![verifier, committer]) })
+        Ok(Store { shared, tx, threads: std::sync::Mutex::new(vec![verifier, committer, indexer]) })
     }
 
     /// Submits an envelope; `reply` is called exactly once with the outcome, from a store
@@ -442,6 +462,8 @@ impl Store {
         if self.tx.send(Job::Shutdown(tx)).is_ok() {
             let _ = rx.recv();
         }
+        // The indexer writes what it gathered and stops when its channel closes.
+        self.shared.indexer.lock().expect("indexer lock").take();
         for t in self.threads.lock().expect("threads lock").drain(..) {
             let _ = t.join();
         }
@@ -526,17 +548,10 @@ impl Store {
         Ok(Entries { inner: EntriesInner::Direct(cursor) })
     }
 
-    fn read_index(&self, session: &SessionId, start: Vec<u8>, end: Vec<u8>, to: u64) -> Result<Entries, ReadError> {
-        let index = self.shared.backend.range(&start, &end);
-        Ok(Entries {
-            inner: EntriesInner::Index {
-                session: *session,
-                index,
-                backend: self.shared.backend.clone(),
-                block: None,
-                to,
-            },
-        })
+    fn read_index(&self, session: &SessionId, wanted: Wanted, from: u64, to: u64) -> Result<Entries, ReadError> {
+        let head = self.view(session)?;
+        let read = IndexRead::new(self.shared.backend.clone(), *session, wanted, from, to.min(head.seq))?;
+        Ok(Entries { inner: EntriesInner::Index(read) })
     }
 
     /// Entries signed by `author` with seq in `from..=to`, through the author index.
@@ -547,11 +562,7 @@ impl Store {
         from: u64,
         to: u64,
     ) -> Result<Entries, ReadError> {
-        let head = self.view(session)?;
-        let to = to.min(head.seq);
-        let (start, end) =
-            (keys::by_author(session, author, from.max(1)), keys::by_author(session, author, to.saturating_add(1)));
-        self.read_index(session, start, end, to)
+        self.read_index(session, Wanted::Author(*author), from, to)
     }
 
     /// Entries whose scope is `entity`, with seq in `from..=to`, through the entity index.
@@ -562,11 +573,20 @@ impl Store {
         from: u64,
         to: u64,
     ) -> Result<Entries, ReadError> {
-        let head = self.view(session)?;
-        let to = to.min(head.seq);
-        let (start, end) =
-            (keys::by_entity(session, entity, from.max(1)), keys::by_entity(session, entity, to.saturating_add(1)));
-        self.read_index(session, start, end, to)
+        self.read_index(session, Wanted::Entity(entity), from, to)
+    }
+
+    /// Waits until the indexer has written everything handed to it so far (tests, and tools
+    /// that want the runs on disk).
+    pub fn sync_indexes(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sent = match self.shared.indexer.lock().expect("indexer lock").as_ref() {
+            Some(i) => i.send(IndexJob::Drain(tx)).is_ok(),
+            None => false,
+        };
+        if sent {
+            let _ = rx.recv();
+        }
     }
 
     /// The rejection trail of a session (or, with `None`, the global trail of rejections that
@@ -793,13 +813,7 @@ fn head_of(state: &SessionState) -> Head {
 
 enum EntriesInner {
     Direct(blocks::Cursor),
-    Index {
-        session: SessionId,
-        index: KvIter,
-        backend: Arc<dyn Backend>,
-        block: Option<(u64, Vec<u8>, usize)>,
-        to: u64,
-    },
+    Index(IndexRead),
 }
 
 /// A lazy stream of log entries in seq order.
@@ -813,29 +827,31 @@ impl Iterator for Entries {
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.inner {
             EntriesInner::Direct(cursor) => cursor.next(),
-            EntriesInner::Index { session, index, backend, block, to } => {
-                let k = match index.next()? {
-                    Ok((k, _)) => k,
-                    Err(e) => return Some(Err(e.into())),
-                };
-                let seq = keys::be_u64(&k, k.len() - 8);
-                if seq > *to {
-                    return None;
-                }
-                // Keep the last block: index hits of one author or entity often share blocks.
-                let hit = block.as_ref().is_some_and(|(first, _, n)| seq >= *first && seq < first + *n as u64);
-                if !hit {
-                    match blocks::find(&**backend, session, seq) {
-                        Ok((first, raw)) => {
-                            let n = blocks::split(&raw).map_or(0, |p| p.len());
-                            *block = Some((first, raw, n));
-                        }
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
-                let (first, raw, _) = block.as_ref().expect("block");
-                Some(blocks::entry_in(session, seq, *first, raw))
+            EntriesInner::Index(read) => read.next(),
+        }
+    }
+}
+
+/// The on-disk format this build writes and reads (the `F` key).
+pub const FORMAT_VERSION: u8 = 2;
+
+/// Checks the on-disk format: a new store gets the current one; a store of another format is
+/// refused with what to run.
+fn check_format(backend: &dyn Backend) -> Result<(), OpenError> {
+    match backend.get(keys::FORMAT)? {
+        Some(v) if v == [FORMAT_VERSION] => Ok(()),
+        Some(v) => Err(OpenError::Format { found: v.first().copied().unwrap_or(0), supported: FORMAT_VERSION }),
+        None => {
+            let any = backend.range(&[keys::tag::META], &[keys::tag::META + 1]).next().transpose()?;
+            if any.is_some() {
+                // Stores written before the format key existed are format 1.
+                return Err(OpenError::Format { found: 1, supported: FORMAT_VERSION });
             }
+            let mut b = WriteBatch::default();
+            b.put(keys::FORMAT.to_vec(), vec![FORMAT_VERSION]);
+            backend.apply(b)?;
+            backend.flush(true)?;
+            Ok(())
         }
     }
 }
@@ -881,9 +897,10 @@ fn last_key_u64(backend: &dyn Backend, tag: u8, session: &SessionId) -> Result<O
     }
 }
 
-/// Verifies a session's stored entries from `from` to its head: block framing, decoding,
-/// seq continuity, chain hashes, stored Merkle nodes (when verifying from 1), indexes and
-/// nonces.
+/// Verifies a session's stored entries from `from` to its head: block codec and framing,
+/// decoding, seq continuity, chain hashes and stored Merkle nodes (when verifying from 1). The
+/// indexes and the state checkpoint are derived: loading folds the log after the checkpoint,
+/// and index reads scan the log past the watermark.
 fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Result<(), Corruption> {
     let id = state.id;
     let head = state.meta.head_seq;
@@ -915,6 +932,7 @@ fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Res
         if block_first > head {
             return Err(bad(block_first, format!("entry beyond the head {head}")));
         }
+        let raw = blocks::decode(&raw).map_err(|e| bad(block_first.max(seq), e))?;
         let parts = blocks::split(&raw).map_err(|i| bad(block_first + i as u64, "block framing broken".into()))?;
         for (i, part) in parts.into_iter().enumerate() {
             let at = block_first + i as u64;
@@ -949,19 +967,7 @@ fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Res
                     return Err(bad(seq, format!("Merkle node ({level}, {index}) does not match")));
                 }
             }
-            let (_, body) =
-                Envelope::open(&e.envelope).map_err(|err| bad(seq, format!("envelope does not decode: {err}")))?;
-            let has = |key: Vec<u8>| backend.get(&key).map(|v| v.is_some());
-            if !has(keys::by_author(&id, &body.author, seq)).map_err(storage(seq))? {
-                return Err(bad(seq, "author index entry missing".into()));
-            }
-            if body.entity != 0 && !has(keys::by_entity(&id, body.entity, seq)).map_err(storage(seq))? {
-                return Err(bad(seq, "entity index entry missing".into()));
-            }
-            let nonce = backend.get(&keys::nonce(&id, &body.author, body.nonce)).map_err(storage(seq))?;
-            if nonce.as_deref() != Some(&seq.to_be_bytes()[..]) {
-                return Err(bad(seq, "nonce table entry missing".into()));
-            }
+            Envelope::open(&e.envelope).map_err(|err| bad(seq, format!("envelope does not decode: {err}")))?;
             prev = h;
             seq += 1;
         }
@@ -1098,6 +1104,16 @@ impl Committer {
                     }
                     Stage2::Shutdown(done) => {
                         self.commit(std::mem::take(&mut group), &mut failed);
+                        // A state checkpoint at every head: the next open folds nothing.
+                        if !failed {
+                            let mut batch = WriteBatch::default();
+                            for state in self.states.values_mut() {
+                                state.save_state(&mut batch);
+                            }
+                            if !batch.is_empty() && self.shared.backend.apply(batch).is_ok() {
+                                self.dirty_since.get_or_insert_with(Instant::now);
+                            }
+                        }
                         if self.dirty_since.is_some() {
                             let _ = self.shared.backend.flush(true);
                         }
@@ -1174,9 +1190,8 @@ impl Committer {
             self.states.insert(body.session, SessionState::new(body.session));
         }
         let config = &self.shared.config;
-        let backend = &*self.shared.backend;
         let state = self.states.get_mut(&body.session).expect("present");
-        if let Err(e) = state.check(body, backend, config, Some(now)) {
+        if let Err(e) = state.check(body, config, Some(now)) {
             if creating {
                 self.states.remove(&body.session);
             }
@@ -1225,11 +1240,28 @@ impl Committer {
         if group.is_empty() {
             return;
         }
+        if *failed {
+            // After a storage failure nothing more is written: a later flush would make the
+            // failed group durable behind its refusals (and the trail records are writes too).
+            let metrics = &self.shared.metrics;
+            for (checked, reply, submitted) in group {
+                let e = match checked.result {
+                    Err(e) => e,
+                    Ok(_) => AppendError::Storage("the store stopped after a storage failure".into()),
+                };
+                metrics.reject(e.code());
+                metrics.ack_latency.observe_us(submitted.elapsed().as_micros() as u64);
+                metrics.queue_depth.fetch_sub(1, Relaxed);
+                reply.send(Err(e));
+            }
+            return;
+        }
         let now = now_ms();
         let mut batch = WriteBatch::default();
         let mut touched = BTreeSet::new();
         let mut trail_touched = BTreeSet::new();
         let mut outcomes = Vec::with_capacity(group.len());
+        let mut indexed: BTreeMap<SessionId, Vec<(u64, AuthorKey, EntityId)>> = BTreeMap::new();
         for (checked, reply, submitted) in group {
             let Checked { bytes, envelope_hash, result, origin } = checked;
             let (author, session, result) = match result {
@@ -1240,6 +1272,9 @@ impl Committer {
                     } else {
                         self.append_one(&body, bytes, now, &mut batch, &mut touched)
                     };
+                    if let Ok(a) = &r {
+                        indexed.entry(body.session).or_default().push((a.seq, body.author, body.entity));
+                    }
                     (Some(body.author), Some(body.session), r.map(|a| (body.session, a)))
                 }
             };
@@ -1255,7 +1290,7 @@ impl Committer {
             outcomes.push(Outcome { reply, submitted, result });
         }
         let every = self.shared.config.verified_checkpoint_every_entries.max(1);
-        let max_block_bytes = self.shared.config.max_block_bytes;
+        let config = self.shared.config.clone();
         for s in touched.iter().chain(&trail_touched) {
             let state = self.states.get_mut(s).expect("touched session");
             // Entries this store hashed itself count as verified; Tail verification on open
@@ -1263,7 +1298,7 @@ impl Committer {
             if state.meta.head_seq - state.meta.verified_upto >= every {
                 state.meta.verified_upto = state.meta.head_seq;
             }
-            state.finish(&mut batch, max_block_bytes);
+            state.finish(&mut batch, &config, false);
         }
         let persisted = if batch.is_empty() { Ok(()) } else { self.persist(batch) };
         if let Err(e) = &persisted {
@@ -1284,6 +1319,11 @@ impl Committer {
                 }
             }
             self.notify(&heads);
+            if let Some(i) = self.shared.indexer.lock().expect("indexer lock").as_ref() {
+                for (s, entries) in indexed {
+                    let _ = i.send(IndexJob::Entries(s, entries));
+                }
+            }
         }
         let metrics = &self.shared.metrics;
         metrics.batches_committed.fetch_add(1, Relaxed);
@@ -1328,7 +1368,7 @@ impl Committer {
         // failed call was written (cheaper than cloning the state for every call).
         let mut state = self.states.remove(&session).unwrap_or_else(|| SessionState::new(session));
         let before = state.meta.head_seq;
-        let mut batch = match import_into(&mut state, entries, &config, &*backend) {
+        let mut batch = match import_into(&mut state, entries, &config) {
             Ok(batch) => batch,
             Err(e) => {
                 if before > 0 {
@@ -1349,13 +1389,16 @@ impl Committer {
             }
         };
         let n = state.meta.head_seq;
-        state.finish(&mut batch, config.max_block_bytes);
+        state.finish(&mut batch, &config, false);
         if let Err(e) = self.persist(batch) {
             *failed = true;
             return Err(ImportError::Rejected { seq: 0, error: AppendError::Storage(e.to_string()) });
         }
         let head = head_of(&state);
         self.shared.metrics.imported_entries.fetch_add(n - before, Relaxed);
+        if let Some(i) = self.shared.indexer.lock().expect("indexer lock").as_ref() {
+            let _ = i.send(IndexJob::CatchUp(session, before + 1, n));
+        }
         self.shared.views.write().expect("views lock").insert(session, View { head: head.clone(), corrupted: None });
         self.notify(std::slice::from_ref(&head));
         self.states.insert(session, state);
@@ -1368,7 +1411,6 @@ fn import_into(
     state: &mut SessionState,
     entries: Vec<LogEntry>,
     config: &StoreConfig,
-    backend: &dyn Backend,
 ) -> Result<WriteBatch, ImportError> {
     let session = state.id;
     let mut batch = WriteBatch::default();
@@ -1387,7 +1429,7 @@ fn import_into(
         if body.session != session {
             return Err(chain("entry belongs to another session"));
         }
-        state.check(&body, backend, config, None).map_err(|error| ImportError::Rejected { seq, error })?;
+        state.check(&body, config, None).map_err(|error| ImportError::Rejected { seq, error })?;
         let (accepted, _) = state.apply(&body, e.envelope, e.receipt_time_ms, &mut batch);
         if accepted.entry_hash != e.entry_hash {
             return Err(chain("entry hash does not match its contents"));

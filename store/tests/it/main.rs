@@ -6,3 +6,4 @@ mod durability;
 mod helpers;
 mod props;
 mod reads;
+mod recovery;

@@ -170,26 +170,33 @@ fn a_changed_byte_in_a_stored_entry_is_detected_on_open_with_its_position() {
         }
         let target = if mode == VerifyOnOpen::Tail { 28 } else { seq };
         // Change one byte inside the stored entry, behind the store's back. Entries live in
-        // blocks (`E | session | first seq`, each entry behind a u32 LE length).
+        // blocks (`E | session | first seq`: codec 1 = zstd, the plain length as u32 LE, the
+        // zstd frame; plainly, each entry behind a u32 LE length).
         {
             let db = open_raw_sled(dir.path());
             let tree = db.open_tree("theta").unwrap();
             let mut prefix = vec![b'E'];
             prefix.extend_from_slice(&s.0);
-            let (key, block) = tree
+            let (key, stored) = tree
                 .scan_prefix(&prefix)
                 .map(Result::unwrap)
                 .filter(|(k, _)| u64::from_be_bytes(k[17..25].try_into().unwrap()) <= target)
                 .last()
                 .expect("block present");
             let first = u64::from_be_bytes(key[17..25].try_into().unwrap());
-            let mut block = block.to_vec();
+            assert_eq!(stored[0], 1, "zstd block");
+            let len = u32::from_le_bytes(stored[1..5].try_into().unwrap()) as usize;
+            let mut block = zstd::bulk::decompress(&stored[5..], len).unwrap();
             let mut at = 0usize;
             for _ in first..target {
                 at += 4 + u32::from_le_bytes(block[at..at + 4].try_into().unwrap()) as usize;
             }
             let len = u32::from_le_bytes(block[at..at + 4].try_into().unwrap()) as usize;
             block[at + 4 + len - 40] ^= 0x20; // inside the envelope
+            let mut block_stored = vec![1u8];
+            block_stored.extend_from_slice(&(block.len() as u32).to_le_bytes());
+            block_stored.extend_from_slice(&zstd::bulk::compress(&block, 1).unwrap());
+            let block = block_stored;
             tree.insert(key, block).unwrap();
             db.flush().unwrap();
         }
