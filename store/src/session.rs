@@ -477,7 +477,7 @@ impl SessionState {
             Command::RevokeRole { key } => member(&mut self.members, *key, Role::None),
             Command::SetConflictPolicy { component, strategy } => {
                 self.policies.insert(*component, *strategy);
-                if let Some(b) = batch.as_deref_mut() {
+                if let Some(b) = &mut batch {
                     b.put(keys::policy(&id, *component), vec![*strategy as u8]);
                 }
             }

@@ -213,6 +213,8 @@ struct Shared {
     listeners: RwLock<Vec<CommitListener>>,
     /// Durable entries go to the indexer thread (`index`).
     indexer: std::sync::Mutex<Option<std::sync::mpsc::Sender<IndexJob>>>,
+    /// A write or flush failed: nothing more is written until the store is reopened.
+    failed: AtomicBool,
 }
 
 /// Called by the commit thread with the new heads of the sessions a durable commit changed.
@@ -374,6 +376,7 @@ impl Store {
             closing: AtomicBool::new(false),
             listeners: RwLock::new(Vec::new()),
             indexer: std::sync::Mutex::new(Some(index_tx)),
+            failed: AtomicBool::new(false),
         });
         let (tx, rx) = sync_channel::<Job>(shared.config.queue_capacity.max(1));
         let (tx2, rx2) = sync_channel::<Stage2>(2);
@@ -382,12 +385,21 @@ impl Store {
             .name("theta-verify".into())
             .spawn(move || verify_loop(v_shared, rx, tx2))
             .expect("spawn verifier thread");
+        // Two groups in flight at most: one flushing, the next one applied behind it.
+        let (flush_tx, flush_rx) = sync_channel::<Flush>(1);
+        let f_shared = shared.clone();
+        let flusher_thread = std::thread::Builder::new()
+            .name("theta-flush".into())
+            .spawn(move || flush_loop(f_shared, flush_rx))
+            .expect("spawn flusher thread");
         let committer = Committer {
             shared: shared.clone(),
             states,
             global_trail_next,
             dirty_since: None,
             creations: std::collections::HashMap::new(),
+            flusher: Some(flush_tx),
+            flusher_thread: Some(flusher_thread),
         };
         let committer = std::thread::Builder::new()
             .name("theta-commit".into())
@@ -469,8 +481,8 @@ impl Store {
         }
     }
 
-    /// Adds a function told about every durable commit. It runs on the commit thread: keep
-    /// it short (send to a channel).
+    /// Adds a function told about every durable commit. It runs on a store thread (the
+    /// flusher's, or the committer's): keep it short (send to a channel).
     pub fn add_commit_listener(&self, f: impl Fn(&[Head]) + Send + Sync + 'static) {
         self.shared.listeners.write().expect("listener lock").push(Arc::new(f));
     }
@@ -1049,6 +1061,9 @@ struct Committer {
     /// Session-creation token buckets per key (bounded: at the bound, buckets that hold a
     /// token are forgotten).
     creations: std::collections::HashMap<theta_schemas::AuthorKey, crate::guard::TokenBucket>,
+    /// Groups waiting for their flush (`Durability::Sync`), and the thread flushing them.
+    flusher: Option<SyncSender<Flush>>,
+    flusher_thread: Option<JoinHandle<()>>,
 }
 
 /// Keys whose session-creation buckets are remembered at once.
@@ -1116,6 +1131,11 @@ impl Committer {
                         }
                         if self.dirty_since.is_some() {
                             let _ = self.shared.backend.flush(true);
+                        }
+                        // The flusher answers what it holds, then stops.
+                        self.flusher.take();
+                        if let Some(t) = self.flusher_thread.take() {
+                            let _ = t.join();
                         }
                         let _ = done.send(());
                         return;
@@ -1240,6 +1260,7 @@ impl Committer {
         if group.is_empty() {
             return;
         }
+        *failed |= self.shared.failed.load(Relaxed);
         if *failed {
             // After a storage failure nothing more is written: a later flush would make the
             // failed group durable behind its refusals (and the trail records are writes too).
@@ -1300,60 +1321,34 @@ impl Committer {
             }
             state.finish(&mut batch, &config, false);
         }
-        let persisted = if batch.is_empty() { Ok(()) } else { self.persist(batch) };
-        if let Err(e) = &persisted {
-            *failed = true;
-            tracing_error(&format!("storage failure, the store stops accepting appends: {e}"));
-        }
-        let mut roots: HashMap<SessionId, (u64, Hash)> = HashMap::new();
-        if persisted.is_ok() {
-            let mut heads = Vec::with_capacity(touched.len());
-            {
-                let mut views = self.shared.views.write().expect("views lock");
-                for s in &touched {
-                    let state = &self.states[s];
-                    let head = head_of(state);
-                    roots.insert(*s, (head.seq, head.tree_root));
-                    views.insert(*s, View { head: head.clone(), corrupted: None });
-                    heads.push(head);
+        let heads: Vec<Head> = touched.iter().map(|s| head_of(&self.states[s])).collect();
+        let group = Group { outcomes, heads, indexed };
+        let applied = if batch.is_empty() { Ok(false) } else { self.shared.backend.apply(batch).map(|()| true) };
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                *failed = true;
+                self.shared.failed.store(true, Relaxed);
+                tracing_error(&format!("storage failure, the store stops accepting appends: {e}"));
+                return complete(&self.shared, group, Err(e.to_string()));
+            }
+        };
+        match self.shared.config.durability {
+            // Flushed on the flusher thread while this one builds the next group.
+            Durability::Sync => {
+                if let Some(f) = &self.flusher
+                    && let Err(e) = f.send(Flush { group, applied })
+                {
+                    complete(&self.shared, e.0.group, Err("the store is shutting down".into()));
                 }
             }
-            self.notify(&heads);
-            if let Some(i) = self.shared.indexer.lock().expect("indexer lock").as_ref() {
-                for (s, entries) in indexed {
-                    let _ = i.send(IndexJob::Entries(s, entries));
+            Durability::IntervalMs(_) => {
+                if applied {
+                    self.dirty_since.get_or_insert_with(Instant::now);
                 }
+                complete(&self.shared, group, Ok(()));
             }
-        }
-        let metrics = &self.shared.metrics;
-        metrics.batches_committed.fetch_add(1, Relaxed);
-        for o in outcomes {
-            let result = match (o.result, &persisted) {
-                (Ok((session, a)), Ok(())) => {
-                    let (tree_size, tree_root) = roots[&session];
-                    Ok(Receipt {
-                        session,
-                        seq: a.seq,
-                        lamport: a.lamport,
-                        nonce: a.nonce,
-                        entry_hash: a.entry_hash,
-                        tree_size,
-                        tree_root,
-                    })
-                }
-                (Ok(_), Err(e)) => Err(AppendError::Storage(e.to_string())),
-                (Err(e), _) => Err(e),
-            };
-            match &result {
-                Ok(_) => metrics.appends_accepted.fetch_add(1, Relaxed),
-                Err(e) => {
-                    metrics.reject(e.code());
-                    0
-                }
-            };
-            metrics.ack_latency.observe_us(o.submitted.elapsed().as_micros() as u64);
-            metrics.queue_depth.fetch_sub(1, Relaxed);
-            o.reply.send(result);
+            Durability::None => complete(&self.shared, group, Ok(())),
         }
     }
 
@@ -1392,6 +1387,7 @@ impl Committer {
         state.finish(&mut batch, &config, false);
         if let Err(e) = self.persist(batch) {
             *failed = true;
+            self.shared.failed.store(true, Relaxed);
             return Err(ImportError::Rejected { seq: 0, error: AppendError::Storage(e.to_string()) });
         }
         let head = head_of(&state);
@@ -1403,6 +1399,106 @@ impl Committer {
         self.notify(std::slice::from_ref(&head));
         self.states.insert(session, state);
         Ok(n)
+    }
+}
+
+/// A committed group on its way to its replies: its outcomes, the heads it made, and the
+/// entries for the indexer.
+struct Group {
+    outcomes: Vec<Outcome>,
+    heads: Vec<Head>,
+    indexed: BTreeMap<SessionId, Vec<(u64, AuthorKey, EntityId)>>,
+}
+
+/// A group applied to the backend, to be made durable before its replies (`Durability::Sync`).
+struct Flush {
+    group: Group,
+    /// Whether the group wrote anything (a group of refusals without trail records did not).
+    applied: bool,
+}
+
+/// The flusher thread: flush + fdatasync per group, in commit order, overlapping the committer's
+/// work on the next group; then the group's heads, listeners, index entries and replies.
+fn flush_loop(shared: Arc<Shared>, rx: Receiver<Flush>) {
+    for Flush { group, applied } in rx {
+        let result = if shared.failed.load(Relaxed) {
+            Err("the store stopped after a storage failure".to_string())
+        } else if applied {
+            let t = Instant::now();
+            let r = shared.backend.flush(true);
+            shared.metrics.flush_latency.observe_us(t.elapsed().as_micros() as u64);
+            shared.metrics.flushes.fetch_add(1, Relaxed);
+            r.map_err(|e| {
+                shared.failed.store(true, Relaxed);
+                tracing_error(&format!("storage failure, the store stops accepting appends: {e}"));
+                e.to_string()
+            })
+        } else {
+            Ok(())
+        };
+        complete(&shared, group, result);
+    }
+}
+
+/// Answers a group whose writes are durable (`Ok`) or failed: publishes its heads (never moving
+/// a head back), tells the listeners and the indexer, and sends every reply.
+fn complete(shared: &Shared, group: Group, durable: Result<(), String>) {
+    let Group { outcomes, heads, indexed } = group;
+    let mut roots: HashMap<SessionId, (u64, Hash)> = HashMap::new();
+    if durable.is_ok() {
+        let mut fresh = Vec::with_capacity(heads.len());
+        {
+            let mut views = shared.views.write().expect("views lock");
+            for head in heads {
+                roots.insert(head.session, (head.seq, head.tree_root));
+                let newer = views.get(&head.session).is_none_or(|v| v.head.seq < head.seq);
+                if newer {
+                    views.insert(head.session, View { head: head.clone(), corrupted: None });
+                    fresh.push(head);
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            let listeners = shared.listeners.read().expect("listener lock").clone();
+            for f in listeners {
+                f(&fresh);
+            }
+        }
+        if let Some(i) = shared.indexer.lock().expect("indexer lock").as_ref() {
+            for (s, entries) in indexed {
+                let _ = i.send(IndexJob::Entries(s, entries));
+            }
+        }
+    }
+    let metrics = &shared.metrics;
+    metrics.batches_committed.fetch_add(1, Relaxed);
+    for o in outcomes {
+        let result = match (o.result, &durable) {
+            (Ok((session, a)), Ok(())) => {
+                let (tree_size, tree_root) = roots[&session];
+                Ok(Receipt {
+                    session,
+                    seq: a.seq,
+                    lamport: a.lamport,
+                    nonce: a.nonce,
+                    entry_hash: a.entry_hash,
+                    tree_size,
+                    tree_root,
+                })
+            }
+            (Ok(_), Err(e)) => Err(AppendError::Storage(e.clone())),
+            (Err(e), _) => Err(e),
+        };
+        match &result {
+            Ok(_) => metrics.appends_accepted.fetch_add(1, Relaxed),
+            Err(e) => {
+                metrics.reject(e.code());
+                0
+            }
+        };
+        metrics.ack_latency.observe_us(o.submitted.elapsed().as_micros() as u64);
+        metrics.queue_depth.fetch_sub(1, Relaxed);
+        o.reply.send(result);
     }
 }
 
