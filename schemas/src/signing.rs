@@ -105,15 +105,28 @@ pub fn verify_batch<'a>(items: impl IntoIterator<Item = (&'a PublicKey, &'a [u8]
     use rand::Rng as _;
     let items = items.into_iter();
     let mut rng = rand::thread_rng();
-    let mut scalars = Vec::with_capacity(2 * items.size_hint().0 + 1);
-    let mut points = Vec::with_capacity(2 * items.size_hint().0 + 1);
+    let mut scalars = Vec::with_capacity(items.size_hint().0 + 1);
+    let mut points = Vec::with_capacity(items.size_hint().0 + 1);
+    // Signatures by the same key share its point: Σ zᵢkᵢA over them is one term (Σ zᵢkᵢ)A,
+    // the same sum with fewer points (a store's batch holds many commands per author).
+    let mut keys: std::collections::HashMap<[u8; 32], usize> = std::collections::HashMap::new();
+    let mut key_terms: Vec<(Scalar, EdwardsPoint)> = Vec::new();
     let mut base = Scalar::ZERO;
     for (key, message, signature) in items {
         let Some((r, s, k)) = parts(key, message, signature) else { return false };
         let z = Scalar::from(rng.r#gen::<u128>());
         base += z * s;
-        scalars.extend([z, z * k]);
-        points.extend([r, key.point]);
+        scalars.push(z);
+        points.push(r);
+        let at = *keys.entry(key.bytes).or_insert_with(|| {
+            key_terms.push((Scalar::ZERO, key.point));
+            key_terms.len() - 1
+        });
+        key_terms[at].0 += z * k;
+    }
+    for (scalar, point) in key_terms {
+        scalars.push(scalar);
+        points.push(point);
     }
     scalars.push(-base);
     points.push(ED25519_BASEPOINT_POINT);

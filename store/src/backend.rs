@@ -70,6 +70,17 @@ pub trait Backend: Send + Sync + 'static {
     fn path(&self) -> Option<&Path>;
 }
 
+/// Segment size of new sled databases, bytes. sled writes any page larger than a quarter of a
+/// segment to a file of its own under `blobs/` (each one fsynced on flush); with sled's default
+/// of 512 KiB a leaf of a few log blocks already crossed that line at every rewrite.
+pub const SEGMENT_BYTES: usize = 8 << 20;
+
+/// The segment size recorded in an existing sled database's `conf` file.
+fn stored_segment_size(path: &Path) -> Option<usize> {
+    let conf = std::fs::read_to_string(path.join("conf")).ok()?;
+    conf.lines().find_map(|l| l.strip_prefix("segment_size:")?.trim().parse().ok())
+}
+
 /// sled 0.34, with an fdatasync of its data file after its own flush.
 ///
 /// sled's flush writes its log with `sync_file_range`, which does not flush the drive's
@@ -92,9 +103,12 @@ impl SledBackend {
             move |source| BackendError::Io { what, source }
         };
         std::fs::create_dir_all(path).map_err(io("create data directory"))?;
+        // sled stores its segment size and refuses another one on reopen.
+        let segment = stored_segment_size(path).unwrap_or(SEGMENT_BYTES);
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity_bytes)
+            .segment_size(segment)
             .flush_every_ms(None)
             .mode(sled::Mode::HighThroughput);
         // sled releases its file lock from background threads shortly after a `Db` in this

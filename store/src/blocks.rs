@@ -26,6 +26,19 @@ pub(crate) const CODEC_ZSTD: u8 = 1;
 /// entry, both far below this).
 const MAX_PLAIN_BLOCK: usize = 16 << 20;
 
+thread_local! {
+    // One zstd context per thread, reused (creating one costs more than compressing a block).
+    static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(1).expect("a zstd level-1 context"));
+    static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("a zstd context"));
+}
+
+/// zstd level 1 with this thread's context.
+pub(crate) fn compress(plain: &[u8]) -> Vec<u8> {
+    COMPRESSOR.with(|c| c.borrow_mut().compress(plain)).expect("zstd compresses into a growable buffer")
+}
+
 /// The plain form of entries (already encoded `LogEntry` buffers).
 pub(crate) fn plain(entries: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.iter().map(|e| e.len() + 4).sum());
@@ -39,7 +52,7 @@ pub(crate) fn plain(entries: &[Vec<u8>]) -> Vec<u8> {
 /// Encodes entries as one stored (compressed) block.
 pub(crate) fn encode(entries: &[Vec<u8>]) -> Vec<u8> {
     let plain = plain(entries);
-    let packed = zstd::bulk::compress(&plain, 1).expect("zstd compresses into a growable buffer");
+    let packed = compress(&plain);
     let mut out = Vec::with_capacity(5 + packed.len());
     out.push(CODEC_ZSTD);
     out.extend_from_slice(&(plain.len() as u32).to_le_bytes());
@@ -58,7 +71,9 @@ pub(crate) fn decode(stored: &[u8]) -> Result<Vec<u8>, String> {
     if len > MAX_PLAIN_BLOCK {
         return Err(format!("block claims {len} plain bytes"));
     }
-    let plain = zstd::bulk::decompress(&rest[4..], len).map_err(|e| format!("block does not decompress: {e}"))?;
+    let plain = DECOMPRESSOR
+        .with(|d| d.borrow_mut().decompress(&rest[4..], len))
+        .map_err(|e| format!("block does not decompress: {e}"))?;
     if plain.len() != len {
         return Err(format!("block decompresses to {} bytes, not {len}", plain.len()));
     }

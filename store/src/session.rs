@@ -239,7 +239,7 @@ impl SessionState {
             w.extend_from_slice(&a.0);
             u64s(&mut w, &[*n, *seq]);
         }
-        zstd::bulk::compress(&w, 1).expect("zstd compresses into a growable buffer")
+        blocks::compress(&w)
     }
 
     /// Loads a state checkpoint; returns the seq it reflects (`None`: unreadable).

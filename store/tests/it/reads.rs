@@ -270,7 +270,7 @@ fn reads_and_proofs_cross_block_boundaries() {
 fn open_raw_sled(path: &std::path::Path) -> sled::Db {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match sled::open(path) {
+        match sled::Config::new().path(path).segment_size(theta_store::backend::SEGMENT_BYTES).open() {
             Ok(db) => return db,
             Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
