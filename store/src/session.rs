@@ -425,14 +425,30 @@ impl SessionState {
         receipt_time_ms: u64,
         batch: &mut WriteBatch,
     ) -> (Accepted, LogEntry) {
+        let seq = self.meta.head_seq + 1;
+        let entry_hash = merkle::entry_hash(&self.id, seq, receipt_time_ms, &self.meta.last_hash, &envelope);
+        self.apply_hashed(body, envelope, receipt_time_ms, entry_hash, None, batch)
+    }
+
+    /// [`SessionState::apply`] with the entry hash already computed (and checked) by the
+    /// caller: `entry_hash(session, head + 1, receipt_time_ms, last hash, envelope)`; and, when
+    /// given, the entry's encoding too.
+    pub fn apply_hashed(
+        &mut self,
+        body: &CommandBody,
+        envelope: Vec<u8>,
+        receipt_time_ms: u64,
+        entry_hash: Hash,
+        encoded: Option<Vec<u8>>,
+        batch: &mut WriteBatch,
+    ) -> (Accepted, LogEntry) {
         let id = self.id;
         let seq = self.meta.head_seq + 1;
-        let entry_hash = merkle::entry_hash(&id, seq, receipt_time_ms, &self.meta.last_hash, &envelope);
         let entry = LogEntry { seq, envelope, prev_hash: self.meta.last_hash, entry_hash, receipt_time_ms };
         if self.pending_entries.is_empty() {
             self.pending_first = seq;
         }
-        self.pending_entries.push(entry.encode());
+        self.pending_entries.push(encoded.unwrap_or_else(|| entry.encode()));
         self.frontier.push(merkle::leaf_hash(&entry_hash), |level, index, h| {
             if level >= STORED_MIN_LEVEL {
                 batch.put(keys::node(&id, level, index), h.to_vec());
@@ -525,21 +541,38 @@ impl SessionState {
     pub fn finish(&mut self, batch: &mut WriteBatch, config: &StoreConfig, force_checkpoint: bool) {
         let id = self.id;
         let mut first = self.pending_first;
+        let mut blocks: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
         let mut block: Vec<Vec<u8>> = Vec::new();
         let mut size = 0;
         for e in std::mem::take(&mut self.pending_entries) {
             if !block.is_empty() && size + e.len() + 4 > config.max_block_bytes {
                 let n = block.len() as u64;
-                batch.put(keys::entry(&id, first), blocks::encode(&block));
+                blocks.push((first, std::mem::take(&mut block)));
                 first += n;
-                block.clear();
                 size = 0;
             }
             size += e.len() + 4;
             block.push(e);
         }
         if !block.is_empty() {
-            batch.put(keys::entry(&id, first), blocks::encode(&block));
+            blocks.push((first, block));
+        }
+        // Compression is most of a group's work here: several blocks compress on every core.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(blocks.len());
+        let stored: Vec<Vec<u8>> = if threads <= 1 {
+            blocks.iter().map(|(_, b)| blocks::encode(b)).collect()
+        } else {
+            let chunk = blocks.len().div_ceil(threads);
+            std::thread::scope(|s| {
+                let parts: Vec<_> = blocks
+                    .chunks(chunk)
+                    .map(|c| s.spawn(move || c.iter().map(|(_, b)| blocks::encode(b)).collect::<Vec<_>>()))
+                    .collect();
+                parts.into_iter().flat_map(|h| h.join().expect("compression thread")).collect()
+            })
+        };
+        for ((first, _), bytes) in blocks.iter().zip(stored) {
+            batch.put(keys::entry(&id, *first), bytes);
         }
         if self.meta.head_seq - self.checkpointed >= config.state_checkpoint_every_entries.max(1) || force_checkpoint {
             self.save_state(batch);

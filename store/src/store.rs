@@ -248,7 +248,41 @@ struct AppendJob {
 struct ImportJob {
     session: SessionId,
     entries: Vec<LogEntry>,
+    /// Each entry decoded, validated and its hash checked (in parallel, before the job).
+    prepared: Vec<Prepared>,
     reply: SyncSender<Result<u64, ImportError>>,
+}
+
+/// An imported entry after the parallel stage: its body (or why it does not decode or
+/// validate), and whether its stored hash matches its contents.
+struct Prepared {
+    body: Result<theta_schemas::CommandBody, AppendError>,
+    hash_ok: bool,
+    /// The entry's stored encoding.
+    encoded: Vec<u8>,
+}
+
+/// Decodes, validates and hashes imported entries on every core; the ordered pass (chain
+/// links, the stateful checks) runs on the committer.
+fn prepare_import(session: &SessionId, entries: &[LogEntry]) -> Vec<Prepared> {
+    let one = |e: &LogEntry| Prepared {
+        body: Envelope::open(&e.envelope).map_err(AppendError::Malformed).and_then(|(_, body)| {
+            validate(&body)?;
+            Ok(body)
+        }),
+        hash_ok: merkle::entry_hash(session, e.seq, e.receipt_time_ms, &e.prev_hash, &e.envelope) == e.entry_hash,
+        encoded: e.encode(),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(entries.len().div_ceil(256));
+    if threads <= 1 {
+        return entries.iter().map(one).collect();
+    }
+    let chunk = entries.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> =
+            entries.chunks(chunk).map(|c| s.spawn(move || c.iter().map(one).collect::<Vec<_>>())).collect();
+        parts.into_iter().flat_map(|h| h.join().expect("import preparation thread")).collect()
+    })
 }
 
 enum Job {
@@ -456,8 +490,9 @@ impl Store {
     pub fn import(&self, session: SessionId, entries: Vec<LogEntry>) -> Result<u64, ImportError> {
         let (tx, rx) = sync_channel(1);
         let shutting = ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown };
+        let prepared = prepare_import(&session, &entries);
         if self.shared.closing.load(Relaxed)
-            || self.tx.send(Job::Import(ImportJob { session, entries, reply: tx })).is_err()
+            || self.tx.send(Job::Import(ImportJob { session, entries, prepared, reply: tx })).is_err()
         {
             return Err(shutting);
         }
@@ -1113,7 +1148,7 @@ impl Committer {
                                 error: AppendError::Storage("store failed earlier".into()),
                             })
                         } else {
-                            self.import(job.session, job.entries, &mut failed)
+                            self.import(job.session, job.entries, job.prepared, &mut failed)
                         };
                         let _ = job.reply.send(r);
                     }
@@ -1352,7 +1387,13 @@ impl Committer {
         }
     }
 
-    fn import(&mut self, session: SessionId, entries: Vec<LogEntry>, failed: &mut bool) -> Result<u64, ImportError> {
+    fn import(
+        &mut self,
+        session: SessionId,
+        entries: Vec<LogEntry>,
+        prepared: Vec<Prepared>,
+        failed: &mut bool,
+    ) -> Result<u64, ImportError> {
         let config = self.shared.config.clone();
         let backend = self.shared.backend.clone();
         if let Some(View { corrupted: Some(c), .. }) = self.shared.views.read().expect("views lock").get(&session) {
@@ -1363,7 +1404,8 @@ impl Committer {
         // failed call was written (cheaper than cloning the state for every call).
         let mut state = self.states.remove(&session).unwrap_or_else(|| SessionState::new(session));
         let before = state.meta.head_seq;
-        let mut batch = match import_into(&mut state, entries, &config) {
+        let mut indexed = Vec::new();
+        let mut batch = match import_into(&mut state, entries, prepared, &config, &mut indexed) {
             Ok(batch) => batch,
             Err(e) => {
                 if before > 0 {
@@ -1393,7 +1435,7 @@ impl Committer {
         let head = head_of(&state);
         self.shared.metrics.imported_entries.fetch_add(n - before, Relaxed);
         if let Some(i) = self.shared.indexer.lock().expect("indexer lock").as_ref() {
-            let _ = i.send(IndexJob::CatchUp(session, before + 1, n));
+            let _ = i.send(IndexJob::Entries(session, indexed));
         }
         self.shared.views.write().expect("views lock").insert(session, View { head: head.clone(), corrupted: None });
         self.notify(std::slice::from_ref(&head));
@@ -1506,11 +1548,13 @@ fn complete(shared: &Shared, group: Group, durable: Result<(), String>) {
 fn import_into(
     state: &mut SessionState,
     entries: Vec<LogEntry>,
+    prepared: Vec<Prepared>,
     config: &StoreConfig,
+    indexed: &mut Vec<(u64, AuthorKey, EntityId)>,
 ) -> Result<WriteBatch, ImportError> {
     let session = state.id;
     let mut batch = WriteBatch::default();
-    for e in entries {
+    for (e, p) in entries.into_iter().zip(prepared) {
         let seq = state.meta.head_seq + 1;
         let chain = |detail: &str| ImportError::Chain { seq: e.seq, detail: detail.into() };
         if e.seq != seq {
@@ -1519,17 +1563,16 @@ fn import_into(
         if e.prev_hash != state.meta.last_hash {
             return Err(chain("previous hash does not match the log"));
         }
-        let (_, body) = Envelope::open(&e.envelope)
-            .map_err(|err| ImportError::Rejected { seq, error: AppendError::Malformed(err) })?;
-        validate(&body).map_err(|error| ImportError::Rejected { seq, error })?;
+        let body = p.body.map_err(|error| ImportError::Rejected { seq, error })?;
         if body.session != session {
             return Err(chain("entry belongs to another session"));
         }
         state.check(&body, config, None).map_err(|error| ImportError::Rejected { seq, error })?;
-        let (accepted, _) = state.apply(&body, e.envelope, e.receipt_time_ms, &mut batch);
-        if accepted.entry_hash != e.entry_hash {
+        if !p.hash_ok {
             return Err(chain("entry hash does not match its contents"));
         }
+        indexed.push((seq, body.author, body.entity));
+        state.apply_hashed(&body, e.envelope, e.receipt_time_ms, e.entry_hash, Some(p.encoded), &mut batch);
     }
     Ok(batch)
 }
