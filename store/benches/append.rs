@@ -31,6 +31,8 @@ struct Args {
     memory: bool,
     /// Only these (authors, window) runs (`--runs 64x32,16x1`); all by default.
     runs: Option<Vec<(usize, usize)>>,
+    /// Also build a store of this many entries and time its opening (`--open-entries N`).
+    open_entries: Option<u64>,
 }
 
 fn args() -> Args {
@@ -41,6 +43,7 @@ fn args() -> Args {
         durability: Durability::Sync,
         memory: false,
         runs: None,
+        open_entries: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -56,6 +59,7 @@ fn args() -> Args {
                 }
             }
             "--memory" => a.memory = true,
+            "--open-entries" => a.open_entries = Some(it.next().and_then(|v| v.parse().ok()).expect("--open-entries N")),
             "--runs" => {
                 let list = it.next().expect("--runs AUTHORSxWINDOW,...");
                 a.runs = Some(
@@ -283,6 +287,91 @@ fn flush_cost(dir: &std::path::Path) -> (Duration, Duration) {
     (plain, synced)
 }
 
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}
+
+/// The last run's entries, as the material for a big store.
+fn store_source(store: &Store, session: SessionId) -> Vec<theta_schemas::LogEntry> {
+    store.read_range(&session, 1, u64::MAX).unwrap().map(Result::unwrap).collect()
+}
+
+/// Builds a store of `n` entries (copies of the bench session under new session ids, imported
+/// through the verified import path), closes it, and times opening it again with each
+/// verification mode until the first append is answered.
+fn open_time(dir: &std::path::Path, source: &[theta_schemas::LogEntry], n: u64) {
+    let _ = std::fs::remove_dir_all(dir);
+    let config = StoreConfig { rate_per_sec: 1e12, rate_burst: 1e12, ..StoreConfig::default() };
+    let per = source.len() as u64;
+    let sessions = n.div_ceil(per);
+    let started = Instant::now();
+    {
+        let store = Store::open(dir, config.clone()).expect("open");
+        // Each copy is the same log under another session id: re-hash it for that id.
+        for k in 0..sessions {
+            let id = SessionId((k as u128 + 1_000).to_be_bytes());
+            let mut prev = [0u8; 32];
+            let copy: Vec<theta_schemas::LogEntry> = source
+                .iter()
+                .map(|e| {
+                    let (_, mut body) = Envelope::open(&e.envelope).unwrap();
+                    body.session = id;
+                    // Re-signing is the client's work; these envelopes are trusted imports.
+                    let envelope = Envelope { body: body.encode(), signature: [0; 64] }.encode();
+                    let h = theta_store::merkle::entry_hash(&id, e.seq, e.receipt_time_ms, &prev, &envelope);
+                    let out = theta_schemas::LogEntry { seq: e.seq, envelope, prev_hash: prev, entry_hash: h, receipt_time_ms: e.receipt_time_ms };
+                    prev = h;
+                    out
+                })
+                .collect();
+            for chunk in copy.chunks(10_000) {
+                store.import(id, chunk.to_vec()).expect("import");
+            }
+            if k % 50 == 0 {
+                eprintln!("  built {} of {} entries", (k + 1) * per, sessions * per);
+            }
+        }
+        store.close();
+    }
+    println!(
+        "RESULT big_store_entries={} big_store_bytes_per_entry={:.0}",
+        sessions * per,
+        dir_bytes(dir) as f64 / (sessions * per) as f64
+    );
+    println!(
+        "built a store of {} entries in {} sessions in {:.1} s ({:.0} bytes on disk per entry)",
+        sessions * per,
+        sessions,
+        started.elapsed().as_secs_f64(),
+        dir_bytes(dir) as f64 / (sessions * per) as f64
+    );
+    for (i, mode) in [theta_store::VerifyOnOpen::Tail, theta_store::VerifyOnOpen::Full].into_iter().enumerate() {
+        let t = Instant::now();
+        let store = Store::open(dir, StoreConfig { verify_on_open: mode, ..config.clone() }).expect("open");
+        let opened = t.elapsed();
+        let key = SigningKey::from_bytes(&[200; 32]);
+        let id = SessionId([0xe0 + i as u8; 16]);
+        let create = body(id, &key, 1, 1, 0, Command::CreateSession { name: "first".into() }, ComponentId::NONE);
+        store.append(&create).expect("first append");
+        println!(
+            "open {mode:?}: {:.2} s to open, {:.2} s to the first append's receipt",
+            opened.as_secs_f64(),
+            t.elapsed().as_secs_f64()
+        );
+        store.close();
+    }
+}
+
 fn main() {
     let a = args();
     MODE.set((a.durability, a.memory)).expect("once");
@@ -347,6 +436,16 @@ fn main() {
     let (store, session) = last.expect("runs");
     let import = trusted_import(&a.dir.join("import"), &store, session);
     println!("trusted import (sync durability, 1,000-entry batches): {import:.0} entries/s");
+    if !a.memory {
+        // Disk use of the last run's store, closed (its final state checkpoint written).
+        let entries = store.head(&session).map_or(0, |h| h.seq);
+        store.close();
+        let bytes = dir_bytes(&a.dir.join("append"));
+        println!("RESULT disk_bytes_per_entry={:.0} entries={entries} bytes={bytes}", bytes as f64 / entries as f64);
+        if let Some(n) = a.open_entries {
+            open_time(&a.dir.join("open"), &store_source(&store, session), n);
+        }
+    }
     println!("RESULT ceiling={ceiling64:.0} import={import:.0}");
     let _ = std::fs::remove_dir_all(&a.dir);
 }
