@@ -26,17 +26,22 @@ pub(crate) const CODEC_ZSTD: u8 = 1;
 /// entry, both far below this).
 const MAX_PLAIN_BLOCK: usize = 16 << 20;
 
+/// zstd contexts, reused: creating one costs more than compressing a block, and the threads
+/// that compress a group's blocks live for one group.
+static COMPRESSORS: std::sync::Mutex<Vec<zstd::bulk::Compressor<'static>>> = std::sync::Mutex::new(Vec::new());
+
 thread_local! {
-    // One zstd context per thread, reused (creating one costs more than compressing a block).
-    static COMPRESSOR: std::cell::RefCell<zstd::bulk::Compressor<'static>> =
-        std::cell::RefCell::new(zstd::bulk::Compressor::new(1).expect("a zstd level-1 context"));
     static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
         std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("a zstd context"));
 }
 
-/// zstd level 1 with this thread's context.
+/// zstd level 1 with a pooled context.
 pub(crate) fn compress(plain: &[u8]) -> Vec<u8> {
-    COMPRESSOR.with(|c| c.borrow_mut().compress(plain)).expect("zstd compresses into a growable buffer")
+    let pooled = COMPRESSORS.lock().expect("compressor pool").pop();
+    let mut c = pooled.unwrap_or_else(|| zstd::bulk::Compressor::new(1).expect("a zstd level-1 context"));
+    let out = c.compress(plain).expect("zstd compresses into a growable buffer");
+    COMPRESSORS.lock().expect("compressor pool").push(c);
+    out
 }
 
 /// The plain form of entries (already encoded `LogEntry` buffers).

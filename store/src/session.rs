@@ -432,14 +432,14 @@ impl SessionState {
 
     /// [`SessionState::apply`] with the entry hash already computed (and checked) by the
     /// caller: `entry_hash(session, head + 1, receipt_time_ms, last hash, envelope)`; and, when
-    /// given, the entry's encoding too.
+    /// given, the entry's encoding and Merkle leaf hash too.
     pub fn apply_hashed(
         &mut self,
         body: &CommandBody,
         envelope: Vec<u8>,
         receipt_time_ms: u64,
         entry_hash: Hash,
-        encoded: Option<Vec<u8>>,
+        encoded: Option<(Vec<u8>, Hash)>,
         batch: &mut WriteBatch,
     ) -> (Accepted, LogEntry) {
         let id = self.id;
@@ -448,8 +448,9 @@ impl SessionState {
         if self.pending_entries.is_empty() {
             self.pending_first = seq;
         }
-        self.pending_entries.push(encoded.unwrap_or_else(|| entry.encode()));
-        self.frontier.push(merkle::leaf_hash(&entry_hash), |level, index, h| {
+        let (bytes, leaf) = encoded.unwrap_or_else(|| (entry.encode(), merkle::leaf_hash(&entry_hash)));
+        self.pending_entries.push(bytes);
+        self.frontier.push(leaf, |level, index, h| {
             if level >= STORED_MIN_LEVEL {
                 batch.put(keys::node(&id, level, index), h.to_vec());
             }

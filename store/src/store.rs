@@ -250,16 +250,19 @@ struct ImportJob {
     entries: Vec<LogEntry>,
     /// Each entry decoded, validated and its hash checked (in parallel, before the job).
     prepared: Vec<Prepared>,
-    reply: SyncSender<Result<u64, ImportError>>,
+    reply: ImportReply,
 }
+
+/// Called once with an import's outcome (the head after it), once it is durable.
+type ImportReply = Box<dyn FnOnce(Result<u64, ImportError>) + Send>;
 
 /// An imported entry after the parallel stage: its body (or why it does not decode or
 /// validate), and whether its stored hash matches its contents.
 struct Prepared {
     body: Result<theta_schemas::CommandBody, AppendError>,
     hash_ok: bool,
-    /// The entry's stored encoding.
-    encoded: Vec<u8>,
+    /// The entry's stored encoding and its Merkle leaf hash.
+    encoded: (Vec<u8>, Hash),
 }
 
 /// Decodes, validates and hashes imported entries on every core; the ordered pass (chain
@@ -271,7 +274,7 @@ fn prepare_import(session: &SessionId, entries: &[LogEntry]) -> Vec<Prepared> {
             Ok(body)
         }),
         hash_ok: merkle::entry_hash(session, e.seq, e.receipt_time_ms, &e.prev_hash, &e.envelope) == e.entry_hash,
-        encoded: e.encode(),
+        encoded: (e.encode(), merkle::leaf_hash(&e.entry_hash)),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(entries.len().div_ceil(256));
     if threads <= 1 {
@@ -489,14 +492,34 @@ impl Store {
     /// not checked; chain continuity and every other rule are. Durable like appends.
     pub fn import(&self, session: SessionId, entries: Vec<LogEntry>) -> Result<u64, ImportError> {
         let (tx, rx) = sync_channel(1);
-        let shutting = ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown };
-        let prepared = prepare_import(&session, &entries);
-        if self.shared.closing.load(Relaxed)
-            || self.tx.send(Job::Import(ImportJob { session, entries, prepared, reply: tx })).is_err()
-        {
-            return Err(shutting);
+        self.submit_import(session, entries, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown }))
+    }
+
+    /// [`Store::import`] without waiting: `reply` is called once, from a store thread, with the
+    /// head after the entries once they are durable. Imports of a session are applied in the
+    /// order they are submitted, so a restore can keep a few chunks in flight (the next one is
+    /// checked while the previous one is flushed). Decoding, validation and hashing run on every
+    /// core in the caller's thread first.
+    pub fn submit_import(
+        &self,
+        session: SessionId,
+        entries: Vec<LogEntry>,
+        reply: impl FnOnce(Result<u64, ImportError>) + Send + 'static,
+    ) {
+        let shutting = || ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown };
+        if self.shared.closing.load(Relaxed) {
+            return reply(Err(shutting()));
         }
-        rx.recv().unwrap_or(Err(shutting))
+        let prepared = prepare_import(&session, &entries);
+        let job = ImportJob { session, entries, prepared, reply: Box::new(reply) };
+        if let Err(e) = self.tx.send(Job::Import(job))
+            && let Job::Import(job) = e.0
+        {
+            (job.reply)(Err(shutting()));
+        }
     }
 
     /// Stops accepting appends, answers every queued one, flushes and joins the threads.
@@ -1142,15 +1165,15 @@ impl Committer {
                     Stage2::Appends(a) => group.extend(a),
                     Stage2::Import(job) => {
                         self.commit(std::mem::take(&mut group), &mut failed);
-                        let r = if failed {
-                            Err(ImportError::Rejected {
+                        failed |= self.shared.failed.load(Relaxed);
+                        if failed {
+                            (job.reply)(Err(ImportError::Rejected {
                                 seq: 0,
                                 error: AppendError::Storage("store failed earlier".into()),
-                            })
+                            }));
                         } else {
-                            self.import(job.session, job.entries, job.prepared, &mut failed)
-                        };
-                        let _ = job.reply.send(r);
+                            self.import(job, &mut failed);
+                        }
                     }
                     Stage2::Shutdown(done) => {
                         self.commit(std::mem::take(&mut group), &mut failed);
@@ -1184,16 +1207,6 @@ impl Committer {
         }
     }
 
-    fn notify(&self, heads: &[Head]) {
-        if heads.is_empty() {
-            return;
-        }
-        let listeners = self.shared.listeners.read().expect("listener lock").clone();
-        for f in listeners {
-            f(heads);
-        }
-    }
-
     fn flush_if_due(&mut self, interval: Duration, failed: &mut bool) {
         if let Some(since) = self.dirty_since
             && since.elapsed() >= interval
@@ -1204,24 +1217,6 @@ impl Committer {
             self.shared.metrics.flushes.fetch_add(1, Relaxed);
             self.dirty_since = None;
         }
-    }
-
-    /// Persists a batch per the durability mode.
-    fn persist(&mut self, batch: WriteBatch) -> Result<(), BackendError> {
-        self.shared.backend.apply(batch)?;
-        match self.shared.config.durability {
-            Durability::Sync => {
-                let t = Instant::now();
-                self.shared.backend.flush(true)?;
-                self.shared.metrics.flush_latency.observe_us(t.elapsed().as_micros() as u64);
-                self.shared.metrics.flushes.fetch_add(1, Relaxed);
-            }
-            Durability::IntervalMs(_) => {
-                self.dirty_since.get_or_insert_with(Instant::now);
-            }
-            Durability::None => {}
-        }
-        Ok(())
     }
 
     fn append_one(
@@ -1357,7 +1352,11 @@ impl Committer {
             state.finish(&mut batch, &config, false);
         }
         let heads: Vec<Head> = touched.iter().map(|s| head_of(&self.states[s])).collect();
-        let group = Group { outcomes, heads, indexed };
+        self.send(Group { outcomes, heads, indexed, imported: None }, batch, failed);
+    }
+
+    /// Applies a group's writes and sends it on: to the flusher (`Sync`), or answered now.
+    fn send(&mut self, group: Group, batch: WriteBatch, failed: &mut bool) {
         let applied = if batch.is_empty() { Ok(false) } else { self.shared.backend.apply(batch).map(|()| true) };
         let applied = match applied {
             Ok(a) => a,
@@ -1387,18 +1386,15 @@ impl Committer {
         }
     }
 
-    fn import(
-        &mut self,
-        session: SessionId,
-        entries: Vec<LogEntry>,
-        prepared: Vec<Prepared>,
-        failed: &mut bool,
-    ) -> Result<u64, ImportError> {
+    /// Runs an import's ordered pass and sends its writes the way of a group: durable before
+    /// the reply.
+    fn import(&mut self, job: ImportJob, failed: &mut bool) {
+        let ImportJob { session, entries, prepared, reply } = job;
         let config = self.shared.config.clone();
         let backend = self.shared.backend.clone();
         if let Some(View { corrupted: Some(c), .. }) = self.shared.views.read().expect("views lock").get(&session) {
             let error = AppendError::Corrupted { session, seq: c.seq, detail: c.detail.clone() };
-            return Err(ImportError::Rejected { seq: c.seq, error });
+            return reply(Err(ImportError::Rejected { seq: c.seq, error }));
         }
         // Work on the live state; a failed import reloads it from storage, where nothing of the
         // failed call was written (cheaper than cloning the state for every call).
@@ -1417,32 +1413,27 @@ impl Committer {
                             }
                             Err(err) => {
                                 *failed = true;
+                                self.shared.failed.store(true, Relaxed);
                                 tracing_error(&format!("session {session}: reload after a failed import: {err}"));
                             }
                         }
                     }
                 }
-                return Err(e);
+                return reply(Err(e));
             }
         };
         let n = state.meta.head_seq;
         // The import checked every link and hash of these entries: they count as verified.
         state.meta.verified_upto = n;
         state.finish(&mut batch, &config, false);
-        if let Err(e) = self.persist(batch) {
-            *failed = true;
-            self.shared.failed.store(true, Relaxed);
-            return Err(ImportError::Rejected { seq: 0, error: AppendError::Storage(e.to_string()) });
-        }
-        let head = head_of(&state);
-        self.shared.metrics.imported_entries.fetch_add(n - before, Relaxed);
-        if let Some(i) = self.shared.indexer.lock().expect("indexer lock").as_ref() {
-            let _ = i.send(IndexJob::Entries(session, indexed));
-        }
-        self.shared.views.write().expect("views lock").insert(session, View { head: head.clone(), corrupted: None });
-        self.notify(std::slice::from_ref(&head));
+        let group = Group {
+            outcomes: Vec::new(),
+            heads: vec![head_of(&state)],
+            indexed: BTreeMap::from([(session, indexed)]),
+            imported: Some((reply, n, n - before)),
+        };
         self.states.insert(session, state);
-        Ok(n)
+        self.send(group, batch, failed);
     }
 }
 
@@ -1452,6 +1443,8 @@ struct Group {
     outcomes: Vec<Outcome>,
     heads: Vec<Head>,
     indexed: BTreeMap<SessionId, Vec<(u64, AuthorKey, EntityId)>>,
+    /// An import's reply, the head after it and the entries it added.
+    imported: Option<(ImportReply, u64, u64)>,
 }
 
 /// A group applied to the backend, to be made durable before its replies (`Durability::Sync`).
@@ -1487,7 +1480,7 @@ fn flush_loop(shared: Arc<Shared>, rx: Receiver<Flush>) {
 /// Answers a group whose writes are durable (`Ok`) or failed: publishes its heads (never moving
 /// a head back), tells the listeners and the indexer, and sends every reply.
 fn complete(shared: &Shared, group: Group, durable: Result<(), String>) {
-    let Group { outcomes, heads, indexed } = group;
+    let Group { outcomes, heads, indexed, imported } = group;
     let mut roots: HashMap<SessionId, (u64, Hash)> = HashMap::new();
     if durable.is_ok() {
         let mut fresh = Vec::with_capacity(heads.len());
@@ -1515,6 +1508,16 @@ fn complete(shared: &Shared, group: Group, durable: Result<(), String>) {
         }
     }
     let metrics = &shared.metrics;
+    if let Some((reply, head, added)) = imported {
+        match &durable {
+            Ok(()) => {
+                metrics.imported_entries.fetch_add(added, Relaxed);
+                reply(Ok(head));
+            }
+            Err(e) => reply(Err(ImportError::Rejected { seq: 0, error: AppendError::Storage(e.clone()) })),
+        }
+        return;
+    }
     metrics.batches_committed.fetch_add(1, Relaxed);
     for o in outcomes {
         let result = match (o.result, &durable) {
