@@ -59,7 +59,9 @@ fn args() -> Args {
                 }
             }
             "--memory" => a.memory = true,
-            "--open-entries" => a.open_entries = Some(it.next().and_then(|v| v.parse().ok()).expect("--open-entries N")),
+            "--open-entries" => {
+                a.open_entries = Some(it.next().and_then(|v| v.parse().ok()).expect("--open-entries N"))
+            }
             "--runs" => {
                 let list = it.next().expect("--runs AUTHORSxWINDOW,...");
                 a.runs = Some(
@@ -123,11 +125,8 @@ fn ceiling(seconds: f64, batch: usize) -> f64 {
             body(SessionId([1; 16]), k, i + 1, i, 1, transform(i), Transform::id())
         })
         .collect();
-    let sigs: Vec<[u8; 64]> = msgs
-        .iter()
-        .enumerate()
-        .map(|(i, m)| ed25519_dalek::Signer::sign(&signers[i % 64], m).to_bytes())
-        .collect();
+    let sigs: Vec<[u8; 64]> =
+        msgs.iter().enumerate().map(|(i, m)| ed25519_dalek::Signer::sign(&signers[i % 64], m).to_bytes()).collect();
     let keys: Vec<signing::PublicKey> =
         signers.iter().map(|k| signing::public_key(&k.verifying_key().to_bytes()).unwrap()).collect();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
@@ -138,7 +137,11 @@ fn ceiling(seconds: f64, batch: usize) -> f64 {
                 s.spawn(|| {
                     let mut n = 0;
                     while Instant::now() < deadline {
-                        assert!(signing::verify_batch((0..batch).map(|i| (&keys[i % 64], msgs[i].as_slice(), &sigs[i]))));
+                        assert!(signing::verify_batch((0..batch).map(|i| (
+                            &keys[i % 64],
+                            msgs[i].as_slice(),
+                            &sigs[i]
+                        ))));
                         n += batch;
                     }
                     n
@@ -345,7 +348,13 @@ fn open_time(dir: &std::path::Path, source: &[theta_schemas::LogEntry], n: u64) 
                     // Re-signing is the client's work; these envelopes are trusted imports.
                     let envelope = Envelope { body: body.encode(), signature: [0; 64] }.encode();
                     let h = theta_store::merkle::entry_hash(&id, e.seq, e.receipt_time_ms, &prev, &envelope);
-                    let out = theta_schemas::LogEntry { seq: e.seq, envelope, prev_hash: prev, entry_hash: h, receipt_time_ms: e.receipt_time_ms };
+                    let out = theta_schemas::LogEntry {
+                        seq: e.seq,
+                        envelope,
+                        prev_hash: prev,
+                        entry_hash: h,
+                        receipt_time_ms: e.receipt_time_ms,
+                    };
                     prev = h;
                     out
                 })

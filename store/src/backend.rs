@@ -77,8 +77,9 @@ pub const SEGMENT_BYTES: usize = 8 << 20;
 
 /// The segment size recorded in an existing sled database's `conf` file.
 fn stored_segment_size(path: &Path) -> Option<usize> {
-    let conf = std::fs::read_to_string(path.join("conf")).ok()?;
-    conf.lines().find_map(|l| l.strip_prefix("segment_size:")?.trim().parse().ok())
+    // Text lines, then a 4-byte checksum.
+    let conf = std::fs::read(path.join("conf")).ok()?;
+    String::from_utf8_lossy(&conf).lines().find_map(|l| l.strip_prefix("segment_size: ")?.trim().parse().ok())
 }
 
 /// sled 0.34, with an fdatasync of its data file after its own flush.

@@ -15,12 +15,12 @@ use theta_schemas::{
 };
 
 use crate::backend::{Backend, WriteBatch};
-use crate::keys::Reader;
 use crate::blocks::{self, STORED_MIN_LEVEL};
 use crate::config::StoreConfig;
 use crate::error::{AppendError, ConflictReason, ReadError};
 use crate::guard::TokenBucket;
 use crate::keys;
+use crate::keys::Reader;
 use crate::merkle::{self, Frontier, Hash};
 use theta_schemas::policy;
 
@@ -588,5 +588,4 @@ impl SessionState {
             self.checkpointed = self.meta.head_seq;
         }
     }
-
 }

@@ -120,7 +120,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(73 + self.reason.len());
         v.extend_from_slice(&self.time_ms.to_be_bytes());
         v.push(self.code as u8);
@@ -130,7 +130,7 @@ impl Rejection {
         v
     }
 
-    fn decode(index: u64, b: &[u8]) -> Option<Rejection> {
+    pub(crate) fn decode(index: u64, b: &[u8]) -> Option<Rejection> {
         if b.len() < 73 {
             return None;
         }
@@ -288,15 +288,24 @@ fn prepare_import(session: &SessionId, entries: &[LogEntry]) -> Vec<Prepared> {
     })
 }
 
+/// Rejection records restored from a backup, appended to a trail (`None`: the global one).
+struct TrailJob {
+    session: Option<SessionId>,
+    records: Vec<Rejection>,
+    reply: ImportReply,
+}
+
 enum Job {
     Append(AppendJob),
     Import(ImportJob),
+    Trail(TrailJob),
     Shutdown(SyncSender<()>),
 }
 
 enum Stage2 {
     Appends(Vec<(Checked, Responder, Instant)>),
     Import(ImportJob),
+    Trail(TrailJob),
     Shutdown(SyncSender<()>),
 }
 
@@ -520,6 +529,25 @@ impl Store {
         {
             (job.reply)(Err(shutting()));
         }
+    }
+
+    /// Appends rejection records (restored from a backup) to a session's trail, or with `None`
+    /// to the global one; their indexes are assigned anew. Returns how many were written.
+    pub fn import_rejections(&self, session: Option<SessionId>, records: Vec<Rejection>) -> Result<u64, ImportError> {
+        let (tx, rx) = sync_channel(1);
+        let reply: ImportReply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        let shutting = || ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown };
+        if self.shared.closing.load(Relaxed) {
+            return Err(shutting());
+        }
+        if let Err(e) = self.tx.send(Job::Trail(TrailJob { session, records, reply }))
+            && let Job::Trail(t) = e.0
+        {
+            (t.reply)(Err(shutting()));
+        }
+        rx.recv().unwrap_or(Err(shutting()))
     }
 
     /// Stops accepting appends, answers every queued one, flushes and joins the threads.
@@ -1088,6 +1116,10 @@ fn verify_loop(shared: Arc<Shared>, rx: Receiver<Job>, tx: SyncSender<Stage2>) {
                     stop |= !flush(&mut appends, &mut keys);
                     stop |= tx.send(Stage2::Import(i)).is_err();
                 }
+                Job::Trail(t) => {
+                    stop |= !flush(&mut appends, &mut keys);
+                    stop |= tx.send(Stage2::Trail(t)).is_err();
+                }
                 Job::Shutdown(done) => {
                     flush(&mut appends, &mut keys);
                     let _ = tx.send(Stage2::Shutdown(done));
@@ -1173,6 +1205,34 @@ impl Committer {
                             }));
                         } else {
                             self.import(job, &mut failed);
+                        }
+                    }
+                    Stage2::Trail(job) => {
+                        self.commit(std::mem::take(&mut group), &mut failed);
+                        failed |= self.shared.failed.load(Relaxed);
+                        if failed {
+                            (job.reply)(Err(ImportError::Rejected {
+                                seq: 0,
+                                error: AppendError::Storage("store failed earlier".into()),
+                            }));
+                        } else {
+                            let TrailJob { session, records, reply } = job;
+                            let mut batch = WriteBatch::default();
+                            let n = records.len() as u64;
+                            for r in records {
+                                self.trail(session, r, &mut batch);
+                            }
+                            let config = self.shared.config.clone();
+                            if let Some(state) = session.and_then(|s| self.states.get_mut(&s)) {
+                                state.finish(&mut batch, &config, false);
+                            }
+                            let group = Group {
+                                outcomes: Vec::new(),
+                                heads: Vec::new(),
+                                indexed: BTreeMap::new(),
+                                imported: Some((reply, n, 0)),
+                            };
+                            self.send(group, batch, &mut failed);
                         }
                     }
                     Stage2::Shutdown(done) => {

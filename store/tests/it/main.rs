@@ -1,5 +1,6 @@
 //! Integration tests of theta-store, as one binary.
 
+mod archive;
 mod checks;
 mod crash;
 mod durability;

@@ -87,15 +87,21 @@ fn index_reads_equal_a_full_scan_while_the_indexer_lags_and_after_it_catches_up(
     let check = |store: &Store, when: &str| {
         let entries = all_entries(store, &s);
         let head = entries.len() as u64;
-        for (from, to) in [(1, u64::MAX), (1, 10), (4_000, 4_200), (4_090, 9_000), (head - 50, head), (head + 1, u64::MAX)]
+        for (from, to) in
+            [(1, u64::MAX), (1, 10), (4_000, 4_200), (4_090, 9_000), (head - 50, head), (head + 1, u64::MAX)]
         {
             for a in &ids {
                 let got: Vec<u64> = store.read_by_author(&s, a, from, to).unwrap().map(|e| e.unwrap().seq).collect();
                 assert_eq!(got, scan(&entries, from, to, |b| b.author == *a), "{when}: author, {from}..={to}");
             }
             for entity in [1u64, 2, 7, 13] {
-                let got: Vec<u64> = store.read_by_entity(&s, entity, from, to).unwrap().map(|e| e.unwrap().seq).collect();
-                assert_eq!(got, scan(&entries, from, to, |b| b.entity == entity), "{when}: entity {entity}, {from}..={to}");
+                let got: Vec<u64> =
+                    store.read_by_entity(&s, entity, from, to).unwrap().map(|e| e.unwrap().seq).collect();
+                assert_eq!(
+                    got,
+                    scan(&entries, from, to, |b| b.entity == entity),
+                    "{when}: entity {entity}, {from}..={to}"
+                );
             }
         }
     };
