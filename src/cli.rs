@@ -96,6 +96,9 @@ enum Cmd {
     /// Audit a session: verify the log, prove an entry's inclusion.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Offline operations on a data directory: backup, restore, migrate.
+    #[command(subcommand)]
+    Store(crate::storecmd::StoreCmd),
     /// Counters and sessions of a running server.
     Stats {
         #[command(flatten)]
@@ -144,6 +147,7 @@ pub fn run() -> anyhow::Result<()> {
             rt()?.block_on(crate::client::prove(&server, &session, seq))
         }
         Cmd::Stats { server } => rt()?.block_on(crate::client::stats(&server)),
+        Cmd::Store(cmd) => crate::storecmd::run(cmd),
         Cmd::Demo(args) => crate::demo::run(args),
         Cmd::View(args) => crate::view::run(args),
         Cmd::Manifest => {

@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod demo;
 mod serve;
+mod storecmd;
 mod view;
 
 fn main() -> ExitCode {
