@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{Signer, SigningKey};
+use sha2::Digest as _;
 use theta_schemas::{AuthorKey, CommandKind, EntityId, Envelope, LogEntry, SessionId};
 
 use crate::backend::{Backend, BackendError, MemoryBackend, SledBackend, WriteBatch};
@@ -1282,7 +1283,7 @@ impl Committer {
     fn append_one(
         &mut self,
         body: &theta_schemas::CommandBody,
-        bytes: Vec<u8>,
+        bytes: &mut Vec<u8>,
         now: u64,
         batch: &mut WriteBatch,
         touched: &mut BTreeSet<SessionId>,
@@ -1307,7 +1308,7 @@ impl Committer {
             }
             return Err(e);
         }
-        let (accepted, _) = state.apply(body, bytes, now, batch);
+        let (accepted, _) = state.apply(body, std::mem::take(bytes), now, batch);
         touched.insert(body.session);
         Ok(accepted)
     }
@@ -1374,14 +1375,14 @@ impl Committer {
         let mut outcomes = Vec::with_capacity(group.len());
         let mut indexed: BTreeMap<SessionId, Vec<(u64, AuthorKey, EntityId)>> = BTreeMap::new();
         for (checked, reply, submitted) in group {
-            let Checked { bytes, envelope_hash, result, origin } = checked;
+            let Checked { mut bytes, result, origin } = checked;
             let (author, session, result) = match result {
                 Err(e) => (origin.map(|o| o.1), origin.map(|o| o.0), Err(e)),
                 Ok(body) => {
                     let r = if *failed {
                         Err(AppendError::Storage("the store stopped after a storage failure".into()))
                     } else {
-                        self.append_one(&body, bytes, now, &mut batch, &mut touched)
+                        self.append_one(&body, &mut bytes, now, &mut batch, &mut touched)
                     };
                     if let Ok(a) = &r {
                         indexed.entry(body.session).or_default().push((a.seq, body.author, body.entity));
@@ -1394,6 +1395,7 @@ impl Committer {
                 if let Some(s) = known {
                     trail_touched.insert(s);
                 }
+                let envelope_hash = sha2::Sha256::digest(&bytes).into();
                 let record =
                     Rejection { index: 0, time_ms: now, code: e.code(), author, envelope_hash, reason: e.to_string() };
                 self.trail(known, record, &mut batch);

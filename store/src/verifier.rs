@@ -9,22 +9,18 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
-use theta_schemas::signing::{self, PublicKey, SignatureError, command_message};
+use theta_schemas::signing::{self, PublicKey, SignatureError};
 use theta_schemas::{AuthorKey, CommandBody, Envelope, SessionId};
 
 use crate::config::StoreConfig;
 use crate::error::AppendError;
-use crate::merkle::Hash;
 use crate::metrics::Metrics;
 use crate::validate::validate;
 
 /// An append after the stateless stage.
 pub(crate) struct Checked {
-    /// The envelope bytes as received.
+    /// The envelope bytes as received (hashed for the rejection trail only if refused).
     pub bytes: Vec<u8>,
-    /// SHA-256 of the bytes, for the rejection trail.
-    pub envelope_hash: Hash,
     /// The decoded body, or why the stage rejected it.
     pub result: Result<CommandBody, AppendError>,
     /// Session and author named by the body, when it decoded and the signature proves the author
@@ -81,7 +77,8 @@ fn author_proven(bytes: &[u8], keys: &mut KeyCache) -> bool {
 
 struct Pending<'a> {
     idx: usize,
-    message: Vec<u8>,
+    /// The command body (signed as `COMMAND_DOMAIN || body`).
+    body: &'a [u8],
     key: PublicKey,
     signature: &'a [u8; 64],
 }
@@ -92,7 +89,7 @@ struct Pending<'a> {
 /// instead of 1,024 single ones, which also bounds what a flood of bad signatures can cost.
 fn verify_part(part: &[Pending<'_>], batch: bool) -> (Vec<usize>, bool) {
     let single = |p: &[Pending<'_>]| -> Vec<usize> {
-        p.iter().filter(|p| signing::verify(&p.key, &p.message, p.signature).is_err()).map(|p| p.idx).collect()
+        p.iter().filter(|p| signing::verify_command(&p.key, p.body, p.signature).is_err()).map(|p| p.idx).collect()
     };
     if !batch || part.len() <= 1 {
         return (single(part), false);
@@ -102,14 +99,14 @@ fn verify_part(part: &[Pending<'_>], batch: bool) -> (Vec<usize>, bool) {
             out.extend(single(part));
             return;
         }
-        if signing::verify_batch(part.iter().map(|p| (&p.key, p.message.as_slice(), p.signature))) {
+        if signing::verify_batch_commands(part.iter().map(|p| (&p.key, p.body, p.signature))) {
             return;
         }
         let (a, b) = part.split_at(part.len() / 2);
         bisect(a, single, out);
         bisect(b, single, out);
     }
-    if signing::verify_batch(part.iter().map(|p| (&p.key, p.message.as_slice(), p.signature))) {
+    if signing::verify_batch_commands(part.iter().map(|p| (&p.key, p.body, p.signature))) {
         return (Vec::new(), false);
     }
     let mut failed = Vec::new();
@@ -129,7 +126,6 @@ pub(crate) fn check_batch(
     let mut out: Vec<Checked> = Vec::with_capacity(inputs.len());
     let mut envelopes: Vec<Option<(Envelope, PublicKey)>> = Vec::with_capacity(inputs.len());
     for bytes in inputs {
-        let envelope_hash: Hash = Sha256::digest(&bytes).into();
         let mut origin = None;
         let (envelope, result) = match precheck(&bytes, config, &mut origin) {
             Ok((envelope, body)) => match keys.get(&body.author) {
@@ -148,7 +144,7 @@ pub(crate) fn check_batch(
             }
         };
         envelopes.push(envelope);
-        out.push(Checked { bytes, envelope_hash, result, origin });
+        out.push(Checked { bytes, result, origin });
     }
     let started = Instant::now();
     let pending: Vec<Pending<'_>> = out
@@ -158,7 +154,7 @@ pub(crate) fn check_batch(
         .filter_map(|(idx, (c, e))| {
             c.result.as_ref().ok()?;
             let (envelope, key) = e.as_ref()?;
-            Some(Pending { idx, message: command_message(&envelope.body), key: *key, signature: &envelope.signature })
+            Some(Pending { idx, body: &envelope.body, key: *key, signature: &envelope.signature })
         })
         .collect();
     if pending.is_empty() {
