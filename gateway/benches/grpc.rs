@@ -125,6 +125,9 @@ fn main() {
             quic_addr: None,
             // Reads measured without credentials (one signature check per call is not the subject).
             access: theta_gateway::auth::AccessConfig { public_read: true, ..Default::default() },
+            // The server's background checkpointing of the fresh session would fold it while the
+            // reads run; it is measured in docs/PERFORMANCE.md ("Time travel"), not here.
+            checkpoint_interval_ms: 3_600_000,
             ..ServeConfig::default()
         };
         let running = start_with_store(store.clone(), &serve).await.expect("server");

@@ -172,11 +172,34 @@ pub(crate) fn node_at(backend: &dyn Backend, session: &SessionId, level: u8, ind
     Ok(leaves[0])
 }
 
-/// Streams entries with seq in `from..=to` from consecutive blocks.
+/// The (start, length) of each entry in a plain block; `Err(i)` when the framing breaks at
+/// entry `i`.
+fn offsets(raw: &[u8]) -> Result<Vec<(usize, usize)>, usize> {
+    let mut out = Vec::with_capacity(raw.len() / 256);
+    let mut at = 0;
+    while at < raw.len() {
+        let Some(len) = raw.get(at..at + 4) else {
+            return Err(out.len());
+        };
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        if raw.len() < at + 4 + len {
+            return Err(out.len());
+        }
+        out.push((at + 4, len));
+        at += 4 + len;
+    }
+    Ok(out)
+}
+
+/// Streams entries with seq in `from..=to` from consecutive blocks, decoding each block once.
 pub(crate) struct Cursor {
     session: SessionId,
     blocks: KvIter,
-    current: Vec<(u64, Vec<u8>)>,
+    /// The current block, plain, the offsets of its entries and the seq of its first one.
+    plain: Vec<u8>,
+    parts: Vec<(usize, usize)>,
+    first: u64,
+    pos: usize,
     next_seq: u64,
     to: u64,
     failed: bool,
@@ -188,7 +211,22 @@ impl Cursor {
         let first = if from > to { from } else { find(backend, session, from)?.0 };
         let end = keys::entry(session, to.saturating_add(1));
         let blocks = backend.range(&keys::entry(session, first), &end);
-        Ok(Cursor { session: *session, blocks, current: Vec::new(), next_seq: from, to, failed: false })
+        Ok(Cursor {
+            session: *session,
+            blocks,
+            plain: Vec::new(),
+            parts: Vec::new(),
+            first: 0,
+            pos: 0,
+            next_seq: from,
+            to,
+            failed: false,
+        })
+    }
+
+    fn fail(&mut self, e: ReadError) -> Option<Result<LogEntry, ReadError>> {
+        self.failed = true;
+        Some(Err(e))
     }
 }
 
@@ -200,46 +238,43 @@ impl Iterator for Cursor {
             return None;
         }
         loop {
-            if let Some(pos) = self.current.iter().position(|(s, _)| *s == self.next_seq) {
-                let (seq, raw) = std::mem::take(&mut self.current[pos]);
-                self.current.drain(..=pos);
+            while self.pos < self.parts.len() {
+                let seq = self.first + self.pos as u64;
+                let (at, len) = self.parts[self.pos];
+                self.pos += 1;
+                if seq < self.next_seq {
+                    continue; // before `from`, inside the first block
+                }
+                if seq > self.next_seq {
+                    let missing = self.next_seq;
+                    return self.fail(corrupt(&self.session, missing, "entry missing"));
+                }
                 self.next_seq += 1;
-                let r = decode_entry(&self.session, seq, &raw);
+                let r = decode_entry(&self.session, seq, &self.plain[at..at + len]);
                 self.failed = r.is_err();
                 return Some(r);
             }
-            self.current.clear();
-            let (k, raw) = match self.blocks.next() {
+            let (k, stored) = match self.blocks.next() {
                 None => {
-                    self.failed = true;
-                    return Some(Err(corrupt(&self.session, self.next_seq, "entry missing")));
+                    let missing = self.next_seq;
+                    return self.fail(corrupt(&self.session, missing, "entry missing"));
                 }
-                Some(Err(e)) => {
-                    self.failed = true;
-                    return Some(Err(e.into()));
-                }
+                Some(Err(e)) => return self.fail(e.into()),
                 Some(Ok(kv)) => kv,
             };
             let first = keys::be_u64(&k, 17);
-            let raw = match decode(&raw) {
+            self.plain = match decode(&stored) {
                 Ok(plain) => plain,
-                Err(e) => {
-                    self.failed = true;
-                    return Some(Err(corrupt(&self.session, first, e)));
-                }
+                Err(e) => return self.fail(corrupt(&self.session, first, e)),
             };
-            match split(&raw) {
-                Ok(parts) => {
-                    self.current = parts.into_iter().enumerate().map(|(i, p)| (first + i as u64, p.to_vec())).collect();
-                }
-                Err(i) => {
-                    self.failed = true;
-                    return Some(Err(corrupt(&self.session, first + i as u64, "block framing broken")));
-                }
-            }
-            if self.current.first().is_some_and(|(s, _)| *s > self.next_seq) {
-                self.failed = true;
-                return Some(Err(corrupt(&self.session, self.next_seq, "entry missing")));
+            self.parts = match offsets(&self.plain) {
+                Ok(p) => p,
+                Err(i) => return self.fail(corrupt(&self.session, first + i as u64, "block framing broken")),
+            };
+            (self.first, self.pos) = (first, 0);
+            if first > self.next_seq {
+                let missing = self.next_seq;
+                return self.fail(corrupt(&self.session, missing, "entry missing"));
             }
         }
     }
