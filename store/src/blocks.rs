@@ -116,36 +116,133 @@ pub(crate) fn decode_entry(session: &SessionId, seq: u64, raw: &[u8]) -> Result<
     Ok(e)
 }
 
-/// The block holding `seq`: (first seq, plain bytes).
-pub(crate) fn find(backend: &dyn Backend, session: &SessionId, seq: u64) -> Result<(u64, Vec<u8>), ReadError> {
+/// A decoded block: its plain bytes and where each entry lies in them.
+#[derive(Debug)]
+pub(crate) struct Block {
+    /// The seq of its first entry.
+    pub first: u64,
+    plain: Vec<u8>,
+    parts: Vec<(usize, usize)>,
+}
+
+impl Block {
+    /// Decodes a stored block whose first entry is `first`.
+    fn open(session: &SessionId, first: u64, stored: &[u8]) -> Result<Block, ReadError> {
+        let plain = decode(stored).map_err(|e| corrupt(session, first, e))?;
+        let parts = offsets(&plain).map_err(|i| corrupt(session, first + i as u64, "block framing broken"))?;
+        Ok(Block { first, plain, parts })
+    }
+
+    /// Whether it holds `seq`.
+    pub fn contains(&self, seq: u64) -> bool {
+        seq >= self.first && seq - self.first < self.parts.len() as u64
+    }
+
+    /// The entry at `seq`.
+    pub fn entry(&self, session: &SessionId, seq: u64) -> Result<LogEntry, ReadError> {
+        if !self.contains(seq) {
+            return Err(corrupt(session, seq, "entry missing"));
+        }
+        let (at, len) = self.parts[(seq - self.first) as usize];
+        decode_entry(session, seq, &self.plain[at..at + len])
+    }
+
+    fn bytes(&self) -> usize {
+        self.plain.len() + self.parts.len() * 16 + 64
+    }
+}
+
+/// The first seq of the block holding `seq` (its key), without reading the block.
+pub(crate) fn find_key(backend: &dyn Backend, session: &SessionId, seq: u64) -> Result<u64, ReadError> {
     let start = keys::entry(session, 0);
     let end = keys::entry(session, seq.saturating_add(1));
     match backend.range_rev(&start, &end).next() {
         None => Err(corrupt(session, seq, "entry missing")),
-        Some(kv) => {
-            let (k, v) = kv?;
-            let first = keys::be_u64(&k, 17);
-            Ok((first, decode(&v).map_err(|e| corrupt(session, first, e))?))
+        Some(kv) => Ok(keys::be_u64(&kv?.0, 17)),
+    }
+}
+
+/// Decoded blocks kept for point reads (single entries, index hits, proofs), up to a byte
+/// budget, oldest out first. Sequential scans do not go through it.
+pub(crate) struct BlockCache {
+    inner: std::sync::Mutex<CacheInner>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    blocks: std::collections::HashMap<(SessionId, u64), std::sync::Arc<Block>>,
+    order: std::collections::VecDeque<(SessionId, u64)>,
+    bytes: usize,
+}
+
+impl BlockCache {
+    /// A cache of at most `capacity` bytes (0: none).
+    pub fn new(capacity: usize) -> BlockCache {
+        BlockCache { inner: Default::default(), capacity }
+    }
+
+    fn get(&self, session: &SessionId, first: u64) -> Option<std::sync::Arc<Block>> {
+        self.inner.lock().expect("block cache lock").blocks.get(&(*session, first)).cloned()
+    }
+
+    fn put(&self, session: &SessionId, block: std::sync::Arc<Block>) {
+        let size = block.bytes();
+        if size > self.capacity {
+            return;
+        }
+        let mut c = self.inner.lock().expect("block cache lock");
+        while c.bytes + size > self.capacity {
+            let Some(old) = c.order.pop_front() else { break };
+            if let Some(b) = c.blocks.remove(&old) {
+                c.bytes -= b.bytes();
+            }
+        }
+        if c.blocks.insert((*session, block.first), block.clone()).is_none() {
+            c.order.push_back((*session, block.first));
+            c.bytes += size;
         }
     }
 }
 
-/// Decodes the entry at `seq` out of its block.
-pub(crate) fn entry_in(session: &SessionId, seq: u64, first: u64, raw: &[u8]) -> Result<LogEntry, ReadError> {
-    let parts = split(raw).map_err(|i| corrupt(session, first + i as u64, "block framing broken"))?;
-    let part = parts.get((seq - first) as usize).ok_or_else(|| corrupt(session, seq, "entry missing"))?;
-    decode_entry(session, seq, part)
+/// The block holding `seq`, from `cache` when there.
+pub(crate) fn load(
+    backend: &dyn Backend,
+    session: &SessionId,
+    seq: u64,
+    cache: Option<&BlockCache>,
+) -> Result<std::sync::Arc<Block>, ReadError> {
+    let first = find_key(backend, session, seq)?;
+    if let Some(b) = cache.and_then(|c| c.get(session, first)) {
+        return Ok(b);
+    }
+    let stored = backend.get(&keys::entry(session, first))?.ok_or_else(|| corrupt(session, seq, "entry missing"))?;
+    let block = std::sync::Arc::new(Block::open(session, first, &stored)?);
+    if let Some(c) = cache {
+        c.put(session, block.clone());
+    }
+    Ok(block)
 }
 
 /// Reads one entry.
-pub(crate) fn read_entry(backend: &dyn Backend, session: &SessionId, seq: u64) -> Result<LogEntry, ReadError> {
-    let (first, raw) = find(backend, session, seq)?;
-    entry_in(session, seq, first, &raw)
+pub(crate) fn read_entry(
+    backend: &dyn Backend,
+    session: &SessionId,
+    seq: u64,
+    cache: Option<&BlockCache>,
+) -> Result<LogEntry, ReadError> {
+    load(backend, session, seq, cache)?.entry(session, seq)
 }
 
 /// The Merkle node (`level`, `index`): stored from [`STORED_MIN_LEVEL`] up, recomputed from
 /// the entries below it.
-pub(crate) fn node_at(backend: &dyn Backend, session: &SessionId, level: u8, index: u64) -> Result<Hash, ReadError> {
+pub(crate) fn node_at(
+    backend: &dyn Backend,
+    session: &SessionId,
+    level: u8,
+    index: u64,
+    cache: Option<&BlockCache>,
+) -> Result<Hash, ReadError> {
     if level >= STORED_MIN_LEVEL {
         return backend
             .get(&keys::node(session, level, index))?
@@ -155,16 +252,13 @@ pub(crate) fn node_at(backend: &dyn Backend, session: &SessionId, level: u8, ind
     let lo = index << level;
     let hi = (index + 1) << level;
     let mut leaves = Vec::with_capacity((hi - lo) as usize);
-    let mut block: Option<(u64, Vec<u8>)> = None;
+    let mut block: Option<std::sync::Arc<Block>> = None;
     for seq in lo + 1..=hi {
-        let cached = block
-            .as_ref()
-            .is_some_and(|(first, raw)| seq >= *first && split(raw).is_ok_and(|p| ((seq - first) as usize) < p.len()));
-        if !cached {
-            block = Some(find(backend, session, seq)?);
+        if !block.as_ref().is_some_and(|b| b.contains(seq)) {
+            block = Some(load(backend, session, seq, cache)?);
         }
-        let (first, raw) = block.as_ref().expect("block");
-        leaves.push(merkle::leaf_hash(&entry_in(session, seq, *first, raw)?.entry_hash));
+        let b = block.as_ref().expect("loaded above");
+        leaves.push(merkle::leaf_hash(&b.entry(session, seq)?.entry_hash));
     }
     while leaves.len() > 1 {
         leaves = leaves.chunks(2).map(|p| merkle::node_hash(&p[0], &p[1])).collect();
@@ -208,7 +302,7 @@ pub(crate) struct Cursor {
 impl Cursor {
     /// A cursor over `from..=to` (`from` ≥ 1).
     pub fn new(backend: &dyn Backend, session: &SessionId, from: u64, to: u64) -> Result<Cursor, ReadError> {
-        let first = if from > to { from } else { find(backend, session, from)?.0 };
+        let first = if from > to { from } else { find_key(backend, session, from)? };
         let end = keys::entry(session, to.saturating_add(1));
         let blocks = backend.range(&keys::entry(session, first), &end);
         Ok(Cursor {
@@ -277,5 +371,41 @@ impl Iterator for Cursor {
                 return self.fail(corrupt(&self.session, missing, "entry missing"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{MemoryBackend, WriteBatch};
+
+    fn entry(seq: u64) -> Vec<u8> {
+        LogEntry { seq, envelope: vec![seq as u8; 100], prev_hash: [0; 32], entry_hash: [1; 32], receipt_time_ms: 7 }
+            .encode()
+    }
+
+    #[test]
+    fn point_reads_come_from_the_cache_and_the_budget_evicts_the_oldest() {
+        let backend = MemoryBackend::new();
+        let s = SessionId([3; 16]);
+        let mut b = WriteBatch::default();
+        for first in [1u64, 11, 21] {
+            let entries: Vec<Vec<u8>> = (first..first + 10).map(entry).collect();
+            b.put(keys::entry(&s, first), encode(&entries));
+        }
+        backend.apply(b).unwrap();
+        let one = Block::open(&s, 1, &backend.get(&keys::entry(&s, 1)).unwrap().unwrap()).unwrap().bytes();
+        // Room for two blocks.
+        let cache = BlockCache::new(2 * one + one / 2);
+        let a = load(&backend, &s, 5, Some(&cache)).unwrap();
+        assert_eq!(a.first, 1);
+        assert!(std::sync::Arc::ptr_eq(&a, &load(&backend, &s, 9, Some(&cache)).unwrap()), "a hit");
+        assert_eq!(read_entry(&backend, &s, 15, Some(&cache)).unwrap().envelope, vec![15u8; 100]);
+        load(&backend, &s, 25, Some(&cache)).unwrap();
+        // The third block pushed the first out: loading it again gives a new copy.
+        assert!(!std::sync::Arc::ptr_eq(&a, &load(&backend, &s, 5, Some(&cache)).unwrap()));
+        assert!(cache.inner.lock().unwrap().bytes <= 2 * one + one / 2);
+        // Past the last block's entries: missing, not a wrong entry.
+        assert!(matches!(read_entry(&backend, &s, 31, Some(&cache)), Err(ReadError::Corrupted { seq: 31, .. })));
     }
 }

@@ -74,6 +74,9 @@ pub struct StoreConfig {
     pub max_hierarchy_depth: usize,
     /// sled page cache, bytes. Default 256 MiB.
     pub cache_capacity_bytes: u64,
+    /// Decoded log blocks kept for point reads (single entries, index hits, proofs), bytes.
+    /// Default 64 MiB; 0 turns the cache off.
+    pub block_cache_bytes: usize,
     /// Re-verification on open. Default [`VerifyOnOpen::Full`].
     pub verify_on_open: VerifyOnOpen,
     /// Spacing of the chain's verified points, entries. Default 10,000.
@@ -109,6 +112,7 @@ impl Default for StoreConfig {
             rejection_trail_entries: 10_000,
             max_hierarchy_depth: 256,
             cache_capacity_bytes: 256 * 1024 * 1024,
+            block_cache_bytes: 64 * 1024 * 1024,
             verify_on_open: VerifyOnOpen::Full,
             verified_checkpoint_every_entries: 10_000,
             max_block_bytes: 32 * 1024,

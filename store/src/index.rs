@@ -206,7 +206,8 @@ pub(crate) struct IndexRead {
     watermark: u64,
     runs: Option<KvIter>,
     seqs: std::vec::IntoIter<u64>,
-    block: Option<(u64, Vec<u8>, usize)>,
+    cache: Arc<blocks::BlockCache>,
+    block: Option<Arc<blocks::Block>>,
     tail: Option<blocks::Cursor>,
     failed: bool,
 }
@@ -214,6 +215,7 @@ pub(crate) struct IndexRead {
 impl IndexRead {
     pub fn new(
         backend: Arc<dyn Backend>,
+        cache: Arc<blocks::BlockCache>,
         session: SessionId,
         wanted: Wanted,
         from: u64,
@@ -234,6 +236,7 @@ impl IndexRead {
             watermark,
             runs: Some(runs),
             seqs: Vec::new().into_iter(),
+            cache,
             block: None,
             tail: None,
             failed: false,
@@ -277,14 +280,10 @@ impl IndexRead {
 
     fn fetch(&mut self, seq: u64) -> Result<LogEntry, ReadError> {
         // Keep the last block: the hits of one author or entity often share blocks.
-        let hit = self.block.as_ref().is_some_and(|(first, _, n)| seq >= *first && seq < first + *n as u64);
-        if !hit {
-            let (first, raw) = blocks::find(&*self.backend, &self.session, seq)?;
-            let n = blocks::split(&raw).map_or(0, |p| p.len());
-            self.block = Some((first, raw, n));
+        if !self.block.as_ref().is_some_and(|b| b.contains(seq)) {
+            self.block = Some(blocks::load(&*self.backend, &self.session, seq, Some(&self.cache))?);
         }
-        let (first, raw, _) = self.block.as_ref().expect("block");
-        blocks::entry_in(&self.session, seq, *first, raw)
+        self.block.as_ref().expect("loaded above").entry(&self.session, seq)
     }
 }
 

@@ -208,7 +208,8 @@ impl SessionState {
                 .map_err(|err| corrupt(e.seq, format!("envelope does not decode: {err}")))?;
             s.effects(&body, e.seq, None);
         }
-        s.frontier = Frontier::from_nodes(meta.head_seq, |level, index| blocks::node_at(backend, &id, level, index))?;
+        s.frontier =
+            Frontier::from_nodes(meta.head_seq, |level, index| blocks::node_at(backend, &id, level, index, None))?;
         s.meta = meta;
         Ok(s)
     }

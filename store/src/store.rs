@@ -216,6 +216,8 @@ struct Shared {
     indexer: std::sync::Mutex<Option<std::sync::mpsc::Sender<IndexJob>>>,
     /// A write or flush failed: nothing more is written until the store is reopened.
     failed: AtomicBool,
+    /// Decoded blocks for point reads.
+    blocks: Arc<blocks::BlockCache>,
 }
 
 /// Called by the commit thread with the new heads of the sessions a durable commit changed.
@@ -409,6 +411,7 @@ impl Store {
                 let _ = index_tx.send(IndexJob::CatchUp(*id, w + 1, state.meta.head_seq));
             }
         }
+        let config_block_cache = config.block_cache_bytes;
         let i_backend = backend.clone();
         let indexer = std::thread::Builder::new()
             .name("theta-index".into())
@@ -424,6 +427,7 @@ impl Store {
             listeners: RwLock::new(Vec::new()),
             indexer: std::sync::Mutex::new(Some(index_tx)),
             failed: AtomicBool::new(false),
+            blocks: Arc::new(blocks::BlockCache::new(config_block_cache)),
         });
         let (tx, rx) = sync_channel::<Job>(shared.config.queue_capacity.max(1));
         let (tx2, rx2) = sync_channel::<Stage2>(2);
@@ -636,7 +640,7 @@ impl Store {
         if seq == 0 || seq > head.seq {
             return Err(ReadError::OutOfRange { what: "seq", value: seq, head: head.seq });
         }
-        blocks::read_entry(&*self.shared.backend, session, seq)
+        blocks::read_entry(&*self.shared.backend, session, seq, Some(&self.shared.blocks))
     }
 
     /// Entries with seq in `from..=to` (clamped to the head), streamed from storage.
@@ -649,7 +653,14 @@ impl Store {
 
     fn read_index(&self, session: &SessionId, wanted: Wanted, from: u64, to: u64) -> Result<Entries, ReadError> {
         let head = self.view(session)?;
-        let read = IndexRead::new(self.shared.backend.clone(), *session, wanted, from, to.min(head.seq))?;
+        let read = IndexRead::new(
+            self.shared.backend.clone(),
+            self.shared.blocks.clone(),
+            *session,
+            wanted,
+            from,
+            to.min(head.seq),
+        )?;
         Ok(Entries { inner: EntriesInner::Index(read) })
     }
 
@@ -711,8 +722,8 @@ impl Store {
     }
 
     fn prover(&self, session: SessionId) -> Prover<impl FnMut(u8, u64) -> Result<Hash, ReadError> + '_> {
-        let backend = &*self.shared.backend;
-        Prover::new(move |level, index| blocks::node_at(backend, &session, level, index))
+        let (backend, cache) = (&*self.shared.backend, &self.shared.blocks);
+        Prover::new(move |level, index| blocks::node_at(backend, &session, level, index, Some(cache)))
     }
 
     /// The Merkle root of the first `size` entries.
@@ -1019,11 +1030,11 @@ fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Res
     let mut prev = if from == 1 {
         [0u8; 32]
     } else {
-        blocks::read_entry(backend, &id, from - 1).map_err(|e| bad(from - 1, e.to_string()))?.entry_hash
+        blocks::read_entry(backend, &id, from - 1, None).map_err(|e| bad(from - 1, e.to_string()))?.entry_hash
     };
     let mut rebuilt = (from == 1).then(Frontier::new);
     let mut seq = from;
-    let first_block = blocks::find(backend, &id, from).map_err(|e| bad(from, e.to_string()))?.0;
+    let first_block = blocks::find_key(backend, &id, from).map_err(|e| bad(from, e.to_string()))?;
     let iter = backend.range(&keys::entry(&id, first_block), &keys::prefix_end(&keys::prefix(keys::tag::ENTRY, &id)));
     for kv in iter {
         let (k, raw) = kv.map_err(storage(seq))?;
