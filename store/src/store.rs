@@ -1209,42 +1209,18 @@ impl Committer {
                     Stage2::Appends(a) => group.extend(a),
                     Stage2::Import(job) => {
                         self.commit(std::mem::take(&mut group), &mut failed);
-                        failed |= self.shared.failed.load(Relaxed);
-                        if failed {
-                            (job.reply)(Err(ImportError::Rejected {
-                                seq: 0,
-                                error: AppendError::Storage("store failed earlier".into()),
-                            }));
+                        if self.stopped(&mut failed) {
+                            (job.reply)(Err(stopped()));
                         } else {
                             self.import(job, &mut failed);
                         }
                     }
                     Stage2::Trail(job) => {
                         self.commit(std::mem::take(&mut group), &mut failed);
-                        failed |= self.shared.failed.load(Relaxed);
-                        if failed {
-                            (job.reply)(Err(ImportError::Rejected {
-                                seq: 0,
-                                error: AppendError::Storage("store failed earlier".into()),
-                            }));
+                        if self.stopped(&mut failed) {
+                            (job.reply)(Err(stopped()));
                         } else {
-                            let TrailJob { session, records, reply } = job;
-                            let mut batch = WriteBatch::default();
-                            let n = records.len() as u64;
-                            for r in records {
-                                self.trail(session, r, &mut batch);
-                            }
-                            let config = self.shared.config.clone();
-                            if let Some(state) = session.and_then(|s| self.states.get_mut(&s)) {
-                                state.finish(&mut batch, &config, false);
-                            }
-                            let group = Group {
-                                outcomes: Vec::new(),
-                                heads: Vec::new(),
-                                indexed: BTreeMap::new(),
-                                imported: Some((reply, n, 0)),
-                            };
-                            self.send(group, batch, &mut failed);
+                            self.import_trail(job, &mut failed);
                         }
                     }
                     Stage2::Shutdown(done) => {
@@ -1277,6 +1253,29 @@ impl Committer {
                 self.flush_if_due(t, &mut failed);
             }
         }
+    }
+
+    /// Whether a storage failure stopped the store (here or on the flusher).
+    fn stopped(&self, failed: &mut bool) -> bool {
+        *failed |= self.shared.failed.load(Relaxed);
+        *failed
+    }
+
+    /// Appends restored rejection records to a trail, durably like a group.
+    fn import_trail(&mut self, job: TrailJob, failed: &mut bool) {
+        let TrailJob { session, records, reply } = job;
+        let mut batch = WriteBatch::default();
+        let n = records.len() as u64;
+        for r in records {
+            self.trail(session, r, &mut batch);
+        }
+        let config = self.shared.config.clone();
+        if let Some(state) = session.and_then(|s| self.states.get_mut(&s)) {
+            state.finish(&mut batch, &config, false);
+        }
+        let group =
+            Group { outcomes: Vec::new(), heads: Vec::new(), indexed: BTreeMap::new(), imported: Some((reply, n, 0)) };
+        self.send(group, batch, failed);
     }
 
     fn flush_if_due(&mut self, interval: Duration, failed: &mut bool) {
@@ -1508,6 +1507,11 @@ impl Committer {
         self.states.insert(session, state);
         self.send(group, batch, failed);
     }
+}
+
+/// The answer to an import after a storage failure stopped the store.
+fn stopped() -> ImportError {
+    ImportError::Rejected { seq: 0, error: AppendError::Storage("the store stopped after a storage failure".into()) }
 }
 
 /// A committed group on its way to its replies: its outcomes, the heads it made, and the

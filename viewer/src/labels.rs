@@ -87,35 +87,17 @@ fn srgb(c: [f32; 4]) -> [u8; 4] {
 
 impl Labels {
     /// The pipelines for a target of `format` with the renderer's depth format; group 0 is the
-    /// renderer's camera layout (`multiview_cameras`: the multiview path's, where it has one).
+    /// renderer's camera layout (`multiview_cameras`: the multiview path's, where it has one),
+    /// group 1 a texture and a filtering sampler (`texture_layout`, the HUD's).
     pub(crate) fn new(
         device: &wgpu::Device,
         camera_layout: &wgpu::BindGroupLayout,
+        texture_layout: &wgpu::BindGroupLayout,
         multiview_cameras: Option<&wgpu::BindGroupLayout>,
         format: wgpu::TextureFormat,
         depth_format: wgpu::TextureFormat,
     ) -> Labels {
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("label atlas"),
-            entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Texture {
-                        sample_type: wgpu::TextureSampleType::Float { filterable: true },
-                        view_dimension: wgpu::TextureViewDimension::D2,
-                        multisampled: false,
-                    },
-                    count: None,
-                },
-                wgpu::BindGroupLayoutEntry {
-                    binding: 1,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Sampler(wgpu::SamplerBindingType::Filtering),
-                    count: None,
-                },
-            ],
-        });
+        let layout = texture_layout.clone();
         let pipeline = |cameras: &wgpu::BindGroupLayout, multiview: bool| {
             let (camera, arg, view) = if multiview {
                 (

@@ -582,8 +582,14 @@ impl Renderer {
             .map(|g| upload(&device, &g.vertices, &g.indices))
             .collect();
         let sampler = device.create_sampler(&wgpu::SamplerDescriptor::default());
-        let labels =
-            crate::labels::Labels::new(&device, &camera_layout, mv_camera_layout.as_ref(), format, DEPTH_FORMAT);
+        let labels = crate::labels::Labels::new(
+            &device,
+            &camera_layout,
+            &hud_layout,
+            mv_camera_layout.as_ref(),
+            format,
+            DEPTH_FORMAT,
+        );
         Renderer {
             device,
             queue,
