@@ -10,7 +10,8 @@
 //!   durability, in 1,000-entry transactions, three in flight.
 //!
 //! `cargo bench -p theta-store --bench append -- [--commands N] [--window W] [--dir DIR]
-//! [--runs 64x32,...]`
+//! [--runs 64x32,...]` (`THETA_BLOCK_BYTES` overrides `max_block_bytes`: 131,072 measured the
+//! same as the default 32,768 on 2026-11-30)
 //! `scripts/bench-store` runs it next to Redis and PostgreSQL and prints the ratios.
 
 use std::sync::Arc;
@@ -169,7 +170,10 @@ static MODE: std::sync::OnceLock<(Durability, bool)> = std::sync::OnceLock::new(
 fn open(dir: &std::path::Path) -> Store {
     let _ = std::fs::remove_dir_all(dir);
     let (durability, memory) = *MODE.get().expect("mode set");
-    let config = StoreConfig { rate_per_sec: 1e12, rate_burst: 1e12, durability, ..StoreConfig::default() };
+    let mut config = StoreConfig { rate_per_sec: 1e12, rate_burst: 1e12, durability, ..StoreConfig::default() };
+    if let Some(b) = std::env::var("THETA_BLOCK_BYTES").ok().and_then(|v| v.parse().ok()) {
+        config.max_block_bytes = b;
+    }
     if memory {
         return Store::open_in_memory(config);
     }

@@ -54,3 +54,9 @@ pub use store::{
     CommitListener, Entries, FORMAT_VERSION, Head, ImportError, InclusionProof, Receipt, Rejection, Session,
     SignedTreeHead, Store, TREE_HEAD_DOMAIN,
 };
+
+/// The machine's cores, read once (the standard library reads the cgroup files at every call).
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

@@ -572,7 +572,7 @@ impl SessionState {
             blocks.push((first, block));
         }
         // Compression is most of a group's work here: several blocks compress on every core.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(blocks.len());
+        let threads = crate::cores().min(blocks.len());
         let stored: Vec<Vec<u8>> = if threads <= 1 {
             blocks.iter().map(|(_, b)| blocks::encode(b)).collect()
         } else {

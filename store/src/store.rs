@@ -279,7 +279,7 @@ fn prepare_import(session: &SessionId, entries: &[LogEntry]) -> Vec<Prepared> {
         hash_ok: merkle::entry_hash(session, e.seq, e.receipt_time_ms, &e.prev_hash, &e.envelope) == e.entry_hash,
         encoded: (e.encode(), merkle::leaf_hash(&e.entry_hash)),
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(entries.len().div_ceil(256));
+    let threads = crate::cores().min(entries.len().div_ceil(256));
     if threads <= 1 {
         return entries.iter().map(one).collect();
     }
