@@ -67,3 +67,32 @@ fn backup_and_restore_a_stopped_servers_data_give_the_same_sessions() {
     let (ok, _, err) = store_cmd(&["migrate", "--data", &path("b")]);
     assert!(!ok && err.contains("already in format 2"), "{err}");
 }
+
+/// `theta view --eyes` refuses a file that is not a headset capture, saying which.
+#[test]
+fn view_refuses_a_malformed_eyes_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = [
+        ("not-json", "{{{"),
+        (
+            "three-eyes",
+            r#"{"width":4,"height":4,"eyes":[{"position":[0,0,0],"orientation":[0,0,0,1],"fov":[-1,1,1,-1]},{"position":[0,0,0],"orientation":[0,0,0,1],"fov":[-1,1,1,-1]},{"position":[0,0,0],"orientation":[0,0,0,1],"fov":[-1,1,1,-1]}]}"#,
+        ),
+        (
+            "huge",
+            r#"{"width":100000,"height":4,"eyes":[{"position":[0,0,0],"orientation":[0,0,0,1],"fov":[-1,1,1,-1]}]}"#,
+        ),
+    ];
+    for (name, text) in bad {
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_theta"))
+            .args(["view", "--session", &"ab".repeat(16), "--headless", "--eyes", path.to_str().unwrap()])
+            .args(["--out", dir.path().join("frames").to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(err.contains(&format!("{name}.json")), "{name}: the error names the file: {err}");
+    }
+}

@@ -216,30 +216,16 @@ impl Labels {
             rects.push((*w, *h, [0.0, top as f32 / fh, *w as f32 / fw, (top + h) as f32 / fh]));
             top += h;
         }
-        let texture = device.create_texture_with_data(
+        let group = crate::render::image_group(
+            device,
             queue,
-            &wgpu::TextureDescriptor {
-                label: Some("label atlas"),
-                size: wgpu::Extent3d { width: width as u32, height: height as u32, depth_or_array_layers: 1 },
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format: wgpu::TextureFormat::Rgba8UnormSrgb,
-                usage: wgpu::TextureUsages::TEXTURE_BINDING,
-                view_formats: &[],
-            },
-            wgpu::util::TextureDataOrder::LayerMajor,
+            &self.layout,
+            &self.sampler,
+            "label atlas",
+            width as u32,
+            height as u32,
             &pixels,
         );
-        let view = texture.create_view(&Default::default());
-        let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("label atlas"),
-            layout: &self.layout,
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(&view) },
-                wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::Sampler(&self.sampler) },
-            ],
-        });
         Atlas { key, rects, group }
     }
 

@@ -698,30 +698,8 @@ impl Renderer {
             return;
         }
         let pixels = crate::hud::rasterize(text, width as usize, height as usize);
-        let texture = self.device.create_texture_with_data(
-            &self.queue,
-            &wgpu::TextureDescriptor {
-                label: Some("hud"),
-                size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format: wgpu::TextureFormat::Rgba8UnormSrgb,
-                usage: wgpu::TextureUsages::TEXTURE_BINDING,
-                view_formats: &[],
-            },
-            wgpu::util::TextureDataOrder::LayerMajor,
-            &pixels,
-        );
-        let view = texture.create_view(&Default::default());
-        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("hud"),
-            layout: &self.hud_layout,
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(&view) },
-                wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::Sampler(&self.sampler) },
-            ],
-        });
+        let group =
+            image_group(&self.device, &self.queue, &self.hud_layout, &self.sampler, "hud", width, height, &pixels);
         self.hud = Some((text.to_string(), width, height, group));
     }
 
@@ -1232,4 +1210,43 @@ fn fingerprint(positions: &[[f32; 3]], indices: &[u32]) -> u64 {
         h = (h ^ *b as u64).wrapping_mul(0x100_0000_01b3);
     }
     h
+}
+
+/// An sRGB RGBA image uploaded as a texture and bound with `sampler` in a group of `layout`
+/// (texture at binding 0, sampler at 1): the HUD overlay and the label atlas.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn image_group(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    layout: &wgpu::BindGroupLayout,
+    sampler: &wgpu::Sampler,
+    label: &str,
+    width: u32,
+    height: u32,
+    pixels: &[u8],
+) -> wgpu::BindGroup {
+    let texture = device.create_texture_with_data(
+        queue,
+        &wgpu::TextureDescriptor {
+            label: Some(label),
+            size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba8UnormSrgb,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING,
+            view_formats: &[],
+        },
+        wgpu::util::TextureDataOrder::LayerMajor,
+        pixels,
+    );
+    let view = texture.create_view(&Default::default());
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout,
+        entries: &[
+            wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(&view) },
+            wgpu::BindGroupEntry { binding: 1, resource: wgpu::BindingResource::Sampler(sampler) },
+        ],
+    })
 }
