@@ -96,13 +96,15 @@ pub async fn drive(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>
                 }
             }
             ServerStep::Done { welcome, accepted } => {
+                // The handshake is complete once the server accepts it: the address stops
+                // counting it as half-open before the peer can see the Welcome.
+                if let Some(a) = address.as_mut() {
+                    a.established();
+                }
                 if control_out.send(welcome).await.is_err() {
                     return;
                 }
                 obs.live_connected(transport);
-                if let Some(a) = address.as_mut() {
-                    a.established();
-                }
                 break accepted;
             }
             ServerStep::Close { error, reject } => {
