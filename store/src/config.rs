@@ -61,7 +61,7 @@ pub struct StoreConfig {
     pub max_batch_entries: usize,
     /// Capacity of the submission queue, appends. A full queue blocks submitters. Default 16,384.
     pub queue_capacity: usize,
-    /// Threads verifying signatures. Default: available cores.
+    /// Verification workers, each decoding and verifying whole batches. Default: available cores.
     pub verify_threads: usize,
     /// Use ed25519 batch verification (falling back to one-by-one on a failed batch). Default true.
     pub batch_verify: bool,

@@ -24,6 +24,9 @@ use crate::keys::Reader;
 use crate::merkle::{self, Frontier, Hash};
 use theta_schemas::policy;
 
+/// Blocks in one group from which their compression is spread over the cores.
+const PARALLEL_BLOCKS: usize = 4;
+
 /// A live entity: its parent and number of children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct EntityInfo {
@@ -571,8 +574,9 @@ impl SessionState {
         if !block.is_empty() {
             blocks.push((first, block));
         }
-        // Compression is most of a group's work here: several blocks compress on every core.
-        let threads = crate::cores().min(blocks.len());
+        // Compression is most of a large group's work here (an import's): many blocks compress
+        // on every core. A few blocks (an append group's) are not worth the threads.
+        let threads = if blocks.len() >= PARALLEL_BLOCKS { crate::cores().min(blocks.len()) } else { 1 };
         let stored: Vec<Vec<u8>> = if threads <= 1 {
             blocks.iter().map(|(_, b)| blocks::encode(b)).collect()
         } else {

@@ -430,14 +430,34 @@ impl Store {
             blocks: Arc::new(blocks::BlockCache::new(config_block_cache)),
         });
         let (tx, rx) = sync_channel::<Job>(shared.config.queue_capacity.max(1));
-        let (tx2, rx2) = sync_channel::<Stage2>(2);
-        let v_shared = shared.clone();
-        let verifier = std::thread::Builder::new()
-            .name("theta-verify".into())
-            .spawn(move || verify_loop(v_shared, rx, tx2))
-            .expect("spawn verifier thread");
-        // Two groups in flight at most: one flushing, the next one applied behind it.
-        let (flush_tx, flush_rx) = sync_channel::<Flush>(1);
+        let n = shared.config.verify_threads.max(1);
+        let (tx2, rx2) = sync_channel::<(u64, Vec<Stage2>)>(n + 1);
+        let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = sync_channel::<usize>(n);
+        let order = Arc::new(Order::default());
+        let stopped = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::with_capacity(n);
+        for id in 0..n {
+            let (w_tx, w_rx) = sync_channel::<WorkBatch>(1);
+            workers.push(w_tx);
+            let (shared, ready, tx2, stopped) = (shared.clone(), ready_tx.clone(), tx2.clone(), stopped.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name("theta-verify".into())
+                    .spawn(move || verify_worker(shared, id, w_rx, ready, tx2, stopped))
+                    .expect("spawn verification worker"),
+            );
+        }
+        drop((ready_tx, tx2));
+        let (d_shared, d_order) = (shared.clone(), order.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("theta-dispatch".into())
+                .spawn(move || dispatch_loop(d_shared, rx, workers, ready_rx, d_order, stopped))
+                .expect("spawn dispatcher thread"),
+        );
+        // Groups applied while a flush runs wait for the next one, which covers them all.
+        let (flush_tx, flush_rx) = sync_channel::<Flush>(FLUSH_QUEUE);
         let f_shared = shared.clone();
         let flusher_thread = std::thread::Builder::new()
             .name("theta-flush".into())
@@ -454,9 +474,10 @@ impl Store {
         };
         let committer = std::thread::Builder::new()
             .name("theta-commit".into())
-            .spawn(move || committer.run(rx2))
+            .spawn(move || committer.run(rx2, order))
             .expect("spawn committer thread");
-        Ok(Store { shared, tx, threads: std::sync::Mutex::new(vec![verifier, committer, indexer]) })
+        threads.extend([committer, indexer]);
+        Ok(Store { shared, tx, threads: std::sync::Mutex::new(threads) })
     }
 
     /// Submits an envelope; `reply` is called exactly once with the outcome, from a store
@@ -1096,59 +1117,159 @@ fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Res
     Ok(())
 }
 
-fn verify_loop(shared: Arc<Shared>, rx: Receiver<Job>, tx: SyncSender<Stage2>) {
-    let mut keys = KeyCache::new(shared.config.key_cache_entries);
+/// A batch of jobs for one verification worker, with its place in the committer's order.
+struct WorkBatch {
+    ticket: u64,
+    jobs: Vec<Job>,
+}
+
+/// How far the committer has come in ticket order. Workers finish out of order and the
+/// committer puts their results back in order (an author's commands must reach the Lamport
+/// check in the order they were submitted); the dispatcher issues no ticket more than
+/// [`MAX_AHEAD`] past the committer, which bounds what waits to be reordered.
+#[derive(Default)]
+struct Order {
+    committed: std::sync::Mutex<u64>,
+    moved: std::sync::Condvar,
+}
+
+impl Order {
+    /// Waits until `ticket` may be issued.
+    fn room_for(&self, ticket: u64) {
+        let mut c = self.committed.lock().expect("order lock");
+        while ticket >= *c + MAX_AHEAD {
+            c = self.moved.wait(c).expect("order lock");
+        }
+    }
+
+    /// Every ticket below `next` is committed.
+    fn committed_to(&self, next: u64) {
+        *self.committed.lock().expect("order lock") = next;
+        self.moved.notify_all();
+    }
+}
+
+/// Tickets issued past the committer's position, at most.
+const MAX_AHEAD: u64 = 16;
+
+/// Groups applied but not yet flushed, at most (the committer waits beyond).
+const FLUSH_QUEUE: usize = 8;
+
+/// The smallest batch the dispatcher splits off for one worker (batch verification gets
+/// cheaper per signature up to a few hundred).
+const MIN_SHARE: usize = 64;
+
+/// The verification stage's dispatcher: waits for a free worker, then gives it its share of
+/// what is queued (up to `max_batch_entries` gathered), so the workers verify batches as
+/// large as the load allows side by side. Stops at `Shutdown` or when the committer is
+/// gone, answering what is still queued.
+fn dispatch_loop(
+    shared: Arc<Shared>,
+    rx: Receiver<Job>,
+    workers: Vec<SyncSender<WorkBatch>>,
+    ready: Receiver<usize>,
+    order: Arc<Order>,
+    stopped: Arc<AtomicBool>,
+) {
     let max = shared.config.max_batch_entries.max(1);
-    loop {
-        let Ok(first) = rx.recv() else { return };
-        let mut jobs = vec![first];
-        while jobs.len() < max {
+    let mut ticket = 0u64;
+    let refuse = |job: Job| match job {
+        Job::Append(a) => {
+            shared.metrics.queue_depth.fetch_sub(1, Relaxed);
+            a.reply.send(Err(AppendError::ShuttingDown));
+        }
+        Job::Import(i) => (i.reply)(Err(ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown })),
+        Job::Trail(t) => (t.reply)(Err(ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown })),
+        Job::Shutdown(done) => {
+            let _ = done.send(());
+        }
+    };
+    let n_workers = workers.len();
+    let mut pending: std::collections::VecDeque<Job> = std::collections::VecDeque::new();
+    while let Ok(worker) = ready.recv() {
+        order.room_for(ticket);
+        if stopped.load(Relaxed) {
+            break;
+        }
+        if pending.is_empty() {
+            let Ok(first) = rx.recv() else { return };
+            pending.push_back(first);
+        }
+        while pending.len() < max && !matches!(pending.back(), Some(Job::Shutdown(_))) {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) => pending.push_back(j),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        // A share of what is queued, so that a burst is verified by every worker at once
+        // rather than by the first one free; no share smaller than MIN_SHARE.
+        let take = pending.len().div_ceil(n_workers).max(pending.len().min(MIN_SHARE));
+        let jobs: Vec<Job> = pending.drain(..take).collect();
+        let shutdown = matches!(jobs.last(), Some(Job::Shutdown(_)));
+        if let Err(e) = workers[worker].send(WorkBatch { ticket, jobs }) {
+            e.0.jobs.into_iter().for_each(refuse);
+            break;
+        }
+        ticket += 1;
+        if shutdown {
+            break;
+        }
+    }
+    pending.into_iter().for_each(refuse);
+    // Answer anything still queued; the workers stop when their channels close.
+    while let Ok(job) = rx.try_recv() {
+        refuse(job);
+    }
+}
+
+/// A verification worker: decodes, validates and verifies whole batches (its own key cache)
+/// and sends the result, with its ticket, to the committer.
+fn verify_worker(
+    shared: Arc<Shared>,
+    id: usize,
+    rx: Receiver<WorkBatch>,
+    ready: SyncSender<usize>,
+    tx: SyncSender<(u64, Vec<Stage2>)>,
+    stopped: Arc<AtomicBool>,
+) {
+    let mut keys = KeyCache::new(shared.config.key_cache_entries);
+    loop {
+        if ready.send(id).is_err() {
+            return;
+        }
+        let Ok(WorkBatch { ticket, jobs }) = rx.recv() else { return };
+        let mut out: Vec<Stage2> = Vec::new();
         let mut appends: Vec<AppendJob> = Vec::new();
-        let mut stop = false;
-        let flush = |appends: &mut Vec<AppendJob>, keys: &mut KeyCache| -> bool {
+        let mut check = |appends: &mut Vec<AppendJob>, out: &mut Vec<Stage2>| {
             if appends.is_empty() {
-                return true;
+                return;
             }
-            let jobs = std::mem::take(appends);
             let (inputs, rest): (Vec<Vec<u8>>, Vec<(Responder, Instant)>) =
-                jobs.into_iter().map(|j| (j.bytes, (j.reply, j.submitted))).unzip();
-            let checked = verifier::check_batch(inputs, &shared.config, keys, &shared.metrics);
-            let items = checked.into_iter().zip(rest).map(|(c, (r, t))| (c, r, t)).collect();
-            tx.send(Stage2::Appends(items)).is_ok()
+                std::mem::take(appends).into_iter().map(|j| (j.bytes, (j.reply, j.submitted))).unzip();
+            let checked = verifier::check_batch(inputs, &shared.config, &mut keys, &shared.metrics);
+            out.push(Stage2::Appends(checked.into_iter().zip(rest).map(|(c, (r, t))| (c, r, t)).collect()));
         };
         for job in jobs {
             match job {
                 Job::Append(a) => appends.push(a),
                 Job::Import(i) => {
-                    stop |= !flush(&mut appends, &mut keys);
-                    stop |= tx.send(Stage2::Import(i)).is_err();
+                    check(&mut appends, &mut out);
+                    out.push(Stage2::Import(i));
                 }
                 Job::Trail(t) => {
-                    stop |= !flush(&mut appends, &mut keys);
-                    stop |= tx.send(Stage2::Trail(t)).is_err();
+                    check(&mut appends, &mut out);
+                    out.push(Stage2::Trail(t));
                 }
                 Job::Shutdown(done) => {
-                    flush(&mut appends, &mut keys);
-                    let _ = tx.send(Stage2::Shutdown(done));
-                    stop = true;
+                    check(&mut appends, &mut out);
+                    out.push(Stage2::Shutdown(done));
                 }
             }
         }
-        stop |= !flush(&mut appends, &mut keys);
-        if stop {
-            // Answer anything still queued.
-            while let Ok(job) = rx.try_recv() {
-                if let Job::Append(a) = job {
-                    shared.metrics.queue_depth.fetch_sub(1, Relaxed);
-                    a.reply.send(Err(AppendError::ShuttingDown));
-                }
-            }
-            return;
+        check(&mut appends, &mut out);
+        if tx.send((ticket, out)).is_err() {
+            // The committer is gone: what it did not take is answered as it drops.
+            stopped.store(true, Relaxed);
         }
     }
 }
@@ -1178,12 +1299,15 @@ struct Outcome {
 }
 
 impl Committer {
-    fn run(mut self, rx: Receiver<Stage2>) {
+    fn run(mut self, rx: Receiver<(u64, Vec<Stage2>)>, order: Arc<Order>) {
         let tick = match self.shared.config.durability {
             Durability::IntervalMs(ms) => Some(Duration::from_millis(ms.max(1))),
             _ => None,
         };
         let mut failed = false;
+        // Worker results that arrived before an earlier ticket's.
+        let mut early: BTreeMap<u64, Vec<Stage2>> = BTreeMap::new();
+        let mut next_ticket = 0u64;
         loop {
             let item = match tick {
                 Some(t) => match rx.recv_timeout(t) {
@@ -1199,10 +1323,17 @@ impl Committer {
                     Err(_) => break,
                 },
             };
-            let mut items = vec![item];
-            while let Ok(more) = rx.try_recv() {
-                items.push(more);
+            early.insert(item.0, item.1);
+            early.extend(rx.try_iter());
+            let mut items = Vec::new();
+            while let Some(stages) = early.remove(&next_ticket) {
+                items.extend(stages);
+                next_ticket += 1;
             }
+            if items.is_empty() {
+                continue;
+            }
+            order.committed_to(next_ticket);
             let mut group: Vec<(Checked, Responder, Instant)> = Vec::new();
             for item in items {
                 match item {
@@ -1534,7 +1665,11 @@ struct Flush {
 /// The flusher thread: flush + fdatasync per group, in commit order, overlapping the committer's
 /// work on the next group; then the group's heads, listeners, index entries and replies.
 fn flush_loop(shared: Arc<Shared>, rx: Receiver<Flush>) {
-    for Flush { group, applied } in rx {
+    while let Ok(first) = rx.recv() {
+        // Every group applied by now is covered by one flush.
+        let mut groups = vec![first];
+        groups.extend(rx.try_iter());
+        let applied = groups.iter().any(|f| f.applied);
         let result = if shared.failed.load(Relaxed) {
             Err("the store stopped after a storage failure".to_string())
         } else if applied {
@@ -1550,7 +1685,9 @@ fn flush_loop(shared: Arc<Shared>, rx: Receiver<Flush>) {
         } else {
             Ok(())
         };
-        complete(&shared, group, result);
+        for Flush { group, .. } in groups {
+            complete(&shared, group, result.clone());
+        }
     }
 }
 

@@ -1,10 +1,11 @@
 //! The verification stage: payload guard, schema, scope and signatures, batched.
 //!
-//! Runs on its own thread ahead of the committer, so the next batch is verified while the
-//! previous one is being flushed. Signatures of a batch are split across
-//! `verify_threads`; each part is checked with batch verification and, if that fails, one by
-//! one, so that only the bad ones are rejected. Both apply the one rule of
-//! [`theta_schemas::signing`], so the verdict never depends on which path a signature took.
+//! Runs on `verify_threads` workers ahead of the committer, so the next batches are decoded
+//! and verified while the previous one is committed and flushed. Each worker takes everything
+//! queued when it is free (a batch as large as the load allows) and checks it with batch
+//! verification; a failed batch is split in halves until only the bad signatures are
+//! rejected. Both paths apply the one rule of [`theta_schemas::signing`], so the verdict never
+//! depends on which path a signature took.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -160,17 +161,7 @@ pub(crate) fn check_batch(
     if pending.is_empty() {
         return out;
     }
-    let threads = config.verify_threads.max(1).min(pending.len().div_ceil(16)).max(1);
-    let part_len = pending.len().div_ceil(threads);
-    let results: Vec<(Vec<usize>, bool)> = if threads == 1 {
-        vec![verify_part(&pending, config.batch_verify)]
-    } else {
-        std::thread::scope(|s| {
-            let handles: Vec<_> =
-                pending.chunks(part_len).map(|part| s.spawn(move || verify_part(part, config.batch_verify))).collect();
-            handles.into_iter().map(|h| h.join().expect("verify thread")).collect()
-        })
-    };
+    let results = [verify_part(&pending, config.batch_verify)];
     metrics.verify_latency.observe_us(started.elapsed().as_micros() as u64);
     metrics.signatures_verified.fetch_add(pending.len() as u64, std::sync::atomic::Ordering::Relaxed);
     drop(pending);
