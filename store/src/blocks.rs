@@ -45,17 +45,38 @@ pub(crate) fn compress(plain: &[u8]) -> Vec<u8> {
 }
 
 /// The plain form of entries (already encoded `LogEntry` buffers).
-pub(crate) fn plain(entries: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(entries.iter().map(|e| e.len() + 4).sum());
+pub(crate) fn plain<E: AsRef<[u8]>>(entries: &[E]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.iter().map(|e| e.as_ref().len() + 4).sum());
     for e in entries {
+        let e = e.as_ref();
         out.extend_from_slice(&(e.len() as u32).to_le_bytes());
         out.extend_from_slice(e);
     }
     out
 }
 
+/// Splits consecutive encoded entries into blocks of at most `max_block_bytes` plain bytes
+/// (an entry larger than that gets a block of its own): the ranges of `entries` per block.
+pub(crate) fn layout<E: AsRef<[u8]>>(entries: &[E], max_block_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, e) in entries.iter().enumerate() {
+        let len = e.as_ref().len() + 4;
+        if i > start && size + len > max_block_bytes {
+            out.push(start..i);
+            start = i;
+            size = 0;
+        }
+        size += len;
+    }
+    if start < entries.len() {
+        out.push(start..entries.len());
+    }
+    out
+}
+
 /// Encodes entries as one stored (compressed) block.
-pub(crate) fn encode(entries: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn encode<E: AsRef<[u8]>>(entries: &[E]) -> Vec<u8> {
     let plain = plain(entries);
     let packed = compress(&plain);
     let mut out = Vec::with_capacity(5 + packed.len());

@@ -27,6 +27,21 @@ use theta_schemas::policy;
 /// Blocks in one group from which their compression is spread over the cores.
 const PARALLEL_BLOCKS: usize = 4;
 
+/// Compresses blocks (first seq, entries), on every core when there are many.
+pub(crate) fn compress_blocks(blocks: &[(u64, &[Vec<u8>])]) -> Vec<(u64, Vec<u8>)> {
+    let one = |(first, entries): &(u64, &[Vec<u8>])| (*first, blocks::encode(entries));
+    let threads = if blocks.len() >= PARALLEL_BLOCKS { crate::cores().min(blocks.len()) } else { 1 };
+    if threads <= 1 {
+        return blocks.iter().map(one).collect();
+    }
+    let chunk = blocks.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> =
+            blocks.chunks(chunk).map(|c| s.spawn(move || c.iter().map(one).collect::<Vec<_>>())).collect();
+        parts.into_iter().flat_map(|h| h.join().expect("compression thread")).collect()
+    })
+}
+
 /// A live entity: its parent and number of children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct EntityInfo {
@@ -556,41 +571,37 @@ impl SessionState {
     /// `max_block_bytes` (before compression), a state checkpoint when one is due (or `force`d),
     /// and the header.
     pub fn finish(&mut self, batch: &mut WriteBatch, config: &StoreConfig, force_checkpoint: bool) {
+        self.finish_with(batch, config, force_checkpoint, None)
+    }
+
+    /// [`SessionState::finish`], taking the group's blocks already compressed when they are
+    /// exactly its pending entries (`(first seq, entries, stored block)` from
+    /// [`crate::blocks::layout`] over the same entries: an import chunk prepared by a worker).
+    pub fn finish_with(
+        &mut self,
+        batch: &mut WriteBatch,
+        config: &StoreConfig,
+        force_checkpoint: bool,
+        compressed: Option<Vec<(u64, usize, Vec<u8>)>>,
+    ) {
         let id = self.id;
-        let mut first = self.pending_first;
-        let mut blocks: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
-        let mut block: Vec<Vec<u8>> = Vec::new();
-        let mut size = 0;
-        for e in std::mem::take(&mut self.pending_entries) {
-            if !block.is_empty() && size + e.len() + 4 > config.max_block_bytes {
-                let n = block.len() as u64;
-                blocks.push((first, std::mem::take(&mut block)));
-                first += n;
-                size = 0;
-            }
-            size += e.len() + 4;
-            block.push(e);
-        }
-        if !block.is_empty() {
-            blocks.push((first, block));
-        }
-        // Compression is most of a large group's work here (an import's): many blocks compress
-        // on every core. A few blocks (an append group's) are not worth the threads.
-        let threads = if blocks.len() >= PARALLEL_BLOCKS { crate::cores().min(blocks.len()) } else { 1 };
-        let stored: Vec<Vec<u8>> = if threads <= 1 {
-            blocks.iter().map(|(_, b)| blocks::encode(b)).collect()
-        } else {
-            let chunk = blocks.len().div_ceil(threads);
-            std::thread::scope(|s| {
-                let parts: Vec<_> = blocks
-                    .chunks(chunk)
-                    .map(|c| s.spawn(move || c.iter().map(|(_, b)| blocks::encode(b)).collect::<Vec<_>>()))
+        let pending = std::mem::take(&mut self.pending_entries);
+        let matches = compressed.as_ref().is_some_and(|c| {
+            c.first().is_some_and(|b| b.0 == self.pending_first)
+                && c.iter().map(|b| b.1).sum::<usize>() == pending.len()
+        });
+        let stored: Vec<(u64, Vec<u8>)> = match compressed {
+            Some(c) if matches => c.into_iter().map(|(first, _, bytes)| (first, bytes)).collect(),
+            _ => {
+                let blocks: Vec<(u64, &[Vec<u8>])> = blocks::layout(&pending, config.max_block_bytes)
+                    .into_iter()
+                    .map(|r| (self.pending_first + r.start as u64, &pending[r]))
                     .collect();
-                parts.into_iter().flat_map(|h| h.join().expect("compression thread")).collect()
-            })
+                compress_blocks(&blocks)
+            }
         };
-        for ((first, _), bytes) in blocks.iter().zip(stored) {
-            batch.put(keys::entry(&id, *first), bytes);
+        for (first, bytes) in stored {
+            batch.put(keys::entry(&id, first), bytes);
         }
         if self.meta.head_seq - self.checkpointed >= config.state_checkpoint_every_entries.max(1) || force_checkpoint {
             self.save_state(batch);

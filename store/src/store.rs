@@ -251,8 +251,10 @@ struct AppendJob {
 struct ImportJob {
     session: SessionId,
     entries: Vec<LogEntry>,
-    /// Each entry decoded, validated and its hash checked (in parallel, before the job).
+    /// Each entry decoded, validated and its hash checked (by a verify worker).
     prepared: Vec<Prepared>,
+    /// The chunk's log blocks, compressed by the worker: (first seq, entries, stored block).
+    compressed: Vec<(u64, usize, Vec<u8>)>,
     reply: ImportReply,
 }
 
@@ -268,8 +270,9 @@ struct Prepared {
     encoded: (Vec<u8>, Hash),
 }
 
-/// Decodes, validates and hashes imported entries on every core; the ordered pass (chain
-/// links, the stateful checks) runs on the committer.
+/// Decodes, validates and hashes imported entries ahead of the committer's ordered pass (chain
+/// links, the stateful checks). Runs on a verify worker, so consecutive chunks are prepared on
+/// every core at once; a chunk larger than [`SPLIT_IMPORT`] is also split over the cores.
 fn prepare_import(session: &SessionId, entries: &[LogEntry]) -> Vec<Prepared> {
     let one = |e: &LogEntry| Prepared {
         body: Envelope::open(&e.envelope).map_err(AppendError::Malformed).and_then(|(_, body)| {
@@ -279,7 +282,7 @@ fn prepare_import(session: &SessionId, entries: &[LogEntry]) -> Vec<Prepared> {
         hash_ok: merkle::entry_hash(session, e.seq, e.receipt_time_ms, &e.prev_hash, &e.envelope) == e.entry_hash,
         encoded: (e.encode(), merkle::leaf_hash(&e.entry_hash)),
     };
-    let threads = crate::cores().min(entries.len().div_ceil(256));
+    let threads = if entries.len() > SPLIT_IMPORT { crate::cores() } else { 1 };
     if threads <= 1 {
         return entries.iter().map(one).collect();
     }
@@ -290,6 +293,21 @@ fn prepare_import(session: &SessionId, entries: &[LogEntry]) -> Vec<Prepared> {
         parts.into_iter().flat_map(|h| h.join().expect("import preparation thread")).collect()
     })
 }
+
+/// An import chunk's log blocks, compressed ahead of the committer the way
+/// [`SessionState::finish`] would (used by it when the whole chunk is accepted).
+fn compress_import(entries: &[LogEntry], prepared: &[Prepared], max_block_bytes: usize) -> Vec<(u64, usize, Vec<u8>)> {
+    let Some(first) = entries.first().map(|e| e.seq) else { return Vec::new() };
+    let encoded: Vec<&[u8]> = prepared.iter().map(|p| p.encoded.0.as_slice()).collect();
+    let blocks: Vec<(u64, &[&[u8]])> = crate::blocks::layout(&encoded, max_block_bytes)
+        .into_iter()
+        .map(|r| (first + r.start as u64, &encoded[r]))
+        .collect();
+    blocks.iter().map(|(f, e)| (*f, e.len(), crate::blocks::encode(e))).collect()
+}
+
+/// Import chunks larger than this are prepared on every core (smaller ones on one worker).
+const SPLIT_IMPORT: usize = 16_384;
 
 /// Rejection records restored from a backup, appended to a trail (`None`: the global one).
 struct TrailJob {
@@ -548,8 +566,8 @@ impl Store {
         if self.shared.closing.load(Relaxed) {
             return reply(Err(shutting()));
         }
-        let prepared = prepare_import(&session, &entries);
-        let job = ImportJob { session, entries, prepared, reply: Box::new(reply) };
+        // A verify worker prepares it.
+        let job = ImportJob { session, entries, prepared: Vec::new(), compressed: Vec::new(), reply: Box::new(reply) };
         if let Err(e) = self.tx.send(Job::Import(job))
             && let Job::Import(job) = e.0
         {
@@ -1252,8 +1270,10 @@ fn verify_worker(
         for job in jobs {
             match job {
                 Job::Append(a) => appends.push(a),
-                Job::Import(i) => {
+                Job::Import(mut i) => {
                     check(&mut appends, &mut out);
+                    i.prepared = prepare_import(&i.session, &i.entries);
+                    i.compressed = compress_import(&i.entries, &i.prepared, shared.config.max_block_bytes);
                     out.push(Stage2::Import(i));
                 }
                 Job::Trail(t) => {
@@ -1592,7 +1612,7 @@ impl Committer {
     /// Runs an import's ordered pass and sends its writes the way of a group: durable before
     /// the reply.
     fn import(&mut self, job: ImportJob, failed: &mut bool) {
-        let ImportJob { session, entries, prepared, reply } = job;
+        let ImportJob { session, entries, prepared, compressed, reply } = job;
         let config = self.shared.config.clone();
         let backend = self.shared.backend.clone();
         if let Some(View { corrupted: Some(c), .. }) = self.shared.views.read().expect("views lock").get(&session) {
@@ -1628,7 +1648,7 @@ impl Committer {
         let n = state.meta.head_seq;
         // The import checked every link and hash of these entries: they count as verified.
         state.meta.verified_upto = n;
-        state.finish(&mut batch, &config, false);
+        state.finish_with(&mut batch, &config, false, Some(compressed));
         let group = Group {
             outcomes: Vec::new(),
             heads: vec![head_of(&state)],
