@@ -275,9 +275,12 @@ pub fn restore(store: &Store, input: impl Read, progress: &mut dyn FnMut(Progres
     Ok(Summary { sessions, entries, rejections })
 }
 
-/// Format 1 (stores written before the format key): sessions from the `S` headers, entries in
-/// `E` blocks of plain `u32 LE length || LogEntry` framing, trails as today.
-fn read_format1(
+/// An older format's log, for migration. Format 1 (stores written before the format key):
+/// sessions from the `S` headers, entries in `E` blocks of plain `u32 LE length || LogEntry`
+/// framing, trails as today. Format 2: the same with compressed blocks (codec byte, plain
+/// length, zstd frame, as today), Merkle nodes one per key (not read: the import rebuilds them).
+fn read_old(
+    format: u8,
     backend: &dyn Backend,
     importer: &mut Importer<'_>,
     trails: &mut BTreeMap<SessionId, Vec<Rejection>>,
@@ -299,7 +302,11 @@ fn read_format1(
         let p = keys::prefix(keys::tag::ENTRY, &id);
         let mut seq = 1;
         for kv in backend.range(&p, &keys::prefix_end(&p)) {
-            let (_, raw) = kv.map_err(ReadError::from)?;
+            let (_, stored) = kv.map_err(ReadError::from)?;
+            let raw = match format {
+                1 => stored.to_vec(),
+                _ => crate::blocks::decode(&stored).map_err(|e| bad(id, seq, &e))?,
+            };
             let parts = crate::blocks::split(&raw).map_err(|_| bad(id, seq, "block framing broken"))?;
             for part in parts {
                 let e = LogEntry::decode(part).map_err(|_| bad(id, seq, "entry does not decode"))?;
@@ -345,7 +352,7 @@ pub fn migrate(dir: &Path, config: StoreConfig, progress: &mut dyn FnMut(Progres
     if found == crate::FORMAT_VERSION {
         return Err(ArchiveError::Invalid(format!("{} is already in format {found}", dir.display())));
     }
-    if found != 1 {
+    if !(1..crate::FORMAT_VERSION).contains(&found) {
         return Err(ArchiveError::Invalid(format!(
             "{} holds format {found}, which this theta cannot read",
             dir.display()
@@ -364,7 +371,7 @@ pub fn migrate(dir: &Path, config: StoreConfig, progress: &mut dyn FnMut(Progres
         let store = Store::open(&staging, config)?;
         let mut importer = Importer::new(&store);
         let mut trails = BTreeMap::new();
-        let (entries, rejections) = read_format1(&old, &mut importer, &mut trails, progress)?;
+        let (entries, rejections) = read_old(found, &old, &mut importer, &mut trails, progress)?;
         importer.finish()?;
         for (session, records) in trails {
             let target = (session != SessionId::default()).then_some(session);

@@ -8,7 +8,10 @@
 //! holding a seq with one reverse range step.
 //!
 //! Merkle nodes below level 4 (16 leaves) are not stored: they are recomputed from the
-//! entries when a proof needs them. Levels from [`STORED_MIN_LEVEL`] up are stored.
+//! entries when a proof needs them. Levels 4 to 8 are stored as *node pages*: the 31 nodes of
+//! levels 4..=8 inside one complete subtree of 256 leaves under one key (`G | session | page`),
+//! written when the subtree completes; until then (the log's last, incomplete 256) they are
+//! recomputed from the entries too. Levels from 9 up are stored one per key (`N`).
 
 use theta_schemas::{LogEntry, SessionId};
 
@@ -19,6 +22,55 @@ use crate::merkle::{self, Hash};
 
 /// Lowest Merkle level whose node hashes are stored.
 pub(crate) const STORED_MIN_LEVEL: u8 = 4;
+/// Highest level kept in node pages; levels above it are stored one node per key.
+pub(crate) const PAGE_LEVEL: u8 = 8;
+/// Node hashes in one page: 16 + 8 + 4 + 2 + 1.
+pub(crate) const PAGE_NODES: usize = (1 << (PAGE_LEVEL - STORED_MIN_LEVEL + 1)) - 1;
+
+/// The nodes of levels [`STORED_MIN_LEVEL`]..=[`PAGE_LEVEL`] of one subtree of 256 leaves,
+/// level-major (the 16 level-4 nodes first, the subtree's root last).
+pub(crate) type NodePage = [Hash; PAGE_NODES];
+
+/// The page holding node (`level`, `index`) (`STORED_MIN_LEVEL <= level <= PAGE_LEVEL`), and
+/// its slot in the page.
+pub(crate) fn page_slot(level: u8, index: u64) -> (u64, usize) {
+    let span = PAGE_LEVEL - level;
+    let offset: usize = (STORED_MIN_LEVEL..level).map(|l| 1usize << (PAGE_LEVEL - l)).sum();
+    (index >> span, offset + (index & ((1u64 << span) - 1)) as usize)
+}
+
+/// A node page's stored bytes: its hashes in order.
+pub(crate) fn encode_page(page: &NodePage) -> Vec<u8> {
+    page.concat()
+}
+
+/// Puts a completed node into `page`; returns the page's index once its root (level
+/// [`PAGE_LEVEL`]) is in, i.e. when the page is complete.
+pub(crate) fn fill_page(page: &mut NodePage, level: u8, index: u64, hash: &Hash) -> Option<u64> {
+    if !(STORED_MIN_LEVEL..=PAGE_LEVEL).contains(&level) {
+        return None;
+    }
+    let (p, slot) = page_slot(level, index);
+    page[slot] = *hash;
+    (level == PAGE_LEVEL).then_some(p)
+}
+
+/// The nodes of the log's incomplete last subtree of 256 leaves (a tree of `size` leaves),
+/// recomputed from its entries: what the committer holds in memory until the page completes.
+pub(crate) fn tail_page(backend: &dyn Backend, session: &SessionId, size: u64) -> Result<NodePage, ReadError> {
+    let mut page = [[0u8; 32]; PAGE_NODES];
+    let base = size - size % (1 << PAGE_LEVEL);
+    let mut frontier = merkle::Frontier::new();
+    if base < size {
+        for e in Cursor::new(backend, session, base + 1, size)? {
+            // Indexes relative to the subtree are indexes within page 0.
+            frontier.push(merkle::leaf_hash(&e?.entry_hash), |level, index, h| {
+                fill_page(&mut page, level, index, h);
+            });
+        }
+    }
+    Ok(page)
+}
 
 /// The codec byte of a zstd-compressed block.
 pub(crate) const CODEC_ZSTD: u8 = 1;
@@ -255,8 +307,9 @@ pub(crate) fn read_entry(
     load(backend, session, seq, cache)?.entry(session, seq)
 }
 
-/// The Merkle node (`level`, `index`): stored from [`STORED_MIN_LEVEL`] up, recomputed from
-/// the entries below it.
+/// The Merkle node (`level`, `index`): above [`PAGE_LEVEL`] from its key, from
+/// [`STORED_MIN_LEVEL`] up from its node page, and recomputed from the entries below it where
+/// no page holds it (low levels, and the incomplete last subtree of 256 leaves).
 pub(crate) fn node_at(
     backend: &dyn Backend,
     session: &SessionId,
@@ -264,11 +317,21 @@ pub(crate) fn node_at(
     index: u64,
     cache: Option<&BlockCache>,
 ) -> Result<Hash, ReadError> {
-    if level >= STORED_MIN_LEVEL {
+    if level > PAGE_LEVEL {
         return backend
             .get(&keys::node(session, level, index))?
             .and_then(|v| v.try_into().ok())
             .ok_or_else(|| corrupt(session, index << level, format!("Merkle node ({level}, {index}) missing")));
+    }
+    if level >= STORED_MIN_LEVEL {
+        let (page, slot) = page_slot(level, index);
+        if let Some(raw) = backend.get(&keys::node_page(session, page))? {
+            return raw
+                .get(slot * 32..(slot + 1) * 32)
+                .filter(|_| raw.len() == PAGE_NODES * 32)
+                .map(|h| h.try_into().expect("32 bytes"))
+                .ok_or_else(|| corrupt(session, page << PAGE_LEVEL, format!("Merkle node page {page} malformed")));
+        }
     }
     let lo = index << level;
     let hi = (index + 1) << level;

@@ -7,7 +7,8 @@
 //! | tag | rest of key | value | written |
 //! | --- | --- | --- | --- |
 //! | `E` | first seq | log block (see `blocks`): consecutive `LogEntry`s, compressed | acknowledgement path |
-//! | `N` | level (1), index | Merkle node hash, levels 4 and up (lower ones are recomputed) | acknowledgement path |
+//! | `G` | page | Merkle node page: the 31 node hashes of levels 4–8 of leaves `page·256 ..` (lower ones are recomputed) | acknowledgement path, when the 256 leaves are complete |
+//! | `N` | level (1), index | Merkle node hash, levels 9 and up | acknowledgement path |
 //! | `S` | | session header (head seq, last hash, clock, name) | acknowledgement path |
 //! | `M` | key (32) | role (1), granted at seq (8) | with the entry that changes it |
 //! | `P` | component | conflict strategy (1) | with the entry that changes it |
@@ -29,6 +30,7 @@ use theta_schemas::{AuthorKey, ComponentId, EntityId, SessionId};
 pub(crate) mod tag {
     pub const ENTRY: u8 = b'E';
     pub const NODE: u8 = b'N';
+    pub const NODE_PAGE: u8 = b'G';
     pub const BY_AUTHOR: u8 = b'A';
     pub const BY_ENTITY: u8 = b'I';
     pub const WATERMARK: u8 = b'W';
@@ -73,6 +75,9 @@ pub(crate) fn entry(s: &SessionId, seq: u64) -> Vec<u8> {
 }
 pub(crate) fn node(s: &SessionId, level: u8, index: u64) -> Vec<u8> {
     Key::new(tag::NODE, s).u8(level).u64(index).done()
+}
+pub(crate) fn node_page(s: &SessionId, page: u64) -> Vec<u8> {
+    Key::new(tag::NODE_PAGE, s).u64(page).done()
 }
 pub(crate) fn by_author(s: &SessionId, a: &AuthorKey, last: u64) -> Vec<u8> {
     Key::new(tag::BY_AUTHOR, s).bytes(&a.0).u64(last).done()

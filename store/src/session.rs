@@ -15,7 +15,7 @@ use theta_schemas::{
 };
 
 use crate::backend::{Backend, WriteBatch};
-use crate::blocks::{self, STORED_MIN_LEVEL};
+use crate::blocks;
 use crate::config::StoreConfig;
 use crate::error::{AppendError, ConflictReason, ReadError};
 use crate::guard::TokenBucket;
@@ -164,6 +164,8 @@ pub(crate) struct SessionState {
     /// Encoded entries of the batch being built, from seq `pending_first`.
     pending_entries: Vec<Vec<u8>>,
     pending_first: u64,
+    /// The Merkle nodes of the incomplete last 256 leaves, stored as a page once complete.
+    page: Box<blocks::NodePage>,
 }
 
 fn conflict(body: &CommandBody, reason: ConflictReason) -> AppendError {
@@ -188,6 +190,7 @@ impl SessionState {
             checkpointed: 0,
             pending_entries: Vec::new(),
             pending_first: 0,
+            page: Box::new([[0; 32]; blocks::PAGE_NODES]),
         }
     }
 
@@ -228,6 +231,7 @@ impl SessionState {
         }
         s.frontier =
             Frontier::from_nodes(meta.head_seq, |level, index| blocks::node_at(backend, &id, level, index, None))?;
+        *s.page = blocks::tail_page(backend, &id, meta.head_seq)?;
         s.meta = meta;
         Ok(s)
     }
@@ -481,9 +485,12 @@ impl SessionState {
         }
         let (bytes, leaf) = encoded.unwrap_or_else(|| (entry.encode(), merkle::leaf_hash(&entry_hash)));
         self.pending_entries.push(bytes);
+        let page = &mut self.page;
         self.frontier.push(leaf, |level, index, h| {
-            if level >= STORED_MIN_LEVEL {
+            if level > blocks::PAGE_LEVEL {
                 batch.put(keys::node(&id, level, index), h.to_vec());
+            } else if let Some(p) = blocks::fill_page(page, level, index, h) {
+                batch.put(keys::node_page(&id, p), blocks::encode_page(page));
             }
         });
         assert_eq!(self.frontier.size(), seq, "tree size equals the head seq");

@@ -982,7 +982,7 @@ impl Iterator for Entries {
 }
 
 /// The on-disk format this build writes and reads (the `F` key).
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Checks the on-disk format: a new store gets the current one; a store of another format is
 /// refused with what to run.
@@ -1071,7 +1071,7 @@ fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Res
     } else {
         blocks::read_entry(backend, &id, from - 1, None).map_err(|e| bad(from - 1, e.to_string()))?.entry_hash
     };
-    let mut rebuilt = (from == 1).then(Frontier::new);
+    let mut rebuilt = (from == 1).then(|| (Frontier::new(), Box::new([[0u8; 32]; blocks::PAGE_NODES])));
     let mut seq = from;
     let first_block = blocks::find_key(backend, &id, from).map_err(|e| bad(from, e.to_string()))?;
     let iter = backend.range(&keys::entry(&id, first_block), &keys::prefix_end(&keys::prefix(keys::tag::ENTRY, &id)));
@@ -1102,18 +1102,26 @@ fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Res
             if h != e.entry_hash {
                 return Err(bad(seq, "entry hash does not match its contents".into()));
             }
-            if let Some(f) = rebuilt.as_mut() {
+            if let Some((f, page)) = rebuilt.as_mut() {
                 let mut mismatch = None;
                 f.push(merkle::leaf_hash(&h), |level, index, hash| {
-                    if level >= blocks::STORED_MIN_LEVEL && mismatch.is_none() {
+                    if mismatch.is_some() {
+                        return;
+                    }
+                    if level > blocks::PAGE_LEVEL {
                         match backend.get(&keys::node(&id, level, index)) {
                             Ok(Some(v)) if v == hash[..] => {}
-                            _ => mismatch = Some((level, index)),
+                            _ => mismatch = Some(format!("Merkle node ({level}, {index}) does not match")),
+                        }
+                    } else if let Some(p) = blocks::fill_page(page, level, index, hash) {
+                        match backend.get(&keys::node_page(&id, p)) {
+                            Ok(Some(v)) if v == blocks::encode_page(page) => {}
+                            _ => mismatch = Some(format!("Merkle node page {p} does not match")),
                         }
                     }
                 });
-                if let Some((level, index)) = mismatch {
-                    return Err(bad(seq, format!("Merkle node ({level}, {index}) does not match")));
+                if let Some(m) = mismatch {
+                    return Err(bad(seq, m));
                 }
             }
             Envelope::open(&e.envelope).map_err(|err| bad(seq, format!("envelope does not decode: {err}")))?;
@@ -1127,7 +1135,7 @@ fn verify_session(backend: &dyn Backend, state: &SessionState, from: u64) -> Res
     if prev != state.meta.last_hash {
         return Err(bad(head, "last entry hash differs from the session header".into()));
     }
-    if let Some(f) = rebuilt
+    if let Some((f, _)) = rebuilt
         && f.root() != state.frontier.root()
     {
         return Err(bad(head, "Merkle root differs from the stored tree".into()));

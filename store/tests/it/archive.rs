@@ -1,4 +1,4 @@
-//! Backup → restore, and migration from format 1, through the verified import path.
+//! Backup → restore, and migration from formats 1 and 2, through the verified import path.
 
 use theta_schemas::components::{Name, Transform};
 use theta_schemas::ids::ComponentMeta;
@@ -81,11 +81,16 @@ fn backup_then_restore_gives_the_same_heads_roots_entries_and_trails() {
     }
 }
 
-/// Writes a format-1 store (before the format key: plain log blocks, no format key) holding
-/// `source`'s sessions, as a store of that format did.
-fn write_format1(dir: &std::path::Path, source: &Store) {
+/// Writes a store of an older format holding `source`'s sessions, as a store of that format
+/// did. Format 1 (before the format key): plain log blocks, no format key. Format 2: the
+/// format key, compressed blocks (codec 1, plain length, zstd frame); its Merkle nodes (one per
+/// key) are left out: migration rebuilds the tree from the entries.
+fn write_old_format(dir: &std::path::Path, source: &Store, format: u8) {
     let db = sled::open(dir).unwrap();
     let tree = db.open_tree("theta").unwrap();
+    if format >= 2 {
+        tree.insert(b"F", vec![format]).unwrap();
+    }
     for head in source.sessions() {
         let s = head.session;
         let mut meta = Vec::new();
@@ -103,6 +108,10 @@ fn write_format1(dir: &std::path::Path, source: &Store) {
                 block.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
                 block.extend_from_slice(&bytes);
             }
+            if format >= 2 {
+                let packed = zstd::bulk::compress(&block, 1).unwrap();
+                block = [&[1u8][..], &(block.len() as u32).to_le_bytes(), &packed].concat();
+            }
             tree.insert([&[b'E'][..], &s.0, &chunk[0].seq.to_be_bytes()].concat(), block).unwrap();
         }
     }
@@ -110,20 +119,29 @@ fn write_format1(dir: &std::path::Path, source: &Store) {
 }
 
 #[test]
-fn a_format_1_store_is_refused_with_advice_and_migrated_whole() {
+fn older_formats_are_refused_with_advice_and_migrated_whole() {
+    for format in [1u8, 2] {
+        migrate_from(format);
+    }
+}
+
+fn migrate_from(format: u8) {
     let dir = tempfile::tempdir().unwrap();
     let source = Store::open_in_memory(relaxed());
     let sessions = populated(&source);
     let old = dir.path().join("data");
-    write_format1(&old, &source);
+    write_old_format(&old, &source, format);
     std::fs::write(old.join("service.key"), format!("{}\n", "ab".repeat(32))).unwrap();
-    let err = Store::open(&old, relaxed()).err().expect("format 1 refused");
-    assert!(matches!(err, OpenError::Format { found: 1, supported: 2 }), "{err}");
+    let err = Store::open(&old, relaxed()).err().expect("an older format refused");
+    assert!(
+        matches!(err, OpenError::Format { found, supported } if found == format && supported == theta_store::FORMAT_VERSION),
+        "{err}"
+    );
     assert!(err.to_string().contains("theta store migrate"), "{err}");
 
     let summary = archive::migrate(&old, relaxed(), &mut |_| {}).unwrap();
     assert_eq!(summary.entries, 2 * (2 + 5 + 300));
-    assert!(dir.path().join("data.format-1").join("db").exists(), "the old directory is kept");
+    assert!(dir.path().join(format!("data.format-{format}")).join("db").exists(), "the old directory is kept");
     let store = Store::open(&old, relaxed()).unwrap();
     assert!(store.corrupted().is_empty());
     for s in &sessions {

@@ -106,15 +106,15 @@ fn pipelined_appends_commit_in_submission_order_across_verification_workers() {
         }
     }
     drop(tx);
-    let mut accepted = 0;
+    let (mut accepted, mut refused) = (0, 0);
     for (i, lamport, forged, r) in rx {
         match (forged, r) {
             (false, Ok(_)) => accepted += 1,
-            (true, Err(theta_store::AppendError::Signature(_))) => {}
+            (true, Err(theta_store::AppendError::Signature(_))) => refused += 1,
             (forged, other) => panic!("author {i} lamport {lamport} (forged {forged}): {other:?}"),
         }
     }
-    assert_eq!(accepted, expected_ok);
+    assert_eq!((accepted, refused), (expected_ok, 6));
     // Each author's entries are in the log in Lamport order.
     let mut last = vec![0u64; authors.len()];
     for e in all_entries(&store, &s).iter().skip(1 + authors.len() + 1) {
@@ -123,5 +123,5 @@ fn pipelined_appends_commit_in_submission_order_across_verification_workers() {
         assert!(body.lamport > last[i], "author {i}: lamport {} after {}", body.lamport, last[i]);
         last[i] = body.lamport;
     }
-    assert!(store.metrics().batch_verify_fallbacks >= 6, "forged signatures took the split path");
+    assert!(store.metrics().batch_verify_fallbacks >= 1, "forged signatures took the split path");
 }
