@@ -136,11 +136,15 @@ pub fn run(cmd: StoreCmd) -> anyhow::Result<()> {
                 }
             })?;
             print_summary(&summary);
+            let kept = (1..theta_store::FORMAT_VERSION)
+                .map(|n| data.with_extension(format!("format-{n}")))
+                .rfind(|p| p.exists())
+                .unwrap_or_else(|| data.with_extension("format-N"));
             println!(
                 "{} is now in format {}; the old one is kept as {}",
                 data.display(),
                 theta_store::FORMAT_VERSION,
-                data.with_extension("format-1").display()
+                kept.display()
             );
             Ok(())
         }
