@@ -4,10 +4,14 @@
 //! - unary Append vs AppendStream throughput with 64 concurrent authors, durable (sync), next
 //!   to the store's own ceiling (the same appends through `Store::submit` directly).
 //!
-//! `cargo bench -p theta-gateway --bench grpc -- [--entries N] [--appends N]`
+//! `cargo bench -p theta-gateway --bench grpc -- [--entries N] [--appends N] [--read-runs N]`
 
 #[path = "common.rs"]
 mod common;
+
+/// The allocator the `theta` binary uses.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -90,11 +94,13 @@ fn prepare(store: &Store, session: SessionId, per_author: usize) -> Vec<Vec<Vec<
 fn main() {
     let mut entries = 500_000u64;
     let mut appends = 32_000usize;
+    let mut read_runs = 2usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--entries" => entries = args.next().and_then(|v| v.parse().ok()).expect("--entries N"),
             "--appends" => appends = args.next().and_then(|v| v.parse().ok()).expect("--appends N"),
+            "--read-runs" => read_runs = args.next().and_then(|v| v.parse().ok()).expect("--read-runs N"),
             _ => {}
         }
     }
@@ -133,10 +139,17 @@ fn main() {
             ..ServeConfig::default()
         };
         let running = start_with_store(store.clone(), &serve).await.expect("server");
-        let ch = Channel::from_shared(format!("http://{}", running.grpc_addr)).unwrap().connect().await.unwrap();
+        // HTTP/2 windows as the theta CLI sets them: a ReadLog batch is megabytes.
+        let ch = Channel::from_shared(format!("http://{}", running.grpc_addr))
+            .unwrap()
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .connect()
+            .await
+            .unwrap();
 
         // ReadLog: the whole session, big batches, counted on the client.
-        for envelope_only in [false, true, false, true] {
+        for envelope_only in [false, true].into_iter().cycle().take(2 * read_runs) {
             let t = Instant::now();
             let mut replay = ReplayServiceClient::new(ch.clone()).max_decoding_message_size(64 << 20);
             let req =

@@ -46,10 +46,10 @@ pub fn head(h: &Head) -> pb::HeadResponse {
 pub fn bare_entry(e: LogEntry) -> pb::Entry {
     pb::Entry {
         seq: e.seq,
-        prev_hash: e.prev_hash.to_vec(),
-        entry_hash: e.entry_hash.to_vec(),
+        prev_hash: e.prev_hash.to_vec().into(),
+        entry_hash: e.entry_hash.to_vec().into(),
         receipt_time_ms: e.receipt_time_ms,
-        envelope: e.envelope,
+        envelope: e.envelope.into(),
         ..Default::default()
     }
 }
@@ -58,19 +58,19 @@ pub fn bare_entry(e: LogEntry) -> pb::Entry {
 pub fn entry(e: LogEntry) -> pb::Entry {
     let mut out = pb::Entry {
         seq: e.seq,
-        prev_hash: e.prev_hash.to_vec(),
-        entry_hash: e.entry_hash.to_vec(),
+        prev_hash: e.prev_hash.to_vec().into(),
+        entry_hash: e.entry_hash.to_vec().into(),
         receipt_time_ms: e.receipt_time_ms,
         ..Default::default()
     };
     if let Ok((_, body)) = Envelope::open(&e.envelope) {
-        out.author = body.author.0.to_vec();
+        out.author = body.author.0.to_vec().into();
         out.lamport = body.lamport;
         out.nonce = body.nonce;
         out.kind = body.command.kind().name().to_string();
         out.entity = body.entity;
         out.component = body.component.0;
     }
-    out.envelope = e.envelope;
+    out.envelope = e.envelope.into();
     out
 }

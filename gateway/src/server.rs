@@ -307,7 +307,10 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
 
 /// Writes due checkpoints of every session, periodically.
 async fn checkpoint_loop(store: Arc<Store>, every: u64, interval_ms: u64) {
-    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms.max(100)));
+    // The first pass comes one interval after start, not at once: a restarted server serves
+    // before it folds sessions for their checkpoints.
+    let period = Duration::from_millis(interval_ms.max(100));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tick.tick().await;
         let store = store.clone();

@@ -274,7 +274,7 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
             .into_inner();
         let path: Vec<[u8; 32]> = p.path.iter().map(|h| h.as_slice().try_into().unwrap()).collect();
         let entry = &all[seq as usize - 1];
-        let leaf = leaf_hash(&entry.entry_hash.as_slice().try_into().unwrap());
+        let leaf = leaf_hash(&entry.entry_hash[..].try_into().unwrap());
         assert!(verify_inclusion(&leaf, p.leaf_index, p.tree_size, &path, &p.root.as_slice().try_into().unwrap()));
     }
     let c = audit

@@ -14,6 +14,10 @@
 //! same as the default 32,768 on 2026-11-30)
 //! `scripts/bench-store` runs it next to Redis and PostgreSQL and prints the ratios.
 
+/// The allocator the `theta` binary uses.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
