@@ -1,16 +1,24 @@
-//! The gateway's HTTP ports: a deliberately small HTTP/1.1 responder (one request per
-//! connection, bounded reads) for the public web port (the browser viewer page and WebRTC
-//! signalling) and the private metrics port (Prometheus `/metrics`). Both answer `/healthz`.
-//! They are separate listeners by default, so that operators can expose the page and keep
-//! metrics private; one address for both serves both.
+//! The gateway's HTTP ports, served by hyper (HTTP/1.1): the public web port (the browser
+//! viewer page and WebRTC signalling) and the private metrics port (Prometheus `/metrics`).
+//! Both answer `/healthz`. They are separate listeners by default, so that operators can expose
+//! the page and keep metrics private; one address for both serves both. Requests are bounded:
+//! the head to 8 KiB (431), the body to 64 KiB (413), the head must arrive within 5 s, and a
+//! connection carries one request.
 
-use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use theta_store::Store;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::metrics::Observability;
+use crate::webrtc::WebRtcEndpoint;
 
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,119 +50,100 @@ impl Routes {
 pub async fn serve_http(
     listener: TcpListener,
     routes: Routes,
-    obs: std::sync::Arc<Observability>,
-    store: std::sync::Arc<Store>,
-    webrtc: Option<std::sync::Arc<crate::webrtc::WebRtcEndpoint>>,
+    obs: Arc<Observability>,
+    store: Arc<Store>,
+    webrtc: Option<Arc<WebRtcEndpoint>>,
 ) {
     loop {
-        let Ok((mut conn, peer)) = listener.accept().await else { continue };
+        let Ok((conn, peer)) = listener.accept().await else { continue };
         let (obs, store, webrtc) = (obs.clone(), store.clone(), webrtc.clone());
         tokio::spawn(async move {
-            let (head, body) = match read_request(&mut conn).await {
-                Ok(r) => r,
-                Err(Some(status)) => {
-                    let msg = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                    let _ = conn.write_all(msg.as_bytes()).await;
-                    let _ = conn.shutdown().await;
-                    return;
-                }
-                Err(None) => return,
-            };
-            let target = head.split_whitespace().nth(1).unwrap_or("");
-            let path = target.split(['?', '#']).next().unwrap_or("").to_string();
-            let method = head.split_whitespace().next().unwrap_or("").to_string();
-            // HEAD is GET without the body.
-            let head_only = method == "HEAD";
-            let method = if head_only { "GET".to_string() } else { method };
-            const TEXT: &str = "text/plain; charset=utf-8";
-            // Static bodies (the page, fixed messages) are sent without copying.
-            let (status, ctype, body): (&str, &str, Cow<'static, [u8]>) = match (method.as_str(), path.as_str()) {
-                ("GET", "/metrics") if routes.metrics => {
-                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", obs.render(&store).into_bytes().into())
-                }
-                ("GET", "/healthz") => ("200 OK", TEXT, b"ok\n"[..].into()),
-                ("GET", "/" | "/index.html") if routes.web => {
-                    ("200 OK", "text/html; charset=utf-8", crate::web::INDEX_HTML.into())
-                }
-                ("GET", "/viewer.js") if routes.web => {
-                    ("200 OK", "text/javascript; charset=utf-8", crate::web::VIEWER_JS.into())
-                }
-                ("POST", "/webrtc/offer") if routes.web => match &webrtc {
-                    None => ("404 Not Found", TEXT, b"WebRTC is off on this server\n"[..].into()),
-                    Some(w) => match w.answer(&body, peer.ip()).await {
-                        Ok(answer) => ("200 OK", "application/json", answer.into()),
-                        Err(e @ crate::webrtc::WebRtcError::BadOffer(_)) => {
-                            obs.signalling_refused();
-                            ("400 Bad Request", TEXT, format!("{e}\n").into_bytes().into())
-                        }
-                        Err(e @ crate::webrtc::WebRtcError::AddressLimit(_)) => {
-                            ("429 Too Many Requests", TEXT, format!("{e}\n").into_bytes().into())
-                        }
-                        Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n").into_bytes().into()),
-                    },
-                },
-                ("GET", _) => ("404 Not Found", TEXT, routes.not_found().as_bytes().into()),
-                _ => (
-                    "405 Method Not Allowed",
-                    TEXT,
-                    b"GET /, /viewer.js, /metrics, /healthz; POST /webrtc/offer\n"[..].into(),
-                ),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            if !head_only {
-                let _ = conn.write_all(&body).await;
-            }
-            let _ = conn.shutdown().await;
+            let service = hyper::service::service_fn(move |req| {
+                let (obs, store, webrtc) = (obs.clone(), store.clone(), webrtc.clone());
+                async move { Ok::<_, std::convert::Infallible>(answer(req, peer, routes, &obs, &store, webrtc).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(conn), service)
+                .await;
         });
     }
 }
 
-/// Largest request head and body accepted, bytes.
+/// Largest request head (hyper's smallest read buffer) and body accepted, bytes.
 const MAX_HEAD: usize = 8 * 1024;
 const MAX_BODY: usize = 64 * 1024;
+/// How long a client may take to send a request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send the body after the head.
+const BODY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Reads one request (head up to 8 KiB, body by Content-Length up to 64 KiB) within 5 s.
-/// Errors carry the status to answer with, if any.
-async fn read_request(conn: &mut tokio::net::TcpStream) -> Result<(String, Vec<u8>), Option<&'static str>> {
-    let read = async {
-        let mut buf = Vec::with_capacity(1_024);
-        let mut chunk = [0u8; 4_096];
-        let end = loop {
-            let n = conn.read(&mut chunk).await.map_err(|_| None)?;
-            if n == 0 {
-                return Err(None);
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if buf.len() > MAX_HEAD {
-                return Err(Some("431 Request Header Fields Too Large"));
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let len = head
-            .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        if len > MAX_BODY {
-            return Err(Some("413 Payload Too Large"));
-        }
-        let mut body = buf[end..].to_vec();
-        while body.len() < len {
-            let n = conn.read(&mut chunk).await.map_err(|_| None)?;
-            if n == 0 {
-                return Err(None);
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        body.truncate(len);
-        Ok((head, body))
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The response to one request.
+async fn answer(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    routes: Routes,
+    obs: &Observability,
+    store: &Store,
+    webrtc: Option<Arc<WebRtcEndpoint>>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    // HEAD is GET without the body (hyper leaves the body out).
+    let method = if req.method() == Method::HEAD { Method::GET } else { req.method().clone() };
+    let reply = |status: StatusCode, ctype: &'static str, body: Bytes| {
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, ctype)
+            .header(header::CACHE_CONTROL, "no-cache")
+            .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+            .body(Full::new(body))
+            .expect("a valid response")
     };
-    tokio::time::timeout(std::time::Duration::from_secs(5), read).await.unwrap_or(Err(None))
+    let text = |status: StatusCode, msg: String| reply(status, TEXT, Bytes::from(msg));
+    match (&method, path.as_str()) {
+        (&Method::GET, "/metrics") if routes.metrics => {
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", obs.render(store).into())
+        }
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
+        (&Method::GET, "/" | "/index.html") if routes.web => {
+            reply(StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(crate::web::INDEX_HTML))
+        }
+        (&Method::GET, "/viewer.js") if routes.web => {
+            reply(StatusCode::OK, "text/javascript; charset=utf-8", Bytes::from_static(crate::web::VIEWER_JS))
+        }
+        (&Method::POST, "/webrtc/offer") if routes.web => {
+            let Some(w) = webrtc else {
+                return text(StatusCode::NOT_FOUND, "WebRTC is off on this server\n".into());
+            };
+            let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await
+            {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                    obs.signalling_refused();
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, format!("the offer is over {MAX_BODY} bytes\n"));
+                }
+                Ok(Err(_)) | Err(_) => {
+                    return text(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive\n".into());
+                }
+            };
+            match w.answer(&body, peer.ip()).await {
+                Ok(answer) => reply(StatusCode::OK, "application/json", Bytes::from(answer)),
+                Err(e @ crate::webrtc::WebRtcError::BadOffer(_)) => {
+                    obs.signalling_refused();
+                    text(StatusCode::BAD_REQUEST, format!("{e}\n"))
+                }
+                Err(e @ crate::webrtc::WebRtcError::AddressLimit(_)) => {
+                    text(StatusCode::TOO_MANY_REQUESTS, format!("{e}\n"))
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+        (&Method::GET, _) => text(StatusCode::NOT_FOUND, routes.not_found().into()),
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET /, /viewer.js, /metrics, /healthz; POST /webrtc/offer\n".into()),
+    }
 }

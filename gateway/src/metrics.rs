@@ -407,7 +407,7 @@ impl Observability {
         counter(
             &mut s,
             "webrtc_signalling_refusals",
-            "WebRTC offers refused as malformed.",
+            "WebRTC offers refused as malformed or oversized.",
             self.signalling_refusals.load(relaxed),
         );
         counter(

@@ -235,7 +235,7 @@ async fn bad_signalling_and_bad_frames_over_webrtc() {
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     let resp = http_post(web, "/webrtc/offer", b"not json").await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
-    // An oversized body is refused without reading it.
+    // An oversized body is refused without reading it (and counted as a refused offer).
     let resp = http_post(web, "/webrtc/offer", &vec![b'x'; 100_000]).await;
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
     // The public web port does not serve metrics, and the metrics port serves neither the page
@@ -244,7 +244,10 @@ async fn bad_signalling_and_bad_frames_over_webrtc() {
     assert!(http_get(m, "/").await.starts_with("HTTP/1.1 404"));
     assert!(http_post(m, "/webrtc/offer", b"not json").await.starts_with("HTTP/1.1 405"));
     assert!(http_get(web, "/").await.starts_with("HTTP/1.1 200"));
-    assert!(http_get(m, "/metrics").await.contains("theta_webrtc_signalling_refusals_total 2"));
+    // A request head over 8 KiB is refused before routing.
+    let long = format!("/{}", "a".repeat(10_000));
+    assert!(http_get(web, &long).await.starts_with("HTTP/1.1 431"));
+    assert!(http_get(m, "/metrics").await.contains("theta_webrtc_signalling_refusals_total 3"));
     // A forged handshake (wrong key's proof) is refused with its close code; others unaffected.
     let mut good = Client::connect(options(&r, &editor, TransportChoice::WebRtc)).await.unwrap();
     let stranger = SigningKey::from_bytes(&[9; 32]);
