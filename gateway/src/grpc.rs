@@ -391,12 +391,15 @@ impl ReplayService for Gateway {
                         }
                         Err(_) => return,
                     };
-                    let waited = tokio::time::Instant::now();
-                    while tx.capacity() <= 1 {
-                        if tx.is_closed() {
-                            return;
+                    // Wait, woken by the client's reads, until two slots are free: the batch
+                    // takes one and the "fell behind" status always has the last.
+                    match tokio::time::timeout(patience, tx.reserve_many(2)).await {
+                        Ok(Ok(mut permits)) => {
+                            permits.next().expect("two permits").send(Ok(pb::EntryBatch { entries }));
+                            next = to + 1;
                         }
-                        if waited.elapsed() >= patience {
+                        Ok(Err(_)) => return,
+                        Err(_) => {
                             // The client stopped reading: tell it where to resume, and let go.
                             obs.subscriber_dropped();
                             let _ = tx.try_send(Err(Status::resource_exhausted(format!(
@@ -405,11 +408,6 @@ impl ReplayService for Gateway {
                             ))));
                             return;
                         }
-                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    }
-                    next = to + 1;
-                    if tx.send(Ok(pb::EntryBatch { entries })).await.is_err() {
-                        return;
                     }
                     continue;
                 }
