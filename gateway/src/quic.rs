@@ -293,7 +293,7 @@ async fn connection(
 }
 
 /// Submits one command envelope received live through the store's checks; its receipt or typed
-/// error goes to `out` (the control stream), matched by nonce.
+/// error goes to `out` (the control stream), matched by nonce. Waits for room on `out` first.
 pub async fn submit_command(store: &Store, session: SessionId, envelope: Vec<u8>, out: &mpsc::Sender<Vec<u8>>) {
     let (nonce, named) = match Envelope::open(&envelope) {
         Ok((_, b)) => (b.nonce, Some(b.session)),
@@ -308,7 +308,10 @@ pub async fn submit_command(store: &Store, session: SessionId, envelope: Vec<u8>
         let _ = out.send(Message::Error(e).encode()).await;
         return;
     }
-    let out = out.clone();
+    // A slot on the control stream is taken before the command goes in, so its receipt or
+    // error always has room: a client that stops reading its control stream stops having its
+    // commands read (backpressure), and never loses an answer.
+    let Ok(slot) = out.clone().reserve_owned().await else { return };
     store.submit(envelope, move |r| {
         let msg = match r {
             Ok(r) => Message::CommandReceipt(CommandReceipt {
@@ -321,7 +324,7 @@ pub async fn submit_command(store: &Store, session: SessionId, envelope: Vec<u8>
             }),
             Err(e) => Message::Error(command_error(&e, nonce)),
         };
-        let _ = out.try_send(msg.encode());
+        slot.send(msg.encode());
     });
 }
 

@@ -894,3 +894,49 @@ async fn per_address_limits_on_half_open_handshakes_and_connections() {
     }
     server.shutdown().await;
 }
+
+/// A client that sends commands but does not read its control stream for a while still gets
+/// an answer to every one: the server stops reading its commands while the answers wait
+/// (backpressure) instead of dropping receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_its_control_stream_loses_no_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, owner, editor, _viewer) = session_with_editor_and_viewer(dir.path());
+    let n = ComponentId::NONE;
+    store
+        .append(&sign(&owner, 4, 1, n, Command::CreateEntity { shape: Shape::Cube, name: "c".into(), parent: 0 }))
+        .unwrap();
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let cert = identity.cert.clone();
+    let server = serve_quic(store.clone(), "127.0.0.1:0".parse().unwrap(), identity, 2_000).unwrap();
+    let ep = client(cert);
+    let (conn, mut ctl) = connect(&ep, server.addr).await;
+    handshake(&mut ctl, &editor).await.unwrap();
+    // Far more answers than the server's control queue (1,024) and the stream's window hold.
+    const COMMANDS: u64 = 20_000;
+    let mut cmds = conn.open_uni().await.unwrap();
+    let writer = tokio::spawn(async move {
+        for l in 10..10 + COMMANDS {
+            let c = sign(&editor, l, 1, Name::id(), Command::Rename { name: format!("name {l}") });
+            cmds.write_all(&frame::encode(&c)).await.unwrap();
+        }
+        cmds
+    });
+    // Not reading for a while: the answers pile up, then the server stops taking commands.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mut receipts = 0u64;
+    while receipts < COMMANDS {
+        let frame = tokio::time::timeout(Duration::from_secs(20), ctl.recv())
+            .await
+            .unwrap_or_else(|_| panic!("silence after {receipts} receipts"))
+            .unwrap();
+        match Message::decode(&frame).unwrap() {
+            Message::CommandReceipt(_) => receipts += 1,
+            Message::Heartbeat(_) | Message::Stats(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let _cmds = writer.await.unwrap();
+    assert_eq!(store.head(&S).unwrap().seq, 4 + COMMANDS);
+    server.shutdown().await;
+}
