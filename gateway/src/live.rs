@@ -1,6 +1,8 @@
 //! Live projections and fan-out: one thread per watched session folds new entries into its
 //! projection and sends each viewer the snapshot, then coalesced deltas, through a bounded
-//! queue. The append path never waits on a viewer: a viewer whose queue is full is marked for
+//! queue. Commits wake the thread through one coalesced message; a thread with no viewers
+//! retires after a while, and one that fails is counted and removed: the next viewer starts a
+//! new one. The append path never waits on a viewer: a viewer whose queue is full is marked for
 //! a resync (a fresh snapshot once its queue has room) and counted.
 //!
 //! Per viewer, as negotiated: zstd compression (with a dictionary trained from the session's
@@ -8,7 +10,7 @@
 //! resume point (the deltas after it instead of a snapshot, while they are still kept).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -80,10 +82,30 @@ struct Slot {
     stream: Option<StreamCompressor>,
 }
 
+/// A watched session's thread, as the hub reaches it.
+struct SessionHandle {
+    /// Tells the thread apart from a later one for the same session.
+    generation: u64,
+    tx: std_mpsc::Sender<Cmd>,
+    /// A `Commit` is queued and not yet taken: commits coalesce, so the queue holds at most
+    /// one however fast the store commits.
+    commit_pending: Arc<AtomicBool>,
+}
+
+/// How long a session thread with no viewers lives on, by default.
+pub const IDLE_RETIRE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The live projections of watched sessions.
 pub struct LiveHub {
     store: Arc<Store>,
-    sessions: Mutex<HashMap<SessionId, std_mpsc::Sender<Cmd>>>,
+    /// Every send to a session thread happens under this lock, so a retiring thread can see
+    /// that nothing is left for it before it leaves.
+    sessions: Mutex<HashMap<SessionId, SessionHandle>>,
+    next_generation: AtomicU64,
+    idle_retire: std::time::Duration,
+    /// Session threads that ended on an error (their viewers' streams end; the next viewer
+    /// starts a new thread).
+    pub session_failures: AtomicU64,
     next_viewer: AtomicU64,
     /// Viewers resynced with a fresh snapshot because they fell behind.
     pub resyncs: AtomicU64,
@@ -102,9 +124,17 @@ pub struct LiveHub {
 impl LiveHub {
     /// A hub over `store`; it follows commits through a store listener.
     pub fn new(store: Arc<Store>) -> Arc<LiveHub> {
+        LiveHub::with_idle_retire(store, IDLE_RETIRE)
+    }
+
+    /// [`LiveHub::new`], with session threads retired after `idle` without viewers.
+    pub fn with_idle_retire(store: Arc<Store>, idle: std::time::Duration) -> Arc<LiveHub> {
         let hub = Arc::new(LiveHub {
+            idle_retire: idle,
             store: store.clone(),
             sessions: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(1),
+            session_failures: AtomicU64::new(0),
             next_viewer: AtomicU64::new(1),
             resyncs: AtomicU64::new(0),
             deltas_sent: AtomicU64::new(0),
@@ -118,8 +148,10 @@ impl LiveHub {
             let Some(hub) = weak.upgrade() else { return };
             let sessions = hub.sessions.lock().expect("live sessions lock");
             for h in heads {
-                if let Some(tx) = sessions.get(&h.session) {
-                    let _ = tx.send(Cmd::Commit);
+                if let Some(handle) = sessions.get(&h.session)
+                    && !handle.commit_pending.swap(true, Relaxed)
+                {
+                    let _ = handle.tx.send(Cmd::Commit);
                 }
             }
         });
@@ -149,56 +181,105 @@ impl LiveHub {
             area_moved: false,
             stream: None,
         };
-        let _ = self.session_thread(session).send(Cmd::Subscribe(Box::new(slot)));
+        self.to_session(session, Cmd::Subscribe(Box::new(slot)));
         Ok(Subscription { id, frames: rx, stats })
     }
 
     /// Sets (or moves) an interest-managed viewer's area; the entities entering and leaving it
     /// are sent at once.
     pub fn set_interest(self: &Arc<Self>, session: SessionId, viewer: u64, area: Area) {
-        let _ = self.session_thread(session).send(Cmd::Interest(viewer, area));
+        self.to_session(session, Cmd::Interest(viewer, area));
     }
 
-    fn session_thread(self: &Arc<Self>, session: SessionId) -> std_mpsc::Sender<Cmd> {
+    /// Session threads running now.
+    pub fn session_threads(&self) -> usize {
+        self.sessions.lock().expect("live sessions lock").len()
+    }
+
+    /// Sends `cmd` to the session's thread, starting one if none runs (under the lock).
+    fn to_session(self: &Arc<Self>, session: SessionId, cmd: Cmd) {
         let mut sessions = self.sessions.lock().expect("live sessions lock");
-        sessions
-            .entry(session)
-            .or_insert_with(|| {
-                let (cmd_tx, cmd_rx) = std_mpsc::channel();
-                let hub = self.clone();
-                std::thread::Builder::new()
-                    .name("theta-live".into())
-                    .spawn(move || hub.run(session, cmd_rx))
-                    .expect("spawn live session thread");
-                cmd_tx
-            })
-            .clone()
+        let handle = sessions.entry(session).or_insert_with(|| {
+            let (tx, rx) = std_mpsc::channel();
+            let generation = self.next_generation.fetch_add(1, Relaxed);
+            let commit_pending = Arc::new(AtomicBool::new(false));
+            let (hub, pending) = (self.clone(), commit_pending.clone());
+            std::thread::Builder::new()
+                .name("theta-live".into())
+                .spawn(move || {
+                    let failed = hub.run(session, generation, rx, &pending).is_err();
+                    hub.forget(session, generation, failed);
+                })
+                .expect("spawn live session thread");
+            SessionHandle { generation, tx, commit_pending }
+        });
+        let _ = handle.tx.send(cmd);
     }
 
-    fn run(&self, session: SessionId, rx: std_mpsc::Receiver<Cmd>) {
-        let Ok(head) = self.store.head(&session) else { return };
-        let Ok(opened) = project(&self.store, &session, head.seq) else { return };
+    /// Removes the session's thread from the hub if it is still generation `generation`.
+    fn forget(&self, session: SessionId, generation: u64, failed: bool) {
+        let mut sessions = self.sessions.lock().expect("live sessions lock");
+        if sessions.get(&session).is_some_and(|h| h.generation == generation) {
+            sessions.remove(&session);
+        }
+        if failed {
+            self.session_failures.fetch_add(1, Relaxed);
+            eprintln!(
+                "theta-gateway: the live thread of session {session} stopped on a read error; its viewers' streams end"
+            );
+        }
+    }
+
+    /// The session's thread: `Err` when it stopped on a read error, `Ok` when it retired
+    /// (no viewers for its idle time) or the hub went away.
+    fn run(
+        &self,
+        session: SessionId,
+        generation: u64,
+        rx: std_mpsc::Receiver<Cmd>,
+        commit_pending: &AtomicBool,
+    ) -> Result<(), ()> {
+        let head = self.store.head(&session).map_err(drop)?;
+        let opened = project(&self.store, &session, head.seq).map_err(drop)?;
         let mut live = Live { hub: self, p: opened.projection, trainer: Trainer::new(), recent: VecDeque::new() };
         let _ = live.p.take_delta(false);
         let mut viewers: Vec<Slot> = Vec::new();
         loop {
-            // While a viewer waits for a resync, retry it every 50 ms even without commits.
-            let first = if viewers.iter().any(|v| v.resync) {
-                match rx.recv_timeout(std::time::Duration::from_millis(50)) {
-                    Ok(c) => Some(c),
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
-                }
+            // While a viewer waits for a resync, retry it every 50 ms even without commits;
+            // with no viewers, retire after a while.
+            let wait = if viewers.iter().any(|v| v.resync) {
+                std::time::Duration::from_millis(50)
+            } else if viewers.is_empty() {
+                self.idle_retire
             } else {
-                match rx.recv() {
-                    Ok(c) => Some(c),
-                    Err(_) => return,
+                std::time::Duration::from_secs(3_600)
+            };
+            let first = match rx.recv_timeout(wait) {
+                Ok(c) => Some(c),
+                Err(std_mpsc::RecvTimeoutError::Timeout) if viewers.is_empty() => {
+                    // Retire, unless something arrived meanwhile (sends happen under the lock).
+                    let mut sessions = self.sessions.lock().expect("live sessions lock");
+                    match rx.try_recv() {
+                        Ok(c) => Some(c),
+                        Err(_) => {
+                            if sessions.get(&session).is_some_and(|h| h.generation == generation) {
+                                sessions.remove(&session);
+                            }
+                            return Ok(());
+                        }
+                    }
                 }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
             };
             let mut commits = false;
             for cmd in first.into_iter().chain(rx.try_iter()) {
                 match cmd {
-                    Cmd::Commit => commits = true,
+                    Cmd::Commit => {
+                        // Taken before the head is read: a later commit queues a new one.
+                        commit_pending.store(false, Relaxed);
+                        commits = true;
+                    }
                     Cmd::Subscribe(slot) => {
                         let mut slot = *slot;
                         if !live.resume(&mut slot) {
@@ -218,14 +299,11 @@ impl LiveHub {
                 }
             }
             if commits {
-                let Ok(head) = self.store.head(&session) else { return };
+                let head = self.store.head(&session).map_err(drop)?;
                 if head.seq > live.p.seq() {
-                    let Ok(entries) = self.store.read_range(&session, live.p.seq() + 1, head.seq) else { return };
+                    let entries = self.store.read_range(&session, live.p.seq() + 1, head.seq).map_err(drop)?;
                     for e in entries {
-                        let Ok(e) = e else { return };
-                        if live.p.apply_entry(&e).is_err() {
-                            return;
-                        }
+                        live.p.apply_entry(&e.map_err(drop)?).map_err(drop)?;
                     }
                     let delta = live.p.take_delta(false);
                     live.fan_out(&delta, &mut viewers);

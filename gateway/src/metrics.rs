@@ -447,6 +447,15 @@ impl Observability {
             counter(&mut s, "viewer_resumes", "Reconnected viewers resumed from their seq without a snapshot.", {
                 h.resumes.load(relaxed)
             });
+            counter(
+                &mut s,
+                "live_session_failures",
+                "Live session threads that stopped on a read error (their viewers' streams end; the next viewer restarts it).",
+                h.session_failures.load(relaxed),
+            );
+            let _ = writeln!(s, "# HELP theta_live_session_threads Sessions with a live projection thread now.");
+            let _ = writeln!(s, "# TYPE theta_live_session_threads gauge");
+            let _ = writeln!(s, "theta_live_session_threads {}", h.session_threads());
         }
         self.render_connections(&mut s);
         let _ = writeln!(s, "# HELP theta_sessions Sessions in the store.");

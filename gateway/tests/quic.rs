@@ -940,3 +940,50 @@ async fn a_client_that_does_not_read_its_control_stream_loses_no_receipt() {
     assert_eq!(store.head(&S).unwrap().seq, 4 + COMMANDS);
     server.shutdown().await;
 }
+
+/// A session's live thread retires when it has had no viewer for its idle time, and the next
+/// viewer starts a new one that serves it from the current state; commits in between coalesce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_live_session_threads_retire_and_restart() {
+    use theta_gateway::live::{LiveHub, ViewerOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, owner, _editor, _viewer) = session_with_editor_and_viewer(dir.path());
+    let hub = LiveHub::with_idle_retire(store.clone(), Duration::from_millis(200));
+    let first_frame = |mut sub: theta_gateway::live::Subscription| async move {
+        tokio::time::timeout(Duration::from_secs(5), sub.frames.recv())
+            .await
+            .expect("a frame in time")
+            .expect("a frame")
+    };
+    let sub = hub.subscribe_with(S, ViewerOptions::default()).unwrap();
+    first_frame(sub).await; // the snapshot; the subscription is dropped here
+    assert_eq!(hub.session_threads(), 1);
+    // Commits while nobody watches: the thread folds them, then retires.
+    let n = ComponentId::NONE;
+    for e in 1..=50u64 {
+        store
+            .append(&sign(
+                &owner,
+                3 + e,
+                e,
+                n,
+                Command::CreateEntity { shape: Shape::Cube, name: format!("e{e}"), parent: 0 },
+            ))
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while hub.session_threads() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the idle thread never retired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A new viewer starts a new thread, with a snapshot of the current state.
+    let sub = hub.subscribe_with(S, ViewerOptions::default()).unwrap();
+    assert_eq!(hub.session_threads(), 1);
+    let frame = first_frame(sub).await;
+    match Message::decode(&frame).unwrap() {
+        Message::SnapshotChunk(c) => assert_eq!(c.seq, 53),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(hub.session_failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
