@@ -31,15 +31,7 @@ const PARALLEL_BLOCKS: usize = 4;
 pub(crate) fn compress_blocks(blocks: &[(u64, &[Vec<u8>])]) -> Vec<(u64, Vec<u8>)> {
     let one = |(first, entries): &(u64, &[Vec<u8>])| (*first, blocks::encode(entries));
     let threads = if blocks.len() >= PARALLEL_BLOCKS { crate::cores().min(blocks.len()) } else { 1 };
-    if threads <= 1 {
-        return blocks.iter().map(one).collect();
-    }
-    let chunk = blocks.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> =
-            blocks.chunks(chunk).map(|c| s.spawn(move || c.iter().map(one).collect::<Vec<_>>())).collect();
-        parts.into_iter().flat_map(|h| h.join().expect("compression thread")).collect()
-    })
+    crate::par_map(blocks, threads, one)
 }
 
 /// A live entity: its parent and number of children.

@@ -283,15 +283,7 @@ fn prepare_import(session: &SessionId, entries: &[LogEntry]) -> Vec<Prepared> {
         encoded: (e.encode(), merkle::leaf_hash(&e.entry_hash)),
     };
     let threads = if entries.len() > SPLIT_IMPORT { crate::cores() } else { 1 };
-    if threads <= 1 {
-        return entries.iter().map(one).collect();
-    }
-    let chunk = entries.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> =
-            entries.chunks(chunk).map(|c| s.spawn(move || c.iter().map(one).collect::<Vec<_>>())).collect();
-        parts.into_iter().flat_map(|h| h.join().expect("import preparation thread")).collect()
-    })
+    crate::par_map(entries, threads, one)
 }
 
 /// An import chunk's log blocks, compressed ahead of the committer the way
