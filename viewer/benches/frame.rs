@@ -9,33 +9,15 @@
 
 use std::time::Instant;
 
-use glam::{Mat4, Quat, Vec3};
-use theta_viewer::scene::{DEFAULT_COLOR, Instance, Scene};
+mod common;
+
+use common::{move_some, scene};
+
+use theta_viewer::scene::Scene;
 use theta_viewer::{DEFAULT_IPD, Orbit, Renderer};
 
 const W: u32 = 1280;
 const H: u32 = 720;
-
-/// `n` objects on a square grid, spread over the five primitive shapes.
-fn scene(n: usize) -> Scene {
-    let side = (n as f64).sqrt().ceil() as usize;
-    let spacing = 1.5;
-    let mut s = Scene::default();
-    for i in 0..n {
-        let (x, z) = ((i % side) as f32, (i / side) as f32);
-        let offset = side as f32 * spacing / 2.0;
-        let model = Mat4::from_scale_rotation_translation(
-            Vec3::splat(0.8),
-            Quat::from_rotation_y(i as f32 * 0.37),
-            Vec3::new(x * spacing - offset, 0.5, z * spacing - offset),
-        );
-        let hue = (i % 7) as f32 / 7.0;
-        let color = [0.4 + 0.6 * hue, 0.8 - 0.5 * hue, DEFAULT_COLOR[2], 1.0];
-        let highlight = if i % 97 == 0 { [1.0, 0.5, 0.0, 1.0] } else { [0.0; 4] };
-        s.instances[i % 5].push(Instance { model: model.to_cols_array_2d(), color, highlight });
-    }
-    s
-}
 
 fn main() {
     let frames: usize = std::env::var("THETA_BENCH_FRAMES").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
@@ -103,12 +85,7 @@ fn main() {
                 clock += 1;
                 let f = clock;
                 // A live scene: 1 % of the objects move every frame.
-                for k in 0..n / 100 {
-                    let i = (k * 7_919 + f * 131) % n;
-                    let list = &mut s.instances[i % 5];
-                    let j = (i / 5).min(list.len() - 1);
-                    list[j].model[3][1] = 0.5 + 0.2 * ((f + k) as f32 * 0.3).sin();
-                }
+                move_some(&mut s, f);
                 let t = Instant::now();
                 draw(&mut r, &s, label, &eyes);
                 r.finish();

@@ -65,7 +65,7 @@ fn draw_text<S: AsRef<str>>(
 ) {
     for (row, line) in lines.iter().enumerate() {
         for (col, ch) in line.as_ref().chars().enumerate() {
-            let glyph = font8x8::legacy::BASIC_LEGACY.get(ch as usize).copied().unwrap_or([0; 8]);
+            let glyph = glyph(ch);
             for (gy, bits) in glyph.iter().enumerate() {
                 for gx in (0..8).filter(|gx| bits >> gx & 1 == 1) {
                     for sy in 0..scale {
@@ -80,5 +80,40 @@ fn draw_text<S: AsRef<str>>(
                 }
             }
         }
+    }
+}
+
+/// The 8×8 bitmap of `ch`: ASCII and Latin-1 (the status lines' `·` and `×`, accented names),
+/// box-drawing lines, dashes and arrows by their closest ASCII shape; anything else as `?`,
+/// so a missing glyph shows rather than leaving a silent gap.
+fn glyph(ch: char) -> [u8; 8] {
+    use font8x8::legacy::{BASIC_LEGACY, BOX_LEGACY, LATIN_LEGACY};
+    let code = ch as usize;
+    match ch {
+        '\0'..='\u{7f}' => BASIC_LEGACY[code],
+        '\u{a0}'..='\u{ff}' => LATIN_LEGACY[code - 0xa0],
+        '\u{2500}'..='\u{257f}' => BOX_LEGACY[code - 0x2500],
+        '‐' | '‑' | '‒' | '–' | '—' | '−' => BASIC_LEGACY['-' as usize],
+        '‘' | '’' => BASIC_LEGACY['\'' as usize],
+        '“' | '”' => BASIC_LEGACY['"' as usize],
+        '→' => BASIC_LEGACY['>' as usize],
+        '←' => BASIC_LEGACY['<' as usize],
+        '…' => BASIC_LEGACY['.' as usize],
+        _ => BASIC_LEGACY['?' as usize],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glyph;
+
+    #[test]
+    fn status_line_characters_have_glyphs_and_unknown_ones_show_as_a_question_mark() {
+        for ch in ['·', '×', 'é', 'A', '─', '—'] {
+            assert_ne!(glyph(ch), [0; 8], "{ch:?} has no glyph");
+        }
+        assert_eq!(glyph(' '), [0; 8]);
+        assert_eq!(glyph('✓'), glyph('?'));
+        assert_eq!(glyph('—'), glyph('-'));
     }
 }

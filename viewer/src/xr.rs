@@ -11,7 +11,7 @@ pub mod actions;
 pub mod session;
 pub mod vulkan;
 
-pub use session::{Frame, XrViewer};
+pub use session::{Frame, FrameTimes, XrViewer};
 
 use glam::{Quat, Vec3};
 

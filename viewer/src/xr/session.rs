@@ -63,6 +63,23 @@ pub struct XrViewer {
     pub show_overlay: bool,
     /// Frames submitted with `xrEndFrame` (rendered or empty).
     pub frames_ended: u64,
+    /// Where the last rendered frame's time went.
+    pub last_times: FrameTimes,
+}
+
+/// Where one rendered frame's time went, for frame-pacing figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrameTimes {
+    /// Time blocked in `xrWaitFrame` (the runtime's pacing).
+    pub waited: std::time::Duration,
+    /// From `xrWaitFrame`'s return to `xrEndFrame`'s: input, both eyes recorded and submitted.
+    pub work: std::time::Duration,
+    /// When `xrWaitFrame` returned.
+    pub woke: Option<std::time::Instant>,
+    /// The runtime's predicted display time for the frame, nanoseconds on its clock.
+    pub display_time_ns: i64,
+    /// The runtime's predicted display period, nanoseconds.
+    pub period_ns: i64,
 }
 
 impl std::fmt::Debug for XrViewer {
@@ -81,8 +98,14 @@ fn call(what: &str, e: xr::sys::Result) -> XrError {
 
 impl XrViewer {
     /// Creates the Vulkan device through the runtime, the session, a reference space and the
-    /// swapchain.
+    /// swapchain, at the runtime's recommended per-eye size.
     pub fn new(system: XrSystem) -> Result<XrViewer, XrError> {
+        XrViewer::with_eye_size(system, None)
+    }
+
+    /// As [`XrViewer::new`], with per-eye images of `size` pixels instead of the recommended
+    /// size (refused beyond the runtime's maximum).
+    pub fn with_eye_size(system: XrSystem, size: Option<(u32, u32)>) -> Result<XrViewer, XrError> {
         let gpu = vulkan::create(&system.instance, system.system)?;
         let (session, waiter, stream) = vulkan::create_session(&system.instance, system.system, &gpu)?;
         let space = session
@@ -90,7 +113,13 @@ impl XrViewer {
             .or_else(|_| session.create_reference_space(xr::ReferenceSpaceType::LOCAL, xr::Posef::IDENTITY))
             .map_err(|e| call("xrCreateReferenceSpace", e))?;
         let view = system.views.first().ok_or_else(|| XrError::Call("the runtime reports no views".into()))?;
-        let (width, height) = (view.recommended_image_rect_width, view.recommended_image_rect_height);
+        let (width, height) = size.unwrap_or((view.recommended_image_rect_width, view.recommended_image_rect_height));
+        let (max_w, max_h) = (view.max_image_rect_width, view.max_image_rect_height);
+        if width == 0 || height == 0 || width > max_w || height > max_h {
+            return Err(XrError::Call(format!(
+                "an eye image of {width}x{height} pixels is outside what the runtime allows (1x1 to {max_w}x{max_h})"
+            )));
+        }
         let offered = session.enumerate_swapchain_formats().map_err(|e| call("xrEnumerateSwapchainFormats", e))?;
         let format = [COLOR_FORMAT, wgpu::TextureFormat::Bgra8UnormSrgb]
             .into_iter()
@@ -138,6 +167,7 @@ impl XrViewer {
             panel: None,
             show_overlay: true,
             frames_ended: 0,
+            last_times: FrameTimes::default(),
         })
     }
 
@@ -214,7 +244,9 @@ impl XrViewer {
             std::thread::sleep(std::time::Duration::from_millis(10));
             return Ok(Frame::Idle);
         }
+        let asleep = std::time::Instant::now();
         let state = self.waiter.wait().map_err(|e| call("xrWaitFrame", e))?;
+        let woke = std::time::Instant::now();
         self.stream.begin().map_err(|e| call("xrBeginFrame", e))?;
         if !state.should_render {
             self.stream
@@ -308,6 +340,13 @@ impl XrViewer {
             .end(state.predicted_display_time, xr::EnvironmentBlendMode::OPAQUE, &[&layer])
             .map_err(|e| call("xrEndFrame", e))?;
         self.frames_ended += 1;
+        self.last_times = FrameTimes {
+            waited: woke - asleep,
+            work: woke.elapsed(),
+            woke: Some(woke),
+            display_time_ns: state.predicted_display_time.as_nanos(),
+            period_ns: state.predicted_display_period.as_nanos(),
+        };
         Ok(Frame::Rendered { eyes, commands, images })
     }
 

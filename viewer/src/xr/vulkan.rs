@@ -40,16 +40,18 @@ fn call(what: &str, e: impl std::fmt::Display) -> XrError {
 /// Loads the system's OpenXR loader. Debian's runtime package installs the versioned name only
 /// (the plain one comes with -dev).
 pub fn openxr_entry() -> Result<openxr::Entry, XrError> {
-    let mut last = XrError::LoaderMissing("not tried".into());
+    let mut failed = Vec::new();
     for name in ["libopenxr_loader.so.1", "libopenxr_loader.so"] {
         // SAFETY: loading the system OpenXR loader runs its initialisers; it is the library the
         // OpenXR specification defines for exactly this use.
         match unsafe { openxr::Entry::load_from(std::path::Path::new(name)) } {
             Ok(e) => return Ok(e),
-            Err(e) => last = XrError::LoaderMissing(e.to_string()),
+            // Each name's own reason: a loader that is there but misses a library it needs
+            // says so under the first name only.
+            Err(e) => failed.push(e.to_string()),
         }
     }
-    Err(last)
+    Err(XrError::LoaderMissing(failed.join("; ")))
 }
 
 /// Loads the system's Vulkan loader (libvulkan.so.1).
