@@ -36,6 +36,12 @@ pub enum XrError {
     /// No headset is connected.
     #[error("the OpenXR runtime reports no head-mounted display: {0}")]
     NoHeadset(String),
+    /// The runtime lost the session (`XR_SESSION_STATE_LOSS_PENDING`): the headset was
+    /// unplugged or the runtime's display went away.
+    #[error(
+        "the OpenXR runtime lost the session (the headset was disconnected or its display went away); reconnect it and run theta view --xr again"
+    )]
+    SessionLost,
     /// Another OpenXR call failed.
     #[error("OpenXR: {0}")]
     Call(String),

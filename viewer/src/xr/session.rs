@@ -212,6 +212,9 @@ impl XrViewer {
         while let Some(event) = self.system.instance.poll_event(&mut self.events).map_err(|e| call("xrPollEvent", e))? {
             match event {
                 xr::Event::SessionStateChanged(e) => {
+                    if e.state() == xr::SessionState::LOSS_PENDING {
+                        return Err(XrError::SessionLost);
+                    }
                     let (phase, action) = self.phase.on(e.state());
                     self.phase = phase;
                     match action {
