@@ -266,6 +266,7 @@ fn live_viewer(
             }
             match tokio::time::timeout(Duration::from_millis(10), c.next_event()).await {
                 Ok(Ok(Event::Resynced { reason })) => println!("  viewer resynced: {reason}"),
+                Ok(Ok(Event::Restarted { reason })) => println!("  viewer reconnected: {reason}"),
                 Ok(Ok(_)) | Err(_) => {}
                 Ok(Err(e)) => return Err(e).context("viewer connection"),
             }

@@ -342,6 +342,7 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
             while i < frames {
                 match tokio::time::timeout(Duration::from_millis(33), c.next_event()).await {
                     Ok(Ok(Event::Resynced { reason })) => println!("resynced: {reason}"),
+                    Ok(Ok(Event::Restarted { reason })) => println!("reconnected: {reason}"),
                     Ok(Ok(_)) | Err(_) => {}
                     Ok(Err(e)) => return Err(e.into()),
                 }

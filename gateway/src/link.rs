@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use theta_client::compress::Encoding;
-use theta_client::frame::FrameError;
-use theta_client::handshake::{Reject, ServerHandshake, ServerStep};
+use theta_live::compress::Encoding;
+use theta_live::frame::FrameError;
+use theta_live::handshake::{CloseCode, Reject, ServerHandshake, ServerStep};
 use theta_projector::interest::Area;
 use theta_schemas::Message;
-use theta_schemas::wire::Heartbeat;
+use theta_schemas::wire::{Heartbeat, WireError};
 use theta_store::{ReadError, Store};
 use tokio::sync::mpsc;
 
-use crate::live::{LiveHub, Subscription, ViewerOptions};
+use crate::live::{LiveHub, ViewerOptions};
 use crate::metrics::{ConnectionStats, Observability};
 
 /// Seconds between the server's heartbeats and stats messages.
@@ -128,14 +128,29 @@ pub async fn drive(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>
     };
     let viewer = hub.subscribe_with(accepted.session, options).ok();
     let viewer_id = viewer.as_ref().map(|v| v.id);
-    if let Some(Subscription { frames: mut queue, stats: vstats, .. }) = viewer {
-        let _ = stats.viewer.set(vstats);
-        let stats = stats.clone();
+    if let Some(mut sub) = viewer {
+        let _ = stats.viewer.set(sub.stats.clone());
+        let (stats, out, close) = (stats.clone(), control_out.clone(), close.clone());
         tasks.push(tokio::spawn(async move {
-            while let Some(payload) = queue.recv().await {
-                stats.queue_depth.store(queue.len() as u64, Relaxed);
-                if replication_out.send(payload).await.is_err() {
-                    return;
+            loop {
+                match sub.next().await {
+                    Ok(Some(payload)) => {
+                        stats.queue_depth.store(sub.queued() as u64, Relaxed);
+                        if replication_out.send(payload).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(failure) => {
+                        // The session's live thread failed: say so, and close so the client
+                        // reconnects (its mirror resumes from a restarted thread).
+                        let code = CloseCode::LiveRestart as u32;
+                        let error = WireError { code, reason: failure.to_string(), nonce: 0 };
+                        let _ = out.send(Message::Error(error).encode()).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        close(code, &failure.to_string());
+                        return;
+                    }
                 }
             }
         }));

@@ -1,45 +1,65 @@
-//! Live projections and fan-out: one thread per watched session folds new entries into its
-//! projection and sends each viewer the snapshot, then coalesced deltas, through a bounded
-//! queue. Commits wake the thread through one coalesced message; a thread with no viewers
-//! retires after a while, and one that fails is counted and removed: the next viewer starts a
-//! new one. The append path never waits on a viewer: a viewer whose queue is full is marked for
-//! a resync (a fresh snapshot once its queue has room) and counted.
+//! Live fan-out, the I/O around `theta_live::fanout::FanOut`: one thread per watched session
+//! owns the session's fan-out state machine, folds each durable commit into it (the commands
+//! as the store's verify workers decoded them, handed over by a store command listener: the log
+//! is read back only for commits the thread missed, such as imports), and moves each viewer's
+//! frames from the fan-out's bounded queue to the viewer's connection through a small hand-off
+//! channel. The connection asks for more as it drains that channel, so frames move without
+//! polling, and a viewer that stops reading costs at most its fan-out queue
+//! ([`VIEWER_QUEUE_FRAMES`]) plus the hand-off ([`HANDOFF_FRAMES`]).
 //!
-//! Per viewer, as negotiated: zstd compression (with a dictionary trained from the session's
-//! deltas and sent in-band), an area of interest (only entities inside are streamed), and a
-//! resume point (the deltas after it instead of a snapshot, while they are still kept).
+//! Commits wake the thread through one coalesced message; a thread with no viewers retires
+//! after a while. A thread that fails (the log cannot be read, or the projection refuses an
+//! entry) is counted and removed, and its viewers' subscriptions end with a [`LiveFailure`]
+//! they pass on to their clients (close code 8): the clients reconnect, and the next viewer
+//! starts a new thread. The append path never waits on a viewer.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use theta_client::compress::{self, Encoding, StreamCompressor, Trainer};
-use theta_projector::interest::{Area, InterestView};
-use theta_projector::{DEFAULT_CHUNK_BYTES, Projection};
-use theta_schemas::wire::{Delta, Dictionary};
-use theta_schemas::{MAX_ENVELOPE_BYTES, Message, SessionId};
-use theta_store::{ReadError, Store};
+use theta_live::fanout::{Counts, FanOut, FanOutError};
+use theta_projector::interest::Area;
+use theta_schemas::{Envelope, SessionId};
+use theta_store::{Committed, ReadError, Store};
 use tokio::sync::mpsc;
 
 use crate::history::project;
 
-/// Frames queued per viewer beyond its snapshot.
-pub const VIEWER_QUEUE_FRAMES: usize = 256;
-/// Recent deltas kept per session for viewers that reconnect and resume.
-pub const RESUME_DELTAS: usize = 1_024;
+pub use theta_live::fanout::{RESUME_DELTAS, ViewerOptions};
 
-/// How one viewer wants its stream.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ViewerOptions {
-    /// Frame encoding (from the agreed compression kinds).
-    pub encoding: Encoding,
-    /// Area-of-interest filtering: nothing is streamed until the first area arrives.
-    pub interest: bool,
-    /// The seq the viewer's mirror holds (0: none).
-    pub resume_seq: u64,
-    /// Largest snapshot chunk, bytes (0: the default).
-    pub max_chunk_bytes: usize,
+/// Frames queued per viewer in the fan-out beyond what its connection holds.
+pub const VIEWER_QUEUE_FRAMES: usize = 256;
+/// Frames handed to a viewer's connection at a time.
+pub const HANDOFF_FRAMES: usize = 32;
+
+/// Moves viewer `id`'s frames from the fan-out into its hand-off channel while there is room,
+/// and tells the connection whether more wait (so it asks for them when half the hand-off is
+/// free). False when the connection is gone.
+fn hand_off(fan: &mut FanOut, id: u64, v: &ViewerLink) -> bool {
+    loop {
+        let mut moved = false;
+        while let Ok(permit) = v.tx.try_reserve() {
+            match fan.poll_frame(id) {
+                Some(frame) => {
+                    permit.send(frame);
+                    moved = true;
+                }
+                None => break,
+            }
+        }
+        if v.tx.is_closed() {
+            return false;
+        }
+        let more = fan.queued(id) > 0 || fan.is_resyncing(id);
+        v.backlog.store(more, SeqCst);
+        // Stored before the hand-off's fill is read: a connection that drains past half after
+        // this sees `more` and asks; one that already did is caught by the fill check here.
+        let fill = HANDOFF_FRAMES - v.tx.capacity();
+        if !more || !moved || fill > HANDOFF_FRAMES / 2 {
+            return true;
+        }
+    }
 }
 
 /// One viewer's counters, shared with its connection.
@@ -47,39 +67,76 @@ pub struct ViewerOptions {
 pub struct ViewerStats {
     /// Deltas queued for the viewer.
     pub deltas: AtomicU64,
-    /// Snapshots sent because the viewer fell behind.
+    /// Times the viewer fell behind and was marked for a fresh snapshot.
     pub resyncs: AtomicU64,
 }
+
+/// Why a viewer's stream ended early: its session's live thread failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the live stream of this session failed on the server ({0}); reconnect to resume")]
+pub struct LiveFailure(pub String);
 
 /// A viewer's subscription.
 pub struct Subscription {
     /// Viewer id within the hub (for [`LiveHub::set_interest`]).
     pub id: u64,
-    /// Frame payloads: snapshot chunks, dictionaries and deltas, in order.
-    pub frames: mpsc::Receiver<Vec<u8>>,
+    frames: mpsc::Receiver<Vec<u8>>,
     /// The viewer's counters.
     pub stats: Arc<ViewerStats>,
+    wake: std_mpsc::Sender<Cmd>,
+    /// A `Drained` is queued for the session thread and not yet taken.
+    drained_pending: Arc<AtomicBool>,
+    /// The fan-out holds more frames for this viewer than the hand-off did.
+    backlog: Arc<AtomicBool>,
+    failure: Arc<OnceLock<String>>,
+}
+
+impl Subscription {
+    /// The next frame payload (snapshot chunks, dictionaries and deltas, in order); `Ok(None)`
+    /// when the stream ended (the hub went away), `Err` when the session's thread failed.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, LiveFailure> {
+        match self.frames.recv().await {
+            Some(frame) => {
+                // Half the hand-off is free and more wait: ask the session thread (once).
+                if self.frames.len() <= HANDOFF_FRAMES / 2
+                    && self.backlog.load(SeqCst)
+                    && !self.drained_pending.swap(true, SeqCst)
+                {
+                    let _ = self.wake.send(Cmd::Drained(self.id));
+                }
+                Ok(Some(frame))
+            }
+            None => match self.failure.get() {
+                Some(reason) => Err(LiveFailure(reason.clone())),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Frames waiting in the hand-off to the connection.
+    pub fn queued(&self) -> usize {
+        self.frames.len()
+    }
 }
 
 enum Cmd {
     Commit,
-    Subscribe(Box<Slot>),
+    Subscribe(Box<ViewerLink>),
     Interest(u64, Area),
+    Drained(u64),
+    /// Makes the thread fail as a read error would (fault injection for tests).
+    Fail(String),
 }
 
-struct Slot {
+/// The session thread's end of one viewer.
+struct ViewerLink {
     id: u64,
-    tx: mpsc::Sender<Vec<u8>>,
     options: ViewerOptions,
+    tx: mpsc::Sender<Vec<u8>>,
     stats: Arc<ViewerStats>,
-    described: bool,
-    resync: bool,
-    dictionary_sent: u32,
-    /// `Some` for interest-managed viewers once they named an area.
-    view: Option<InterestView>,
-    area_moved: bool,
-    /// The viewer's continuous zstd stream (`zstd-stream`).
-    stream: Option<StreamCompressor>,
+    drained_pending: Arc<AtomicBool>,
+    backlog: Arc<AtomicBool>,
+    failure: Arc<OnceLock<String>>,
 }
 
 /// A watched session's thread, as the hub reaches it.
@@ -90,7 +147,21 @@ struct SessionHandle {
     /// A `Commit` is queued and not yet taken: commits coalesce, so the queue holds at most
     /// one however fast the store commits.
     commit_pending: Arc<AtomicBool>,
+    /// The commits' decoded commands not yet taken by the thread.
+    commits: Arc<Mutex<Pending>>,
 }
+
+/// Commits handed from the store to a session thread.
+#[derive(Default)]
+struct Pending {
+    batches: Vec<Committed>,
+    commands: usize,
+    /// Commits were dropped (the thread fell [`PENDING_COMMANDS`] behind): it reads the log.
+    overflowed: bool,
+}
+
+/// Decoded commands held for a session thread before it reads the log back instead.
+pub const PENDING_COMMANDS: usize = 65_536;
 
 /// How long a session thread with no viewers lives on, by default.
 pub const IDLE_RETIRE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -103,8 +174,8 @@ pub struct LiveHub {
     sessions: Mutex<HashMap<SessionId, SessionHandle>>,
     next_generation: AtomicU64,
     idle_retire: std::time::Duration,
-    /// Session threads that ended on an error (their viewers' streams end; the next viewer
-    /// starts a new thread).
+    /// Session threads that ended on an error (their viewers get a [`LiveFailure`]; the next
+    /// viewer starts a new thread).
     pub session_failures: AtomicU64,
     next_viewer: AtomicU64,
     /// Viewers resynced with a fresh snapshot because they fell behind.
@@ -144,13 +215,25 @@ impl LiveHub {
             resumes: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&hub);
-        store.add_commit_listener(move |heads| {
+        // Each durable commit's decoded commands go straight to the session's thread: nothing
+        // is read back from the log or decoded again on the live path.
+        store.add_command_listener(move |commits| {
             let Some(hub) = weak.upgrade() else { return };
             let sessions = hub.sessions.lock().expect("live sessions lock");
-            for h in heads {
-                if let Some(handle) = sessions.get(&h.session)
-                    && !handle.commit_pending.swap(true, Relaxed)
+            for c in commits {
+                let Some(handle) = sessions.get(&c.head.session) else { continue };
                 {
+                    let mut pending = handle.commits.lock().expect("live commits lock");
+                    if pending.commands + c.commands.len() > PENDING_COMMANDS {
+                        pending.batches.clear();
+                        pending.commands = 0;
+                        pending.overflowed = true;
+                    } else {
+                        pending.commands += c.commands.len();
+                        pending.batches.push(c.clone());
+                    }
+                }
+                if !handle.commit_pending.swap(true, Relaxed) {
                     let _ = handle.tx.send(Cmd::Commit);
                 }
             }
@@ -159,30 +242,30 @@ impl LiveHub {
     }
 
     /// Subscribes a viewer to a session: frame payloads (snapshot chunks, then deltas) arrive
-    /// on the returned queue.
+    /// through the returned subscription.
     pub fn subscribe_with(
         self: &Arc<Self>,
         session: SessionId,
         options: ViewerOptions,
     ) -> Result<Subscription, ReadError> {
         self.store.head(&session)?;
-        let (tx, rx) = mpsc::channel(VIEWER_QUEUE_FRAMES);
+        let (tx, rx) = mpsc::channel(HANDOFF_FRAMES);
         let id = self.next_viewer.fetch_add(1, Relaxed);
         let stats = Arc::new(ViewerStats::default());
-        let slot = Slot {
+        let drained_pending = Arc::new(AtomicBool::new(false));
+        let backlog = Arc::new(AtomicBool::new(false));
+        let failure = Arc::new(OnceLock::new());
+        let link = ViewerLink {
             id,
-            tx,
             options,
+            tx,
             stats: stats.clone(),
-            described: false,
-            resync: true,
-            dictionary_sent: 0,
-            view: None,
-            area_moved: false,
-            stream: None,
+            drained_pending: drained_pending.clone(),
+            backlog: backlog.clone(),
+            failure: failure.clone(),
         };
-        self.to_session(session, Cmd::Subscribe(Box::new(slot)));
-        Ok(Subscription { id, frames: rx, stats })
+        let wake = self.to_session(session, Cmd::Subscribe(Box::new(link)));
+        Ok(Subscription { id, frames: rx, stats, wake, drained_pending, backlog, failure })
     }
 
     /// Sets (or moves) an interest-managed viewer's area; the entities entering and leaving it
@@ -191,69 +274,92 @@ impl LiveHub {
         self.to_session(session, Cmd::Interest(viewer, area));
     }
 
+    /// Makes the session's thread (if one runs) fail as a read error would: its viewers'
+    /// subscriptions end with a [`LiveFailure`]. For fault-injection tests.
+    pub fn fail_session(&self, session: SessionId, reason: &str) {
+        if let Some(h) = self.sessions.lock().expect("live sessions lock").get(&session) {
+            let _ = h.tx.send(Cmd::Fail(reason.to_string()));
+        }
+    }
+
     /// Session threads running now.
     pub fn session_threads(&self) -> usize {
         self.sessions.lock().expect("live sessions lock").len()
     }
 
-    /// Sends `cmd` to the session's thread, starting one if none runs (under the lock).
-    fn to_session(self: &Arc<Self>, session: SessionId, cmd: Cmd) {
+    /// Sends `cmd` to the session's thread, starting one if none runs (under the lock);
+    /// returns the thread's queue.
+    fn to_session(self: &Arc<Self>, session: SessionId, cmd: Cmd) -> std_mpsc::Sender<Cmd> {
         let mut sessions = self.sessions.lock().expect("live sessions lock");
         let handle = sessions.entry(session).or_insert_with(|| {
             let (tx, rx) = std_mpsc::channel();
             let generation = self.next_generation.fetch_add(1, Relaxed);
             let commit_pending = Arc::new(AtomicBool::new(false));
-            let (hub, pending) = (self.clone(), commit_pending.clone());
+            let commits = Arc::new(Mutex::new(Pending::default()));
+            let (hub, pending, batches) = (self.clone(), commit_pending.clone(), commits.clone());
             std::thread::Builder::new()
                 .name("theta-live".into())
-                .spawn(move || {
-                    let failed = hub.run(session, generation, rx, &pending).is_err();
-                    hub.forget(session, generation, failed);
-                })
+                .spawn(move || hub.session_thread(session, generation, rx, &pending, &batches))
                 .expect("spawn live session thread");
-            SessionHandle { generation, tx, commit_pending }
+            SessionHandle { generation, tx, commit_pending, commits }
         });
         let _ = handle.tx.send(cmd);
+        handle.tx.clone()
     }
 
     /// Removes the session's thread from the hub if it is still generation `generation`.
-    fn forget(&self, session: SessionId, generation: u64, failed: bool) {
+    fn forget(&self, session: SessionId, generation: u64) {
         let mut sessions = self.sessions.lock().expect("live sessions lock");
         if sessions.get(&session).is_some_and(|h| h.generation == generation) {
             sessions.remove(&session);
         }
-        if failed {
-            self.session_failures.fetch_add(1, Relaxed);
-            eprintln!(
-                "theta-gateway: the live thread of session {session} stopped on a read error; its viewers' streams end"
-            );
-        }
     }
 
-    /// The session's thread: `Err` when it stopped on a read error, `Ok` when it retired
-    /// (no viewers for its idle time) or the hub went away.
-    fn run(
+    fn session_thread(
         &self,
         session: SessionId,
         generation: u64,
         rx: std_mpsc::Receiver<Cmd>,
+        pending: &AtomicBool,
+        commits: &Mutex<Pending>,
+    ) {
+        let mut viewers = BTreeMap::new();
+        let result = self.run(session, generation, &rx, pending, commits, &mut viewers);
+        self.forget(session, generation);
+        if let Err(reason) = result {
+            self.session_failures.fetch_add(1, Relaxed);
+            eprintln!(
+                "theta-gateway: the live thread of session {session} failed: {reason}; its viewers are told to reconnect"
+            );
+            // Viewers subscribed meanwhile are told too.
+            for cmd in rx.try_iter() {
+                if let Cmd::Subscribe(link) = cmd {
+                    viewers.insert(link.id, *link);
+                }
+            }
+            for v in viewers.values() {
+                let _ = v.failure.set(reason.clone());
+            }
+        }
+        // Dropping the viewers' senders ends their streams.
+    }
+
+    /// The session's thread: `Err` when it stopped on an error, `Ok` when it retired (no
+    /// viewers for its idle time) or the hub went away.
+    fn run(
+        &self,
+        session: SessionId,
+        generation: u64,
+        rx: &std_mpsc::Receiver<Cmd>,
         commit_pending: &AtomicBool,
-    ) -> Result<(), ()> {
-        let head = self.store.head(&session).map_err(drop)?;
-        let opened = project(&self.store, &session, head.seq).map_err(drop)?;
-        let mut live = Live { hub: self, p: opened.projection, trainer: Trainer::new(), recent: VecDeque::new() };
-        let _ = live.p.take_delta(false);
-        let mut viewers: Vec<Slot> = Vec::new();
+        pending_commits: &Mutex<Pending>,
+        viewers: &mut BTreeMap<u64, ViewerLink>,
+    ) -> Result<(), String> {
+        let head = self.store.head(&session).map_err(|e| e.to_string())?;
+        let opened = project(&self.store, &session, head.seq).map_err(|e| e.to_string())?;
+        let mut fan = FanOut::new(opened.projection, VIEWER_QUEUE_FRAMES);
         loop {
-            // While a viewer waits for a resync, retry it every 50 ms even without commits;
-            // with no viewers, retire after a while.
-            let wait = if viewers.iter().any(|v| v.resync) {
-                std::time::Duration::from_millis(50)
-            } else if viewers.is_empty() {
-                self.idle_retire
-            } else {
-                std::time::Duration::from_secs(3_600)
-            };
+            let wait = if viewers.is_empty() { self.idle_retire } else { std::time::Duration::from_secs(3_600) };
             let first = match rx.recv_timeout(wait) {
                 Ok(c) => Some(c),
                 Err(std_mpsc::RecvTimeoutError::Timeout) if viewers.is_empty() => {
@@ -280,303 +386,80 @@ impl LiveHub {
                         commit_pending.store(false, Relaxed);
                         commits = true;
                     }
-                    Cmd::Subscribe(slot) => {
-                        let mut slot = *slot;
-                        if !live.resume(&mut slot) {
-                            live.try_snapshot(&mut slot);
-                        }
-                        viewers.push(slot);
+                    Cmd::Subscribe(link) => {
+                        fan.handle_subscribe(link.id, link.options);
+                        viewers.insert(link.id, *link);
                     }
-                    Cmd::Interest(id, area) => {
-                        if let Some(v) = viewers.iter_mut().find(|v| v.id == id && v.options.interest) {
-                            match &mut v.view {
-                                Some(view) => view.set_area(area),
-                                None => v.view = Some(InterestView::new(area)),
-                            }
-                            v.area_moved = true;
+                    Cmd::Interest(id, area) => fan.handle_interest(id, area),
+                    Cmd::Drained(id) => {
+                        if let Some(v) = viewers.get(&id) {
+                            v.drained_pending.store(false, SeqCst);
                         }
                     }
+                    Cmd::Fail(reason) => return Err(reason),
                 }
             }
             if commits {
-                let head = self.store.head(&session).map_err(drop)?;
-                if head.seq > live.p.seq() {
-                    let entries = self.store.read_range(&session, live.p.seq() + 1, head.seq).map_err(drop)?;
-                    for e in entries {
-                        live.p.apply_entry(&e.map_err(drop)?).map_err(drop)?;
+                let Pending { batches, overflowed, .. } =
+                    std::mem::take(&mut *pending_commits.lock().expect("live commits lock"));
+                let mut read_back = overflowed;
+                for c in &batches {
+                    match fan.handle_committed(c.commands.iter().map(|(seq, body)| (*seq, body))) {
+                        Ok(()) => read_back |= fan.seq() < c.head.seq,
+                        // Commits the thread missed (made before it subscribed, or an import).
+                        Err(FanOutError::Gap { .. }) => read_back = true,
+                        Err(e) => return Err(e.to_string()),
                     }
-                    let delta = live.p.take_delta(false);
-                    live.fan_out(&delta, &mut viewers);
-                }
-            }
-            // Interest-managed viewers whose area moved get the entities entering and leaving.
-            let seq = live.p.seq();
-            for v in viewers.iter_mut().filter(|v| v.area_moved && !v.resync) {
-                v.area_moved = false;
-                let empty = Delta {
-                    session,
-                    from_seq: seq,
-                    to_seq: seq,
-                    state_hash: [0; 32],
-                    spawned: vec![],
-                    upserts: vec![],
-                    removals: vec![],
-                    despawned: vec![],
-                    descriptors: vec![],
-                };
-                live.send_delta(v, &empty, None);
-            }
-            viewers.retain(|v| !v.tx.is_closed());
-            for v in viewers.iter_mut().filter(|v| v.resync) {
-                live.try_snapshot(v);
-            }
-        }
-    }
-}
-
-/// One session's live state on its thread.
-struct Live<'a> {
-    hub: &'a LiveHub,
-    p: Projection,
-    trainer: Trainer,
-    /// Recent deltas as plain frames: `(from_seq, to_seq, payload)`.
-    recent: VecDeque<(u64, u64, Vec<u8>)>,
-}
-
-/// Encoded forms of one delta for viewers without interest filtering, built on first use.
-struct Shared {
-    plain: Vec<u8>,
-    described: Option<Vec<u8>>,
-    forms: HashMap<(bool, Encoding), Vec<u8>>,
-}
-
-impl Shared {
-    /// The uncompressed frame: with the component descriptors for a viewer's first delta after
-    /// a snapshot, plain otherwise.
-    fn raw(&mut self, delta: &Delta, described: bool) -> &[u8] {
-        if described {
-            return &self.plain;
-        }
-        self.described.get_or_insert_with(|| {
-            let mut d = delta.clone();
-            d.descriptors = theta_projector::wire_descriptors();
-            Message::Delta(d).encode()
-        })
-    }
-}
-
-impl Live<'_> {
-    fn fan_out(&mut self, delta: &Delta, viewers: &mut [Slot]) {
-        let plain = Message::Delta(delta.clone()).encode();
-        if plain.len() > MAX_ENVELOPE_BYTES {
-            // Too big for one frame: everyone not filtering gets a fresh snapshot instead.
-            for v in viewers.iter_mut().filter(|v| !v.options.interest && !v.resync) {
-                v.resync = true;
-            }
-            self.recent.clear();
-        } else {
-            if self.trainer.add(&plain) {
-                self.hub.dictionaries.fetch_add(1, Relaxed);
-            }
-            self.recent.push_back((delta.from_seq, delta.to_seq, plain.clone()));
-            if self.recent.len() > RESUME_DELTAS {
-                self.recent.pop_front();
-            }
-        }
-        let mut shared = Shared { plain, described: None, forms: HashMap::new() };
-        for v in viewers.iter_mut().filter(|v| !v.resync) {
-            self.send_delta(v, delta, Some(&mut shared));
-        }
-    }
-
-    /// Queues `delta` for one viewer (filtered to its area when it manages interest). A full
-    /// queue or an oversized frame marks the viewer for a resync.
-    fn send_delta(&mut self, v: &mut Slot, delta: &Delta, shared: Option<&mut Shared>) {
-        let payload = if v.options.interest {
-            let Some(view) = v.view.as_mut() else { return };
-            let mut filtered = view.filter(&self.p, delta);
-            if !v.described {
-                filtered.descriptors = theta_projector::wire_descriptors();
-            }
-            let raw = Message::Delta(filtered).encode();
-            if raw.len() > MAX_ENVELOPE_BYTES {
-                v.resync = true;
-                return;
-            }
-            self.encode(v, raw)
-        } else {
-            let Some(shared) = shared else { return };
-            if shared.plain.len() > MAX_ENVELOPE_BYTES {
-                return; // marked for resync by the caller
-            }
-            if v.options.encoding == Encoding::ZstdStream {
-                // Per-viewer stream state: only the raw form is shared.
-                let raw = shared.raw(delta, v.described).to_vec();
-                self.encode(v, raw)
-            } else {
-                self.encode_shared(v, delta, shared)
-            }
-        };
-        if !self.ensure_dictionary(v) {
-            return;
-        }
-        match v.tx.try_send(payload) {
-            Ok(()) => {
-                v.described = true;
-                v.stats.deltas.fetch_add(1, Relaxed);
-                self.hub.deltas_sent.fetch_add(1, Relaxed);
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => self.mark_resync(v),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
-    }
-
-    /// The viewer's encoded form of a delta from the per-delta cache.
-    fn encode_shared(&mut self, v: &mut Slot, delta: &Delta, shared: &mut Shared) -> Vec<u8> {
-        let key = (v.described, v.options.encoding);
-        if let Some(sent) = shared.forms.get(&key).map(Vec::len) {
-            let raw_len = shared.raw(delta, v.described).len();
-            self.count(v.options.encoding, raw_len, sent);
-            return shared.forms[&key].clone();
-        }
-        let raw = shared.raw(delta, v.described).to_vec();
-        let p = self.encode(v, raw);
-        shared.forms.insert(key, p.clone());
-        p
-    }
-
-    fn mark_resync(&self, v: &mut Slot) {
-        v.resync = true;
-        v.stats.resyncs.fetch_add(1, Relaxed);
-        self.hub.resyncs.fetch_add(1, Relaxed);
-    }
-
-    /// Sends the current dictionary to a `zstd-dict` viewer that lacks it. False when its queue
-    /// is full (the viewer is then marked for a resync).
-    fn ensure_dictionary(&self, v: &mut Slot) -> bool {
-        if v.options.encoding != Encoding::ZstdDict {
-            return true;
-        }
-        let Some((id, data)) = self.trainer.dictionary() else { return true };
-        if v.dictionary_sent == id {
-            return true;
-        }
-        let frame = Message::Dictionary(Dictionary { id, data: data.to_vec() }).encode();
-        if v.tx.try_send(frame).is_err() {
-            self.mark_resync(v);
-            return false;
-        }
-        v.dictionary_sent = id;
-        true
-    }
-
-    /// Compresses `raw` as the viewer's encoding asks.
-    fn encode(&mut self, v: &mut Slot, raw: Vec<u8>) -> Vec<u8> {
-        let raw_len = raw.len();
-        let out = match v.options.encoding {
-            Encoding::Raw => return raw,
-            Encoding::Zstd => compress::compress(raw, None),
-            Encoding::ZstdDict => compress::compress(raw, self.trainer.compressor()),
-            Encoding::ZstdStream => {
-                if v.stream.is_none() {
-                    v.stream = StreamCompressor::new().ok();
-                }
-                match v.stream.as_mut().map(|s| s.compress(&raw)) {
-                    Some(Ok(out)) => out,
-                    // zstd failed: the stream is unusable, so plain frames from now on.
-                    _ => {
-                        v.options.encoding = Encoding::Raw;
-                        return raw;
+                    if read_back {
+                        self.catch_up(&session, &mut fan)?;
+                        read_back = false;
                     }
                 }
+                if overflowed {
+                    self.catch_up(&session, &mut fan)?;
+                }
             }
-        };
-        self.count(v.options.encoding, raw_len, out.len());
-        out
+            // Hand each viewer what its connection has room for; forget closed ones.
+            viewers.retain(|&id, v| {
+                if !hand_off(&mut fan, id, v) {
+                    fan.handle_cut(id);
+                    return false;
+                }
+                if let Some(c) = fan.viewer_counts(id) {
+                    v.stats.deltas.store(c.deltas, Relaxed);
+                    v.stats.resyncs.store(c.resyncs, Relaxed);
+                }
+                true
+            });
+            self.add_counts(fan.take_counts());
+        }
     }
 
-    fn count(&self, encoding: Encoding, raw: usize, sent: usize) {
-        if encoding != Encoding::Raw {
-            self.hub.raw_bytes.fetch_add(raw as u64, Relaxed);
-            self.hub.compressed_bytes.fetch_add(sent as u64, Relaxed);
+    /// Folds the entries committed since the fan-out's seq.
+    fn catch_up(&self, session: &SessionId, fan: &mut FanOut) -> Result<(), String> {
+        let head = self.store.head(session).map_err(|e| e.to_string())?;
+        if head.seq <= fan.seq() {
+            return Ok(());
         }
+        let entries = self.store.read_range(session, fan.seq() + 1, head.seq).map_err(|e| e.to_string())?;
+        let mut bodies = Vec::with_capacity((head.seq - fan.seq()) as usize);
+        for e in entries {
+            let e = e.map_err(|e| e.to_string())?;
+            let (_, body) = Envelope::open(&e.envelope).map_err(|err| format!("entry {}: {err}", e.seq))?;
+            bodies.push((e.seq, body));
+        }
+        fan.handle_committed(bodies.iter().map(|(seq, body)| (*seq, body))).map_err(|e| e.to_string())
     }
 
-    /// Sends the deltas after the viewer's resume point when they are all still kept and fit
-    /// its queue. False when it needs a snapshot instead.
-    fn resume(&mut self, v: &mut Slot) -> bool {
-        let from = v.options.resume_seq;
-        if from == 0 || v.options.interest || from > self.p.seq() {
-            return false;
-        }
-        let frames: Vec<Vec<u8>> = if from == self.p.seq() {
-            // Already current: an empty delta confirms the state hash.
-            let d = Delta {
-                session: self.p.session(),
-                from_seq: from,
-                to_seq: from,
-                state_hash: self.p.state_hash(),
-                spawned: vec![],
-                upserts: vec![],
-                removals: vec![],
-                despawned: vec![],
-                descriptors: vec![],
-            };
-            vec![Message::Delta(d).encode()]
-        } else {
-            let Some(start) = self.recent.iter().position(|(f, _, _)| *f == from) else { return false };
-            let kept: Vec<_> = self.recent.iter().skip(start).collect();
-            let chained = kept.windows(2).all(|w| w[0].1 == w[1].0);
-            if !chained || kept.last().map(|k| k.1) != Some(self.p.seq()) || kept.len() + 2 > v.tx.capacity() {
-                return false;
-            }
-            kept.into_iter().map(|(_, _, p)| p.clone()).collect()
-        };
-        if !self.ensure_dictionary(v) {
-            return false;
-        }
-        for f in frames {
-            let payload = self.encode(v, f);
-            if v.tx.try_send(payload).is_err() {
-                return false;
-            }
-        }
-        v.resync = false;
-        v.described = true;
-        self.hub.resumes.fetch_add(1, Relaxed);
-        true
-    }
-
-    /// Sends a fresh snapshot if the viewer's queue has room for all of it.
-    fn try_snapshot(&mut self, v: &mut Slot) {
-        // A snapshot has at least one chunk: skip building it while the queue is (nearly) full.
-        if v.tx.capacity() < 3 {
+    fn add_counts(&self, c: Counts) {
+        if c == Counts::default() {
             return;
         }
-        let chunk = match v.options.max_chunk_bytes {
-            0 => DEFAULT_CHUNK_BYTES,
-            n => n.min(DEFAULT_CHUNK_BYTES),
-        };
-        let chunks = if v.options.interest {
-            match v.view.as_mut() {
-                Some(view) => view.snapshot(&self.p, chunk),
-                // No area yet: an empty projection at the current seq.
-                None => self.p.snapshot(chunk, Some(&Default::default())),
-            }
-        } else {
-            self.p.snapshot(chunk, None)
-        };
-        if v.tx.capacity() < chunks.len() + 2 || !self.ensure_dictionary(v) {
-            return;
-        }
-        for c in chunks {
-            let payload = self.encode(v, Message::SnapshotChunk(c).encode());
-            if v.tx.try_send(payload).is_err() {
-                return;
-            }
-        }
-        v.resync = false;
-        v.described = false;
-        v.area_moved = false;
+        self.deltas_sent.fetch_add(c.deltas, Relaxed);
+        self.resyncs.fetch_add(c.resyncs, Relaxed);
+        self.raw_bytes.fetch_add(c.raw_bytes, Relaxed);
+        self.compressed_bytes.fetch_add(c.compressed_bytes, Relaxed);
+        self.dictionaries.fetch_add(c.dictionaries, Relaxed);
+        self.resumes.fetch_add(c.resumes, Relaxed);
     }
 }

@@ -14,14 +14,14 @@ use std::time::Duration;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
-use theta_client::frame::{self, Decoder};
+use theta_live::frame::{self, Decoder};
 use theta_schemas::wire::{Capabilities, CommandReceipt, WireError};
 use theta_schemas::{Envelope, MAX_ENVELOPE_BYTES, Message};
 use theta_store::{AppendError, Store};
 use tokio::sync::mpsc;
 
 use std::sync::atomic::Ordering::Relaxed;
-use theta_client::compress;
+use theta_live::compress;
 use theta_schemas::SessionId;
 
 /// The ALPN protocol id.
@@ -190,7 +190,7 @@ pub fn server_capabilities() -> Capabilities {
 /// is passed on and ends the stream.
 async fn read_frames(
     mut stream: quinn::RecvStream,
-    tx: mpsc::Sender<Result<Vec<u8>, theta_client::frame::FrameError>>,
+    tx: mpsc::Sender<Result<Vec<u8>, theta_live::frame::FrameError>>,
     stats: Arc<crate::metrics::ConnectionStats>,
 ) {
     let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);

@@ -9,8 +9,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use theta_client::webrtc::{COMMANDS, CONTROL, REPLICATION, drain_channel, read_channel, write_channel};
 use theta_store::Store;
+use theta_transport::{COMMANDS, CONTROL, REPLICATION, drain_channel, read_channel, write_channel};
 use tokio::sync::mpsc;
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
@@ -207,7 +207,7 @@ impl WebRtcEndpoint {
             .with_handler(handler.clone())
             .with_runtime(runtime)
             .with_udp_addrs(self.config.udp_addrs.clone())
-            .with_data_channel_send_buffer_limit(theta_client::webrtc::SEND_BUFFER_BYTES)
+            .with_data_channel_send_buffer_limit(theta_transport::SEND_BUFFER_BYTES)
             .build()
             .await
             .map_err(|e| peer(&e))?;

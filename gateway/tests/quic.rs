@@ -951,9 +951,10 @@ async fn idle_live_session_threads_retire_and_restart() {
     let (store, owner, _editor, _viewer) = session_with_editor_and_viewer(dir.path());
     let hub = LiveHub::with_idle_retire(store.clone(), Duration::from_millis(200));
     let first_frame = |mut sub: theta_gateway::live::Subscription| async move {
-        tokio::time::timeout(Duration::from_secs(5), sub.frames.recv())
+        tokio::time::timeout(Duration::from_secs(5), sub.next())
             .await
             .expect("a frame in time")
+            .expect("no failure")
             .expect("a frame")
     };
     let sub = hub.subscribe_with(S, ViewerOptions::default()).unwrap();
@@ -986,4 +987,76 @@ async fn idle_live_session_threads_retire_and_restart() {
         other => panic!("{other:?}"),
     }
     assert_eq!(hub.session_failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+/// A session's live thread that fails mid-stream tells its viewers (close code 8 with the
+/// reason); the client reconnects by itself, a new thread serves it, and its mirror follows
+/// the edits made after the failure to the server's state hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_live_thread_tells_its_viewers_and_they_recover() {
+    use theta_client::compress::ZSTD_STREAM;
+    use theta_client::quic::{Client, Event};
+    use theta_schemas::components::Transform;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _owner, editor, viewer) = session_with_editor_and_viewer(dir.path());
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let server = serve_quic(store.clone(), "127.0.0.1:0".parse().unwrap(), identity, 2_000).unwrap();
+    let mut ed = Client::connect(client_options(&server, &editor, &[], false)).await.unwrap();
+    let mut vw = Client::connect(client_options(&server, &viewer, &[ZSTD_STREAM], false)).await.unwrap();
+    let n = ComponentId::NONE;
+    // Edits, then waits until the viewer's mirror holds the head.
+    async fn edit_and_follow(ed: &mut Client, vw: &mut Client, store: &Store, from: f32) -> Vec<String> {
+        for i in 0..10 {
+            let t = Transform { translation: [from + i as f32, 1.0, 0.0], ..Transform::default() };
+            ed.submit(1, Transform::id(), 0, Command::SetTransform(t)).await.unwrap();
+        }
+        let mut receipts = 0;
+        while receipts < 10 {
+            if let Event::Receipt(_) =
+                tokio::time::timeout(Duration::from_secs(10), ed.next_event()).await.unwrap().unwrap()
+            {
+                receipts += 1;
+            }
+        }
+        let head = store.head(&S).unwrap().seq;
+        let mut restarts = Vec::new();
+        while vw.mirror().is_none_or(|m| m.seq() < head) {
+            match tokio::time::timeout(Duration::from_secs(10), vw.next_event()).await.expect("viewer events").unwrap()
+            {
+                Event::Restarted { reason } => restarts.push(reason),
+                Event::Resynced { reason } => panic!("resynced: {reason}"),
+                _ => {}
+            }
+        }
+        restarts
+    }
+    ed.submit(1, n, 0, Command::CreateEntity { shape: Shape::Cube, name: "c".into(), parent: 0 }).await.unwrap();
+    assert!(edit_and_follow(&mut ed, &mut vw, &store, 0.0).await.is_empty());
+    // The session's thread fails; its viewers (the editor's connection is one too) are told
+    // with the reason, and reconnect.
+    server.hub.fail_session(S, "injected read failure");
+    for client in [&mut vw, &mut ed] {
+        let reason = loop {
+            match tokio::time::timeout(Duration::from_secs(10), client.next_event())
+                .await
+                .expect("the failure is reported")
+                .unwrap()
+            {
+                Event::Restarted { reason } => break reason,
+                Event::Resynced { reason } => panic!("resynced: {reason}"),
+                _ => {}
+            }
+        };
+        assert!(reason.contains("injected read failure") && reason.contains("reconnect"), "{reason}");
+        assert_eq!(client.telemetry().reconnects, 1);
+    }
+    assert_eq!(server.hub.session_failures.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // A new thread serves the same session: later edits reach the mirror, which matches.
+    assert!(edit_and_follow(&mut ed, &mut vw, &store, 100.0).await.is_empty());
+    let head = store.head(&S).unwrap().seq;
+    let want = theta_gateway::history::project(&store, &S, head).unwrap().projection.state_hash();
+    assert_eq!(vw.mirror().unwrap().state_hash(), want);
+    assert_eq!(server.hub.session_threads(), 1);
+    server.shutdown().await;
 }

@@ -51,8 +51,8 @@ pub use config::{Admission, Durability, StoreConfig, VerifyOnOpen};
 pub use error::{AppendError, ConflictReason, OpenError, ReadError, RejectionCode};
 pub use metrics::MetricsSnapshot;
 pub use store::{
-    CommitListener, Entries, FORMAT_VERSION, Head, ImportError, InclusionProof, Receipt, Rejection, Session,
-    SignedTreeHead, Store, TREE_HEAD_DOMAIN,
+    CommandListener, CommitListener, Committed, Entries, FORMAT_VERSION, Head, ImportError, InclusionProof, Receipt,
+    Rejection, Session, SignedTreeHead, Store, TREE_HEAD_DOMAIN,
 };
 
 /// The machine's cores, read once (the standard library reads the cgroup files at every call).

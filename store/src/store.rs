@@ -212,6 +212,9 @@ struct Shared {
     service_key: SigningKey,
     closing: AtomicBool,
     listeners: RwLock<Vec<CommitListener>>,
+    command_listeners: RwLock<Vec<CommandListener>>,
+    /// A command listener exists: the committer keeps each accepted command's decoded body.
+    wants_commands: AtomicBool,
     /// Durable entries go to the indexer thread (`index`).
     indexer: std::sync::Mutex<Option<std::sync::mpsc::Sender<IndexJob>>>,
     /// A write or flush failed: nothing more is written until the store is reopened.
@@ -222,6 +225,20 @@ struct Shared {
 
 /// Called by the commit thread with the new heads of the sessions a durable commit changed.
 pub type CommitListener = Arc<dyn Fn(&[Head]) + Send + Sync>;
+
+/// What one durable commit added to one session: its new head and the accepted commands,
+/// already decoded, so a reader can fold them without reading the log back.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The session's head after the commit.
+    pub head: Head,
+    /// `(seq, body)` of the commands appended, in seq order. Empty for an import (restored
+    /// entries): read those from the log.
+    pub commands: Arc<[(u64, theta_schemas::CommandBody)]>,
+}
+
+/// Called by the commit thread with every durable commit's decoded commands, per session.
+pub type CommandListener = Arc<dyn Fn(&[Committed]) + Send + Sync>;
 
 /// Calls its callback exactly once: with the outcome, or with `ShuttingDown` if dropped.
 struct Responder(Option<Box<dyn FnOnce(Result<Receipt, AppendError>) + Send>>);
@@ -435,6 +452,8 @@ impl Store {
             service_key,
             closing: AtomicBool::new(false),
             listeners: RwLock::new(Vec::new()),
+            command_listeners: RwLock::new(Vec::new()),
+            wants_commands: AtomicBool::new(false),
             indexer: std::sync::Mutex::new(Some(index_tx)),
             failed: AtomicBool::new(false),
             blocks: Arc::new(blocks::BlockCache::new(config_block_cache)),
@@ -607,6 +626,14 @@ impl Store {
     /// flusher's, or the committer's): keep it short (send to a channel).
     pub fn add_commit_listener(&self, f: impl Fn(&[Head]) + Send + Sync + 'static) {
         self.shared.listeners.write().expect("listener lock").push(Arc::new(f));
+    }
+
+    /// Adds a function told about every durable commit with its accepted commands, decoded
+    /// (the verify workers decoded them already). It runs on a store thread: keep it short.
+    /// Commits made before it was added are not repeated.
+    pub fn add_command_listener(&self, f: impl Fn(&[Committed]) + Send + Sync + 'static) {
+        self.shared.command_listeners.write().expect("listener lock").push(Arc::new(f));
+        self.shared.wants_commands.store(true, Relaxed);
     }
 
     /// The store's telemetry.
@@ -1424,8 +1451,13 @@ impl Committer {
         if let Some(state) = session.and_then(|s| self.states.get_mut(&s)) {
             state.finish(&mut batch, &config, false);
         }
-        let group =
-            Group { outcomes: Vec::new(), heads: Vec::new(), indexed: BTreeMap::new(), imported: Some((reply, n, 0)) };
+        let group = Group {
+            outcomes: Vec::new(),
+            heads: Vec::new(),
+            indexed: BTreeMap::new(),
+            commands: BTreeMap::new(),
+            imported: Some((reply, n, 0)),
+        };
         self.send(group, batch, failed);
     }
 
@@ -1535,6 +1567,8 @@ impl Committer {
         let mut trail_touched = BTreeSet::new();
         let mut outcomes = Vec::with_capacity(group.len());
         let mut indexed: BTreeMap<SessionId, Vec<(u64, AuthorKey, EntityId)>> = BTreeMap::new();
+        let keep_commands = self.shared.wants_commands.load(Relaxed);
+        let mut commands: BTreeMap<SessionId, Vec<(u64, theta_schemas::CommandBody)>> = BTreeMap::new();
         for (checked, reply, submitted) in group {
             let Checked { mut bytes, result, origin } = checked;
             let (author, session, result) = match result {
@@ -1545,10 +1579,14 @@ impl Committer {
                     } else {
                         self.append_one(&body, &mut bytes, now, &mut batch, &mut touched)
                     };
+                    let (author, session) = (body.author, body.session);
                     if let Ok(a) = &r {
-                        indexed.entry(body.session).or_default().push((a.seq, body.author, body.entity));
+                        indexed.entry(session).or_default().push((a.seq, author, body.entity));
+                        if keep_commands {
+                            commands.entry(session).or_default().push((a.seq, body));
+                        }
                     }
-                    (Some(body.author), Some(body.session), r.map(|a| (body.session, a)))
+                    (Some(author), Some(session), r.map(|a| (session, a)))
                 }
             };
             if let Err(e) = &result {
@@ -1575,7 +1613,7 @@ impl Committer {
             state.finish(&mut batch, &config, false);
         }
         let heads: Vec<Head> = touched.iter().map(|s| head_of(&self.states[s])).collect();
-        self.send(Group { outcomes, heads, indexed, imported: None }, batch, failed);
+        self.send(Group { outcomes, heads, indexed, commands, imported: None }, batch, failed);
     }
 
     /// Applies a group's writes and sends it on: to the flusher (`Sync`), or answered now.
@@ -1653,6 +1691,7 @@ impl Committer {
             outcomes: Vec::new(),
             heads: vec![head_of(&state)],
             indexed: BTreeMap::from([(session, indexed)]),
+            commands: BTreeMap::new(),
             imported: Some((reply, n, n - before)),
         };
         self.states.insert(session, state);
@@ -1671,6 +1710,8 @@ struct Group {
     outcomes: Vec<Outcome>,
     heads: Vec<Head>,
     indexed: BTreeMap<SessionId, Vec<(u64, AuthorKey, EntityId)>>,
+    /// The accepted commands per session, decoded (kept only while a command listener exists).
+    commands: BTreeMap<SessionId, Vec<(u64, theta_schemas::CommandBody)>>,
     /// An import's reply, the head after it and the entries it added.
     imported: Option<(ImportReply, u64, u64)>,
 }
@@ -1714,7 +1755,7 @@ fn flush_loop(shared: Arc<Shared>, rx: Receiver<Flush>) {
 /// Answers a group whose writes are durable (`Ok`) or failed: publishes its heads (never moving
 /// a head back), tells the listeners and the indexer, and sends every reply.
 fn complete(shared: &Shared, group: Group, durable: Result<(), String>) {
-    let Group { outcomes, heads, indexed, imported } = group;
+    let Group { outcomes, heads, indexed, mut commands, imported } = group;
     let mut roots: HashMap<SessionId, (u64, Hash)> = HashMap::new();
     if durable.is_ok() {
         let mut fresh = Vec::with_capacity(heads.len());
@@ -1730,6 +1771,19 @@ fn complete(shared: &Shared, group: Group, durable: Result<(), String>) {
             }
         }
         if !fresh.is_empty() {
+            let command_listeners = shared.command_listeners.read().expect("listener lock").clone();
+            if !command_listeners.is_empty() {
+                let committed: Vec<Committed> = fresh
+                    .iter()
+                    .map(|h| Committed {
+                        head: h.clone(),
+                        commands: commands.remove(&h.session).unwrap_or_default().into(),
+                    })
+                    .collect();
+                for f in command_listeners {
+                    f(&committed);
+                }
+            }
             let listeners = shared.listeners.read().expect("listener lock").clone();
             for f in listeners {
                 f(&fresh);

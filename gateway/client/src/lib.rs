@@ -1,12 +1,10 @@
-//! The live protocol's shared core, without I/O: length-prefixed framing with a size guard,
-//! and the handshake state machines of both sides.
+//! The live client: QUIC, and WebRTC as the fallback, over the I/O-free core of `theta-live`
+//! (framing, handshake, compression and the mirror, re-exported here for the viewers and
+//! scripted editors that use this crate).
 //!
-//! Time and randomness come in as arguments, so both are deterministic and testable; the
-//! QUIC and WebRTC transports drive them. This crate never depends on the store or the server
-//! side, so viewers and scripted editors can use it.
+//! This crate never depends on the store or the server side.
 
-pub mod compress;
-pub mod frame;
-pub mod handshake;
+pub use theta_live::{compress, frame, handshake, mirror};
+
 pub mod quic;
 pub mod webrtc;

@@ -15,14 +15,15 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
-use theta_projector::{Assembler, Projection};
+use theta_projector::Projection;
 use theta_schemas::signing::author_key;
 use theta_schemas::wire::{Capabilities, CommandReceipt, Heartbeat, Interest, Stats, Welcome, WireError};
-use theta_schemas::{Command, CommandBody, ComponentId, EntityId, Envelope, MAX_ENVELOPE_BYTES, Message, SessionId};
+use theta_schemas::{Command, CommandBody, ComponentId, EntityId, Envelope, Message, SessionId};
 
-use crate::compress::Decompressor;
-use crate::frame::{self, Decoder};
-use crate::handshake::{ClientHandshake, ClientStep, HandshakeError};
+use crate::frame;
+use crate::handshake::{ClientHandshake, ClientStep, CloseCode, HandshakeError};
+use crate::mirror::{Mirror, MirrorError, Synced};
+use theta_transport::read_quic;
 
 /// The ALPN protocol id.
 pub const ALPN: &[u8] = b"theta/1";
@@ -85,9 +86,6 @@ pub enum ClientError {
     /// The server sent bad framing or bytes.
     #[error("protocol: {0}")]
     Protocol(String),
-    /// The mirror diverged from the server (state hash mismatch).
-    #[error("mirror out of sync: {0}")]
-    OutOfSync(String),
 }
 
 fn conn_err(e: impl std::fmt::Display) -> ClientError {
@@ -116,6 +114,12 @@ pub enum Event {
     /// over a new connection.
     Resynced {
         /// Why.
+        reason: String,
+    },
+    /// The server's live stream of the session failed (close code 8); the client reconnected,
+    /// keeping its mirror, and the server resumes it from its seq.
+    Restarted {
+        /// The server's reason.
         reason: String,
     },
 }
@@ -210,44 +214,6 @@ impl Drop for Link {
     }
 }
 
-/// Feeds one received chunk through the framing decoder into `tx`; false when the channel
-/// must stop (a framing error, passed on, or a closed receiver).
-pub async fn deliver(
-    decoder: &mut Decoder,
-    chunk: &[u8],
-    tx: &mpsc::Sender<Result<Vec<u8>, crate::frame::FrameError>>,
-    bytes: &AtomicU64,
-) -> bool {
-    bytes.fetch_add(chunk.len() as u64, Relaxed);
-    match decoder.push(chunk) {
-        Ok(frames) => {
-            for f in frames {
-                if tx.send(Ok(f)).await.is_err() {
-                    return false;
-                }
-            }
-            true
-        }
-        Err(e) => {
-            let _ = tx.send(Err(e)).await;
-            false
-        }
-    }
-}
-
-async fn read_quic(
-    mut stream: quinn::RecvStream,
-    tx: mpsc::Sender<Result<Vec<u8>, crate::frame::FrameError>>,
-    bytes: Arc<AtomicU64>,
-) {
-    let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
-    while let Ok(Some(chunk)) = stream.read_chunk(MAX_ENVELOPE_BYTES, true).await {
-        if !deliver(&mut decoder, &chunk.bytes, &tx, &bytes).await {
-            return;
-        }
-    }
-}
-
 /// A connected, handshaken client.
 pub struct Client {
     options: Options,
@@ -256,9 +222,7 @@ pub struct Client {
     key: SigningKey,
     session: SessionId,
     lamport: u64,
-    assembler: Assembler,
-    mirror: Option<Projection>,
-    decompressor: Decompressor,
+    mirror: Mirror,
     interest: Option<Interest>,
     telemetry: Telemetry,
 }
@@ -278,9 +242,7 @@ impl Client {
             welcome,
             key: o.key.clone(),
             session: o.session,
-            assembler: Assembler::new(),
-            mirror: None,
-            decompressor: Decompressor::new(),
+            mirror: Mirror::new(),
             interest: None,
             options: o,
         })
@@ -290,7 +252,7 @@ impl Client {
     /// mirror: the server sends the deltas after the mirror's seq when it still has them,
     /// otherwise a fresh snapshot. The area of interest is restated.
     pub async fn reconnect(&mut self) -> Result<(), ClientError> {
-        let resume = self.mirror.as_ref().map_or(0, |m| m.seq());
+        let resume = self.mirror.seq();
         self.reopen(resume).await
     }
 
@@ -301,7 +263,7 @@ impl Client {
 
     /// Drops the mirror and reconnects for a fresh snapshot.
     pub async fn resync(&mut self) -> Result<(), ClientError> {
-        self.mirror = None;
+        self.mirror.clear();
         self.telemetry.resyncs += 1;
         self.reopen(0).await
     }
@@ -314,8 +276,7 @@ impl Client {
         self.telemetry.bytes_out += self.link.bytes_out.load(Relaxed);
         self.telemetry.transport = link.transport;
         (self.link, self.welcome) = (link, welcome);
-        self.assembler = Assembler::new();
-        self.decompressor = Decompressor::new();
+        self.mirror.new_connection();
         self.telemetry.reconnects += 1;
         if let Some(i) = self.interest {
             self.send_control(Message::Interest(i)).await?;
@@ -347,7 +308,7 @@ impl Client {
         let mut t = self.telemetry.clone();
         t.bytes_in += self.link.bytes_in.load(Relaxed);
         t.bytes_out += self.link.bytes_out.load(Relaxed);
-        t.compressed_bytes = (self.decompressor.compressed_bytes, self.decompressor.raw_bytes);
+        t.compressed_bytes = self.mirror.compression();
         t
     }
 
@@ -358,7 +319,7 @@ impl Client {
 
     /// The mirror world, once the first snapshot has arrived.
     pub fn mirror(&self) -> Option<&Projection> {
-        self.mirror.as_ref()
+        self.mirror.projection()
     }
 
     /// Signs and sends a command with the next Lamport timestamp and a fresh random nonce;
@@ -411,6 +372,10 @@ impl Client {
                             self.lamport = self.lamport.max(r.lamport);
                             return Ok(Event::Receipt(r));
                         }
+                        Message::Error(e) if e.nonce == 0 && e.code == CloseCode::LiveRestart as u32 => {
+                            self.reconnect().await?;
+                            return Ok(Event::Restarted { reason: e.reason });
+                        }
                         Message::Error(e) => return Ok(Event::Rejected(e)),
                         Message::Heartbeat(h) if h.echo_us != 0 => {
                             let rtt = Duration::from_micros(now_us().saturating_sub(h.echo_us));
@@ -433,48 +398,29 @@ impl Client {
                     let bytes = frame
                         .ok_or_else(|| ClientError::Connection("replication channel closed".into()))?
                         .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                    let Some(bytes) = self.decompressor.open(bytes).map_err(|e| ClientError::Protocol(e.to_string()))? else {
-                        continue; // a dictionary
-                    };
-                    match self.on_replication(&bytes) {
-                        Ok(Some(event)) => return Ok(event),
+                    match self.mirror.handle_frame(bytes) {
+                        Ok(Some(synced)) => {
+                            let (seq, snapshot) = match synced {
+                                Synced::Snapshot { seq } => {
+                                    self.telemetry.snapshots += 1;
+                                    (seq, true)
+                                }
+                                Synced::Delta { seq } => {
+                                    self.telemetry.deltas += 1;
+                                    (seq, false)
+                                }
+                            };
+                            return Ok(Event::Synced { seq, snapshot });
+                        }
                         Ok(None) => {}
-                        Err(ClientError::OutOfSync(reason)) => {
+                        Err(MirrorError::OutOfSync(reason)) => {
                             self.resync().await?;
                             return Ok(Event::Resynced { reason });
                         }
-                        Err(e) => return Err(e),
+                        Err(MirrorError::Protocol(e)) => return Err(ClientError::Protocol(e)),
                     }
                 }
             }
-        }
-    }
-
-    fn on_replication(&mut self, bytes: &[u8]) -> Result<Option<Event>, ClientError> {
-        match Message::decode(bytes).map_err(|e| ClientError::Protocol(e.to_string()))? {
-            Message::SnapshotChunk(c) => {
-                if c.chunk_index == 0 {
-                    self.assembler = Assembler::new();
-                }
-                match self.assembler.add(c).map_err(|e| ClientError::OutOfSync(e.to_string()))? {
-                    Some(p) => {
-                        let seq = p.seq();
-                        self.telemetry.snapshots += 1;
-                        self.mirror = Some(p);
-                        self.assembler = Assembler::new();
-                        Ok(Some(Event::Synced { seq, snapshot: true }))
-                    }
-                    None => Ok(None),
-                }
-            }
-            Message::Delta(d) => {
-                let mirror =
-                    self.mirror.as_mut().ok_or_else(|| ClientError::Protocol("delta before any snapshot".into()))?;
-                mirror.apply_delta(&d).map_err(|e| ClientError::OutOfSync(e.to_string()))?;
-                self.telemetry.deltas += 1;
-                Ok(Some(Event::Synced { seq: d.to_seq, snapshot: false }))
-            }
-            other => Err(ClientError::Protocol(format!("unexpected {other:?} on the replication stream"))),
         }
     }
 }

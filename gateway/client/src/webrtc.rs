@@ -4,11 +4,9 @@
 //! the gateway, answered with the SDP answer (docs/PROTOCOL.md, "WebRTC").
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use theta_schemas::MAX_ENVELOPE_BYTES;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
@@ -16,19 +14,12 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState, RTCSessionDescription,
 };
 
-use crate::frame::{self, Decoder};
-use crate::quic::{ClientError, Link, Options, deliver};
+use crate::quic::{ClientError, Link, Options};
 
-/// Data channel labels.
-pub const CONTROL: &str = "control";
-/// The server → client channel with snapshots and deltas.
-pub const REPLICATION: &str = "replication";
-/// The client → server channel with signed commands.
-pub const COMMANDS: &str = "commands";
-/// Bytes a data channel may hold unacknowledged before `send` waits (both ends). Without a
-/// limit a slow peer's backlog would pile up inside SCTP, unseen; with it, it stays in the
-/// viewer's queue, where the server notices it and resyncs the viewer with a snapshot.
-pub const SEND_BUFFER_BYTES: usize = 256 * 1024;
+pub use theta_transport::{
+    COMMANDS, CONTROL, REPLICATION, SEND_BUFFER_BYTES, drain_channel, read_channel, write_channel,
+};
+
 /// Largest signalling body accepted, bytes.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
 
@@ -78,62 +69,6 @@ pub async fn http_post(url: &str, body: &[u8]) -> Result<Vec<u8>, ClientError> {
     }
     Ok(body)
 }
-
-/// Forwards a data channel's messages through the framing decoder into `tx`, counting bytes.
-/// Used by both ends (the gateway passes its connection's counter).
-pub async fn read_channel(
-    dc: Arc<dyn DataChannel>,
-    tx: mpsc::Sender<Result<Vec<u8>, crate::frame::FrameError>>,
-    bytes: impl std::ops::Deref<Target = AtomicU64>,
-) {
-    let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
-    while let Some(event) = dc.poll().await {
-        match event {
-            DataChannelEvent::OnMessage(m) if !deliver(&mut decoder, &m.data, &tx, &bytes).await => return,
-            DataChannelEvent::OnClose => return,
-            _ => {}
-        }
-    }
-}
-
-/// Consumes the events of a channel this end only writes to (buffered-amount and state events).
-/// A connection delivers the events of all its channels in one stream: events left unread on
-/// one channel fill its queue and hold back the messages of the others.
-pub async fn drain_channel(dc: Arc<dyn DataChannel>) {
-    while let Some(event) = dc.poll().await {
-        if matches!(event, DataChannelEvent::OnClose) {
-            return;
-        }
-    }
-}
-
-/// Writes payloads framed on a data channel, several frames per message when they queue up.
-pub async fn write_channel(
-    dc: Arc<dyn DataChannel>,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    bytes: impl std::ops::Deref<Target = AtomicU64>,
-) {
-    // Frames waiting together travel as one message (up to 64 KiB bytes): a data channel
-    // message costs far more than its bytes.
-    while let Some(first) = rx.recv().await {
-        let mut batch = BytesMut::from(&frame::encode(&first)[..]);
-        while batch.len() < BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) => batch.extend_from_slice(&frame::encode(&p)),
-                Err(_) => break,
-            }
-        }
-        let n = batch.len() as u64;
-        if dc.send(batch).await.is_err() {
-            return;
-        }
-        bytes.fetch_add(n, Relaxed);
-    }
-}
-
-/// Largest batch of frames sent as one data channel message, bytes (a frame larger than this
-/// still goes alone).
-const BATCH_BYTES: usize = 64 * 1024;
 
 /// A peer connection with the three channels open and nothing else (for tools and tests that
 /// speak the protocol themselves).

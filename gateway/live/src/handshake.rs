@@ -45,6 +45,9 @@ pub enum CloseCode {
     Timeout = 6,
     /// A message that does not decode, or not the one expected now.
     ProtocolViolation = 7,
+    /// After the welcome: the server's live stream of the session failed and is restarted;
+    /// reconnect (the mirror resumes from its seq).
+    LiveRestart = 8,
 }
 
 /// Why the server refused a handshake.

@@ -1,7 +1,7 @@
 //! Compression of replication frames: every mode round-trips real deltas, and hostile
 //! compressed frames get typed errors.
 
-use theta_client::compress::{self, CompressError, Decompressor, STREAM, StreamCompressor, Trainer};
+use theta_live::compress::{self, CompressError, Decompressor, STREAM, StreamCompressor, Trainer};
 use theta_schemas::components::Transform;
 use theta_schemas::ids::ComponentMeta;
 use theta_schemas::wire::{ComponentValue, Compressed, Delta, Dictionary};

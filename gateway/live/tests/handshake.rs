@@ -1,8 +1,8 @@
 //! The handshake state machines and the framing, driven by hand (no I/O).
 
 use ed25519_dalek::SigningKey;
-use theta_client::frame::{self, Decoder, FrameError};
-use theta_client::handshake::{
+use theta_live::frame::{self, Decoder, FrameError};
+use theta_live::handshake::{
     ClientHandshake, ClientStep, CloseCode, HandshakeError, Reject, ServerHandshake, ServerStep,
 };
 use theta_schemas::wire::{Capabilities, Hello};
