@@ -1,5 +1,6 @@
 //! End-to-end tests of the `theta` command, as a user runs it.
 
+mod architecture;
 mod browser;
 mod cli;
 mod store;
