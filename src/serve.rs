@@ -28,6 +28,7 @@
 //! max_streams_per_key = 16       # streaming gRPC reads open at once per key
 //! max_half_open_per_address = 32 # live handshakes open at once per IP address
 //! max_connections_per_address = 256 # live connections per IP address
+//! live_visibility = "confirmed"  # confirmed (durable only) | ordered (once sequenced)
 //! ```
 
 use std::net::SocketAddr;
@@ -127,6 +128,11 @@ pub struct ServeArgs {
     /// Live connections one IP address may have open at once [default: 256].
     #[arg(long, env = "THETA_MAX_CONNECTIONS_PER_ADDRESS", value_name = "N")]
     max_connections_per_address: Option<usize>,
+    /// When live viewers see a command: `confirmed` (once durable: what they see survives any
+    /// crash) or `ordered` (once sequenced, a flush sooner; a crash can take back what they saw,
+    /// and they then resync to the durable head) [default: confirmed].
+    #[arg(long, env = "THETA_LIVE_VISIBILITY", value_name = "confirmed|ordered")]
+    live_visibility: Option<String>,
 }
 
 /// The TOML file's shape.
@@ -157,6 +163,7 @@ struct FileConfig {
     max_streams_per_key: Option<usize>,
     max_half_open_per_address: Option<usize>,
     max_connections_per_address: Option<usize>,
+    live_visibility: Option<String>,
 }
 
 /// A key given as 64 hex digits of a public key, or as a `theta keygen` file.
@@ -300,6 +307,10 @@ impl ServeArgs {
         if checkpoint_every_entries == 0 {
             bail!("checkpoint_every must be positive");
         }
+        let live_visibility = match self.live_visibility.or(file.live_visibility) {
+            Some(v) => v.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+            None => d.live_visibility,
+        };
         Ok(ServeConfig {
             data_dir: self.data.or(file.data).unwrap_or(d.data_dir),
             grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(d.grpc_addr),
@@ -312,6 +323,7 @@ impl ServeArgs {
             checkpoint_every_entries,
             access,
             addresses,
+            live_visibility,
             ..d
         })
     }

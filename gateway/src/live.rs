@@ -166,6 +166,31 @@ pub const PENDING_COMMANDS: usize = 65_536;
 /// How long a session thread with no viewers lives on, by default.
 pub const IDLE_RETIRE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// When viewers see a command (the operator's choice, `theta serve --live-visibility`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Visibility {
+    /// Only durable entries: what a viewer sees survives any crash. Its latency includes the
+    /// store's flush.
+    #[default]
+    Confirmed,
+    /// Entries as soon as the store has sequenced them, before their flush: a flush's time
+    /// sooner, but a crash (or a failed flush) can take back what a viewer saw; after it,
+    /// viewers resync to the durable head (their resume seq is beyond it, so they get a
+    /// snapshot).
+    Ordered,
+}
+
+impl std::str::FromStr for Visibility {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Visibility, String> {
+        match s {
+            "confirmed" => Ok(Visibility::Confirmed),
+            "ordered" => Ok(Visibility::Ordered),
+            other => Err(format!("live visibility {other:?}: expected confirmed or ordered")),
+        }
+    }
+}
+
 /// The live projections of watched sessions.
 pub struct LiveHub {
     store: Arc<Store>,
@@ -200,6 +225,12 @@ impl LiveHub {
 
     /// [`LiveHub::new`], with session threads retired after `idle` without viewers.
     pub fn with_idle_retire(store: Arc<Store>, idle: std::time::Duration) -> Arc<LiveHub> {
+        LiveHub::with_options(store, idle, Visibility::Confirmed)
+    }
+
+    /// A hub over `store` whose viewers see commands as `visibility` says, with session threads
+    /// retired after `idle` without viewers.
+    pub fn with_options(store: Arc<Store>, idle: std::time::Duration, visibility: Visibility) -> Arc<LiveHub> {
         let hub = Arc::new(LiveHub {
             idle_retire: idle,
             store: store.clone(),
@@ -214,31 +245,61 @@ impl LiveHub {
             dictionaries: AtomicU64::new(0),
             resumes: AtomicU64::new(0),
         });
+        // Each commit's decoded commands go straight to the session's thread: nothing is read
+        // back from the log or decoded again on the live path. In `Ordered` mode they come once
+        // sequenced.
         let weak = Arc::downgrade(&hub);
-        // Each durable commit's decoded commands go straight to the session's thread: nothing
-        // is read back from the log or decoded again on the live path.
-        store.add_command_listener(move |commits| {
-            let Some(hub) = weak.upgrade() else { return };
-            let sessions = hub.sessions.lock().expect("live sessions lock");
-            for c in commits {
-                let Some(handle) = sessions.get(&c.head.session) else { continue };
-                {
-                    let mut pending = handle.commits.lock().expect("live commits lock");
-                    if pending.commands + c.commands.len() > PENDING_COMMANDS {
-                        pending.batches.clear();
-                        pending.commands = 0;
-                        pending.overflowed = true;
-                    } else {
-                        pending.commands += c.commands.len();
-                        pending.batches.push(c.clone());
-                    }
+        match visibility {
+            Visibility::Confirmed => store.add_command_listener(move |commits| {
+                if let Some(hub) = weak.upgrade() {
+                    hub.hand_over(commits.iter());
                 }
-                if !handle.commit_pending.swap(true, Relaxed) {
-                    let _ = handle.tx.send(Cmd::Commit);
+            }),
+            Visibility::Ordered => {
+                let sequenced = weak.clone();
+                store.add_sequenced_listener(move |commits| {
+                    if let Some(hub) = sequenced.upgrade() {
+                        hub.hand_over(commits.iter());
+                    }
+                });
+                // Durable heads only: they let a thread that missed sequenced commits (made
+                // before it started, or imports) read them back once they are durable.
+                store.add_command_listener(move |commits| {
+                    if let Some(hub) = weak.upgrade() {
+                        let heads: Vec<Committed> = commits
+                            .iter()
+                            .map(|c| Committed { head: c.head.clone(), commands: Arc::new([]) })
+                            .collect();
+                        hub.hand_over(heads.iter());
+                    }
+                });
+            }
+        }
+        hub
+    }
+
+    /// Gives commits to their sessions' threads (sessions nobody watches are skipped).
+    fn hand_over<'a>(&self, commits: impl Iterator<Item = &'a Committed>) {
+        let sessions = self.sessions.lock().expect("live sessions lock");
+        for c in commits {
+            let Some(handle) = sessions.get(&c.head.session) else { continue };
+            {
+                let mut pending = handle.commits.lock().expect("live commits lock");
+                // Bounded by commands, and by batches (head-only ones count as one).
+                let cost = c.commands.len().max(1);
+                if pending.commands + cost > PENDING_COMMANDS {
+                    pending.batches.clear();
+                    pending.commands = 0;
+                    pending.overflowed = true;
+                } else {
+                    pending.commands += cost;
+                    pending.batches.push(c.clone());
                 }
             }
-        });
-        hub
+            if !handle.commit_pending.swap(true, Relaxed) {
+                let _ = handle.tx.send(Cmd::Commit);
+            }
+        }
     }
 
     /// Subscribes a viewer to a session: frame payloads (snapshot chunks, then deltas) arrive

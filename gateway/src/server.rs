@@ -69,6 +69,8 @@ pub struct ServeConfig {
     pub access: crate::auth::AccessConfig,
     /// Per-address limits on live connections (see [`crate::peers`]).
     pub addresses: crate::peers::AddressConfig,
+    /// When live viewers see a command (see [`crate::live::Visibility`]). Default `Confirmed`.
+    pub live_visibility: crate::live::Visibility,
 }
 
 impl Default for ServeConfig {
@@ -88,6 +90,7 @@ impl Default for ServeConfig {
             webrtc: Some(crate::webrtc::WebRtcConfig::default()),
             access: crate::auth::AccessConfig::default(),
             addresses: crate::peers::AddressConfig::default(),
+            live_visibility: crate::live::Visibility::Confirmed,
         }
     }
 }
@@ -240,7 +243,7 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
 
     let mut background = Vec::new();
     // One live hub fans out to viewers on every transport.
-    let hub = crate::live::LiveHub::new(store.clone());
+    let hub = crate::live::LiveHub::with_options(store.clone(), crate::live::IDLE_RETIRE, config.live_visibility);
     obs.attach_live(hub.clone());
     // One set of per-address limits for both live transports.
     let limits = crate::peers::AddressLimits::new(config.addresses);

@@ -1060,3 +1060,93 @@ async fn a_failed_live_thread_tells_its_viewers_and_they_recover() {
     assert_eq!(server.hub.session_threads(), 1);
     server.shutdown().await;
 }
+
+/// `ordered` visibility: a viewer sees an entry once it is sequenced, before it is durable. When
+/// it never becomes durable (its flush fails, then the power goes), the server restarts on what
+/// was durable and the viewer, reconnecting with a seq beyond the durable head, is resynced to
+/// it with a snapshot whose state hash matches. `confirmed` never shows such an entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_visibility_shows_sequenced_entries_and_a_crash_resyncs_viewers_to_the_durable_head() {
+    use theta_client::quic::{Client, Event};
+    use theta_gateway::live::{IDLE_RETIRE, LiveHub, Visibility};
+    use theta_gateway::peers::{AddressConfig, AddressLimits};
+    use theta_schemas::components::Transform;
+    use theta_store::backend::PowerLossBackend;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() };
+    let service_key = SigningKey::from_bytes(&[9; 32]);
+    let backend = Arc::new(PowerLossBackend::new());
+    let store = Arc::new(Store::with_backend(backend.clone(), config.clone(), service_key.clone()).unwrap());
+    let (owner, viewer) = (SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[3; 32]));
+    let n = ComponentId::NONE;
+    store.append(&sign(&owner, 1, 0, n, Command::CreateSession { name: "ordered".into() })).unwrap();
+    store.append(&sign(&owner, 2, 0, n, Command::GrantRole { key: author_key(&viewer), role: Role::Viewer })).unwrap();
+    store
+        .append(&sign(&owner, 3, 1, n, Command::CreateEntity { shape: Shape::Cube, name: "c".into(), parent: 0 }))
+        .unwrap();
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let start = |store: Arc<Store>, addr: std::net::SocketAddr, visibility: Visibility| {
+        let obs = Arc::new(theta_gateway::metrics::Observability::default());
+        let hub = LiveHub::with_options(store.clone(), IDLE_RETIRE, visibility);
+        obs.attach_live(hub.clone());
+        let limits = AddressLimits::new(AddressConfig::default());
+        let identity = load_or_create_identity(dir.path()).unwrap();
+        theta_gateway::quic::serve_quic_on(store, hub, addr, identity, 2_000, obs, limits).unwrap()
+    };
+    drop(identity);
+    let server = start(store.clone(), "127.0.0.1:0".parse().unwrap(), Visibility::Ordered);
+    let addr = server.addr;
+    let mut vw = Client::connect(client_options(&server, &viewer, &[], false)).await.unwrap();
+    let follow = async |vw: &mut Client, seq: u64| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while vw.mirror().is_none_or(|m| m.seq() != seq) {
+            tokio::time::timeout_at(deadline, vw.next_event())
+                .await
+                .unwrap_or_else(|_| panic!("the mirror did not reach seq {seq}: at {:?}", vw.mirror().map(|m| m.seq())))
+                .unwrap();
+        }
+    };
+    follow(&mut vw, 3).await;
+    // Flushes fail from now on: the next entry is sequenced but never durable, and its append
+    // is refused; the viewer sees it all the same.
+    backend.fail_flushes(1_000_000);
+    let moved = Transform { translation: [5.0, 1.0, 0.0], ..Transform::default() };
+    let refused = store.append(&sign(&owner, 4, 1, Transform::id(), Command::SetTransform(moved)));
+    assert!(matches!(refused, Err(theta_store::AppendError::Storage(_))), "{refused:?}");
+    follow(&mut vw, 4).await;
+    assert_eq!(store.head(&S).unwrap().seq, 3, "seq 4 is not durable");
+    // The power goes: a server on what was durable, at the same address.
+    server.shutdown().await;
+    drop(store);
+    let backend = Arc::new(backend.power_loss());
+    let store = Arc::new(Store::with_backend(backend.clone(), config, service_key).unwrap());
+    assert_eq!(store.head(&S).unwrap().seq, 3);
+    let server = start(store.clone(), addr, Visibility::Confirmed);
+    // The viewer resumes from seq 4, beyond the durable head: it gets a snapshot at seq 3.
+    vw.reconnect().await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), vw.next_event()).await.expect("a snapshot").unwrap() {
+            Event::Synced { seq, snapshot: true } => {
+                assert_eq!(seq, 3);
+                break;
+            }
+            Event::Synced { seq, snapshot: false } => panic!("a delta to seq {seq} instead of a snapshot"),
+            _ => {}
+        }
+    }
+    let want = theta_gateway::history::project(&store, &S, 3).unwrap().projection.state_hash();
+    assert_eq!(vw.mirror().unwrap().state_hash(), want);
+    // This server is `confirmed`: an entry whose flush fails is never shown.
+    backend.fail_flushes(1_000_000);
+    let refused = store.append(&sign(&owner, 5, 1, Transform::id(), Command::SetTransform(moved)));
+    assert!(matches!(refused, Err(theta_store::AppendError::Storage(_))), "{refused:?}");
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            vw.next_event().await.unwrap();
+        }
+    })
+    .await;
+    assert_eq!(vw.mirror().unwrap().seq(), 3, "confirmed mode showed an entry that is not durable");
+    server.shutdown().await;
+}

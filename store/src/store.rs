@@ -213,7 +213,10 @@ struct Shared {
     closing: AtomicBool,
     listeners: RwLock<Vec<CommitListener>>,
     command_listeners: RwLock<Vec<CommandListener>>,
-    /// A command listener exists: the committer keeps each accepted command's decoded body.
+    /// Told about commands once sequenced (applied, not yet durable).
+    sequenced_listeners: RwLock<Vec<CommandListener>>,
+    /// A command or sequenced listener exists: the committer keeps each accepted command's
+    /// decoded body.
     wants_commands: AtomicBool,
     /// Durable entries go to the indexer thread (`index`).
     indexer: std::sync::Mutex<Option<std::sync::mpsc::Sender<IndexJob>>>,
@@ -453,6 +456,7 @@ impl Store {
             closing: AtomicBool::new(false),
             listeners: RwLock::new(Vec::new()),
             command_listeners: RwLock::new(Vec::new()),
+            sequenced_listeners: RwLock::new(Vec::new()),
             wants_commands: AtomicBool::new(false),
             indexer: std::sync::Mutex::new(Some(index_tx)),
             failed: AtomicBool::new(false),
@@ -633,6 +637,16 @@ impl Store {
     /// Commits made before it was added are not repeated.
     pub fn add_command_listener(&self, f: impl Fn(&[Committed]) + Send + Sync + 'static) {
         self.shared.command_listeners.write().expect("listener lock").push(Arc::new(f));
+        self.shared.wants_commands.store(true, Relaxed);
+    }
+
+    /// Adds a function told about every appended group's commands as soon as they are
+    /// sequenced: written to the backend in order, before the flush that makes them durable.
+    /// What it is told may still be lost (a failed flush, a crash before it); nobody got a
+    /// receipt for it yet. Imports are not reported here. It runs on the commit thread, on the
+    /// path of every append: keep it very short.
+    pub fn add_sequenced_listener(&self, f: impl Fn(&[Committed]) + Send + Sync + 'static) {
+        self.shared.sequenced_listeners.write().expect("listener lock").push(Arc::new(f));
         self.shared.wants_commands.store(true, Relaxed);
     }
 
@@ -1613,6 +1627,7 @@ impl Committer {
             state.finish(&mut batch, &config, false);
         }
         let heads: Vec<Head> = touched.iter().map(|s| head_of(&self.states[s])).collect();
+        let commands = commands.into_iter().map(|(s, c)| (s, c.into())).collect();
         self.send(Group { outcomes, heads, indexed, commands, imported: None }, batch, failed);
     }
 
@@ -1628,6 +1643,22 @@ impl Committer {
                 return complete(&self.shared, group, Err(e.to_string()));
             }
         };
+        if !group.commands.is_empty() {
+            let sequenced = self.shared.sequenced_listeners.read().expect("listener lock").clone();
+            if !sequenced.is_empty() {
+                let committed: Vec<Committed> = group
+                    .heads
+                    .iter()
+                    .filter_map(|h| {
+                        let commands = group.commands.get(&h.session)?.clone();
+                        Some(Committed { head: h.clone(), commands })
+                    })
+                    .collect();
+                for f in sequenced {
+                    f(&committed);
+                }
+            }
+        }
         match self.shared.config.durability {
             // Flushed on the flusher thread while this one builds the next group.
             Durability::Sync => {
@@ -1711,7 +1742,7 @@ struct Group {
     heads: Vec<Head>,
     indexed: BTreeMap<SessionId, Vec<(u64, AuthorKey, EntityId)>>,
     /// The accepted commands per session, decoded (kept only while a command listener exists).
-    commands: BTreeMap<SessionId, Vec<(u64, theta_schemas::CommandBody)>>,
+    commands: BTreeMap<SessionId, Arc<[(u64, theta_schemas::CommandBody)]>>,
     /// An import's reply, the head after it and the entries it added.
     imported: Option<(ImportReply, u64, u64)>,
 }
@@ -1775,10 +1806,7 @@ fn complete(shared: &Shared, group: Group, durable: Result<(), String>) {
             if !command_listeners.is_empty() {
                 let committed: Vec<Committed> = fresh
                     .iter()
-                    .map(|h| Committed {
-                        head: h.clone(),
-                        commands: commands.remove(&h.session).unwrap_or_default().into(),
-                    })
+                    .map(|h| Committed { head: h.clone(), commands: commands.remove(&h.session).unwrap_or_default() })
                     .collect();
                 for f in command_listeners {
                     f(&committed);

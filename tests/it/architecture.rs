@@ -53,6 +53,9 @@ fn the_documented_crate_graph_is_the_declared_one() {
             .and_then(|d| d.as_table())
             .map(|d| d.keys().filter(|k| k.starts_with("theta-")).cloned().collect())
             .unwrap_or_default();
-        assert_eq!(declared, deps, "{name}'s dependencies on our crates: {folder}/Cargo.toml against docs/ARCHITECTURE.md");
+        assert_eq!(
+            declared, deps,
+            "{name}'s dependencies on our crates: {folder}/Cargo.toml against docs/ARCHITECTURE.md"
+        );
     }
 }
