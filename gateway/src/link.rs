@@ -127,7 +127,7 @@ pub async fn drive(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>
         max_chunk_bytes: accepted.capabilities.max_chunk_bytes as usize,
     };
     let viewer = hub.subscribe_with(accepted.session, options).ok();
-    let viewer_id = viewer.as_ref().map(|v| v.id);
+    let interest = viewer.as_ref().map(|v| v.interest());
     if let Some(mut sub) = viewer {
         let _ = stats.viewer.set(sub.stats.clone());
         let (stats, out, close) = (stats.clone(), control_out.clone(), close.clone());
@@ -213,12 +213,10 @@ pub async fn drive(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>
                     break;
                 }
             }
-            Ok(Message::Interest(i)) if viewer_id.is_some() && options.interest => {
-                hub.set_interest(
-                    accepted.session,
-                    viewer_id.expect("viewer"),
-                    Area { center: i.center, radius: i.radius },
-                );
+            Ok(Message::Interest(i)) if interest.is_some() && options.interest => {
+                if let Some(handle) = &interest {
+                    handle.set(Area { center: i.center, radius: i.radius });
+                }
             }
             _ => {
                 obs.protocol_violation();

@@ -78,7 +78,7 @@ pub struct LiveFailure(pub String);
 
 /// A viewer's subscription.
 pub struct Subscription {
-    /// Viewer id within the hub (for [`LiveHub::set_interest`]).
+    /// Viewer id within the hub.
     pub id: u64,
     frames: mpsc::Receiver<Vec<u8>>,
     /// The viewer's counters.
@@ -89,6 +89,8 @@ pub struct Subscription {
     /// The fan-out holds more frames for this viewer than the hand-off did.
     backlog: Arc<AtomicBool>,
     failure: Arc<OnceLock<String>>,
+    /// The latest area not yet taken by the session thread.
+    area: Arc<Mutex<Option<Area>>>,
 }
 
 impl Subscription {
@@ -117,12 +119,36 @@ impl Subscription {
     pub fn queued(&self) -> usize {
         self.frames.len()
     }
+
+    /// The handle that moves this viewer's area of interest.
+    pub fn interest(&self) -> InterestHandle {
+        InterestHandle { id: self.id, area: self.area.clone(), wake: self.wake.clone() }
+    }
+}
+
+/// Moves a viewer's area of interest. Moves coalesce: however often a client sends one, the
+/// session thread has at most one to take, the latest.
+#[derive(Clone)]
+pub struct InterestHandle {
+    id: u64,
+    area: Arc<Mutex<Option<Area>>>,
+    wake: std_mpsc::Sender<Cmd>,
+}
+
+impl InterestHandle {
+    /// Sets (or moves) the area; the entities entering and leaving it are sent at once.
+    pub fn set(&self, area: Area) {
+        if self.area.lock().expect("interest lock").replace(area).is_none() {
+            let _ = self.wake.send(Cmd::Interest(self.id));
+        }
+    }
 }
 
 enum Cmd {
     Commit,
     Subscribe(Box<ViewerLink>),
-    Interest(u64, Area),
+    /// The viewer's latest area is in its slot.
+    Interest(u64),
     Drained(u64),
     /// Makes the thread fail as a read error would (fault injection for tests).
     Fail(String),
@@ -137,6 +163,7 @@ struct ViewerLink {
     drained_pending: Arc<AtomicBool>,
     backlog: Arc<AtomicBool>,
     failure: Arc<OnceLock<String>>,
+    area: Arc<Mutex<Option<Area>>>,
 }
 
 /// A watched session's thread, as the hub reaches it.
@@ -316,6 +343,7 @@ impl LiveHub {
         let drained_pending = Arc::new(AtomicBool::new(false));
         let backlog = Arc::new(AtomicBool::new(false));
         let failure = Arc::new(OnceLock::new());
+        let area = Arc::new(Mutex::new(None));
         let link = ViewerLink {
             id,
             options,
@@ -324,15 +352,10 @@ impl LiveHub {
             drained_pending: drained_pending.clone(),
             backlog: backlog.clone(),
             failure: failure.clone(),
+            area: area.clone(),
         };
         let wake = self.to_session(session, Cmd::Subscribe(Box::new(link)));
-        Ok(Subscription { id, frames: rx, stats, wake, drained_pending, backlog, failure })
-    }
-
-    /// Sets (or moves) an interest-managed viewer's area; the entities entering and leaving it
-    /// are sent at once.
-    pub fn set_interest(self: &Arc<Self>, session: SessionId, viewer: u64, area: Area) {
-        self.to_session(session, Cmd::Interest(viewer, area));
+        Ok(Subscription { id, frames: rx, stats, wake, drained_pending, backlog, failure, area })
     }
 
     /// Makes the session's thread (if one runs) fail as a read error would: its viewers'
@@ -451,7 +474,12 @@ impl LiveHub {
                         fan.handle_subscribe(link.id, link.options);
                         viewers.insert(link.id, *link);
                     }
-                    Cmd::Interest(id, area) => fan.handle_interest(id, area),
+                    Cmd::Interest(id) => {
+                        let area = viewers.get(&id).and_then(|v| v.area.lock().expect("interest lock").take());
+                        if let Some(area) = area {
+                            fan.handle_interest(id, area);
+                        }
+                    }
                     Cmd::Drained(id) => {
                         if let Some(v) = viewers.get(&id) {
                             v.drained_pending.store(false, SeqCst);
