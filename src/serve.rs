@@ -465,6 +465,22 @@ mod tests {
         // A small-order key is no admin.
         let weak = "0100000000000000000000000000000000000000000000000000000000000000";
         assert!(resolve(&["--admin", weak]).is_err());
+        let e = resolve(&["--live-visibility", "eventually"]).unwrap_err();
+        assert!(e.to_string().contains("expected confirmed or ordered"), "{e}");
+    }
+
+    #[test]
+    fn live_visibility_is_confirmed_unless_chosen() {
+        use theta_gateway::live::Visibility;
+        assert_eq!(resolve(&[]).unwrap().live_visibility, Visibility::Confirmed);
+        assert_eq!(resolve(&["--live-visibility", "ordered"]).unwrap().live_visibility, Visibility::Ordered);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("theta.toml");
+        std::fs::write(&file, "live_visibility = \"ordered\"\n").unwrap();
+        let f = resolve(&["--config", file.to_str().unwrap()]).unwrap();
+        assert_eq!(f.live_visibility, Visibility::Ordered);
+        let g = resolve(&["--config", file.to_str().unwrap(), "--live-visibility", "confirmed"]).unwrap();
+        assert_eq!(g.live_visibility, Visibility::Confirmed);
     }
 
     #[test]
