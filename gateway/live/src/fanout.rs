@@ -309,14 +309,15 @@ impl FanOut {
     /// The next frame for viewer `id`, if any. When its queue has drained and it waits for a
     /// resync, the snapshot is queued here.
     pub fn poll_frame(&mut self, id: u64) -> Option<Vec<u8>> {
+        let v = self.viewers.get_mut(&id)?;
+        let frame = Viewer::pop(v);
+        if !(v.resync && v.queue.is_empty()) {
+            return frame;
+        }
+        // The rare path: the snapshot is built with the fan-out borrowed whole.
         let mut v = self.viewers.remove(&id)?;
-        let mut frame = Viewer::pop(&mut v);
-        if v.resync && v.queue.is_empty() {
-            self.try_snapshot(&mut v);
-        }
-        if frame.is_none() {
-            frame = Viewer::pop(&mut v);
-        }
+        self.try_snapshot(&mut v);
+        let frame = frame.or_else(|| Viewer::pop(&mut v));
         self.viewers.insert(id, v);
         frame
     }
