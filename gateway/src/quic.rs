@@ -14,14 +14,17 @@ use std::time::Duration;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
-use theta_live::frame::{self, Decoder};
+use theta_live::frame;
 use theta_schemas::wire::{Capabilities, CommandReceipt, WireError};
-use theta_schemas::{Envelope, MAX_ENVELOPE_BYTES, Message};
+use theta_schemas::{Envelope, Message};
 use theta_store::{AppendError, Store};
+use theta_transport::read_quic;
 use tokio::sync::mpsc;
 
 use std::sync::atomic::Ordering::Relaxed;
 use theta_live::compress;
+
+use crate::webrtc::bytes_in;
 use theta_schemas::SessionId;
 
 /// The ALPN protocol id.
@@ -186,32 +189,6 @@ pub fn server_capabilities() -> Capabilities {
     }
 }
 
-/// Reads framed payloads from a QUIC receive stream into `tx`, counting bytes; a framing error
-/// is passed on and ends the stream.
-async fn read_frames(
-    mut stream: quinn::RecvStream,
-    tx: mpsc::Sender<Result<Vec<u8>, theta_live::frame::FrameError>>,
-    stats: Arc<crate::metrics::ConnectionStats>,
-) {
-    let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
-    while let Ok(Some(chunk)) = stream.read_chunk(MAX_ENVELOPE_BYTES, true).await {
-        stats.bytes_in.fetch_add(chunk.bytes.len() as u64, Relaxed);
-        match decoder.push(&chunk.bytes) {
-            Ok(frames) => {
-                for f in frames {
-                    if tx.send(Ok(f)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        }
-    }
-}
-
 /// Writes each payload framed on a QUIC send stream, counting bytes.
 async fn write_frames(
     mut stream: quinn::SendStream,
@@ -246,7 +223,7 @@ async fn connection(
     let (control_out, control_out_rx) = mpsc::channel(1_024);
     let (replication_out, mut replication_rx) = mpsc::channel::<Vec<u8>>(4);
     let mut tasks = vec![
-        tokio::spawn(read_frames(control_rx, control_in_tx, stats.clone())),
+        tokio::spawn(read_quic(control_rx, control_in_tx, bytes_in(&stats))),
         tokio::spawn(write_frames(control_tx, control_out_rx, stats.clone())),
     ];
     {
@@ -271,7 +248,7 @@ async fn connection(
         let (conn, stats) = (conn.clone(), stats.clone());
         tasks.push(tokio::spawn(async move {
             while let Ok(stream) = conn.accept_uni().await {
-                tokio::spawn(read_frames(stream, commands_in_tx.clone(), stats.clone()));
+                tokio::spawn(read_quic(stream, commands_in_tx.clone(), bytes_in(&stats)));
             }
         }));
     }

@@ -133,8 +133,8 @@ impl Handler {
     }
 }
 
-/// One of a connection's byte counters, owned (for the shared channel pumps).
-struct Counter(Arc<ConnectionStats>, fn(&ConnectionStats) -> &std::sync::atomic::AtomicU64);
+/// One of a connection's byte counters, owned (for the shared stream and channel pumps).
+pub(crate) struct Counter(Arc<ConnectionStats>, fn(&ConnectionStats) -> &std::sync::atomic::AtomicU64);
 
 impl std::ops::Deref for Counter {
     type Target = std::sync::atomic::AtomicU64;
@@ -143,7 +143,7 @@ impl std::ops::Deref for Counter {
     }
 }
 
-fn bytes_in(stats: &Arc<ConnectionStats>) -> Counter {
+pub(crate) fn bytes_in(stats: &Arc<ConnectionStats>) -> Counter {
     Counter(stats.clone(), |s| &s.bytes_in)
 }
 

@@ -50,7 +50,11 @@ pub async fn deliver(decoder: &mut Decoder, chunk: &[u8], tx: &mpsc::Sender<Rece
 }
 
 /// Forwards a QUIC stream's bytes through the framing decoder into `tx`, counting bytes.
-pub async fn read_quic(mut stream: quinn::RecvStream, tx: mpsc::Sender<Received>, bytes: Arc<AtomicU64>) {
+pub async fn read_quic(
+    mut stream: quinn::RecvStream,
+    tx: mpsc::Sender<Received>,
+    bytes: impl std::ops::Deref<Target = AtomicU64>,
+) {
     let mut decoder = Decoder::new(MAX_ENVELOPE_BYTES);
     while let Ok(Some(chunk)) = stream.read_chunk(MAX_ENVELOPE_BYTES, true).await {
         if !deliver(&mut decoder, &chunk.bytes, &tx, &bytes).await {
