@@ -132,6 +132,7 @@ impl Server {
                 interest_management: false,
                 max_chunk_bytes: 0,
                 datagrams: false,
+                compact_deltas: false,
             },
             transport: Default::default(),
             webrtc_signal: None,

@@ -438,6 +438,7 @@ async fn connect_live(a: &ViewArgs, session: SessionId) -> anyhow::Result<Client
             interest_management: false,
             max_chunk_bytes: 0,
             datagrams: false,
+            compact_deltas: false,
         },
         transport: match a.transport.as_str() {
             "webrtc" => TransportChoice::WebRtc,

@@ -1,12 +1,15 @@
 //! Live streaming on loopback: editors sending transform updates at 90 Hz, viewers mirroring
 //! the session, over QUIC or WebRTC. Measures editor submit → viewer applied latency (p50,
-//! p99), entries appended per second, bytes per viewer per second for each encoding and with
-//! interest management, and how many viewers one server carries before p99 crosses one VR
-//! frame (11.1 ms). The server runs on its own runtime (half the CPUs), the clients on the other.
+//! p99) under each live visibility (confirmed, ordered), the editors' own submit → receipt
+//! latency and the store's acknowledgement histogram beside it, entries appended per second,
+//! and bytes per viewer per second for each encoding, with compact deltas and with interest
+//! management. The server runs on its own runtime (half the CPUs), the clients on the other.
 //!
-//! `cargo bench -p theta-gateway --bench live` (`THETA_BENCH_SECS`, default 5 per run;
-//! `THETA_BENCH_ONLY=quic|webrtc`, `THETA_BENCH_SCALE=0` to skip the viewer sweep,
-//! `THETA_BENCH_EDITORS` / `THETA_BENCH_VIEWERS` to change the counts).
+//! `cargo bench -p theta-gateway --bench live` runs the visibility and bytes table (16 and 100
+//! viewers). `THETA_BENCH_SECS` (default 5 per run); `THETA_BENCH_SET=full` adds the other
+//! encodings, interest management, WebRTC and a viewer sweep until p99 crosses one VR frame
+//! (11.1 ms); `THETA_BENCH_ONLY=quic|webrtc`; `THETA_BENCH_EDITORS` / `THETA_BENCH_VIEWERS`
+//! change the counts.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -98,6 +101,9 @@ struct Run {
     resyncs: u64,
     ack_p50_ms: f64,
     ack_p99_ms: f64,
+    /// The editors' submit → receipt latency.
+    receipt_p50_ms: f64,
+    receipt_p99_ms: f64,
 }
 
 /// A quantile of the store's append acknowledgement histogram (bucket upper bounds), ms.
@@ -122,6 +128,8 @@ struct Setup {
     viewers: usize,
     compression: &'static [&'static str],
     interest: bool,
+    compact: bool,
+    visibility: theta_gateway::live::Visibility,
 }
 
 async fn run(
@@ -137,6 +145,7 @@ async fn run(
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
         http_addr: Some("127.0.0.1:0".parse().unwrap()),
         quic_addr: Some("127.0.0.1:0".parse().unwrap()),
+        live_visibility: setup.visibility,
         ..theta_gateway::ServeConfig::default()
     };
     // The server runs on its own runtime (its own worker threads), as it would in its own
@@ -148,28 +157,32 @@ async fn run(
     let mut pin = [0u8; 32];
     hex::decode_to_slice(server.quic_fingerprint.as_ref().unwrap(), &mut pin).unwrap();
     let signal = server.webrtc_signal.clone();
-    let options = |k: SigningKey, compression: &[&str], interest: bool, transport: TransportChoice| Options {
-        server: server.quic_addr.unwrap(),
-        server_name: "localhost".into(),
-        trust: Trust::Fingerprint(pin),
-        key: k,
-        session: S,
-        capabilities: Capabilities {
-            compression: compression.iter().map(|s| s.to_string()).collect(),
-            interest_management: interest,
-            max_chunk_bytes: 0,
-            datagrams: false,
-        },
-        transport,
-        webrtc_signal: signal.clone(),
-    };
+    let options =
+        |k: SigningKey, compression: &[&str], interest: bool, compact: bool, transport: TransportChoice| Options {
+            server: server.quic_addr.unwrap(),
+            server_name: "localhost".into(),
+            trust: Trust::Fingerprint(pin),
+            key: k,
+            session: S,
+            capabilities: Capabilities {
+                compression: compression.iter().map(|s| s.to_string()).collect(),
+                interest_management: interest,
+                max_chunk_bytes: 0,
+                datagrams: false,
+                compact_deltas: compact,
+            },
+            transport,
+            webrtc_signal: signal.clone(),
+        };
     let stop = Arc::new(AtomicBool::new(false));
     // Viewers: connect, take the snapshot, then record when each seq is applied.
     let mut viewers = Vec::new();
     let viewers_n = std::env::var("THETA_BENCH_VIEWERS").ok().and_then(|v| v.parse().ok()).unwrap_or(setup.viewers);
     for _ in 0..viewers_n {
         let mut c =
-            Client::connect(options(key(1_000), setup.compression, setup.interest, setup.transport)).await.unwrap();
+            Client::connect(options(key(1_000), setup.compression, setup.interest, setup.compact, setup.transport))
+                .await
+                .unwrap();
         if setup.interest {
             c.set_interest([0.0, 0.0, 0.0], 40.0).await.unwrap();
         }
@@ -202,6 +215,7 @@ async fn run(
     // Let the viewers take their snapshots.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let submitted: Arc<Mutex<HashMap<u64, Instant>>> = Default::default();
+    let receipts: Arc<Mutex<Vec<f64>>> = Default::default();
     let mut editors = Vec::new();
     // Every editor connects first; the paced run starts for all of them at once.
     let (start_tx, start_rx) = tokio::sync::watch::channel(false);
@@ -209,8 +223,9 @@ async fn run(
     let editors_n: u32 =
         std::env::var("THETA_BENCH_EDITORS").ok().and_then(|v| v.parse().ok()).unwrap_or(EDITORS as u32);
     for i in 1..=editors_n.min(EDITORS as u32) {
-        let mut c = Client::connect(options(key(i), &[], false, setup.editors)).await.unwrap();
+        let mut c = Client::connect(options(key(i), &[], false, false, setup.editors)).await.unwrap();
         let submitted = submitted.clone();
+        let receipts = receipts.clone();
         let stop = stop.clone();
         let mut start = start_rx.clone();
         editors.push(tokio::spawn(async move {
@@ -240,6 +255,7 @@ async fn run(
                     }
                     Ok(Ok(Event::Receipt(r))) => {
                         if let Some(at) = pending.remove(&r.nonce) {
+                            receipts.lock().unwrap().push(at.elapsed().as_secs_f64() * 1e3);
                             submitted.lock().unwrap().insert(r.seq, at);
                         }
                     }
@@ -286,12 +302,17 @@ async fn run(
     }
     let ack = store.metrics().ack_latency;
     server_rt.spawn(server.shutdown()).await.unwrap();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
+    };
+    let mut receipts = receipts.lock().unwrap().clone();
     let per = |b: u64| b as f64 / viewers_n.max(1) as f64 / secs;
     Run {
-        p50_ms: pct(0.50).unwrap_or(f64::NAN),
-        p99_ms: pct(0.99).unwrap_or(f64::NAN),
+        p50_ms: pct(&mut lat, 0.50),
+        p99_ms: pct(&mut lat, 0.99),
+        receipt_p50_ms: pct(&mut receipts, 0.50),
+        receipt_p99_ms: pct(&mut receipts, 0.99),
         samples: lat.len(),
         commands,
         appended,
@@ -305,6 +326,7 @@ async fn run(
 }
 
 fn main() {
+    use theta_gateway::live::Visibility::{Confirmed, Ordered};
     let secs: f64 = std::env::var("THETA_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     // Half the CPUs serve, half run the clients (at least one worker each).
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -321,91 +343,45 @@ fn main() {
         EDITORS as u64 * ENTITIES_PER_EDITOR
     );
     println!(
-        "| viewers' transport | editors' transport | viewers | encoding | interest | commands/s | appended/s | latency p50 | latency p99 | store ack p50 / p99 (≤ bucket) | bytes/viewer/s | raw bytes/viewer/s | resyncs |"
+        "| visibility | viewers' transport | editors' transport | viewers | encoding | interest | commands/s | appended/s | viewer p50 | viewer p99 | receipt p50 / p99 | store ack p50 / p99 (≤ bucket) | bytes/viewer/s | raw bytes/viewer/s | resyncs |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let quic = TransportChoice::Quic;
+    let webrtc = TransportChoice::WebRtc;
+    let setup = |visibility, viewers, compression: &'static [&'static str], compact| Setup {
+        transport: quic,
+        editors: quic,
+        viewers,
+        compression,
+        interest: false,
+        compact,
+        visibility,
+    };
+    // The visibility and bytes table: plain deltas, zstd-stream, zstd-stream with compact deltas,
+    // each visibility at 16 and 100 viewers.
     let mut configs = vec![
-        Setup {
-            transport: TransportChoice::Quic,
-            editors: TransportChoice::Quic,
-            viewers: 16,
-            compression: &[],
-            interest: false,
-        },
-        Setup {
-            transport: TransportChoice::Quic,
-            editors: TransportChoice::Quic,
-            viewers: 16,
-            compression: &[ZSTD],
-            interest: false,
-        },
-        Setup {
-            transport: TransportChoice::Quic,
-            editors: TransportChoice::Quic,
-            viewers: 16,
-            compression: &[ZSTD_DICT, ZSTD],
-            interest: false,
-        },
-        Setup {
-            transport: TransportChoice::Quic,
-            editors: TransportChoice::Quic,
-            viewers: 16,
-            compression: &[ZSTD_STREAM],
-            interest: false,
-        },
-        Setup {
-            transport: TransportChoice::Quic,
-            editors: TransportChoice::Quic,
-            viewers: 16,
-            compression: &[],
-            interest: true,
-        },
-        Setup {
-            transport: TransportChoice::Quic,
-            editors: TransportChoice::Quic,
-            viewers: 16,
-            compression: &[ZSTD_STREAM],
-            interest: true,
-        },
-        // The same workload with WebRTC viewers (editors on QUIC), then editors on WebRTC too.
-        Setup {
-            transport: TransportChoice::WebRtc,
-            editors: TransportChoice::Quic,
-            viewers: 16,
-            compression: &[],
-            interest: false,
-        },
-        Setup {
-            transport: TransportChoice::WebRtc,
-            editors: TransportChoice::Quic,
-            viewers: 16,
-            compression: &[ZSTD_STREAM],
-            interest: false,
-        },
-        Setup {
-            transport: TransportChoice::WebRtc,
-            editors: TransportChoice::WebRtc,
-            viewers: 16,
-            compression: &[],
-            interest: false,
-        },
-        Setup {
-            transport: TransportChoice::Quic,
-            editors: TransportChoice::WebRtc,
-            viewers: 16,
-            compression: &[],
-            interest: false,
-        },
+        setup(Confirmed, 16, &[], false),
+        setup(Confirmed, 16, &[ZSTD_STREAM], false),
+        setup(Confirmed, 16, &[ZSTD_STREAM], true),
+        setup(Ordered, 16, &[], false),
+        setup(Ordered, 16, &[ZSTD_STREAM], true),
+        setup(Confirmed, 100, &[ZSTD_STREAM], true),
+        setup(Ordered, 100, &[ZSTD_STREAM], true),
     ];
-    if std::env::var("THETA_BENCH_SCALE").map_or(true, |v| v != "0") {
+    if std::env::var("THETA_BENCH_SET").is_ok_and(|v| v == "full") {
+        configs.extend([
+            setup(Confirmed, 16, &[ZSTD], false),
+            setup(Confirmed, 16, &[ZSTD_DICT, ZSTD], false),
+            Setup { interest: true, ..setup(Confirmed, 16, &[], false) },
+            Setup { interest: true, ..setup(Confirmed, 16, &[ZSTD_STREAM], false) },
+            // The same workload with WebRTC viewers (editors on QUIC), then editors on WebRTC too.
+            Setup { transport: webrtc, ..setup(Confirmed, 16, &[], false) },
+            Setup { transport: webrtc, ..setup(Confirmed, 16, &[ZSTD_STREAM], false) },
+            Setup { transport: webrtc, editors: webrtc, ..setup(Confirmed, 16, &[], false) },
+            Setup { editors: webrtc, ..setup(Confirmed, 16, &[], false) },
+        ]);
         for v in [32, 64, 128, 256] {
-            configs.push(Setup {
-                transport: TransportChoice::Quic,
-                editors: TransportChoice::Quic,
-                viewers: v,
-                compression: &[ZSTD_STREAM],
-                interest: false,
-            });
+            configs.push(setup(Ordered, v, &[ZSTD_STREAM], true));
         }
     }
     // THETA_BENCH_ONLY=webrtc|quic: only the runs where viewers or editors use that transport.
@@ -417,12 +393,15 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let store = make_store(dir.path());
         let r = rt.block_on(run(server_rt.handle().clone(), store.clone(), dir.path(), setup, secs));
-        let encoding = match setup.compression.first() {
-            None => "raw",
-            Some(k) => k,
+        let encoding = match (setup.compression.first(), setup.compact) {
+            (None, false) => "raw".to_string(),
+            (None, true) => "compact".to_string(),
+            (Some(k), false) => k.to_string(),
+            (Some(k), true) => format!("{k} + compact"),
         };
+        let visibility = if setup.visibility == Ordered { "ordered" } else { "confirmed" };
         println!(
-            "| {} | {} | {} | {encoding} | {} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.0} | {:.0} | {} |   ({} samples)",
+            "| {visibility} | {} | {} | {} | {encoding} | {} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.0} | {:.0} | {} |   ({} samples)",
             name(setup.transport),
             name(setup.editors),
             r.viewers,
@@ -431,6 +410,8 @@ fn main() {
             r.appended as f64 / secs,
             r.p50_ms,
             r.p99_ms,
+            r.receipt_p50_ms,
+            r.receipt_p99_ms,
             r.ack_p50_ms,
             r.ack_p99_ms,
             r.bytes_per_viewer_s,
@@ -438,7 +419,7 @@ fn main() {
             r.resyncs,
             r.samples
         );
-        if setup.viewers > 16 && r.p99_ms > 11.1 {
+        if setup.viewers > 100 && r.p99_ms > 11.1 {
             println!("p99 crossed 11.1 ms at {} viewers", setup.viewers);
             break;
         }

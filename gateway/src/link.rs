@@ -125,6 +125,7 @@ pub async fn drive(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>
         interest: accepted.capabilities.interest_management,
         resume_seq: accepted.resume_seq,
         max_chunk_bytes: accepted.capabilities.max_chunk_bytes as usize,
+        compact: accepted.capabilities.compact_deltas,
     };
     let viewer = hub.subscribe_with(accepted.session, options).ok();
     let interest = viewer.as_ref().map(|v| v.interest());

@@ -183,6 +183,8 @@ struct SessionHandle {
 struct Pending {
     batches: Vec<Committed>,
     commands: usize,
+    /// The highest durable head seen (ordered visibility; sequenced batches run ahead of it).
+    durable: u64,
     /// Commits were dropped (the thread fell [`PENDING_COMMANDS`] behind): it reads the log.
     overflowed: bool,
 }
@@ -203,7 +205,7 @@ pub enum Visibility {
     /// Entries as soon as the store has sequenced them, before their flush: a flush's time
     /// sooner, but a crash (or a failed flush) can take back what a viewer saw; after it,
     /// viewers resync to the durable head (their resume seq is beyond it, so they get a
-    /// snapshot).
+    /// snapshot). Their deltas say from which seq on the entries are not yet durable.
     Ordered,
 }
 
@@ -221,6 +223,7 @@ impl std::str::FromStr for Visibility {
 /// The live projections of watched sessions.
 pub struct LiveHub {
     store: Arc<Store>,
+    visibility: Visibility,
     /// Every send to a session thread happens under this lock, so a retiring thread can see
     /// that nothing is left for it before it leaves.
     sessions: Mutex<HashMap<SessionId, SessionHandle>>,
@@ -261,6 +264,7 @@ impl LiveHub {
         let hub = Arc::new(LiveHub {
             idle_retire: idle,
             store: store.clone(),
+            visibility,
             sessions: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             session_failures: AtomicU64::new(0),
@@ -279,14 +283,14 @@ impl LiveHub {
         match visibility {
             Visibility::Confirmed => store.add_command_listener(move |commits| {
                 if let Some(hub) = weak.upgrade() {
-                    hub.hand_over(commits.iter());
+                    hub.hand_over(commits.iter(), true);
                 }
             }),
             Visibility::Ordered => {
                 let sequenced = weak.clone();
                 store.add_sequenced_listener(move |commits| {
                     if let Some(hub) = sequenced.upgrade() {
-                        hub.hand_over(commits.iter());
+                        hub.hand_over(commits.iter(), false);
                     }
                 });
                 // Durable heads only: they let a thread that missed sequenced commits (made
@@ -297,7 +301,7 @@ impl LiveHub {
                             .iter()
                             .map(|c| Committed { head: c.head.clone(), commands: Arc::new([]) })
                             .collect();
-                        hub.hand_over(heads.iter());
+                        hub.hand_over(heads.iter(), true);
                     }
                 });
             }
@@ -305,13 +309,17 @@ impl LiveHub {
         hub
     }
 
-    /// Gives commits to their sessions' threads (sessions nobody watches are skipped).
-    fn hand_over<'a>(&self, commits: impl Iterator<Item = &'a Committed>) {
+    /// Gives commits to their sessions' threads (sessions nobody watches are skipped);
+    /// `durable`: they are durable (else only sequenced).
+    fn hand_over<'a>(&self, commits: impl Iterator<Item = &'a Committed>, durable: bool) {
         let sessions = self.sessions.lock().expect("live sessions lock");
         for c in commits {
             let Some(handle) = sessions.get(&c.head.session) else { continue };
             {
                 let mut pending = handle.commits.lock().expect("live commits lock");
+                if durable {
+                    pending.durable = pending.durable.max(c.head.seq);
+                }
                 // Bounded by commands, and by batches (head-only ones count as one).
                 let cost = c.commands.len().max(1);
                 if pending.commands + cost > PENDING_COMMANDS {
@@ -442,8 +450,16 @@ impl LiveHub {
         let head = self.store.head(&session).map_err(|e| e.to_string())?;
         let opened = project(&self.store, &session, head.seq).map_err(|e| e.to_string())?;
         let mut fan = FanOut::new(opened.projection, VIEWER_QUEUE_FRAMES);
+        if self.visibility == Visibility::Ordered {
+            fan.handle_durable(fan.seq());
+        }
+        // The fan-out's clock (confirm frames): time since the thread started.
+        let start = std::time::Instant::now();
         loop {
-            let wait = if viewers.is_empty() { self.idle_retire } else { std::time::Duration::from_secs(3_600) };
+            let mut wait = if viewers.is_empty() { self.idle_retire } else { std::time::Duration::from_secs(3_600) };
+            if let Some(at) = fan.poll_timeout() {
+                wait = wait.min(at.saturating_sub(start.elapsed()));
+            }
             let first = match rx.recv_timeout(wait) {
                 Ok(c) => Some(c),
                 Err(std_mpsc::RecvTimeoutError::Timeout) if viewers.is_empty() => {
@@ -489,25 +505,29 @@ impl LiveHub {
                 }
             }
             if commits {
-                let Pending { batches, overflowed, .. } =
+                let Pending { batches, overflowed, durable, .. } =
                     std::mem::take(&mut *pending_commits.lock().expect("live commits lock"));
                 let mut read_back = overflowed;
+                if self.visibility == Visibility::Ordered && durable > 0 {
+                    fan.handle_durable(durable);
+                }
                 for c in &batches {
-                    match fan.handle_committed(c.commands.iter().map(|(seq, body)| (*seq, body))) {
+                    match fan.handle_committed(c.commands.iter().map(|(seq, body)| (*seq, body)), start.elapsed()) {
                         Ok(()) => read_back |= fan.seq() < c.head.seq,
                         // Commits the thread missed (made before it subscribed, or an import).
                         Err(FanOutError::Gap { .. }) => read_back = true,
                         Err(e) => return Err(e.to_string()),
                     }
                     if read_back {
-                        self.catch_up(&session, &mut fan)?;
+                        self.catch_up(&session, &mut fan, start.elapsed())?;
                         read_back = false;
                     }
                 }
                 if overflowed {
-                    self.catch_up(&session, &mut fan)?;
+                    self.catch_up(&session, &mut fan, start.elapsed())?;
                 }
             }
+            fan.handle_timeout(start.elapsed());
             // Hand each viewer what its connection has room for; forget closed ones.
             viewers.retain(|&id, v| {
                 if !hand_off(&mut fan, id, v) {
@@ -525,7 +545,7 @@ impl LiveHub {
     }
 
     /// Folds the entries committed since the fan-out's seq.
-    fn catch_up(&self, session: &SessionId, fan: &mut FanOut) -> Result<(), String> {
+    fn catch_up(&self, session: &SessionId, fan: &mut FanOut, now: std::time::Duration) -> Result<(), String> {
         let head = self.store.head(session).map_err(|e| e.to_string())?;
         if head.seq <= fan.seq() {
             return Ok(());
@@ -537,7 +557,7 @@ impl LiveHub {
             let (_, body) = Envelope::open(&e.envelope).map_err(|err| format!("entry {}: {err}", e.seq))?;
             bodies.push((e.seq, body));
         }
-        fan.handle_committed(bodies.iter().map(|(seq, body)| (*seq, body))).map_err(|e| e.to_string())
+        fan.handle_committed(bodies.iter().map(|(seq, body)| (*seq, body)), now).map_err(|e| e.to_string())
     }
 
     fn add_counts(&self, c: Counts) {

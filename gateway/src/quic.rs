@@ -178,14 +178,15 @@ pub fn serve_quic_on(
     Ok(QuicServer { hub, addr: bound, fingerprint: identity.fingerprint, endpoint, task })
 }
 
-/// What the server offers: zstd as a continuous stream, with a dictionary or per frame, interest management, 16 KiB
-/// snapshot chunks; no datagrams.
+/// What the server offers: zstd as a continuous stream, with a dictionary or per frame, interest
+/// management, 16 KiB snapshot chunks, compact deltas; no datagrams.
 pub fn server_capabilities() -> Capabilities {
     Capabilities {
         compression: vec![compress::ZSTD_STREAM.into(), compress::ZSTD_DICT.into(), compress::ZSTD.into()],
         interest_management: true,
         max_chunk_bytes: theta_projector::DEFAULT_CHUNK_BYTES as u32,
         datagrams: false,
+        compact_deltas: true,
     }
 }
 

@@ -484,6 +484,7 @@ fn client_options(
             interest_management: interest,
             max_chunk_bytes: 0,
             datagrams: false,
+            compact_deltas: false,
         },
         transport: Default::default(),
         webrtc_signal: None,
@@ -1108,14 +1109,16 @@ async fn ordered_visibility_shows_sequenced_entries_and_a_crash_resyncs_viewers_
         }
     };
     follow(&mut vw, 3).await;
+    assert_eq!(vw.durable_seq(), 3, "the snapshot's entries are durable");
     // Flushes fail from now on: the next entry is sequenced but never durable, and its append
-    // is refused; the viewer sees it all the same.
+    // is refused; the viewer sees it all the same, marked not yet durable.
     backend.fail_flushes(1_000_000);
     let moved = Transform { translation: [5.0, 1.0, 0.0], ..Transform::default() };
     let refused = store.append(&sign(&owner, 4, 1, Transform::id(), Command::SetTransform(moved)));
     assert!(matches!(refused, Err(theta_store::AppendError::Storage(_))), "{refused:?}");
     follow(&mut vw, 4).await;
     assert_eq!(store.head(&S).unwrap().seq, 3, "seq 4 is not durable");
+    assert_eq!(vw.durable_seq(), 3, "the viewer is told seq 4 is not durable");
     // The power goes: a server on what was durable, at the same address.
     server.shutdown().await;
     drop(store);
@@ -1148,5 +1151,78 @@ async fn ordered_visibility_shows_sequenced_entries_and_a_crash_resyncs_viewers_
     })
     .await;
     assert_eq!(vw.mirror().unwrap().seq(), 3, "confirmed mode showed an entry that is not durable");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_stream_carries_quantized_transforms_and_checks_the_state_now_and_then() {
+    use theta_client::quic::Client;
+    use theta_schemas::components::{QuantizedTransform, Transform};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _owner, editor, viewer) = session_with_editor_and_viewer(dir.path());
+    let identity = load_or_create_identity(dir.path()).unwrap();
+    let server = serve_quic(store.clone(), "127.0.0.1:0".parse().unwrap(), identity, 2_000).unwrap();
+    let mut options = client_options(&server, &viewer, &["zstd-stream"], false);
+    options.capabilities.compact_deltas = true;
+    let vw = Client::connect(options.clone()).await.unwrap();
+    assert!(vw.welcome().capabilities.compact_deltas, "the server agrees on compact deltas");
+    // With interest management the server keeps deltas exact.
+    let mut with_interest = options.clone();
+    with_interest.capabilities.interest_management = true;
+    let other = Client::connect(with_interest).await.unwrap();
+    assert!(!other.welcome().capabilities.compact_deltas);
+    drop(other);
+
+    // 20 entities moved 300 times to positions that are not on the 1/1024 m grid.
+    let ed = Client::connect(client_options(&server, &editor, &[], false)).await.unwrap();
+    let head = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let editing = tokio::spawn(async move {
+        let mut ed = ed;
+        let mut nonces = std::collections::BTreeSet::new();
+        for e in 1..=20u64 {
+            let create = Command::CreateEntity { shape: Shape::Cube, name: format!("c{e}"), parent: 0 };
+            nonces.insert(ed.submit(e, ComponentId::NONE, 0, create).await.unwrap());
+        }
+        for i in 0..300u64 {
+            let a = i as f32 * 0.013;
+            let t = Transform {
+                translation: [a.cos() * 3.3, 1.0 / 3.0, a.sin() * 7.7],
+                rotation: [0.0, (a / 2.0).sin(), 0.0, (a / 2.0).cos()],
+                scale: [1.0, 1.5, 1.0],
+            };
+            nonces.insert(ed.submit(1 + i % 20, Transform::id(), 0, Command::SetTransform(t)).await.unwrap());
+        }
+        while !nonces.is_empty() {
+            match tokio::time::timeout(Duration::from_secs(10), ed.next_event()).await.unwrap().unwrap() {
+                theta_client::quic::Event::Receipt(r) => {
+                    nonces.remove(&r.nonce);
+                }
+                theta_client::quic::Event::Rejected(e) => panic!("rejected: {e:?}"),
+                _ => {}
+            }
+        }
+    });
+    editing.await.unwrap();
+    head.store(store.head(&S).unwrap().seq, std::sync::atomic::Ordering::SeqCst);
+    let vw = follow(vw, head.clone(), None).await;
+    let seq = store.head(&S).unwrap().seq;
+    let mut exact = theta_gateway::history::project(&store, &S, seq).unwrap().projection;
+    let mirror = vw.mirror().unwrap();
+    // The mirror holds the quantized transforms: within half a step of the exact ones, and its
+    // state hash is the server's compact state hash (not the exact one).
+    for e in 1..=20u64 {
+        let (Some(theta_projector::Value::Transform(m)), Some(theta_projector::Value::Transform(x))) =
+            (mirror.get(e, Transform::id()), exact.get(e, Transform::id()))
+        else {
+            panic!("entity {e} has no transform")
+        };
+        assert_eq!(m, QuantizedTransform::round_trip(&x));
+        for (a, b) in m.translation.iter().zip(x.translation) {
+            assert!((a - b).abs() <= 0.5 / 1024.0 + 1e-6, "{a} vs {b}");
+        }
+    }
+    assert_ne!(mirror.state_hash(), exact.state_hash(), "the positions are off the grid");
+    assert_eq!(mirror.state_hash(), exact.compact_state_hash());
     server.shutdown().await;
 }

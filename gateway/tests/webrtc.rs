@@ -72,6 +72,7 @@ fn options(r: &theta_gateway::Running, key: &SigningKey, transport: TransportCho
             interest_management: false,
             max_chunk_bytes: 0,
             datagrams: false,
+            compact_deltas: false,
         },
         transport,
         webrtc_signal: r.webrtc_signal.clone(),

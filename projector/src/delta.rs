@@ -6,6 +6,7 @@
 
 use crate::fast::IdMap;
 
+use theta_schemas::components::{QuantizedTransform, Transform};
 use theta_schemas::ids::ComponentMeta;
 use theta_schemas::wire::{ComponentDescriptor, ComponentValue, Delta};
 use theta_schemas::{ComponentId, EntityId};
@@ -96,11 +97,13 @@ impl Projection {
             session: self.session(),
             from_seq: tracker.from_seq,
             to_seq: self.seq(),
-            state_hash: self.state_hash(),
+            state_hash: Some(self.state_hash()),
             spawned: Vec::new(),
             upserts: Vec::new(),
             removals: Vec::new(),
             despawned: Vec::new(),
+            transforms: Vec::new(),
+            ordered_from: 0,
             descriptors: if with_descriptors { wire_descriptors() } else { Vec::new() },
         };
         let existed_entity = |e: EntityId| tracker.entities.get(&e).copied().unwrap_or(true);
@@ -132,7 +135,9 @@ impl Projection {
         delta
     }
 
-    /// Applies a delta (a mirror following a stream), then checks the state hash.
+    /// Applies a delta (a mirror following a stream), then checks the state hash when the delta
+    /// carries one. Quantized transforms (a compact stream) are applied as
+    /// [`QuantizedTransform::to_transform`](theta_schemas::components::QuantizedTransform::to_transform).
     pub fn apply_delta(&mut self, delta: &Delta) -> Result<(), ApplyError> {
         if delta.session != self.session() {
             return Err(ApplyError::WrongSession);
@@ -149,6 +154,16 @@ impl Projection {
                 source,
             })?;
             values.push((u.entity, v));
+        }
+        // A quantized transform is a difference from the entity's current transform when that
+        // one quantizes (a compact stream's receiver holds quantized transforms), else absolute.
+        for (e, q) in &delta.transforms {
+            let base = match self.get(*e, Transform::id()) {
+                Some(Value::Transform(t)) => QuantizedTransform::quantize(&t),
+                _ => None,
+            };
+            let q = base.map_or(*q, |b| q.plus(&b));
+            values.push((*e, Value::Transform(q.to_transform())));
         }
         for e in &delta.spawned {
             if self.contains(*e) {
@@ -201,9 +216,11 @@ impl Projection {
         }
         self.set_seq(delta.to_seq);
         self.reset_tracker();
-        let actual = self.state_hash();
-        if actual != delta.state_hash {
-            return Err(ApplyError::HashMismatch { expected: delta.state_hash, actual });
+        if let Some(expected) = delta.state_hash {
+            let actual = self.state_hash();
+            if actual != expected {
+                return Err(ApplyError::HashMismatch { expected, actual });
+            }
         }
         Ok(())
     }

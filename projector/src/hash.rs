@@ -71,3 +71,40 @@ impl StateHash {
         h.finalize().into()
     }
 }
+
+impl StateHash {
+    /// The state hash of this accumulator with `adjust` added to its lanes (the item count
+    /// unchanged): the hash of the same items with some replaced, see [`Adjust`].
+    pub(crate) fn digest_adjusted(&self, adjust: &Adjust) -> Hash {
+        let mut h = *self;
+        for (lane, x) in h.lanes.iter_mut().zip(adjust.0) {
+            *lane = lane.wrapping_add(x);
+        }
+        h.digest()
+    }
+}
+
+/// Lanes to add to an accumulator so that it hashes as if some items were replaced by others
+/// (`replace(from, to)`, undone by `replace(to, from)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Adjust(pub(crate) [u64; 4]);
+
+impl Adjust {
+    /// The lanes that turn item `from` into item `to`.
+    pub(crate) fn between(from: &Hash, to: &Hash) -> Adjust {
+        let (f, t) = (lanes(from), lanes(to));
+        Adjust(std::array::from_fn(|i| t[i].wrapping_sub(f[i])))
+    }
+
+    pub(crate) fn add(&mut self, other: &Adjust) {
+        for (lane, x) in self.0.iter_mut().zip(other.0) {
+            *lane = lane.wrapping_add(x);
+        }
+    }
+
+    pub(crate) fn sub(&mut self, other: &Adjust) {
+        for (lane, x) in self.0.iter_mut().zip(other.0) {
+            *lane = lane.wrapping_sub(x);
+        }
+    }
+}

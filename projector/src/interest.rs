@@ -65,12 +65,14 @@ impl InterestView {
             session: delta.session,
             from_seq: delta.from_seq,
             to_seq: delta.to_seq,
-            state_hash: p.subset_hash(&inside),
+            state_hash: delta.state_hash.map(|_| p.subset_hash(&inside)),
             spawned: Vec::new(),
             upserts: Vec::new(),
             removals: Vec::new(),
             despawned: self.known.difference(&inside).copied().collect(),
             descriptors: delta.descriptors.clone(),
+            transforms: Vec::new(),
+            ordered_from: delta.ordered_from,
         };
         for e in inside.difference(&self.known) {
             out.spawned.push(*e);

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use flecs_ecs::prelude::*;
-use theta_schemas::components::{Mesh, Name, Parent, Primitive, Selection, ToolState, Transform};
+use theta_schemas::components::{Mesh, Name, Parent, Primitive, QuantizedTransform, Selection, ToolState, Transform};
 use theta_schemas::ids::ComponentMeta;
 use theta_schemas::policy::default_strategy;
 use theta_schemas::{
@@ -17,7 +17,7 @@ use theta_schemas::{
 
 use crate::delta::Tracker;
 use crate::fast::IdMap;
-use crate::hash::{Hash, StateHash, item_hash};
+use crate::hash::{Adjust, Hash, StateHash, item_hash};
 use crate::slots::{Slots, slot};
 use crate::spatial::{SpatialIndex, compose, world_of};
 use crate::values::Value;
@@ -97,6 +97,38 @@ pub struct Projection {
     fbb: flatbuffers::FlatBufferBuilder<'static>,
     /// Replay mode: no delta tracking and no spatial upkeep until [`Projection::end_replay`].
     replaying: bool,
+    /// Kept once asked for: what a compact stream's viewer holds hashes to.
+    compact: Option<CompactHash>,
+}
+
+impl CompactHash {
+    /// Entity `e`'s transform is now `t`, whose exact item is `item`.
+    fn set(&mut self, e: EntityId, t: &Transform, item: &Hash, fbb: &mut flatbuffers::FlatBufferBuilder<'static>) {
+        self.remove(e);
+        let shown = QuantizedTransform::round_trip(t);
+        if shown == *t {
+            return;
+        }
+        let shown_item = item_hash(e, Transform::id(), Value::Transform(shown).write(fbb));
+        let diff = Adjust::between(item, &shown_item);
+        self.adjust.add(&diff);
+        self.per_entity.insert(e, diff);
+    }
+
+    fn remove(&mut self, e: EntityId) {
+        if let Some(diff) = self.per_entity.remove(&e) {
+            self.adjust.sub(&diff);
+        }
+    }
+}
+
+/// The state hash of the world a compact delta stream's viewer holds, where every transform is
+/// [`QuantizedTransform::round_trip`] of the server's: the state hash's lanes plus, per entity
+/// with a transform, the difference between its round-tripped item and its exact item.
+#[derive(Debug, Default)]
+struct CompactHash {
+    adjust: Adjust,
+    per_entity: IdMap<EntityId, Adjust>,
 }
 
 impl std::fmt::Debug for Projection {
@@ -139,6 +171,7 @@ impl Projection {
             spatial: SpatialIndex::default(),
             fbb: flatbuffers::FlatBufferBuilder::with_capacity(256),
             replaying: false,
+            compact: None,
         }
     }
 
@@ -185,6 +218,43 @@ impl Projection {
     /// The state hash.
     pub fn state_hash(&self) -> Hash {
         self.hash.digest()
+    }
+
+    /// The state hash of the world a compact delta stream's viewer holds (every transform
+    /// quantized and back, [`QuantizedTransform::round_trip`]). The first call walks every
+    /// transform; from then on it is kept up to date as values change.
+    pub fn compact_state_hash(&mut self) -> Hash {
+        if self.compact.is_none() {
+            let mut compact = CompactHash::default();
+            for (e, r) in self.entities.iter() {
+                if let Some(item) = r.items.get(&Transform::id()) {
+                    compact.set(*e, &r.local, item, &mut self.fbb);
+                }
+            }
+            self.compact = Some(compact);
+        }
+        let adjust = self.compact.as_ref().map(|c| c.adjust).unwrap_or_default();
+        self.hash.digest_adjusted(&adjust)
+    }
+
+    /// Replaces every transform with [`QuantizedTransform::round_trip`] of itself: a compact
+    /// stream's viewer does this to the snapshot it was sent (checked against the exact state
+    /// hash) before it follows the stream's deltas.
+    pub fn round_trip_transforms(&mut self) {
+        let moved: Vec<(EntityId, Transform)> = self
+            .entities
+            .iter()
+            .filter(|(_, r)| r.items.get(&Transform::id()).is_some())
+            .map(|(e, r)| (*e, QuantizedTransform::round_trip(&r.local)))
+            .filter(|(e, t)| *t != self.entities[e].local)
+            .collect();
+        for (e, t) in &moved {
+            self.set_value(*e, Value::Transform(*t));
+        }
+        for (e, _) in moved {
+            self.update_spatial(e);
+        }
+        self.reset_tracker();
     }
 
     /// Number of (entity, component) items plus entities.
@@ -539,7 +609,12 @@ impl Projection {
         self.hash.add(&item);
         match &value {
             Value::Parent(p) => r.parent = p.0,
-            Value::Transform(t) => r.local = *t,
+            Value::Transform(t) => {
+                r.local = *t;
+                if let Some(compact) = &mut self.compact {
+                    compact.set(e, t, &item, &mut self.fbb);
+                }
+            }
             _ => {}
         }
         value.set_on(self.world.entity_from_id(r.flecs));
@@ -551,6 +626,9 @@ impl Projection {
         if let Some(old) = r.items.remove(&c) {
             if c == Transform::id() {
                 r.local = Transform::default();
+                if let Some(compact) = &mut self.compact {
+                    compact.remove(e);
+                }
             }
             if !self.replaying {
                 self.tracker.touch_component(e, c, true);

@@ -69,6 +69,85 @@ impl Transform {
     }
 }
 
+/// Translation steps per metre on a compact delta stream (2^10: about 1 mm).
+pub const TRANSLATION_STEPS_PER_M: f32 = 1024.0;
+/// Rotation steps per unit quaternion component on a compact delta stream.
+pub const ROTATION_STEPS: f32 = 32767.0;
+/// Largest translation step count sent quantized (2^24 steps, 16 km: every step count below it
+/// is exact as an `f32`).
+const MAX_TRANSLATION_STEPS: f32 = 16_777_216.0;
+
+/// A transform as a compact delta stream carries it: translation in steps of 1/1024 m, rotation
+/// components in steps of 1/32767, scale unchanged. A viewer on such a stream holds
+/// [`QuantizedTransform::to_transform`] of what the server holds, and the state hashes it is
+/// sent are computed over exactly that (see docs/PROTOCOL.md, "Compact deltas").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantizedTransform {
+    /// Translation, steps of 1/1024 m.
+    pub translation: [i32; 3],
+    /// Rotation quaternion (x, y, z, w), steps of 1/32767.
+    pub rotation: [i16; 4],
+    /// Scale per axis, as is.
+    pub scale: [f32; 3],
+}
+
+impl QuantizedTransform {
+    /// The quantized form of `t`, or `None` when `t` has a translation beyond ±16 km or a
+    /// rotation component outside [-1, 1] (such a transform is sent exactly).
+    pub fn quantize(t: &Transform) -> Option<QuantizedTransform> {
+        let mut translation = [0i32; 3];
+        for (q, v) in translation.iter_mut().zip(t.translation) {
+            let steps = (v * TRANSLATION_STEPS_PER_M).round();
+            if steps.is_nan() || steps.abs() >= MAX_TRANSLATION_STEPS {
+                return None;
+            }
+            *q = steps as i32;
+        }
+        let mut rotation = [0i16; 4];
+        for (q, v) in rotation.iter_mut().zip(t.rotation) {
+            if !(-1.0..=1.0).contains(&v) {
+                return None;
+            }
+            *q = (v * ROTATION_STEPS).round() as i16;
+        }
+        Some(QuantizedTransform { translation, rotation, scale: t.scale })
+    }
+
+    /// The transform a viewer holds for this quantized one.
+    pub fn to_transform(&self) -> Transform {
+        Transform {
+            translation: self.translation.map(|q| q as f32 / TRANSLATION_STEPS_PER_M),
+            rotation: self.rotation.map(|q| q as f32 / ROTATION_STEPS),
+            scale: self.scale,
+        }
+    }
+
+    /// The difference from `base` as a compact stream sends it: translation and rotation steps
+    /// subtracted (wrapping), scale as is.
+    pub fn minus(&self, base: &QuantizedTransform) -> QuantizedTransform {
+        QuantizedTransform {
+            translation: std::array::from_fn(|i| self.translation[i].wrapping_sub(base.translation[i])),
+            rotation: std::array::from_fn(|i| self.rotation[i].wrapping_sub(base.rotation[i])),
+            scale: self.scale,
+        }
+    }
+
+    /// Undoes [`QuantizedTransform::minus`]: `self` is a difference from `base`.
+    pub fn plus(&self, base: &QuantizedTransform) -> QuantizedTransform {
+        QuantizedTransform {
+            translation: std::array::from_fn(|i| self.translation[i].wrapping_add(base.translation[i])),
+            rotation: std::array::from_fn(|i| self.rotation[i].wrapping_add(base.rotation[i])),
+            scale: self.scale,
+        }
+    }
+
+    /// What a compact stream's viewer holds for `t`: `t` quantized and back, or `t` itself when
+    /// it cannot be quantized.
+    pub fn round_trip(t: &Transform) -> Transform {
+        QuantizedTransform::quantize(t).map_or(*t, |q| q.to_transform())
+    }
+}
+
 /// Entity name.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Name(pub String);

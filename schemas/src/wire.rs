@@ -5,6 +5,7 @@
 use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, Vector, WIPOffset};
 
 use crate::command::{AuthorKey, EntityId, Role, SessionId};
+use crate::components::QuantizedTransform;
 use crate::decode::{DecodeError, Limits, fixed, string};
 use crate::fb;
 use crate::ids::ComponentId;
@@ -20,6 +21,9 @@ pub struct Capabilities {
     pub max_chunk_bytes: u32,
     /// Unreliable datagrams.
     pub datagrams: bool,
+    /// Compact deltas: transforms quantized ([`Delta::transforms`]), state hashes only now and
+    /// then (docs/PROTOCOL.md, "Compact deltas"). Not combined with interest management.
+    pub compact_deltas: bool,
 }
 
 /// Client → server: opens the handshake.
@@ -114,7 +118,7 @@ pub struct SnapshotChunk {
 }
 
 /// Changes between two seqs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Delta {
     /// Session.
     pub session: SessionId,
@@ -122,8 +126,8 @@ pub struct Delta {
     pub from_seq: u64,
     /// Seq the delta reaches.
     pub to_seq: u64,
-    /// State hash at `to_seq`.
-    pub state_hash: [u8; 32],
+    /// State hash at `to_seq`; `None` on a compact stream's deltas between checks.
+    pub state_hash: Option<[u8; 32]>,
     /// Entities created.
     pub spawned: Vec<EntityId>,
     /// Components inserted or updated.
@@ -132,6 +136,10 @@ pub struct Delta {
     pub removals: Vec<(EntityId, ComponentId)>,
     /// Entities deleted (with all their components).
     pub despawned: Vec<EntityId>,
+    /// Compact streams: transform upserts, quantized.
+    pub transforms: Vec<(EntityId, QuantizedTransform)>,
+    /// Ordered visibility: the first seq not yet durable (0: every seq up to `to_seq` is).
+    pub ordered_from: u64,
     /// Descriptors not yet advertised on this stream.
     pub descriptors: Vec<ComponentDescriptor>,
 }
@@ -266,6 +274,7 @@ fn caps<'a>(fbb: &mut Fbb<'a>, c: &Capabilities) -> WIPOffset<fb::Capabilities<'
             interest_management: c.interest_management,
             max_chunk_bytes: c.max_chunk_bytes,
             datagrams: c.datagrams,
+            compact_deltas: c.compact_deltas,
         },
     )
 }
@@ -277,6 +286,7 @@ fn caps_from(c: Option<fb::Capabilities<'_>>) -> Capabilities {
         interest_management: c.interest_management(),
         max_chunk_bytes: c.max_chunk_bytes(),
         datagrams: c.datagrams(),
+        compact_deltas: c.compact_deltas(),
     }
 }
 
@@ -314,6 +324,25 @@ fn values_from(
             })
         })
         .collect()
+}
+
+fn quantized_to_fb(entity: EntityId, q: &QuantizedTransform) -> fb::QuantizedTransform {
+    let [tx, ty, tz] = q.translation;
+    let [rx, ry, rz, rw] = q.rotation;
+    let [sx, sy, sz] = q.scale;
+    fb::QuantizedTransform::new(entity, tx, tz, ry, rw, rx, rz, ty, &fb::Vec3::new(sx, sy, sz))
+}
+
+fn quantized_from_fb(q: &fb::QuantizedTransform) -> Result<(EntityId, QuantizedTransform), DecodeError> {
+    let s = q.scale();
+    let scale = [s.x(), s.y(), s.z()];
+    if scale.iter().any(|v| !v.is_finite()) {
+        return Err(DecodeError::InvalidValue { field: "QuantizedTransform.scale", reason: "must be finite" });
+    }
+    Ok((
+        q.entity(),
+        QuantizedTransform { translation: [q.tx(), q.ty(), q.tz()], rotation: [q.rx(), q.ry(), q.rz(), q.rw()], scale },
+    ))
 }
 
 fn ids(v: Option<Vector<'_, u64>>) -> Vec<u64> {
@@ -401,8 +430,10 @@ impl Message {
             }
             Message::Delta(d) => {
                 let session = Some(fbb.create_vector(&d.session.0));
-                let state_hash = Some(fbb.create_vector(&d.state_hash));
+                let state_hash = d.state_hash.map(|h| fbb.create_vector(&h));
                 let spawned = Some(fbb.create_vector(&d.spawned));
+                let quantized: Vec<_> = d.transforms.iter().map(|(e, q)| quantized_to_fb(*e, q)).collect();
+                let transforms = (!quantized.is_empty()).then(|| fbb.create_vector(&quantized));
                 let upserts = Some(values(&mut fbb, &d.upserts));
                 let rs: Vec<_> = d
                     .removals
@@ -435,6 +466,8 @@ impl Message {
                     removals,
                     despawned,
                     descriptors,
+                    transforms,
+                    ordered_from: d.ordered_from,
                 };
                 (fb::Message::Delta, fb::Delta::create(&mut fbb, &args).as_union_value())
             }
@@ -578,11 +611,16 @@ impl Message {
                     session: SessionId(fixed(d.session(), T, "session")?),
                     from_seq: d.from_seq(),
                     to_seq: d.to_seq(),
-                    state_hash: fixed(d.state_hash(), T, "state_hash")?,
+                    state_hash: match d.state_hash() {
+                        Some(h) if !h.is_empty() => Some(fixed(Some(h), T, "state_hash")?),
+                        _ => None,
+                    },
                     spawned: ids(d.spawned()),
                     upserts: values_from(d.upserts())?,
                     removals: d.removals().iter().flatten().map(|r| (r.entity(), ComponentId(r.component()))).collect(),
                     despawned: ids(d.despawned()),
+                    transforms: d.transforms().iter().flatten().map(quantized_from_fb).collect::<Result<_, _>>()?,
+                    ordered_from: d.ordered_from(),
                     descriptors,
                 })
             }

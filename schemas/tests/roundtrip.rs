@@ -1,7 +1,9 @@
 //! Every message kind of the catalog survives encode → decode unchanged.
 
 use theta_schemas::command::{AuthorKey, Command, CommandBody, CommandKind, ConflictStrategy, Role, SessionId, Shape};
-use theta_schemas::components::{Component, Material, Mesh, Name, Parent, Primitive, Selection, ToolState, Transform};
+use theta_schemas::components::{
+    Component, Material, Mesh, Name, Parent, Primitive, QuantizedTransform, Selection, ToolState, Transform,
+};
 use theta_schemas::ids::{ComponentId, ComponentMeta};
 use theta_schemas::wire::{
     Capabilities, Challenge, CommandReceipt, ComponentDescriptor, ComponentValue, Compressed, Delta, Dictionary,
@@ -116,6 +118,7 @@ pub fn every_message() -> Vec<Message> {
         interest_management: true,
         max_chunk_bytes: 16384,
         datagrams: false,
+        compact_deltas: false,
     };
     let v = ComponentValue { entity: 3, component: Transform::id(), data: Transform::default().encode() };
     vec![
@@ -150,11 +153,20 @@ pub fn every_message() -> Vec<Message> {
             session: SessionId([8; 16]),
             from_seq: 99,
             to_seq: 120,
-            state_hash: [12; 32],
+            state_hash: Some([12; 32]),
             spawned: vec![5],
             upserts: vec![v],
             removals: vec![(4, Name::id())],
             despawned: vec![6],
+            transforms: vec![(
+                7,
+                QuantizedTransform {
+                    translation: [1024, -3, 16_000_000],
+                    rotation: [0, 23_170, -1, 23_170],
+                    scale: [1.0, 2.5, 1.0],
+                },
+            )],
+            ordered_from: 110,
             descriptors: vec![ComponentDescriptor {
                 name: "theta.Transform".into(),
                 id: Transform::id(),
@@ -193,4 +205,69 @@ fn every_wire_message_round_trips() {
     for m in messages {
         assert_eq!(Message::decode(&m.encode()).unwrap(), m);
     }
+}
+
+#[test]
+fn a_delta_without_a_state_hash_round_trips_and_a_short_one_is_refused() {
+    let unchecked = Delta {
+        session: SessionId([8; 16]),
+        from_seq: 120,
+        to_seq: 121,
+        state_hash: None,
+        spawned: vec![],
+        upserts: vec![],
+        removals: vec![],
+        despawned: vec![],
+        transforms: vec![],
+        ordered_from: 0,
+        descriptors: vec![],
+    };
+    let m = Message::Delta(unchecked.clone());
+    assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+    // A state hash of any length but 0 or 32 is refused.
+    let mut fbb = flatbuffers::FlatBufferBuilder::new();
+    let session = Some(fbb.create_vector(&[8u8; 16]));
+    let state_hash = Some(fbb.create_vector(&[1u8; 31]));
+    let d = theta_schemas::fb::Delta::create(
+        &mut fbb,
+        &theta_schemas::fb::DeltaArgs { session, from_seq: 1, to_seq: 2, state_hash, ..Default::default() },
+    );
+    let f = theta_schemas::fb::Frame::create(
+        &mut fbb,
+        &theta_schemas::fb::FrameArgs {
+            message_type: theta_schemas::fb::Message::Delta,
+            message: Some(d.as_union_value()),
+        },
+    );
+    fbb.finish(f, Some("THFR"));
+    assert!(Message::decode(fbb.finished_data()).is_err());
+}
+
+#[test]
+fn transforms_quantize_to_the_grid_and_refuse_what_it_cannot_hold() {
+    let t = Transform {
+        translation: [1.0 / 3.0, -2.5, 1000.0004],
+        rotation: [0.0, std::f32::consts::FRAC_1_SQRT_2, 0.0, std::f32::consts::FRAC_1_SQRT_2],
+        scale: [2.0, 1.0, 0.5],
+    };
+    let q = QuantizedTransform::quantize(&t).unwrap();
+    assert_eq!(q.translation, [341, -2560, 1_024_000]);
+    assert_eq!(q.rotation, [0, 23_170, 0, 23_170]);
+    assert_eq!(q.scale, t.scale);
+    let back = q.to_transform();
+    for (a, b) in back.translation.iter().zip(t.translation) {
+        assert!((a - b).abs() <= 0.5 / 1024.0, "{a} vs {b}");
+    }
+    // Quantizing what a receiver holds gives it back unchanged.
+    assert_eq!(QuantizedTransform::round_trip(&back), back);
+    // Beyond ±16 km, or a rotation component outside [-1, 1]: sent exactly.
+    let far = Transform { translation: [16_384.0, 0.0, 0.0], ..Transform::default() };
+    assert_eq!(QuantizedTransform::quantize(&far), None);
+    assert_eq!(QuantizedTransform::round_trip(&far), far);
+    let odd = Transform { rotation: [0.0, 0.0, 0.0, 1.5], ..Transform::default() };
+    assert_eq!(QuantizedTransform::quantize(&odd), None);
+    assert!(
+        QuantizedTransform::quantize(&Transform { translation: [16_383.9, 0.0, 0.0], ..Transform::default() })
+            .is_some()
+    );
 }

@@ -243,8 +243,11 @@ pub struct Committed {
 /// Called by the commit thread with every durable commit's decoded commands, per session.
 pub type CommandListener = Arc<dyn Fn(&[Committed]) + Send + Sync>;
 
+/// A caller's answer: called once with an append's outcome.
+type Reply = Box<dyn FnOnce(Result<Receipt, AppendError>) + Send>;
+
 /// Calls its callback exactly once: with the outcome, or with `ShuttingDown` if dropped.
-struct Responder(Option<Box<dyn FnOnce(Result<Receipt, AppendError>) + Send>>);
+struct Responder(Option<Reply>);
 
 impl Responder {
     fn send(mut self, r: Result<Receipt, AppendError>) {

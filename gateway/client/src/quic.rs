@@ -235,6 +235,8 @@ impl Client {
     /// Connects and completes the handshake.
     pub async fn connect(o: Options) -> Result<Client, ClientError> {
         let (link, welcome) = open(&o, 0).await?;
+        let mut mirror = Mirror::new();
+        mirror.new_connection(&welcome.capabilities);
         Ok(Client {
             lamport: welcome.lamport_clock,
             telemetry: Telemetry { transport: link.transport, ..Telemetry::default() },
@@ -242,7 +244,7 @@ impl Client {
             welcome,
             key: o.key.clone(),
             session: o.session,
-            mirror: Mirror::new(),
+            mirror,
             interest: None,
             options: o,
         })
@@ -276,7 +278,7 @@ impl Client {
         self.telemetry.bytes_out += self.link.bytes_out.load(Relaxed);
         self.telemetry.transport = link.transport;
         (self.link, self.welcome) = (link, welcome);
-        self.mirror.new_connection();
+        self.mirror.new_connection(&self.welcome.capabilities);
         self.telemetry.reconnects += 1;
         if let Some(i) = self.interest {
             self.send_control(Message::Interest(i)).await?;
@@ -320,6 +322,12 @@ impl Client {
     /// The mirror world, once the first snapshot has arrived.
     pub fn mirror(&self) -> Option<&Projection> {
         self.mirror.projection()
+    }
+
+    /// The highest seq of the mirror the server said is durable (below the mirror's seq only
+    /// under ordered visibility, see [`Mirror::durable_seq`]).
+    pub fn durable_seq(&self) -> u64 {
+        self.mirror.durable_seq()
     }
 
     /// Signs and sends a command with the next Lamport timestamp and a fresh random nonce;
@@ -405,7 +413,7 @@ impl Client {
                                     self.telemetry.snapshots += 1;
                                     (seq, true)
                                 }
-                                Synced::Delta { seq } => {
+                                Synced::Delta { seq, .. } => {
                                     self.telemetry.deltas += 1;
                                     (seq, false)
                                 }

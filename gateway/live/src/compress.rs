@@ -6,8 +6,9 @@
 //! first frame that uses it. A payload that would not shrink is sent as is, so receivers accept
 //! both forms on every stream. `zstd-stream`: every payload of the replication stream goes
 //! into one continuous zstd stream, flushed at the end of each payload, so each frame can refer
-//! back to earlier ones (window 2^17 bytes); these `Compressed` messages carry dictionary
-//! [`STREAM`] and must be decompressed in order.
+//! back to earlier ones (window 2^17 bytes); each replication payload is then the bare piece of
+//! the stream that flush produced (no `Compressed` wrapper: at a few dozen bytes per delta the
+//! wrapper would outweigh the data), and pieces must be decompressed in order.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +21,6 @@ pub const ZSTD: &str = "zstd";
 pub const ZSTD_DICT: &str = "zstd-dict";
 /// Capability name: one continuous zstd stream per replication stream.
 pub const ZSTD_STREAM: &str = "zstd-stream";
-/// `Compressed.dictionary` value marking a chunk of the continuous stream.
-pub const STREAM: u32 = u32::MAX;
 /// Window of the continuous stream (log2 bytes); receivers refuse larger ones.
 pub const STREAM_WINDOW_LOG: u32 = 17;
 /// zstd level used for replication frames.
@@ -46,6 +45,16 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// The encoding's wire name (`raw` for none).
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Raw => "raw",
+            Encoding::Zstd => ZSTD,
+            Encoding::ZstdDict => ZSTD_DICT,
+            Encoding::ZstdStream => ZSTD_STREAM,
+        }
+    }
+
     /// The best encoding among agreed compression kinds.
     pub fn from_agreed(kinds: &[String]) -> Encoding {
         if kinds.iter().any(|k| k == ZSTD_STREAM) {
@@ -85,13 +94,12 @@ impl StreamCompressor {
         Ok(StreamCompressor { encoder })
     }
 
-    /// Compresses one payload into the stream and flushes: the `Compressed` frame payload.
+    /// Compresses one payload into the stream and flushes: the bare piece to send.
     pub fn compress(&mut self, raw: &[u8]) -> std::io::Result<Vec<u8>> {
         use std::io::Write;
         self.encoder.write_all(raw)?;
         self.encoder.flush()?;
-        let data = std::mem::take(self.encoder.get_mut());
-        Ok(Message::Compressed(Compressed { dictionary: STREAM, raw_len: raw.len() as u32, data }).encode())
+        Ok(std::mem::take(self.encoder.get_mut()))
     }
 }
 
@@ -109,9 +117,12 @@ pub enum CompressError {
     Zstd(String),
 }
 
-/// The receiving side: keeps the dictionaries sent in-band and unwraps compressed frames.
+/// The receiving side: keeps the dictionaries sent in-band and unwraps compressed frames; on a
+/// `zstd-stream` connection ([`Decompressor::for_encoding`]) every payload is a stream piece.
 #[derive(Default)]
 pub struct Decompressor {
+    /// Payloads are bare pieces of one zstd stream.
+    bare_stream: bool,
     dictionaries: BTreeMap<u32, zstd::bulk::Decompressor<'static>>,
     plain: Option<zstd::bulk::Decompressor<'static>>,
     stream: Option<zstd::stream::raw::Decoder<'static>>,
@@ -127,9 +138,54 @@ impl Decompressor {
         Decompressor::default()
     }
 
+    /// The decompressor for a connection that agreed on `encoding`.
+    pub fn for_encoding(encoding: Encoding) -> Decompressor {
+        Decompressor { bare_stream: encoding == Encoding::ZstdStream, ..Decompressor::default() }
+    }
+
+    /// Decompresses the next bare piece of the stream: exactly one whole frame buffer, never
+    /// beyond the frame guard.
+    fn open_piece(&mut self, piece: &[u8]) -> Result<Vec<u8>, CompressError> {
+        use zstd::stream::raw::{DParameter, InBuffer, Operation, OutBuffer};
+        let zerr = |e: std::io::Error| CompressError::Zstd(e.to_string());
+        let d = match &mut self.stream {
+            Some(d) => d,
+            None => {
+                let mut d = zstd::stream::raw::Decoder::new().map_err(zerr)?;
+                d.set_parameter(DParameter::WindowLogMax(STREAM_WINDOW_LOG)).map_err(zerr)?;
+                self.stream.insert(d)
+            }
+        };
+        let mut raw = Vec::new();
+        let mut scratch = [0u8; 16 * 1024];
+        let mut input = InBuffer::around(piece);
+        loop {
+            let mut output = OutBuffer::around(&mut scratch[..]);
+            d.run(&mut input, &mut output).map_err(zerr)?;
+            let n = output.pos();
+            if raw.len() + n > MAX_ENVELOPE_BYTES {
+                return Err(CompressError::Zstd(format!("a stream piece opens beyond {MAX_ENVELOPE_BYTES} bytes")));
+            }
+            raw.extend_from_slice(&scratch[..n]);
+            // Done once the piece is consumed and the decoder has nothing more to give.
+            if input.pos() == piece.len() && n < scratch.len() {
+                break;
+            }
+        }
+        if raw.is_empty() {
+            return Err(CompressError::Zstd("a stream piece opened to nothing".into()));
+        }
+        self.compressed_bytes += piece.len() as u64;
+        self.raw_bytes += raw.len() as u64;
+        Ok(raw)
+    }
+
     /// Handles one frame payload: a `Dictionary` is kept (returns `None`), a `Compressed` frame
     /// is decompressed (never beyond the frame guard), anything else is returned as is.
     pub fn open(&mut self, payload: Vec<u8>) -> Result<Option<Vec<u8>>, CompressError> {
+        if self.bare_stream {
+            return self.open_piece(&payload).map(Some);
+        }
         // Only frames that are dictionaries or compressed need a full decode here.
         match theta_schemas::fb::root_as_frame(&payload).map(|f| f.message_type()) {
             Ok(theta_schemas::fb::Message::Dictionary) | Ok(theta_schemas::fb::Message::Compressed) => {}
@@ -144,45 +200,6 @@ impl Decompressor {
                     self.dictionaries.pop_first();
                 }
                 Ok(None)
-            }
-            Message::Compressed(c) if c.dictionary == STREAM => {
-                use zstd::stream::raw::{DParameter, InBuffer, Operation, OutBuffer};
-                let zerr = |e: std::io::Error| CompressError::Zstd(e.to_string());
-                let d = match &mut self.stream {
-                    Some(d) => d,
-                    None => {
-                        let mut d = zstd::stream::raw::Decoder::new().map_err(zerr)?;
-                        d.set_parameter(DParameter::WindowLogMax(STREAM_WINDOW_LOG)).map_err(zerr)?;
-                        self.stream.insert(d)
-                    }
-                };
-                let mut raw = vec![0u8; (c.raw_len as usize).min(MAX_ENVELOPE_BYTES)];
-                let cap = raw.len();
-                let mut input = InBuffer::around(&c.data);
-                let mut output = OutBuffer::around(&mut raw[..]);
-                while input.pos() < c.data.len() {
-                    let before = (input.pos(), output.pos());
-                    d.run(&mut input, &mut output).map_err(zerr)?;
-                    if (input.pos(), output.pos()) == before {
-                        return Err(CompressError::Zstd("stream chunk larger than announced".into()));
-                    }
-                }
-                // Drain what the flush made available.
-                loop {
-                    let before = output.pos();
-                    d.run(&mut input, &mut output).map_err(zerr)?;
-                    if output.pos() == before || output.pos() == cap {
-                        break;
-                    }
-                }
-                let n = output.pos();
-                raw.truncate(n);
-                if n != c.raw_len as usize {
-                    return Err(CompressError::Zstd(format!("{n} bytes, announced {}", c.raw_len)));
-                }
-                self.compressed_bytes += payload.len() as u64;
-                self.raw_bytes += raw.len() as u64;
-                Ok(Some(raw))
             }
             Message::Compressed(c) => {
                 let d = if c.dictionary == 0 {

@@ -11,18 +11,33 @@
 //! deltas). Nothing here blocks, reads a clock or allocates without bound: per viewer at most
 //! one snapshot (queued whole once its queue is empty, however many chunks it has) plus its
 //! queue limit of other frames; per session at most [`RESUME_DELTAS`] kept deltas.
+//!
+//! Time is passed in (`now`, from any fixed origin the caller chooses). It matters for two
+//! things only, both of which end in a "confirm" frame (an empty delta at the current seq, with
+//! the state hash) when no delta carries the news within [`CHECK_INTERVAL`]: viewers on compact
+//! streams, whose deltas carry the state hash at most once per interval, and viewers under
+//! ordered visibility, whose deltas say from which seq on entries are not yet durable
+//! ([`FanOut::handle_durable`]). [`FanOut::poll_timeout`] says when the caller should call
+//! [`FanOut::handle_timeout`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
 
 use theta_projector::interest::{Area, InterestView};
-use theta_projector::{DEFAULT_CHUNK_BYTES, FoldError, Projection};
+use theta_projector::{DEFAULT_CHUNK_BYTES, FoldError, Projection, Value};
+use theta_schemas::components::{Component, QuantizedTransform, Transform};
+use theta_schemas::ids::ComponentMeta;
 use theta_schemas::wire::{Delta, Dictionary};
-use theta_schemas::{CommandBody, MAX_ENVELOPE_BYTES, Message, SessionId};
+use theta_schemas::{CommandBody, EntityId, MAX_ENVELOPE_BYTES, Message, SessionId};
 
 use crate::compress::{self, Encoding, StreamCompressor, Trainer};
 
 /// Recent deltas kept per session for viewers that reconnect and resume.
 pub const RESUME_DELTAS: usize = 1_024;
+
+/// On a compact stream, the most time between two deltas that carry the state hash; under
+/// ordered visibility, the most time a viewer waits to learn that entries it holds are durable.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How one viewer wants its stream.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,6 +50,10 @@ pub struct ViewerOptions {
     pub resume_seq: u64,
     /// Largest snapshot chunk, bytes (0: the default).
     pub max_chunk_bytes: usize,
+    /// Compact deltas: transforms quantized, the state hash at most once per
+    /// [`CHECK_INTERVAL`] (ignored with `interest`). The viewer's mirror rounds the transforms
+    /// of the snapshot it is sent the same way.
+    pub compact: bool,
 }
 
 /// What the fan-out did since the counters were last taken ([`FanOut::take_counts`]).
@@ -54,6 +73,8 @@ pub struct Counts {
     pub resumes: u64,
     /// Snapshots queued.
     pub snapshots: u64,
+    /// Confirm frames queued (empty deltas with the state hash or durability news).
+    pub confirms: u64,
 }
 
 /// One viewer's running totals.
@@ -100,6 +121,11 @@ struct Viewer {
 }
 
 impl Viewer {
+    /// On a compact stream (never with interest management).
+    fn compact(&self) -> bool {
+        self.options.compact && !self.options.interest
+    }
+
     fn pop(v: &mut Viewer) -> Option<Vec<u8>> {
         let (snapshot, frame) = v.queue.pop_front()?;
         if snapshot {
@@ -118,6 +144,19 @@ pub struct FanOut {
     viewers: BTreeMap<u64, Viewer>,
     limit: usize,
     counts: Counts,
+    /// Ordered visibility: the highest seq known durable (`None`: every seq folded is durable).
+    durable: Option<u64>,
+    /// The `ordered_from` the last frame to every viewer carried.
+    ordered_from_sent: u64,
+    /// When a compact stream's delta last carried the state hash.
+    checked_at: Duration,
+    /// A compact stream got a delta without the state hash since.
+    unchecked: bool,
+    /// When the last delta or confirm went out.
+    sent_at: Duration,
+    /// The quantized transform of every entity whose transform quantizes, at the seq of the
+    /// last delta: what a compact stream's receiver holds, the base of the differences sent.
+    held: HashMap<EntityId, QuantizedTransform>,
 }
 
 impl std::fmt::Debug for FanOut {
@@ -133,26 +172,33 @@ impl std::fmt::Debug for FanOut {
 /// Encoded forms of one delta for viewers without interest filtering, built on first use.
 struct Shared {
     plain: Vec<u8>,
-    described: Option<Vec<u8>>,
-    forms: HashMap<(bool, Encoding), Vec<u8>>,
+    /// The compact form (transforms quantized, the state hash when a check is due).
+    compact: Option<Delta>,
+    /// Raw frames by (with descriptors, compact).
+    raw: HashMap<(bool, bool), Vec<u8>>,
+    /// Encoded frames by (with descriptors, compact, encoding).
+    forms: HashMap<(bool, bool, Encoding), Vec<u8>>,
 }
 
 impl Shared {
     /// The uncompressed frame: with the component descriptors for a viewer's first delta after
-    /// a snapshot, plain otherwise.
-    fn raw(&mut self, delta: &Delta, described: bool) -> &[u8] {
-        if described {
+    /// a snapshot, plain otherwise; compact or exact.
+    fn raw(&mut self, delta: &Delta, described: bool, compact: bool) -> &[u8] {
+        if described && !compact {
             return &self.plain;
         }
-        self.described.get_or_insert_with(|| {
-            let mut d = delta.clone();
-            d.descriptors = theta_projector::wire_descriptors();
+        let form = if compact { self.compact.as_ref().expect("compact form built") } else { delta };
+        self.raw.entry((described, compact)).or_insert_with(|| {
+            let mut d = form.clone();
+            if !described {
+                d.descriptors = theta_projector::wire_descriptors();
+            }
             Message::Delta(d).encode()
         })
     }
 }
 
-fn empty_delta(session: SessionId, seq: u64, state_hash: [u8; 32]) -> Delta {
+fn empty_delta(session: SessionId, seq: u64, state_hash: Option<[u8; 32]>) -> Delta {
     Delta {
         session,
         from_seq: seq,
@@ -162,8 +208,52 @@ fn empty_delta(session: SessionId, seq: u64, state_hash: [u8; 32]) -> Delta {
         upserts: vec![],
         removals: vec![],
         despawned: vec![],
+        transforms: vec![],
+        ordered_from: 0,
         descriptors: vec![],
     }
+}
+
+/// The transforms a delta sets, in upsert order: each quantized, or `None` when it cannot be.
+fn quantize_moves(delta: &Delta) -> Vec<(EntityId, Option<QuantizedTransform>)> {
+    delta
+        .upserts
+        .iter()
+        .filter(|u| u.component == Transform::id())
+        .map(|u| (u.entity, Transform::decode(&u.data).ok().and_then(|t| QuantizedTransform::quantize(&t))))
+        .collect()
+}
+
+/// `delta` as a compact stream carries it: each transform upsert quantized (those that cannot
+/// be are kept exact) and sent as the difference from the quantized transform the receiver
+/// holds (`held`, at the delta's `from_seq`) where it holds one, and `state_hash` in place of
+/// the exact one.
+fn compact_form(
+    delta: &Delta,
+    moves: &[(EntityId, Option<QuantizedTransform>)],
+    held: &HashMap<EntityId, QuantizedTransform>,
+    state_hash: Option<[u8; 32]>,
+) -> Delta {
+    let mut out = Delta { state_hash, ..empty_delta(delta.session, 0, None) };
+    out.from_seq = delta.from_seq;
+    out.to_seq = delta.to_seq;
+    out.spawned = delta.spawned.clone();
+    out.removals = delta.removals.clone();
+    out.despawned = delta.despawned.clone();
+    out.descriptors = delta.descriptors.clone();
+    out.ordered_from = delta.ordered_from;
+    let mut moves = moves.iter();
+    for u in &delta.upserts {
+        if u.component != Transform::id() {
+            out.upserts.push(u.clone());
+            continue;
+        }
+        match moves.next() {
+            Some((e, Some(q))) => out.transforms.push((*e, held.get(e).map_or(*q, |base| q.minus(base)))),
+            _ => out.upserts.push(u.clone()),
+        }
+    }
+    out
 }
 
 impl FanOut {
@@ -171,19 +261,38 @@ impl FanOut {
     /// `queue_frames` frames per viewer.
     pub fn new(mut projection: Projection, queue_frames: usize) -> FanOut {
         let _ = projection.take_delta(false);
+        let held = projection
+            .entities()
+            .filter_map(|e| match projection.get(e, Transform::id()) {
+                Some(Value::Transform(t)) => QuantizedTransform::quantize(&t).map(|q| (e, q)),
+                _ => None,
+            })
+            .collect();
         FanOut {
+            held,
             p: projection,
             trainer: Trainer::new(),
             recent: VecDeque::new(),
             viewers: BTreeMap::new(),
             limit: queue_frames.max(3),
             counts: Counts::default(),
+            durable: None,
+            ordered_from_sent: 0,
+            checked_at: Duration::ZERO,
+            unchecked: false,
+            sent_at: Duration::ZERO,
         }
     }
 
     /// The live projection.
     pub fn projection(&self) -> &Projection {
         &self.p
+    }
+
+    /// The state hash a compact stream's viewer's mirror has at the current seq
+    /// ([`Projection::compact_state_hash`]).
+    pub fn compact_state_hash(&mut self) -> [u8; 32] {
+        self.p.compact_state_hash()
     }
 
     /// The seq folded so far.
@@ -230,7 +339,7 @@ impl FanOut {
     /// viewer. Commands at or below the current seq are skipped (already folded); a command
     /// past the next seq is a [`FanOutError::Gap`] and leaves the fan-out unchanged from that
     /// command on.
-    pub fn handle_committed<'a, I>(&mut self, commands: I) -> Result<(), FanOutError>
+    pub fn handle_committed<'a, I>(&mut self, commands: I, now: Duration) -> Result<(), FanOutError>
     where
         I: IntoIterator<Item = (u64, &'a CommandBody)>,
     {
@@ -250,10 +359,43 @@ impl FanOut {
             }
         }
         if self.p.seq() > before {
-            let delta = self.p.take_delta(false);
-            self.fan_out(&delta);
+            let mut delta = self.p.take_delta(false);
+            delta.ordered_from = self.ordered_from();
+            self.fan_out(&delta, now);
         }
         result
+    }
+
+    /// Ordered visibility: entries up to `seq` are durable. The first call switches the fan-out
+    /// to ordered visibility (its deltas then say from which seq on entries are not yet
+    /// durable); without any, everything folded counts as durable.
+    pub fn handle_durable(&mut self, seq: u64) {
+        self.durable = Some(self.durable.map_or(seq, |d| d.max(seq)));
+    }
+
+    /// When [`FanOut::handle_timeout`] has a confirm frame to send, if ever.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let waiting = self.unchecked || self.ordered_from() != self.ordered_from_sent;
+        (waiting && !self.viewers.is_empty()).then(|| self.sent_at.max(self.checked_at) + CHECK_INTERVAL)
+    }
+
+    /// Queues a confirm frame (an empty delta at the current seq with the state hash and the
+    /// durability news) for every viewer in step, when [`FanOut::poll_timeout`] is due.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        if self.poll_timeout().is_some_and(|at| at <= now) {
+            let mut confirm = empty_delta(self.p.session(), self.p.seq(), Some(self.p.state_hash()));
+            confirm.ordered_from = self.ordered_from();
+            self.counts.confirms += 1;
+            self.fan_out(&confirm, now);
+        }
+    }
+
+    /// The first seq not yet durable (0: all are).
+    fn ordered_from(&self) -> u64 {
+        match self.durable {
+            Some(d) if d < self.p.seq() => d + 1,
+            _ => 0,
+        }
     }
 
     /// Subscribes viewer `id`: it gets the deltas after its resume point when they are still
@@ -285,7 +427,8 @@ impl FanOut {
                 Some(view) => {
                     view.set_area(area);
                     if !v.resync {
-                        let empty = empty_delta(self.p.session(), self.p.seq(), [0; 32]);
+                        let mut empty = empty_delta(self.p.session(), self.p.seq(), Some([0; 32]));
+                        empty.ordered_from = self.ordered_from();
                         self.send_delta(&mut v, &empty, None);
                     }
                 }
@@ -322,8 +465,42 @@ impl FanOut {
         frame
     }
 
-    fn fan_out(&mut self, delta: &Delta) {
+    fn fan_out(&mut self, delta: &Delta, now: Duration) {
         let plain = Message::Delta(delta.clone()).encode();
+        self.sent_at = now;
+        self.ordered_from_sent = delta.ordered_from;
+        let moves = quantize_moves(delta);
+        let compact = self.viewers.values().any(|v| v.compact() && !v.resync).then(|| {
+            let check = delta.from_seq == delta.to_seq || now >= self.checked_at + CHECK_INTERVAL;
+            if check {
+                self.checked_at = now;
+                self.unchecked = false;
+            } else {
+                self.unchecked = true;
+            }
+            compact_form(delta, &moves, &self.held, check.then(|| self.p.compact_state_hash()))
+        });
+        // What a compact receiver holds from now on (kept whether or not one is in step: a
+        // viewer that joins later gets a snapshot at this seq and differences from it).
+        for (e, q) in moves {
+            match q {
+                Some(q) => self.held.insert(e, q),
+                None => self.held.remove(&e),
+            };
+        }
+        for (e, c) in &delta.removals {
+            if *c == Transform::id() {
+                self.held.remove(e);
+            }
+        }
+        for e in &delta.despawned {
+            self.held.remove(e);
+        }
+        if compact.is_none() {
+            // No compact stream in step: nothing for a confirm to check (a viewer resyncing
+            // gets a snapshot, which carries its hash).
+            self.unchecked = false;
+        }
         let mut viewers = std::mem::take(&mut self.viewers);
         if plain.len() > MAX_ENVELOPE_BYTES {
             // Too big for one frame: everyone not filtering gets a fresh snapshot instead.
@@ -340,7 +517,7 @@ impl FanOut {
                 self.recent.pop_front();
             }
         }
-        let mut shared = Shared { plain, described: None, forms: HashMap::new() };
+        let mut shared = Shared { plain, compact, raw: HashMap::new(), forms: HashMap::new() };
         for v in viewers.values_mut() {
             if v.resync {
                 if v.queue.is_empty() {
@@ -397,7 +574,7 @@ impl FanOut {
             }
             if v.options.encoding == Encoding::ZstdStream {
                 // Per-viewer stream state: only the raw form is shared.
-                let raw = shared.raw(delta, v.described).to_vec();
+                let raw = shared.raw(delta, v.described, v.compact()).to_vec();
                 self.encode(v, raw)
             } else {
                 self.encode_shared(v, delta, shared)
@@ -417,13 +594,13 @@ impl FanOut {
 
     /// The viewer's encoded form of a delta from the per-delta cache.
     fn encode_shared(&mut self, v: &mut Viewer, delta: &Delta, shared: &mut Shared) -> Vec<u8> {
-        let key = (v.described, v.options.encoding);
+        let key = (v.described, v.compact(), v.options.encoding);
         if let Some(sent) = shared.forms.get(&key).map(Vec::len) {
-            let raw_len = shared.raw(delta, v.described).len();
+            let raw_len = shared.raw(delta, v.described, v.compact()).len();
             self.count(v.options.encoding, raw_len, sent);
             return shared.forms[&key].clone();
         }
-        let raw = shared.raw(delta, v.described).to_vec();
+        let raw = shared.raw(delta, v.described, v.compact()).to_vec();
         let p = self.encode(v, raw);
         shared.forms.insert(key, p.clone());
         p
@@ -490,12 +667,14 @@ impl FanOut {
     /// its queue. False when it needs a snapshot instead.
     fn resume(&mut self, v: &mut Viewer) -> bool {
         let from = v.options.resume_seq;
-        if from == 0 || v.options.interest || from > self.p.seq() {
+        if from == 0 || v.options.interest || v.compact() || from > self.p.seq() {
             return false;
         }
         let frames: Vec<Vec<u8>> = if from == self.p.seq() {
             // Already current: an empty delta confirms the state hash.
-            vec![Message::Delta(empty_delta(self.p.session(), from, self.p.state_hash())).encode()]
+            let mut confirm = empty_delta(self.p.session(), from, Some(self.p.state_hash()));
+            confirm.ordered_from = self.ordered_from();
+            vec![Message::Delta(confirm).encode()]
         } else {
             let Some(start) = self.recent.iter().position(|(f, _, _)| *f == from) else { return false };
             let kept: Vec<_> = self.recent.iter().skip(start).collect();
@@ -544,6 +723,14 @@ impl FanOut {
         }
         for c in chunks {
             let payload = self.encode(v, Message::SnapshotChunk(c).encode());
+            v.queue.push_back((true, payload));
+            v.snapshot_left += 1;
+        }
+        if self.ordered_from() != 0 {
+            // Ordered visibility: the snapshot holds entries not yet durable; say so at once.
+            let mut confirm = empty_delta(self.p.session(), self.p.seq(), None);
+            confirm.ordered_from = self.ordered_from();
+            let payload = self.encode(v, Message::Delta(confirm).encode());
             v.queue.push_back((true, payload));
             v.snapshot_left += 1;
         }

@@ -140,7 +140,7 @@ pub fn proof_message(hello: &[u8], challenge: &[u8]) -> Vec<u8> {
 
 /// What both sides agree on: the client's compression kinds that the server also has (in the
 /// client's order), interest management and datagrams only if both want them, the smaller
-/// positive chunk size.
+/// positive chunk size, compact deltas only if both want them and interest management is off.
 pub fn intersect(client: &Capabilities, server: &Capabilities) -> Capabilities {
     let min_positive = |a: u32, b: u32| match (a, b) {
         (0, x) | (x, 0) => x,
@@ -151,6 +151,9 @@ pub fn intersect(client: &Capabilities, server: &Capabilities) -> Capabilities {
         interest_management: client.interest_management && server.interest_management,
         max_chunk_bytes: min_positive(client.max_chunk_bytes, server.max_chunk_bytes),
         datagrams: client.datagrams && server.datagrams,
+        compact_deltas: client.compact_deltas
+            && server.compact_deltas
+            && !(client.interest_management && server.interest_management),
     }
 }
 
@@ -224,6 +227,7 @@ impl ClientHandshake {
                 if c.compression.iter().any(|k| !self.offered.compression.contains(k))
                     || (c.interest_management && !self.offered.interest_management)
                     || (c.datagrams && !self.offered.datagrams)
+                    || (c.compact_deltas && (!self.offered.compact_deltas || c.interest_management))
                 {
                     return Err(HandshakeError::Inconsistent("welcome grants capabilities that were not offered"));
                 }
@@ -273,7 +277,7 @@ pub enum ServerStep {
 #[derive(Debug)]
 enum ServerState {
     AwaitHello,
-    AwaitProof { hello: Vec<u8>, challenge: Vec<u8>, parsed: Hello },
+    AwaitProof { hello: Vec<u8>, challenge: Vec<u8>, parsed: Box<Hello> },
     Finished,
 }
 
@@ -341,8 +345,11 @@ impl ServerHandshake {
                     capabilities: self.capabilities.clone(),
                 })
                 .encode();
-                self.state =
-                    ServerState::AwaitProof { hello: payload.to_vec(), challenge: challenge.clone(), parsed: h };
+                self.state = ServerState::AwaitProof {
+                    hello: payload.to_vec(),
+                    challenge: challenge.clone(),
+                    parsed: Box::new(h),
+                };
                 ServerStep::Send(challenge)
             }
             (ServerState::AwaitProof { hello, challenge, parsed }, Message::Proof(p)) => {

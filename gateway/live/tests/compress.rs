@@ -1,7 +1,7 @@
 //! Compression of replication frames: every mode round-trips real deltas, and hostile
 //! compressed frames get typed errors.
 
-use theta_live::compress::{self, CompressError, Decompressor, STREAM, StreamCompressor, Trainer};
+use theta_live::compress::{self, CompressError, Decompressor, Encoding, StreamCompressor, Trainer};
 use theta_schemas::components::Transform;
 use theta_schemas::ids::ComponentMeta;
 use theta_schemas::wire::{ComponentValue, Compressed, Delta, Dictionary};
@@ -24,11 +24,13 @@ fn delta(i: u64) -> Vec<u8> {
         session: SessionId([3; 16]),
         from_seq: i * 40,
         to_seq: i * 40 + 40,
-        state_hash: [i as u8; 32],
+        state_hash: Some([i as u8; 32]),
         spawned: vec![],
         upserts,
         removals: vec![],
         despawned: vec![],
+        transforms: vec![],
+        ordered_from: 0,
         descriptors: vec![],
     })
     .encode()
@@ -73,9 +75,9 @@ fn every_mode_round_trips_and_shrinks_transform_deltas() {
     assert!(dict_sent >= 1, "a dictionary was trained");
     let dict = ratio(raw, sent);
 
-    // One continuous stream.
+    // One continuous stream, each payload a bare piece of it.
     let mut s = StreamCompressor::new().unwrap();
-    let mut d = Decompressor::new();
+    let mut d = Decompressor::for_encoding(Encoding::ZstdStream);
     let mut sent = 0;
     for f in &frames {
         let c = s.compress(f).unwrap();
@@ -104,14 +106,33 @@ fn hostile_compressed_frames_get_typed_errors() {
     assert!(matches!(d.open(wrap(0, 1 << 20, good.clone())), Err(CompressError::Decode(_))));
     // Garbage instead of zstd.
     assert!(matches!(d.open(wrap(0, 100, vec![0xAB; 64])), Err(CompressError::Zstd(_))));
-    assert!(matches!(d.open(wrap(STREAM, 100, vec![0xAB; 64])), Err(CompressError::Zstd(_))));
+    // The good frame still opens.
+    assert_eq!(d.open(wrap(0, f.len() as u32, good)).unwrap(), Some(f));
+}
+
+#[test]
+fn hostile_stream_pieces_get_typed_errors() {
+    let stream = || Decompressor::for_encoding(Encoding::ZstdStream);
+    let f = delta(1);
+    // Garbage instead of zstd.
+    assert!(matches!(stream().open(vec![0xAB; 64]), Err(CompressError::Zstd(_))));
     // A stream whose window exceeds the receiver's limit.
     let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
     e.window_log(24).unwrap();
     e.long_distance_matching(true).unwrap();
     std::io::Write::write_all(&mut e, &f).unwrap();
-    let big = e.finish().unwrap();
-    assert!(matches!(Decompressor::new().open(wrap(STREAM, f.len() as u32, big)), Err(CompressError::Zstd(_))));
-    // The good frame still opens.
-    assert_eq!(d.open(wrap(0, f.len() as u32, good)).unwrap(), Some(f));
+    assert!(matches!(stream().open(e.finish().unwrap()), Err(CompressError::Zstd(_))));
+    // A piece that opens beyond the frame guard (a zip bomb) is cut off there.
+    let bomb = zstd::bulk::compress(&vec![0u8; theta_schemas::MAX_ENVELOPE_BYTES + 1], 3).unwrap();
+    assert!(bomb.len() < 1_000);
+    assert!(matches!(stream().open(bomb), Err(CompressError::Zstd(_))));
+    // An empty piece.
+    assert!(matches!(stream().open(vec![]), Err(CompressError::Zstd(_))));
+    // A good stream still opens piece by piece, after a refused decoder is dropped.
+    let mut s = StreamCompressor::new().unwrap();
+    let mut d = stream();
+    for i in 0..3 {
+        let f = delta(i);
+        assert_eq!(d.open(s.compress(&f).unwrap()).unwrap(), Some(f));
+    }
 }

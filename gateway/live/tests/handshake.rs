@@ -3,7 +3,7 @@
 use ed25519_dalek::SigningKey;
 use theta_live::frame::{self, Decoder, FrameError};
 use theta_live::handshake::{
-    ClientHandshake, ClientStep, CloseCode, HandshakeError, Reject, ServerHandshake, ServerStep,
+    ClientHandshake, ClientStep, CloseCode, HandshakeError, Reject, ServerHandshake, ServerStep, intersect,
 };
 use theta_schemas::wire::{Capabilities, Hello};
 use theta_schemas::{Message, Role, SessionId};
@@ -16,6 +16,7 @@ fn caps(compression: &[&str], interest: bool, chunk: u32) -> Capabilities {
         interest_management: interest,
         max_chunk_bytes: chunk,
         datagrams: false,
+        compact_deltas: false,
     }
 }
 
@@ -56,6 +57,17 @@ fn a_full_handshake_agrees_on_the_intersection() {
     let ClientStep::Done(w) = client.on_message(&welcome).unwrap() else { panic!("done") };
     assert_eq!((w.role, w.head_seq, w.lamport_clock, w.session), (Role::Viewer, 42, 77, S));
     assert!(server.is_finished());
+}
+
+#[test]
+fn compact_deltas_are_agreed_only_when_both_want_them_without_interest_management() {
+    let compact = |interest| Capabilities { compact_deltas: true, ..caps(&["zstd-stream"], interest, 0) };
+    assert!(intersect(&compact(false), &compact(true)).compact_deltas);
+    assert!(!intersect(&compact(false), &caps(&["zstd-stream"], true, 0)).compact_deltas);
+    assert!(!intersect(&caps(&[], false, 0), &compact(true)).compact_deltas);
+    // With interest management agreed, deltas stay exact (the area's hash is over exact values).
+    assert!(!intersect(&compact(true), &compact(true)).compact_deltas);
+    assert!(intersect(&compact(true), &compact(false)).compact_deltas);
 }
 
 #[test]

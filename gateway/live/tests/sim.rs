@@ -1,24 +1,29 @@
 //! Seeded simulation of the live core: a session's fan-out with editors committing and viewers
 //! joining, leaving, reading slowly, being cut and resuming, changing their area of interest and
 //! their compression, each viewer's frames passing through a bounded "wire" into its mirror.
-//! Every step checks the memory bounds; at the end, once everything is read, every mirror must
-//! equal the server's projection (its state hash, or for an interest-managed viewer the hash of
-//! the entities inside its area).
+//! Time is simulated; some seeds run under ordered visibility (durability lagging behind the
+//! commits), and some viewers take compact deltas. Every step checks the memory bounds; at the
+//! end, once everything is durable and read, every mirror must equal the server's projection
+//! (its state hash; for an interest-managed viewer the hash of the entities inside its area; for
+//! a compact one the hash of the world with its transforms quantized), its last delta must have
+//! carried a state hash it checked, and it must know that everything it holds is durable.
 //!
 //! `THETA_SIM_SEEDS=N` runs seeds 0..N (default 200); `THETA_SIM_SEED=S` runs one seed. A failure
 //! names its seed. `scripts/sim-live` runs 10,000 seeds in release mode.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use theta_live::compress::Encoding;
 use theta_live::fanout::{FanOut, ViewerOptions};
-use theta_live::mirror::{Mirror, MirrorError};
+use theta_live::mirror::{Mirror, MirrorError, Synced};
 use theta_projector::Projection;
 use theta_projector::interest::{Area, InterestView};
 use theta_schemas::components::Transform;
 use theta_schemas::ids::ComponentMeta;
+use theta_schemas::wire::Capabilities;
 use theta_schemas::{AuthorKey, Command, CommandBody, ComponentId, EntityId, SessionId, Shape};
 
 const SESSION: SessionId = SessionId([9; 16]);
@@ -102,6 +107,24 @@ struct Viewer {
     /// Frames it reads per step (0: stalled this phase).
     rate: usize,
     mirror: Mirror,
+    /// The last frame applied was a snapshot or a delta whose state hash was checked.
+    last_checked: bool,
+}
+
+impl Viewer {
+    /// What the connection agrees on (the server offers every encoding and compact deltas).
+    fn agreed(&self) -> Capabilities {
+        let o = &self.options;
+        Capabilities {
+            compression: match o.encoding {
+                Encoding::Raw => vec![],
+                e => vec![e.name().to_string()],
+            },
+            interest_management: o.interest,
+            compact_deltas: o.compact && !o.interest,
+            ..Capabilities::default()
+        }
+    }
 }
 
 const ENCODINGS: [Encoding; 4] = [Encoding::Raw, Encoding::Zstd, Encoding::ZstdDict, Encoding::ZstdStream];
@@ -113,6 +136,9 @@ fn area(rng: &mut StdRng) -> Area {
 struct Sim {
     rng: StdRng,
     fan: FanOut,
+    now: Duration,
+    /// Ordered visibility: the durable head (lags the commits).
+    durable: Option<u64>,
     editors: Editors,
     viewers: Vec<Viewer>,
     next_id: u64,
@@ -124,8 +150,15 @@ impl Sim {
         let mut rng = StdRng::seed_from_u64(seed);
         let limit = rng.gen_range(4..64);
         let authors = (1..=rng.gen_range(1..5u8)).map(|i| (AuthorKey([i; 32]), 0)).collect();
+        let mut fan = FanOut::new(Projection::new(SESSION), limit);
+        let durable = rng.gen_bool(0.5).then_some(0);
+        if durable.is_some() {
+            fan.handle_durable(0);
+        }
         let mut sim = Sim {
-            fan: FanOut::new(Projection::new(SESSION), limit),
+            fan,
+            now: Duration::ZERO,
+            durable,
             editors: Editors { authors, alive: BTreeSet::new(), next_entity: 1, seq: 0 },
             viewers: Vec::new(),
             next_id: 1,
@@ -140,14 +173,24 @@ impl Sim {
 
     fn commit(&mut self, n: usize) -> Result<(), String> {
         let batch: Vec<(u64, CommandBody)> = (0..n).map(|_| self.editors.next(&mut self.rng)).collect();
-        self.fan.handle_committed(batch.iter().map(|(s, b)| (*s, b))).map_err(|e| format!("commit: {e}"))
+        self.fan.handle_committed(batch.iter().map(|(s, b)| (*s, b)), self.now).map_err(|e| format!("commit: {e}"))
+    }
+
+    /// Ordered visibility: the store's flush catches up to some seq.
+    fn flush(&mut self, to_head: bool) {
+        if let Some(d) = self.durable {
+            let seq = if to_head { self.fan.seq() } else { self.rng.gen_range(d..=self.fan.seq()) };
+            self.durable = Some(seq);
+            self.fan.handle_durable(seq);
+        }
     }
 
     fn connect(&mut self, v: usize) {
         let id = self.next_id;
         self.next_id += 1;
         let viewer = &mut self.viewers[v];
-        viewer.mirror.new_connection();
+        let agreed = viewer.agreed();
+        viewer.mirror.new_connection(&agreed);
         viewer.options.resume_seq = if viewer.options.interest { 0 } else { viewer.mirror.seq() };
         viewer.id = Some(id);
         viewer.wire.clear();
@@ -164,6 +207,7 @@ impl Sim {
             interest,
             resume_seq: 0,
             max_chunk_bytes: [0, 1_024, 4_096][self.rng.gen_range(0..3)],
+            compact: self.rng.gen_bool(0.4),
         };
         let area = if interest && self.rng.gen_bool(0.9) { Some(area(&mut self.rng)) } else { None };
         let wire_cap = self.rng.gen_range(1..16);
@@ -176,6 +220,7 @@ impl Sim {
             wire_cap,
             rate,
             mirror: Mirror::new(),
+            last_checked: true,
         });
         self.connect(self.viewers.len() - 1);
     }
@@ -199,7 +244,9 @@ impl Sim {
             }
             let Some(frame) = self.viewers[v].wire.pop_front() else { break };
             match self.viewers[v].mirror.handle_frame(frame) {
-                Ok(_) => {}
+                Ok(Some(Synced::Delta { checked, .. })) => self.viewers[v].last_checked = checked,
+                Ok(Some(Synced::Snapshot { .. })) => self.viewers[v].last_checked = true,
+                Ok(None) => {}
                 // The fan-out never sends a frame a correct mirror cannot take: a mirror out of
                 // sync is a fan-out bug here (a real client would drop it and resync).
                 Err(MirrorError::OutOfSync(reason)) => return Err(format!("viewer {v} out of sync: {reason}")),
@@ -229,6 +276,7 @@ impl Sim {
     }
 
     fn step(&mut self) -> Result<(), String> {
+        self.now += Duration::from_millis(self.rng.gen_range(0..20));
         match self.rng.gen_range(0..100) {
             0..=39 => {
                 let n = self.rng.gen_range(1..6);
@@ -271,8 +319,10 @@ impl Sim {
                 self.cut(v);
                 self.viewers.remove(v);
             }
+            64..=73 => self.flush(false),
             _ => {}
         }
+        self.fan.handle_timeout(self.now);
         for v in 0..self.viewers.len() {
             let rate = self.viewers[v].rate;
             self.pump(v, rate)?;
@@ -280,13 +330,8 @@ impl Sim {
         self.check_bounds()
     }
 
-    /// Everyone reconnects and reads everything; then every mirror must equal the server.
-    fn settle(&mut self) -> Result<(), String> {
-        for v in 0..self.viewers.len() {
-            if self.viewers[v].id.is_none() {
-                self.connect(v);
-            }
-        }
+    /// Pumps every viewer until nothing moves.
+    fn drain(&mut self) -> Result<(), String> {
         for _ in 0..10_000 {
             let mut busy = false;
             for v in 0..self.viewers.len() {
@@ -300,6 +345,29 @@ impl Sim {
                 break;
             }
         }
+        Ok(())
+    }
+
+    /// Everyone reconnects and reads everything; then every mirror must equal the server.
+    fn settle(&mut self) -> Result<(), String> {
+        for v in 0..self.viewers.len() {
+            if self.viewers[v].id.is_none() {
+                self.connect(v);
+            }
+        }
+        self.drain()?;
+        // Everything becomes durable; the confirm frames go out once their time has come.
+        self.flush(true);
+        self.drain()?;
+        if let Some(at) = self.fan.poll_timeout() {
+            self.now = self.now.max(at);
+            self.fan.handle_timeout(self.now);
+        }
+        self.drain()?;
+        if let Some(at) = self.fan.poll_timeout() {
+            return Err(format!("a confirm frame is still due at {at:?} (now {:?})", self.now));
+        }
+        let compact_hash = self.fan.compact_state_hash();
         let server = self.fan.projection();
         for (i, v) in self.viewers.iter().enumerate() {
             let id = v.id.expect("connected");
@@ -330,8 +398,22 @@ impl Sim {
                 if mirror.state_hash() != server.subset_hash(&held) {
                     return Err(format!("viewer {i}: the mirror differs from the server within its area"));
                 }
+            } else if v.agreed().compact_deltas {
+                if mirror.state_hash() != compact_hash {
+                    return Err(format!("compact viewer {i}: state hash differs from the server's compact hash"));
+                }
             } else if mirror.state_hash() != server.state_hash() {
                 return Err(format!("viewer {i}: state hash differs from the server's"));
+            }
+            if !v.last_checked {
+                return Err(format!("viewer {i}: its last delta carried no state hash"));
+            }
+            if v.mirror.durable_seq() != server.seq() {
+                return Err(format!(
+                    "viewer {i}: knows seq {} durable, all {} are",
+                    v.mirror.durable_seq(),
+                    server.seq()
+                ));
             }
         }
         Ok(())
@@ -354,6 +436,7 @@ fn run(seed: u64) -> Result<BTreeMap<&'static str, u64>, String> {
         ("resyncs", counts.resyncs),
         ("resumes", counts.resumes),
         ("snapshots", counts.snapshots),
+        ("confirms", counts.confirms),
         ("viewers", sim.viewers.len() as u64),
         ("seq", sim.fan.seq()),
     ]))

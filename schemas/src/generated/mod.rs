@@ -76,6 +76,8 @@ pub mod theta {
     pub use self::primitive_shape_generated::*;
     mod proof_generated;
     pub use self::proof_generated::*;
+    mod quantized_transform_generated;
+    pub use self::quantized_transform_generated::*;
     mod quat_generated;
     pub use self::quat_generated::*;
     mod remove_component_generated;

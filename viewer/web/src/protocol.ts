@@ -115,12 +115,12 @@ function finish(b: flatbuffers.Builder, kind: Message, table: flatbuffers.Offset
   return b.asUint8Array().slice();
 }
 
-/** The viewer's `Hello`: no compression, no interest management (a browser takes the whole
+/** The viewer's `Hello`: no compression, no interest management, exact deltas (a browser takes the whole
  * session, uncompressed; data channels are reliable and ordered). */
 export function helloFrame(publicKey: Uint8Array, session: Uint8Array, clientNonce: Uint8Array, resumeSeq: bigint): Uint8Array {
   const b = new flatbuffers.Builder(256);
   const compression = Capabilities.createCompressionVector(b, []);
-  const caps = Capabilities.createCapabilities(b, compression, false, 0, false);
+  const caps = Capabilities.createCapabilities(b, compression, false, 0, false, false);
   const schema = Hello.createSchemaHashVector(b, SCHEMA_HASH);
   const nonce = Hello.createClientNonceVector(b, clientNonce);
   const key = Hello.createPublicKeyVector(b, publicKey);

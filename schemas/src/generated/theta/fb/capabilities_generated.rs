@@ -23,6 +23,7 @@ impl<'a> Capabilities<'a> {
   pub const VT_INTEREST_MANAGEMENT: ::flatbuffers::VOffsetT = 6;
   pub const VT_MAX_CHUNK_BYTES: ::flatbuffers::VOffsetT = 8;
   pub const VT_DATAGRAMS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_COMPACT_DELTAS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -36,6 +37,7 @@ impl<'a> Capabilities<'a> {
     let mut builder = CapabilitiesBuilder::new(_fbb);
     builder.add_max_chunk_bytes(args.max_chunk_bytes);
     if let Some(x) = args.compression { builder.add_compression(x); }
+    builder.add_compact_deltas(args.compact_deltas);
     builder.add_datagrams(args.datagrams);
     builder.add_interest_management(args.interest_management);
     builder.finish()
@@ -74,6 +76,14 @@ impl<'a> Capabilities<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(Capabilities::VT_DATAGRAMS, Some(false)).unwrap()}
   }
+  /// Compact deltas: transforms quantized (Delta.transforms), state hashes only now and then.
+  #[inline]
+  pub fn compact_deltas(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Capabilities::VT_COMPACT_DELTAS, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Capabilities<'_> {
@@ -86,6 +96,7 @@ impl ::flatbuffers::Verifiable for Capabilities<'_> {
      .visit_field::<bool>("interest_management", Self::VT_INTEREST_MANAGEMENT, false)?
      .visit_field::<u32>("max_chunk_bytes", Self::VT_MAX_CHUNK_BYTES, false)?
      .visit_field::<bool>("datagrams", Self::VT_DATAGRAMS, false)?
+     .visit_field::<bool>("compact_deltas", Self::VT_COMPACT_DELTAS, false)?
      .finish();
     Ok(())
   }
@@ -95,6 +106,7 @@ pub struct CapabilitiesArgs<'a> {
     pub interest_management: bool,
     pub max_chunk_bytes: u32,
     pub datagrams: bool,
+    pub compact_deltas: bool,
 }
 impl<'a> Default for CapabilitiesArgs<'a> {
   #[inline]
@@ -104,6 +116,7 @@ impl<'a> Default for CapabilitiesArgs<'a> {
       interest_management: false,
       max_chunk_bytes: 0,
       datagrams: false,
+      compact_deltas: false,
     }
   }
 }
@@ -130,6 +143,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CapabilitiesBuilder<'a, 'b, A
     self.fbb_.push_slot::<bool>(Capabilities::VT_DATAGRAMS, datagrams, false);
   }
   #[inline]
+  pub fn add_compact_deltas(&mut self, compact_deltas: bool) {
+    self.fbb_.push_slot::<bool>(Capabilities::VT_COMPACT_DELTAS, compact_deltas, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CapabilitiesBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CapabilitiesBuilder {
@@ -151,6 +168,7 @@ impl ::core::fmt::Debug for Capabilities<'_> {
       ds.field("interest_management", &self.interest_management());
       ds.field("max_chunk_bytes", &self.max_chunk_bytes());
       ds.field("datagrams", &self.datagrams());
+      ds.field("compact_deltas", &self.compact_deltas());
       ds.finish()
   }
 }

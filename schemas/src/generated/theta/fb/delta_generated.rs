@@ -28,6 +28,8 @@ impl<'a> Delta<'a> {
   pub const VT_REMOVALS: ::flatbuffers::VOffsetT = 16;
   pub const VT_DESPAWNED: ::flatbuffers::VOffsetT = 18;
   pub const VT_DESCRIPTORS: ::flatbuffers::VOffsetT = 20;
+  pub const VT_TRANSFORMS: ::flatbuffers::VOffsetT = 22;
+  pub const VT_ORDERED_FROM: ::flatbuffers::VOffsetT = 24;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -39,8 +41,10 @@ impl<'a> Delta<'a> {
     args: &'args DeltaArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Delta<'bldr>> {
     let mut builder = DeltaBuilder::new(_fbb);
+    builder.add_ordered_from(args.ordered_from);
     builder.add_to_seq(args.to_seq);
     builder.add_from_seq(args.from_seq);
+    if let Some(x) = args.transforms { builder.add_transforms(x); }
     if let Some(x) = args.descriptors { builder.add_descriptors(x); }
     if let Some(x) = args.despawned { builder.add_despawned(x); }
     if let Some(x) = args.removals { builder.add_removals(x); }
@@ -73,7 +77,7 @@ impl<'a> Delta<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Delta::VT_TO_SEQ, Some(0)).unwrap()}
   }
-  /// 32-byte state hash at to_seq.
+  /// 32-byte state hash at to_seq; empty on a compact stream's deltas between checks.
   #[inline]
   pub fn state_hash(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
     // Safety:
@@ -116,6 +120,22 @@ impl<'a> Delta<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ComponentDescriptor>>>>(Delta::VT_DESCRIPTORS, None)}
   }
+  /// Compact streams: Transform upserts, quantized.
+  #[inline]
+  pub fn transforms(&self) -> Option<::flatbuffers::Vector<'a, QuantizedTransform>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, QuantizedTransform>>>(Delta::VT_TRANSFORMS, None)}
+  }
+  /// Ordered visibility: the first seq not yet durable (0: every seq up to to_seq is durable).
+  #[inline]
+  pub fn ordered_from(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Delta::VT_ORDERED_FROM, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Delta<'_> {
@@ -133,6 +153,8 @@ impl ::flatbuffers::Verifiable for Delta<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ComponentRemoval>>>>("removals", Self::VT_REMOVALS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("despawned", Self::VT_DESPAWNED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ComponentDescriptor>>>>("descriptors", Self::VT_DESCRIPTORS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, QuantizedTransform>>>("transforms", Self::VT_TRANSFORMS, false)?
+     .visit_field::<u64>("ordered_from", Self::VT_ORDERED_FROM, false)?
      .finish();
     Ok(())
   }
@@ -147,6 +169,8 @@ pub struct DeltaArgs<'a> {
     pub removals: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ComponentRemoval<'a>>>>>,
     pub despawned: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
     pub descriptors: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ComponentDescriptor<'a>>>>>,
+    pub transforms: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, QuantizedTransform>>>,
+    pub ordered_from: u64,
 }
 impl<'a> Default for DeltaArgs<'a> {
   #[inline]
@@ -161,6 +185,8 @@ impl<'a> Default for DeltaArgs<'a> {
       removals: None,
       despawned: None,
       descriptors: None,
+      transforms: None,
+      ordered_from: 0,
     }
   }
 }
@@ -207,6 +233,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeltaBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Delta::VT_DESCRIPTORS, descriptors);
   }
   #[inline]
+  pub fn add_transforms(&mut self, transforms: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , QuantizedTransform>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Delta::VT_TRANSFORMS, transforms);
+  }
+  #[inline]
+  pub fn add_ordered_from(&mut self, ordered_from: u64) {
+    self.fbb_.push_slot::<u64>(Delta::VT_ORDERED_FROM, ordered_from, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeltaBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     DeltaBuilder {
@@ -233,6 +267,8 @@ impl ::core::fmt::Debug for Delta<'_> {
       ds.field("removals", &self.removals());
       ds.field("despawned", &self.despawned());
       ds.field("descriptors", &self.descriptors());
+      ds.field("transforms", &self.transforms());
+      ds.field("ordered_from", &self.ordered_from());
       ds.finish()
   }
 }

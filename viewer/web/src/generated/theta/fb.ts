@@ -20,6 +20,7 @@ export { Interest } from './fb/interest.js';
 export { Message } from './fb/message.js';
 export { PrimitiveShape } from './fb/primitive-shape.js';
 export { Proof } from './fb/proof.js';
+export { QuantizedTransform } from './fb/quantized-transform.js';
 export { Quat } from './fb/quat.js';
 export { Rgba } from './fb/rgba.js';
 export { Role } from './fb/role.js';

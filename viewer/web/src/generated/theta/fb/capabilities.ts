@@ -64,8 +64,16 @@ datagrams():boolean {
   return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
 }
 
+/**
+ * Compact deltas: transforms quantized (Delta.transforms), state hashes only now and then.
+ */
+compactDeltas():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 12);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
+}
+
 static startCapabilities(builder:flatbuffers.Builder) {
-  builder.startObject(4);
+  builder.startObject(5);
 }
 
 static addCompression(builder:flatbuffers.Builder, compressionOffset:flatbuffers.Offset) {
@@ -96,17 +104,22 @@ static addDatagrams(builder:flatbuffers.Builder, datagrams:boolean) {
   builder.addFieldInt8(3, +datagrams, +false);
 }
 
+static addCompactDeltas(builder:flatbuffers.Builder, compactDeltas:boolean) {
+  builder.addFieldInt8(4, +compactDeltas, +false);
+}
+
 static endCapabilities(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createCapabilities(builder:flatbuffers.Builder, compressionOffset:flatbuffers.Offset, interestManagement:boolean, maxChunkBytes:number, datagrams:boolean):flatbuffers.Offset {
+static createCapabilities(builder:flatbuffers.Builder, compressionOffset:flatbuffers.Offset, interestManagement:boolean, maxChunkBytes:number, datagrams:boolean, compactDeltas:boolean):flatbuffers.Offset {
   Capabilities.startCapabilities(builder);
   Capabilities.addCompression(builder, compressionOffset);
   Capabilities.addInterestManagement(builder, interestManagement);
   Capabilities.addMaxChunkBytes(builder, maxChunkBytes);
   Capabilities.addDatagrams(builder, datagrams);
+  Capabilities.addCompactDeltas(builder, compactDeltas);
   return Capabilities.endCapabilities(builder);
 }
 }

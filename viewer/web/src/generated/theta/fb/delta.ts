@@ -7,6 +7,7 @@ import * as flatbuffers from 'flatbuffers';
 import { ComponentDescriptor } from '../../theta/fb/component-descriptor.js';
 import { ComponentRemoval } from '../../theta/fb/component-removal.js';
 import { ComponentValue } from '../../theta/fb/component-value.js';
+import { QuantizedTransform } from '../../theta/fb/quantized-transform.js';
 
 
 /**
@@ -56,7 +57,7 @@ toSeq():bigint {
 }
 
 /**
- * 32-byte state hash at to_seq.
+ * 32-byte state hash at to_seq; empty on a compact stream's deltas between checks.
  */
 stateHash(index: number):number|null {
   const offset = this.bb!.__offset(this.bb_pos, 10);
@@ -123,8 +124,29 @@ descriptorsLength():number {
   return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
 }
 
+/**
+ * Compact streams: Transform upserts, quantized.
+ */
+transforms(index: number, obj?:QuantizedTransform):QuantizedTransform|null {
+  const offset = this.bb!.__offset(this.bb_pos, 22);
+  return offset ? (obj || new QuantizedTransform()).__init(this.bb!.__vector(this.bb_pos + offset) + index * 40, this.bb!) : null;
+}
+
+transformsLength():number {
+  const offset = this.bb!.__offset(this.bb_pos, 22);
+  return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
+}
+
+/**
+ * Ordered visibility: the first seq not yet durable (0: every seq up to to_seq is durable).
+ */
+orderedFrom():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 24);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
 static startDelta(builder:flatbuffers.Builder) {
-  builder.startObject(9);
+  builder.startObject(11);
 }
 
 static addSession(builder:flatbuffers.Builder, sessionOffset:flatbuffers.Offset) {
@@ -247,12 +269,24 @@ static startDescriptorsVector(builder:flatbuffers.Builder, numElems:number) {
   builder.startVector(4, numElems, 4);
 }
 
+static addTransforms(builder:flatbuffers.Builder, transformsOffset:flatbuffers.Offset) {
+  builder.addFieldOffset(9, transformsOffset, 0);
+}
+
+static startTransformsVector(builder:flatbuffers.Builder, numElems:number) {
+  builder.startVector(40, numElems, 8);
+}
+
+static addOrderedFrom(builder:flatbuffers.Builder, orderedFrom:bigint) {
+  builder.addFieldInt64(10, orderedFrom, BigInt('0'));
+}
+
 static endDelta(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createDelta(builder:flatbuffers.Builder, sessionOffset:flatbuffers.Offset, fromSeq:bigint, toSeq:bigint, stateHashOffset:flatbuffers.Offset, spawnedOffset:flatbuffers.Offset, upsertsOffset:flatbuffers.Offset, removalsOffset:flatbuffers.Offset, despawnedOffset:flatbuffers.Offset, descriptorsOffset:flatbuffers.Offset):flatbuffers.Offset {
+static createDelta(builder:flatbuffers.Builder, sessionOffset:flatbuffers.Offset, fromSeq:bigint, toSeq:bigint, stateHashOffset:flatbuffers.Offset, spawnedOffset:flatbuffers.Offset, upsertsOffset:flatbuffers.Offset, removalsOffset:flatbuffers.Offset, despawnedOffset:flatbuffers.Offset, descriptorsOffset:flatbuffers.Offset, transformsOffset:flatbuffers.Offset, orderedFrom:bigint):flatbuffers.Offset {
   Delta.startDelta(builder);
   Delta.addSession(builder, sessionOffset);
   Delta.addFromSeq(builder, fromSeq);
@@ -263,6 +297,8 @@ static createDelta(builder:flatbuffers.Builder, sessionOffset:flatbuffers.Offset
   Delta.addRemovals(builder, removalsOffset);
   Delta.addDespawned(builder, despawnedOffset);
   Delta.addDescriptors(builder, descriptorsOffset);
+  Delta.addTransforms(builder, transformsOffset);
+  Delta.addOrderedFrom(builder, orderedFrom);
   return Delta.endDelta(builder);
 }
 }
