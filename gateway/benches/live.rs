@@ -104,6 +104,11 @@ struct Run {
     /// The editors' submit → receipt latency.
     receipt_p50_ms: f64,
     receipt_p99_ms: f64,
+    /// Submit → the store's commit thread sequenced the entry, p99.
+    sequenced_p99_ms: f64,
+    /// Sequenced → a viewer applied it, p50 and p99 (the live path alone).
+    delivery_p50_ms: f64,
+    delivery_p99_ms: f64,
 }
 
 /// A quantile of the store's append acknowledgement histogram (bucket upper bounds), ms.
@@ -216,6 +221,20 @@ async fn run(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let submitted: Arc<Mutex<HashMap<u64, Instant>>> = Default::default();
     let receipts: Arc<Mutex<Vec<f64>>> = Default::default();
+    // When the store's commit thread sequenced each seq (this listener runs beside the hub's).
+    let sequenced: Arc<Mutex<HashMap<u64, Instant>>> = Default::default();
+    {
+        let sequenced = sequenced.clone();
+        store.add_sequenced_listener(move |commits| {
+            let now = Instant::now();
+            let mut s = sequenced.lock().unwrap();
+            for c in commits {
+                for (seq, _) in c.commands.iter() {
+                    s.insert(*seq, now);
+                }
+            }
+        });
+    }
     let mut editors = Vec::new();
     // Every editor connects first; the paced run starts for all of them at once.
     let (start_tx, start_rx) = tokio::sync::watch::channel(false);
@@ -286,6 +305,12 @@ async fn run(
         commands += e.await.unwrap();
     }
     let submitted = submitted.lock().unwrap().clone();
+    let sequenced = sequenced.lock().unwrap().clone();
+    let mut to_sequenced: Vec<f64> = submitted
+        .iter()
+        .filter_map(|(seq, t)| sequenced.get(seq).map(|s| s.duration_since(*t).as_secs_f64() * 1e3))
+        .collect();
+    let mut delivery = Vec::new();
     let (mut lat, mut bytes, mut raw, mut resyncs) = (Vec::new(), 0u64, 0u64, 0u64);
     for v in viewers {
         let (applied, b, r, rs) = v.await.unwrap();
@@ -296,6 +321,9 @@ async fn run(
             for s in from + 1..=to {
                 if let Some(t) = submitted.get(&s) {
                     lat.push(at.duration_since(*t).as_secs_f64() * 1e3);
+                }
+                if let Some(t) = sequenced.get(&s) {
+                    delivery.push(at.duration_since(*t).as_secs_f64() * 1e3);
                 }
             }
         }
@@ -313,6 +341,9 @@ async fn run(
         p99_ms: pct(&mut lat, 0.99),
         receipt_p50_ms: pct(&mut receipts, 0.50),
         receipt_p99_ms: pct(&mut receipts, 0.99),
+        sequenced_p99_ms: pct(&mut to_sequenced, 0.99),
+        delivery_p50_ms: pct(&mut delivery, 0.50),
+        delivery_p99_ms: pct(&mut delivery, 0.99),
         samples: lat.len(),
         commands,
         appended,
@@ -330,7 +361,7 @@ fn main() {
     let secs: f64 = std::env::var("THETA_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
     // Half the CPUs serve, half run the clients (at least one worker each).
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let workers = (cpus / 2).max(1);
+    let workers = std::env::var("THETA_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or((cpus / 2).max(1));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -343,9 +374,9 @@ fn main() {
         EDITORS as u64 * ENTITIES_PER_EDITOR
     );
     println!(
-        "| visibility | viewers' transport | editors' transport | viewers | encoding | interest | commands/s | appended/s | viewer p50 | viewer p99 | receipt p50 / p99 | store ack p50 / p99 (≤ bucket) | bytes/viewer/s | raw bytes/viewer/s | resyncs |"
+        "| visibility | viewers' transport | editors' transport | viewers | encoding | interest | commands/s | appended/s | viewer p50 | viewer p99 | submit → sequenced p99 | sequenced → viewer p50 / p99 | receipt p50 / p99 | store ack p50 / p99 (≤ bucket) | bytes/viewer/s | raw bytes/viewer/s | resyncs |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let quic = TransportChoice::Quic;
     let webrtc = TransportChoice::WebRtc;
     let setup = |visibility, viewers, compression: &'static [&'static str], compact| Setup {
@@ -401,7 +432,7 @@ fn main() {
         };
         let visibility = if setup.visibility == Ordered { "ordered" } else { "confirmed" };
         println!(
-            "| {visibility} | {} | {} | {} | {encoding} | {} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.0} | {:.0} | {} |   ({} samples)",
+            "| {visibility} | {} | {} | {} | {encoding} | {} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.2} / {:.2} ms | {:.0} | {:.0} | {} |   ({} samples)",
             name(setup.transport),
             name(setup.editors),
             r.viewers,
@@ -410,6 +441,9 @@ fn main() {
             r.appended as f64 / secs,
             r.p50_ms,
             r.p99_ms,
+            r.sequenced_p99_ms,
+            r.delivery_p50_ms,
+            r.delivery_p99_ms,
             r.receipt_p50_ms,
             r.receipt_p99_ms,
             r.ack_p50_ms,

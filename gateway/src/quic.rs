@@ -190,18 +190,32 @@ pub fn server_capabilities() -> Capabilities {
     }
 }
 
-/// Writes each payload framed on a QUIC send stream, counting bytes.
+/// Writes each payload framed on a QUIC send stream, counting bytes: `first` (if any), then
+/// what `rx` brings. Payloads already waiting are written together (up to 16 KiB), so a burst
+/// leaves in as few packets as it fits.
 async fn write_frames(
     mut stream: quinn::SendStream,
+    first: Option<Vec<u8>>,
     mut rx: mpsc::Receiver<Vec<u8>>,
     stats: Arc<crate::metrics::ConnectionStats>,
 ) {
-    while let Some(payload) = rx.recv().await {
-        let bytes = frame::encode(&payload);
+    let mut next = first;
+    if next.is_none() {
+        next = rx.recv().await;
+    }
+    while let Some(payload) = next {
+        let mut bytes = frame::encode(&payload);
+        while bytes.len() < 16 * 1024 {
+            match rx.try_recv() {
+                Ok(p) => bytes.extend_from_slice(&frame::encode(&p)),
+                Err(_) => break,
+            }
+        }
         if stream.write_all(&bytes).await.is_err() {
             return;
         }
         stats.bytes_out.fetch_add(bytes.len() as u64, Relaxed);
+        next = rx.recv().await;
     }
     let _ = stream.finish();
 }
@@ -225,24 +239,15 @@ async fn connection(
     let (replication_out, mut replication_rx) = mpsc::channel::<Vec<u8>>(4);
     let mut tasks = vec![
         tokio::spawn(read_quic(control_rx, control_in_tx, bytes_in(&stats))),
-        tokio::spawn(write_frames(control_tx, control_out_rx, stats.clone())),
+        tokio::spawn(write_frames(control_tx, None, control_out_rx, stats.clone())),
     ];
     {
         let (conn, stats) = (conn.clone(), stats.clone());
         tasks.push(tokio::spawn(async move {
+            // The replication stream opens with the first payload.
             let Some(first) = replication_rx.recv().await else { return };
             let Ok(stream) = conn.open_uni().await else { return };
-            let (tx, rx) = mpsc::channel(1);
-            let writer = tokio::spawn(write_frames(stream, rx, stats));
-            let mut next = Some(first);
-            while let Some(p) = next {
-                if tx.send(p).await.is_err() {
-                    break;
-                }
-                next = replication_rx.recv().await;
-            }
-            drop(tx);
-            let _ = writer.await;
+            write_frames(stream, Some(first), replication_rx, stats).await;
         }));
     }
     {
