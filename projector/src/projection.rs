@@ -299,8 +299,8 @@ impl Projection {
         self.entities.get(&entity)?.stamps.values().max().copied()
     }
 
-    /// The flecs world (for read-only queries by renderers in this process).
-    pub fn world(&self) -> &World {
+    /// The flecs world (restoring checkpoints defers its writes).
+    pub(crate) fn world(&self) -> &World {
         &self.world
     }
 

@@ -8,12 +8,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-/// A storage failure. The store treats these as fatal for the batch that hit them.
+/// A storage failure. The store treats these as fatal for the batch that hit them. No sled
+/// type appears here: the engine is this module's business.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    /// sled reported an error.
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
+    /// The storage engine reported an error (its message).
+    #[error("storage engine: {0}")]
+    Engine(String),
     /// A file operation (fdatasync, directory creation) failed.
     #[error("{what}: {source}")]
     Io {
@@ -123,11 +124,11 @@ impl SledBackend {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(sled_error(e)),
             }
         };
-        let tree = db.open_tree("theta")?;
-        db.flush()?;
+        let tree = db.open_tree("theta").map_err(sled_error)?;
+        db.flush().map_err(sled_error)?;
         let data_file = File::open(path.join("db")).map_err(io("open sled data file in"))?;
         // Make the directory entries of a new database durable too.
         File::open(path).and_then(|d| d.sync_all()).map_err(io("fsync directory"))?;
@@ -171,13 +172,22 @@ impl SledBackend {
     }
 }
 
+/// A sled error as a [`BackendError`]: its I/O errors keep their `io::Error` (their kind says
+/// "disk full" or "I/O error"), the rest their message.
+fn sled_error(e: sled::Error) -> BackendError {
+    match e {
+        sled::Error::Io(source) => BackendError::Io { what: "sled".into(), source },
+        other => BackendError::Engine(other.to_string()),
+    }
+}
+
 fn sled_iter(it: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + Send + 'static) -> KvIter {
-    Box::new(it.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(BackendError::from)))
+    Box::new(it.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_error)))
 }
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+        Ok(self.tree.get(key).map_err(sled_error)?.map(|v| v.to_vec()))
     }
     fn range(&self, start: &[u8], end: &[u8]) -> KvIter {
         sled_iter(self.tree.range(start.to_vec()..end.to_vec()))
@@ -193,10 +203,10 @@ impl Backend for SledBackend {
                 None => b.remove(k),
             }
         }
-        Ok(self.tree.apply_batch(b)?)
+        self.tree.apply_batch(b).map_err(sled_error)
     }
     fn flush(&self, sync_data: bool) -> Result<(), BackendError> {
-        self.db.flush()?;
+        self.db.flush().map_err(sled_error)?;
         if sync_data {
             self.data_file.sync_data().map_err(|source| BackendError::Io {
                 what: format!("fdatasync {}", self.path.join("db").display()),
