@@ -15,8 +15,8 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use theta_live::frame;
+use theta_schemas::Message;
 use theta_schemas::wire::{Capabilities, CommandReceipt, WireError};
-use theta_schemas::{Envelope, Message};
 use theta_store::{AppendError, Store};
 use theta_transport::read_quic;
 use tokio::sync::mpsc;
@@ -278,24 +278,13 @@ async fn connection(
 /// Submits one command envelope received live through the store's checks; its receipt or typed
 /// error goes to `out` (the control stream), matched by nonce. Waits for room on `out` first.
 pub async fn submit_command(store: &Store, session: SessionId, envelope: Vec<u8>, out: &mpsc::Sender<Vec<u8>>) {
-    let (nonce, named) = match Envelope::open(&envelope) {
-        Ok((_, b)) => (b.nonce, Some(b.session)),
-        Err(_) => (0, None),
-    };
-    if named.is_some_and(|s| s != session) {
-        let e = WireError {
-            code: COMMAND_ERROR_BASE + 2,
-            reason: "command names another session than the handshake".into(),
-            nonce,
-        };
-        let _ = out.send(Message::Error(e).encode()).await;
-        return;
-    }
     // A slot on the control stream is taken before the command goes in, so its receipt or
     // error always has room: a client that stops reading its control stream stops having its
-    // commands read (backpressure), and never loses an answer.
+    // commands read (backpressure), and never loses an answer. The store decodes the command
+    // once (its verify stage): it refuses one naming another session than the connection's,
+    // and answers with the command's nonce.
     let Ok(slot) = out.clone().reserve_owned().await else { return };
-    store.submit(envelope, move |r| {
+    store.submit_in(session, envelope, move |r, nonce| {
         let msg = match r {
             Ok(r) => Message::CommandReceipt(CommandReceipt {
                 nonce: r.nonce,

@@ -176,6 +176,34 @@ async fn handshake_commands_and_bad_input_over_quic() {
     }
     assert_eq!(store.metrics().counter("permission_denials"), Some(1));
 
+    // A command naming another session than the connection's: a schema error with its nonce,
+    // counted, nothing appended; malformed bytes get the same code with nonce 0.
+    let schema_before = store.metrics().counter("schema_rejections").unwrap_or(0);
+    let other = CommandBody {
+        session: SessionId([0x77; 16]),
+        author: author_key(&editor),
+        lamport: 31,
+        nonce: 31_001,
+        wall_clock_ms: 0,
+        entity: 1,
+        component: Name::id(),
+        base_version: 0,
+        command: Command::Rename { name: "elsewhere".into() },
+    };
+    cmds.write_all(&frame::encode(&Envelope::sign(&other, &editor).encode())).await.unwrap();
+    cmds.write_all(&frame::encode(b"not an envelope")).await.unwrap();
+    for nonce in [31_001, 0] {
+        match Message::decode(&ctl.recv().await.unwrap()).unwrap() {
+            Message::Error(e) => {
+                assert_eq!(e.code, COMMAND_ERROR_BASE + theta_store::RejectionCode::Schema as u32, "{e:?}");
+                assert_eq!(e.nonce, nonce);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(store.metrics().counter("schema_rejections").unwrap_or(0), schema_before + 2);
+    assert_eq!(store.head(&S).unwrap().seq, 14);
+
     // A key without a role, and a stranger's session: refused after the proof.
     let (_, mut sctl) = connect(&ep, server.addr).await;
     let e = handshake(&mut sctl, &SigningKey::from_bytes(&[9; 32])).await.unwrap_err();

@@ -243,30 +243,41 @@ pub struct Committed {
 /// Called by the commit thread with every durable commit's decoded commands, per session.
 pub type CommandListener = Arc<dyn Fn(&[Committed]) + Send + Sync>;
 
-/// A caller's answer: called once with an append's outcome.
-type Reply = Box<dyn FnOnce(Result<Receipt, AppendError>) + Send>;
+/// A caller's answer: called once with an append's outcome and the command's nonce (0 when
+/// the envelope did not decode).
+type Reply = Box<dyn FnOnce(Result<Receipt, AppendError>, u64) + Send>;
 
 /// Calls its callback exactly once: with the outcome, or with `ShuttingDown` if dropped.
-struct Responder(Option<Reply>);
+struct Responder {
+    reply: Option<Reply>,
+    /// The command's nonce, once the verify stage decoded it.
+    nonce: u64,
+}
 
 impl Responder {
+    fn new(reply: Reply) -> Responder {
+        Responder { reply: Some(reply), nonce: 0 }
+    }
+
     fn send(mut self, r: Result<Receipt, AppendError>) {
-        if let Some(f) = self.0.take() {
-            f(r)
+        if let Some(f) = self.reply.take() {
+            f(r, self.nonce)
         }
     }
 }
 
 impl Drop for Responder {
     fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f(Err(AppendError::ShuttingDown))
+        if let Some(f) = self.reply.take() {
+            f(Err(AppendError::ShuttingDown), self.nonce)
         }
     }
 }
 
 struct AppendJob {
     bytes: Vec<u8>,
+    /// The session the submitter's connection is for: a command naming another is refused.
+    session: Option<SessionId>,
     reply: Responder,
     submitted: Instant,
 }
@@ -519,12 +530,28 @@ impl Store {
     /// Submits an envelope; `reply` is called exactly once with the outcome, from a store
     /// thread (keep it short: send it to a channel). Blocks while the submission queue is full.
     pub fn submit(&self, envelope: Vec<u8>, reply: impl FnOnce(Result<Receipt, AppendError>) + Send + 'static) {
-        let reply = Responder(Some(Box::new(reply)));
+        self.submit_job(envelope, None, Box::new(move |r, _| reply(r)));
+    }
+
+    /// [`Store::submit`] for a connection bound to `session` (a live link): a command naming
+    /// another session is refused as invalid, and `reply` gets the command's nonce with the
+    /// outcome (0 when the envelope does not decode), so the caller never decodes it itself.
+    pub fn submit_in(
+        &self,
+        session: SessionId,
+        envelope: Vec<u8>,
+        reply: impl FnOnce(Result<Receipt, AppendError>, u64) + Send + 'static,
+    ) {
+        self.submit_job(envelope, Some(session), Box::new(reply));
+    }
+
+    fn submit_job(&self, envelope: Vec<u8>, session: Option<SessionId>, reply: Reply) {
+        let reply = Responder::new(reply);
         if self.shared.closing.load(Relaxed) {
             return reply.send(Err(AppendError::ShuttingDown));
         }
         self.shared.metrics.queue_depth.fetch_add(1, Relaxed);
-        let job = Job::Append(AppendJob { bytes: envelope, reply, submitted: Instant::now() });
+        let job = Job::Append(AppendJob { bytes: envelope, session, reply, submitted: Instant::now() });
         if let Err(e) = self.tx.send(job) {
             self.shared.metrics.queue_depth.fetch_sub(1, Relaxed);
             if let Job::Append(j) = e.0 {
@@ -1306,10 +1333,19 @@ fn verify_worker(
             if appends.is_empty() {
                 return;
             }
-            let (inputs, rest): (Vec<Vec<u8>>, Vec<(Responder, Instant)>) =
-                std::mem::take(appends).into_iter().map(|j| (j.bytes, (j.reply, j.submitted))).unzip();
+            let (inputs, rest): (Vec<(Vec<u8>, Option<SessionId>)>, Vec<(Responder, Instant)>) =
+                std::mem::take(appends).into_iter().map(|j| ((j.bytes, j.session), (j.reply, j.submitted))).unzip();
             let checked = verifier::check_batch(inputs, &shared.config, &mut keys, &shared.metrics);
-            out.push(Stage2::Appends(checked.into_iter().zip(rest).map(|(c, (r, t))| (c, r, t)).collect()));
+            out.push(Stage2::Appends(
+                checked
+                    .into_iter()
+                    .zip(rest)
+                    .map(|(c, (mut r, t))| {
+                        r.nonce = c.nonce;
+                        (c, r, t)
+                    })
+                    .collect(),
+            ));
         };
         for job in jobs {
             match job {
@@ -1587,7 +1623,7 @@ impl Committer {
         let keep_commands = self.shared.wants_commands.load(Relaxed);
         let mut commands: BTreeMap<SessionId, Vec<(u64, theta_schemas::CommandBody)>> = BTreeMap::new();
         for (checked, reply, submitted) in group {
-            let Checked { mut bytes, result, origin } = checked;
+            let Checked { mut bytes, result, origin, .. } = checked;
             let (author, session, result) = match result {
                 Err(e) => (origin.map(|o| o.1), origin.map(|o| o.0), Err(e)),
                 Ok(body) => {

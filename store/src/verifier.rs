@@ -27,6 +27,8 @@ pub(crate) struct Checked {
     /// Session and author named by the body, when it decoded and the signature proves the author
     /// (for the rejection trail: a session's trail holds only rejections of proven authors).
     pub origin: Option<(SessionId, AuthorKey)>,
+    /// The body's nonce, when it decoded (0 otherwise): a live client matches answers by it.
+    pub nonce: u64,
 }
 
 /// Bounded cache of decoded, non-weak public keys.
@@ -54,17 +56,27 @@ impl KeyCache {
     }
 }
 
-/// Guard, decode and validate one envelope; returns the body and envelope if they pass.
+/// Guard, decode and validate one envelope (bound to `expected`, the submitting connection's
+/// session, when it has one); returns the body and envelope if they pass.
 fn precheck(
     bytes: &[u8],
+    expected: Option<SessionId>,
     config: &StoreConfig,
     origin: &mut Option<(SessionId, AuthorKey)>,
+    nonce: &mut u64,
 ) -> Result<(Envelope, CommandBody), AppendError> {
     if bytes.len() > config.max_envelope_bytes {
         return Err(AppendError::PayloadTooLarge { len: bytes.len(), max: config.max_envelope_bytes });
     }
     let (envelope, body) = Envelope::open(bytes).map_err(AppendError::Malformed)?;
     *origin = Some((body.session, body.author));
+    *nonce = body.nonce;
+    if expected.is_some_and(|s| s != body.session) {
+        return Err(AppendError::Invalid {
+            kind: body.command.kind(),
+            reason: "the command names another session than its connection's".into(),
+        });
+    }
     validate(&body)?;
     Ok((envelope, body))
 }
@@ -119,16 +131,16 @@ fn verify_part(part: &[Pending<'_>], batch: bool) -> (Vec<usize>, bool) {
 
 /// Runs the stateless stage over a batch of envelopes.
 pub(crate) fn check_batch(
-    inputs: Vec<Vec<u8>>,
+    inputs: Vec<(Vec<u8>, Option<SessionId>)>,
     config: &StoreConfig,
     keys: &mut KeyCache,
     metrics: &Metrics,
 ) -> Vec<Checked> {
     let mut out: Vec<Checked> = Vec::with_capacity(inputs.len());
     let mut envelopes: Vec<Option<(Envelope, PublicKey)>> = Vec::with_capacity(inputs.len());
-    for bytes in inputs {
-        let mut origin = None;
-        let (envelope, result) = match precheck(&bytes, config, &mut origin) {
+    for (bytes, expected) in inputs {
+        let (mut origin, mut nonce) = (None, 0);
+        let (envelope, result) = match precheck(&bytes, expected, config, &mut origin, &mut nonce) {
             Ok((envelope, body)) => match keys.get(&body.author) {
                 Ok(key) => (Some((envelope, key)), Ok(body)),
                 Err(e) => {
@@ -145,7 +157,7 @@ pub(crate) fn check_batch(
             }
         };
         envelopes.push(envelope);
-        out.push(Checked { bytes, result, origin });
+        out.push(Checked { bytes, result, origin, nonce });
     }
     let started = Instant::now();
     let pending: Vec<Pending<'_>> = out
