@@ -11,9 +11,9 @@ use theta_proto::v1::audit_service_client::AuditServiceClient;
 use theta_proto::v1::log_service_client::LogServiceClient;
 use theta_proto::v1::replay_service_client::ReplayServiceClient;
 use theta_schemas::components::{Material, Transform};
+use theta_schemas::merkle::{leaf_hash, verify_inclusion};
 use theta_schemas::signing::author_key;
 use theta_schemas::{AuthorKey, Command, CommandBody, ComponentId, ConflictStrategy, Envelope, Role, SessionId, Shape};
-use theta_store::merkle::{leaf_hash, verify_inclusion};
 use tokio_stream::StreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
@@ -473,7 +473,7 @@ pub async fn prove(server: &Server, session: &str, seq: u64) -> anyhow::Result<(
     )?;
     let p = AuditServiceClient::new(ch).inclusion_proof(req).await.map_err(status)?.into_inner();
     let entry_hash: [u8; 32] = entry.entry_hash[..].try_into().context("entry hash length")?;
-    let recomputed = theta_store::merkle::entry_hash(
+    let recomputed = theta_schemas::merkle::entry_hash(
         &session,
         entry.seq,
         entry.receipt_time_ms,

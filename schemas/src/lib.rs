@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod ids;
 pub mod log;
 pub mod manifest;
+pub mod merkle;
 pub mod policy;
 pub mod signing;
 pub mod wire;
