@@ -5,17 +5,11 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use serde_json::Value as Json;
+use theta_client::command_json::command_from_json;
+use theta_client::history::{HistoryClient, HistoryError};
 use theta_proto::v1 as pb;
-use theta_proto::v1::admin_service_client::AdminServiceClient;
-use theta_proto::v1::audit_service_client::AuditServiceClient;
-use theta_proto::v1::log_service_client::LogServiceClient;
-use theta_proto::v1::replay_service_client::ReplayServiceClient;
-use theta_schemas::components::{Material, Transform};
-use theta_schemas::merkle::{leaf_hash, verify_inclusion};
-use theta_schemas::signing::author_key;
-use theta_schemas::{AuthorKey, Command, CommandBody, ComponentId, ConflictStrategy, Envelope, Role, SessionId, Shape};
+use theta_schemas::SessionId;
 use tokio_stream::StreamExt;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 use crate::cli::read_key;
 
@@ -36,103 +30,49 @@ pub struct Server {
 }
 
 impl Server {
-    pub(crate) async fn connect(&self) -> anyhow::Result<Channel> {
-        let mut ep = Channel::from_shared(self.server.clone())
-            .with_context(|| format!("server address {:?}", self.server))?
-            // Log reads come in batches of megabytes: windows that hold one avoid a round trip
-            // per 64 KiB.
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(16 << 20));
-        if let Some(ca) = &self.ca {
-            let pem = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
-            ep = ep.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
-        }
-        ep.connect().await.with_context(|| format!("connect to {} (is `theta serve` running?)", self.server))
+    /// A history client for the server, with the `--key` file's key when one is given.
+    pub(crate) async fn connect(&self) -> anyhow::Result<HistoryClient> {
+        let ca = match &self.ca {
+            Some(ca) => Some(std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?),
+            None => None,
+        };
+        let key = match &self.key {
+            Some(path) => Some(read_key(path)?),
+            None => None,
+        };
+        HistoryClient::connect(&self.server, ca, key).await.map_err(status)
     }
 
-    /// The `--key` file, which `what` needs.
+    /// The `--key` file's key, which `what` needs.
     pub(crate) fn signing_key(&self, what: &str) -> anyhow::Result<ed25519_dalek::SigningKey> {
         read_key(self.key.as_deref().with_context(|| format!("{what} needs --key FILE (or THETA_KEY)"))?)
     }
 
-    /// A read request for `method` on `session`, with a fresh credential when `--key` is given
-    /// (without one the server answers UNAUTHENTICATED unless it runs with --public-read).
-    pub(crate) fn read<T>(
-        &self,
-        method: &str,
-        session: Option<&SessionId>,
-        msg: T,
-    ) -> anyhow::Result<tonic::Request<T>> {
-        match &self.key {
-            Some(path) => Ok(signed(&read_key(path)?, method, session, msg)),
-            None => Ok(tonic::Request::new(msg)),
+    /// A history client that holds a key, which `what` needs.
+    pub(crate) async fn connect_with_key(&self, what: &str) -> anyhow::Result<HistoryClient> {
+        if self.key.is_none() {
+            bail!("{what} needs --key FILE (or THETA_KEY)");
         }
+        self.connect().await
     }
-}
-
-/// A request carrying a fresh read credential of `key` for `method` on `session`
-/// (docs/PROTOCOL.md, "Read credentials").
-pub(crate) fn signed<T>(
-    key: &ed25519_dalek::SigningKey,
-    method: &str,
-    session: Option<&SessionId>,
-    msg: T,
-) -> tonic::Request<T> {
-    let credential = theta_schemas::credential::Credential::sign(key, method, session, now_ms(), rand::random());
-    let mut req = tonic::Request::new(msg);
-    req.metadata_mut().insert(
-        theta_schemas::credential::CREDENTIAL_METADATA,
-        credential.encode().parse().expect("a credential is ASCII"),
-    );
-    req
 }
 
 fn session_id(s: &str) -> anyhow::Result<SessionId> {
     SessionId::from_hex(s).with_context(|| format!("session id {s:?} must be 32 hex digits"))
 }
 
-pub(crate) fn status(e: tonic::Status) -> anyhow::Error {
-    let hint = if e.code() == tonic::Code::Unauthenticated && e.message().contains("needs a credential") {
-        " (pass --key FILE or set THETA_KEY: a key with a role in the session)"
-    } else {
-        ""
+/// A history call's error for the CLI, with a hint where the fix is the caller's.
+pub(crate) fn status(e: impl Into<HistoryError>) -> anyhow::Error {
+    let e = e.into();
+    let hint = match &e {
+        HistoryError::Status(s)
+            if s.code() == tonic::Code::Unauthenticated && s.message().contains("needs a credential") =>
+        {
+            " (pass --key FILE or set THETA_KEY: a key with a role in the session)"
+        }
+        _ => "",
     };
-    anyhow::anyhow!("{:?}: {}{hint}", e.code(), e.message())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Signs a command for `session` with a Lamport timestamp above the session clock.
-async fn sign(
-    ch: &Channel,
-    key: &ed25519_dalek::SigningKey,
-    session: SessionId,
-    entity: u64,
-    component: ComponentId,
-    base: u64,
-    command: Command,
-) -> anyhow::Result<Vec<u8>> {
-    let head =
-        signed(key, "/theta.v1.LogService/Head", Some(&session), pb::HeadRequest { session: session.0.to_vec() });
-    let clock = match LogServiceClient::new(ch.clone()).head(head).await {
-        Ok(h) => h.into_inner().lamport_clock,
-        Err(e) if e.code() == tonic::Code::NotFound && matches!(command, Command::CreateSession { .. }) => 0,
-        Err(e) => return Err(status(e)),
-    };
-    let body = CommandBody {
-        session,
-        author: author_key(key),
-        lamport: clock + 1,
-        nonce: rand::random(),
-        wall_clock_ms: now_ms(),
-        entity,
-        component,
-        base_version: base,
-        command,
-    };
-    Ok(Envelope::sign(&body, key).encode())
+    anyhow::anyhow!("{e}{hint}")
 }
 
 fn receipt_line(r: &pb::Receipt) -> String {
@@ -150,12 +90,8 @@ fn receipt_line(r: &pb::Receipt) -> String {
 /// Prints the bare session id on stdout (so `S=$(theta session create ...)` works) and the
 /// receipt on stderr; with `json`, one JSON object on stdout instead.
 pub async fn create_session(server: &Server, name: String, json: bool) -> anyhow::Result<()> {
-    let key = server.signing_key("creating a session")?;
-    let ch = server.connect().await?;
-    let session = SessionId(rand::random());
-    let env = sign(&ch, &key, session, 0, ComponentId::NONE, 0, Command::CreateSession { name }).await?;
-    let r = LogServiceClient::new(ch).create_session(pb::AppendRequest { envelope: env }).await.map_err(status)?;
-    let receipt = r.into_inner().receipt.unwrap_or_default();
+    let client = server.connect_with_key("creating a session").await?;
+    let (session, receipt) = client.create_session(name).await.map_err(status)?;
     if json {
         let mut j = receipt_json(&receipt);
         j["session"] = Json::from(session.to_string());
@@ -175,155 +111,14 @@ fn receipt_json(r: &pb::Receipt) -> Json {
     })
 }
 
-fn f32s<const N: usize>(j: &Json, field: &str, default: [f32; N]) -> anyhow::Result<[f32; N]> {
-    match j.get(field) {
-        None => Ok(default),
-        Some(v) => {
-            let a = v.as_array().with_context(|| format!("{field} must be an array of {N} numbers"))?;
-            if a.len() != N {
-                bail!("{field} must have {N} numbers");
-            }
-            let mut out = [0f32; N];
-            for (o, x) in out.iter_mut().zip(a) {
-                *o = x.as_f64().with_context(|| format!("{field} must hold numbers"))? as f32;
-            }
-            Ok(out)
-        }
-    }
-}
-
-fn u32s(j: &Json, field: &str) -> anyhow::Result<Vec<u32>> {
-    j.get(field)
-        .and_then(Json::as_array)
-        .with_context(|| format!("{field} must be an array of integers"))?
-        .iter()
-        .map(|x| x.as_u64().map(|v| v as u32).with_context(|| format!("{field} must hold integers")))
-        .collect()
-}
-
-fn string(j: &Json, field: &str) -> anyhow::Result<String> {
-    Ok(j.get(field).and_then(Json::as_str).with_context(|| format!("{field} must be a string"))?.to_string())
-}
-
-fn component_named(name: &str) -> anyhow::Result<ComponentId> {
-    theta_schemas::registry()
-        .iter()
-        .find(|d| d.name == name || d.name.trim_start_matches("theta.") == name)
-        .map(|d| d.id)
-        .with_context(|| format!("unknown component {name:?}"))
-}
-
-/// A command from its JSON description (docs/PROTOCOL.md, "CLI command JSON").
-pub fn command_from_json(j: &Json) -> anyhow::Result<(u64, ComponentId, u64, Command)> {
-    let kind = string(j, "kind")?;
-    let kind = theta_schemas::CommandKind::parse(&kind).with_context(|| {
-        let kinds: Vec<&str> = theta_schemas::CommandKind::ALL.iter().map(|k| k.name()).collect();
-        format!("unknown kind {kind:?}; the kinds are {}", kinds.join(", "))
-    })?;
-    let entity = j.get("entity").and_then(Json::as_u64).unwrap_or(0);
-    let base = j.get("base_version").and_then(Json::as_u64).unwrap_or(0);
-    let scope = |kind| match theta_schemas::policy::scope_rule(kind) {
-        theta_schemas::policy::ScopeRule::Component(c) => c,
-        _ => ComponentId::NONE,
-    };
-    let key = |field: &str| -> anyhow::Result<AuthorKey> {
-        let mut k = [0u8; 32];
-        hex::decode_to_slice(string(j, field)?, &mut k).with_context(|| format!("{field} must be 64 hex digits"))?;
-        Ok(AuthorKey(k))
-    };
-    use theta_schemas::CommandKind as K;
-    let command = match kind {
-        K::CreateSession => bail!("use `theta session create`"),
-        K::GrantRole => {
-            let role = string(j, "role")?;
-            let role = Role::ALL
-                .iter()
-                .copied()
-                .find(|r| r.name().eq_ignore_ascii_case(&role))
-                .with_context(|| format!("unknown role {role:?}"))?;
-            Command::GrantRole { key: key("key")?, role }
-        }
-        K::RevokeRole => Command::RevokeRole { key: key("key")? },
-        K::SetConflictPolicy => {
-            let strategy = string(j, "strategy")?.to_ascii_lowercase().replace(['-', '_'], "");
-            let strategy = match strategy.as_str() {
-                "lastwritewins" | "lww" => ConflictStrategy::LastWriteWins,
-                "merge" => ConflictStrategy::Merge,
-                "reject" => ConflictStrategy::Reject,
-                other => bail!("unknown strategy {other:?}"),
-            };
-            Command::SetConflictPolicy { component: component_named(&string(j, "component")?)?, strategy }
-        }
-        K::CreateEntity => {
-            let shape = j.get("shape").and_then(Json::as_str).unwrap_or("cube");
-            let shape = Shape::ALL
-                .iter()
-                .copied()
-                .find(|s| s.name().eq_ignore_ascii_case(shape))
-                .with_context(|| format!("unknown shape {shape:?}"))?;
-            Command::CreateEntity {
-                shape,
-                name: j.get("name").and_then(Json::as_str).unwrap_or("").to_string(),
-                parent: j.get("parent").and_then(Json::as_u64).unwrap_or(0),
-            }
-        }
-        K::DeleteEntity => Command::DeleteEntity,
-        K::SetTransform => {
-            let d = Transform::default();
-            Command::SetTransform(Transform {
-                translation: f32s(j, "translation", d.translation)?,
-                rotation: f32s(j, "rotation", d.rotation)?,
-                scale: f32s(j, "scale", d.scale)?,
-            })
-        }
-        K::Select => Command::Select,
-        K::Deselect => Command::Deselect,
-        K::ChangeTool => Command::ChangeTool { tool: string(j, "tool")? },
-        K::MoveVertices => {
-            let indices = u32s(j, "indices")?;
-            let positions = j
-                .get("positions")
-                .and_then(Json::as_array)
-                .context("positions must be an array of [x, y, z]")?
-                .iter()
-                .map(|p| f32s::<3>(&serde_json::json!({ "p": p }), "p", [0.0; 3]))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            Command::MoveVertices { indices, positions }
-        }
-        K::AddFaces => Command::AddFaces { indices: u32s(j, "indices")? },
-        K::RemoveFaces => Command::RemoveFaces { faces: u32s(j, "faces")? },
-        K::Rename => Command::Rename { name: string(j, "name")? },
-        K::Reparent => Command::Reparent { parent: j.get("parent").and_then(Json::as_u64).unwrap_or(0) },
-        K::SetMaterial => {
-            let d = Material::default();
-            Command::SetMaterial(Material {
-                base_color: f32s(j, "base_color", d.base_color)?,
-                metallic: j.get("metallic").and_then(Json::as_f64).map_or(d.metallic, |v| v as f32),
-                roughness: j.get("roughness").and_then(Json::as_f64).map_or(d.roughness, |v| v as f32),
-            })
-        }
-        K::RemoveComponent => {
-            let c = component_named(&string(j, "component")?)?;
-            return Ok((entity, c, base, Command::RemoveComponent));
-        }
-        K::SetComponent => bail!(
-            "SetComponent is not available from JSON; use the specific command (SetTransform, Rename, SetMaterial, ...)"
-        ),
-    };
-    Ok((entity, scope(kind), base, command))
-}
-
 /// `theta append`.
 pub async fn append(server: &Server, session: &str, json: &str, json_out: bool) -> anyhow::Result<()> {
-    let key = server.signing_key("appending")?;
     let session = session_id(session)?;
     let j: Json = serde_json::from_str(json)
         .context("the command must be JSON, e.g. {\"kind\":\"Rename\",\"entity\":1,\"name\":\"x\"}")?;
     let (entity, component, base, command) = command_from_json(&j)?;
-    let ch = server.connect().await?;
-    let env = sign(&ch, &key, session, entity, component, base, command).await?;
-    let r = LogServiceClient::new(ch).append(pb::AppendRequest { envelope: env }).await.map_err(status)?;
-    let receipt = r.into_inner().receipt.unwrap_or_default();
+    let client = server.connect_with_key("appending").await?;
+    let receipt = client.append(session, entity, component, base, command).await.map_err(status)?;
     if json_out {
         println!("{}", receipt_json(&receipt));
     } else {
@@ -369,7 +164,7 @@ pub async fn log(server: &Server, a: LogArgs) -> anyhow::Result<()> {
         }
         None => Vec::new(),
     };
-    let ch = server.connect().await?;
+    let client = server.connect().await?;
     let req = pb::ReadLogRequest {
         session: session.0.to_vec(),
         from_seq: a.from,
@@ -380,8 +175,7 @@ pub async fn log(server: &Server, a: LogArgs) -> anyhow::Result<()> {
         batch_size: 4096,
         envelope_only: false,
     };
-    let req = server.read("/theta.v1.ReplayService/ReadLog", Some(&session), req)?;
-    let mut stream = ReplayServiceClient::new(ch).read_log(req).await.map_err(status)?.into_inner();
+    let mut stream = client.read_log(&session, req).await.map_err(status)?;
     let started = Instant::now();
     let mut n = 0u64;
     let mut next_report = 100_000;
@@ -424,13 +218,7 @@ pub async fn log(server: &Server, a: LogArgs) -> anyhow::Result<()> {
 /// `theta audit verify`.
 pub async fn verify(server: &Server, session: &str, from: u64, to: u64) -> anyhow::Result<()> {
     let session = session_id(session)?;
-    let ch = server.connect().await?;
-    let req = server.read(
-        "/theta.v1.AuditService/VerifyLog",
-        Some(&session),
-        pb::VerifyLogRequest { session: session.0.to_vec(), from_seq: from, to_seq: to },
-    )?;
-    let r = AuditServiceClient::new(ch).verify_log(req).await.map_err(status)?.into_inner();
+    let r = server.connect().await?.verify_log(&session, from, to).await.map_err(status)?;
     println!("entries checked  {}", r.entries_checked);
     println!("signatures       {}", if r.signatures_ok { "ok" } else { "FAILED" });
     println!("hash chain       {}", if r.chain_ok { "ok" } else { "FAILED" });
@@ -449,55 +237,22 @@ pub async fn verify(server: &Server, session: &str, from: u64, to: u64) -> anyho
 /// `theta audit prove`: fetch an entry and its inclusion proof, and check them here.
 pub async fn prove(server: &Server, session: &str, seq: u64) -> anyhow::Result<()> {
     let session = session_id(session)?;
-    let ch = server.connect().await?;
-    let mut replay = ReplayServiceClient::new(ch.clone());
-    let req = server.read(
-        "/theta.v1.ReplayService/ReadLog",
-        Some(&session),
-        pb::ReadLogRequest { session: session.0.to_vec(), from_seq: seq, to_seq: seq, ..Default::default() },
-    )?;
-    let mut entries = replay.read_log(req).await.map_err(status)?.into_inner();
-    let entry = entries
-        .next()
-        .await
-        .context("no such entry")?
-        .map_err(status)?
-        .entries
-        .into_iter()
-        .next()
-        .context("no such entry")?;
-    let req = server.read(
-        "/theta.v1.AuditService/InclusionProof",
-        Some(&session),
-        pb::InclusionProofRequest { session: session.0.to_vec(), seq, tree_size: 0 },
-    )?;
-    let p = AuditServiceClient::new(ch).inclusion_proof(req).await.map_err(status)?.into_inner();
-    let entry_hash: [u8; 32] = entry.entry_hash[..].try_into().context("entry hash length")?;
-    let recomputed = theta_schemas::merkle::entry_hash(
-        &session,
-        entry.seq,
-        entry.receipt_time_ms,
-        &entry.prev_hash[..].try_into()?,
-        &entry.envelope,
-    );
-    let path: Vec<[u8; 32]> = p.path.iter().map(|h| h.as_slice().try_into()).collect::<Result<_, _>>()?;
-    let root: [u8; 32] = p.root.as_slice().try_into()?;
-    let ok =
-        recomputed == entry_hash && verify_inclusion(&leaf_hash(&entry_hash), p.leaf_index, p.tree_size, &path, &root);
+    let p = server.connect().await?.prove(&session, seq).await.map_err(status)?;
     println!(
-        "entry {seq}: {} by {} (entry hash {})",
-        entry.kind,
-        &hex::encode(&entry.author)[..16],
-        hex::encode(entry_hash)
+        "entry {seq}: {} by {} (entry hash {}{})",
+        p.entry.kind,
+        &hex::encode(&p.entry.author)[..16],
+        hex::encode(&p.entry.entry_hash),
+        if p.hash_ok { "" } else { ", which its fields do NOT hash to" }
     );
     println!(
         "inclusion in tree of size {} with root {}: {} ({} hashes)",
-        p.tree_size,
-        hex::encode(root),
-        if ok { "verified" } else { "FAILED" },
-        path.len()
+        p.proof.tree_size,
+        hex::encode(&p.proof.root),
+        if p.verified() { "verified" } else { "FAILED" },
+        p.proof.path.len()
     );
-    if !ok {
+    if !p.verified() {
         bail!("the proof does not verify");
     }
     Ok(())
@@ -505,9 +260,7 @@ pub async fn prove(server: &Server, session: &str, seq: u64) -> anyhow::Result<(
 
 /// `theta stats`.
 pub async fn stats(server: &Server) -> anyhow::Result<()> {
-    let ch = server.connect().await?;
-    let req = server.read("/theta.v1.AdminService/Stats", None, pb::StatsRequest {})?;
-    let s = AdminServiceClient::new(ch).stats(req).await.map_err(status)?.into_inner();
+    let s = server.connect().await?.stats().await.map_err(status)?;
     println!("service key {}", hex::encode(&s.service_public_key));
     println!("sessions:");
     for x in &s.sessions {

@@ -163,7 +163,7 @@ impl Historical {
 /// `msg` with a fresh read credential of `key` (a plain request without one).
 fn request<T>(key: Option<&SigningKey>, method: &str, session: &SessionId, msg: T) -> tonic::Request<T> {
     match key {
-        Some(k) => crate::client::signed(k, method, Some(session), msg),
+        Some(k) => theta_client::history::signed(k, method, Some(session), msg),
         None => tonic::Request::new(msg),
     }
 }
@@ -319,7 +319,7 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
     };
     match a.at {
         Some(at) => rt.block_on(async {
-            let channel = a.server.connect().await?;
+            let channel = a.server.connect().await?.channel();
             let mut h =
                 Historical::open(channel, session, at, a.server.key.as_deref().map(crate::cli::read_key).transpose()?)
                     .await?;
@@ -379,7 +379,7 @@ impl ServerCounters {
             .await
             .ok()
             .and_then(Result::ok)
-            .map(theta_proto::v1::admin_service_client::AdminServiceClient::new);
+            .map(|c| theta_proto::v1::admin_service_client::AdminServiceClient::new(c.channel()));
         let key = server.key.as_deref().and_then(|k| crate::cli::read_key(k).ok());
         ServerCounters { client, key, last: None, next: Instant::now(), line: String::new() }
     }
@@ -392,7 +392,7 @@ impl ServerCounters {
         self.next = Instant::now() + Duration::from_secs(1);
         let Some(c) = self.client.as_mut() else { return &self.line };
         let req = match &self.key {
-            Some(k) => crate::client::signed(k, "/theta.v1.AdminService/Stats", None, pb::StatsRequest {}),
+            Some(k) => theta_client::history::signed(k, "/theta.v1.AdminService/Stats", None, pb::StatsRequest {}),
             None => tonic::Request::new(pb::StatsRequest {}),
         };
         let reply = tokio::time::timeout(Duration::from_millis(300), c.stats(req)).await;
@@ -473,7 +473,7 @@ fn spawn_session_side(
             match a.at {
                 Some(at) => {
                     let mut h = Historical::open(
-                        a.server.connect().await?,
+                        a.server.connect().await?.channel(),
                         session,
                         at,
                         a.server.key.as_deref().map(crate::cli::read_key).transpose()?,

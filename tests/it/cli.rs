@@ -437,3 +437,64 @@ fn window_under_xvfb_shows_the_scene() {
     }
     panic!("no window with the red cube appeared on {display} (most red pixels seen: {best})");
 }
+
+#[test]
+fn history_commands_append_list_verify_prove_and_refuse_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    assert!(theta(&["keygen", "--out", &path("owner.key")]).0);
+    assert!(theta(&["keygen", "--out", &path("stranger.key")]).0);
+    let (child, grpc, ..) = serve(&dir.path().join("data"), std::path::Path::new(&path("owner.key")));
+    let _child = Kill(child);
+    let run = |args: &[&str]| {
+        let (ok, out, err) = theta_env(args, &grpc);
+        assert!(ok, "theta {args:?} failed:\n{out}\n{err}");
+        out
+    };
+    let owner = path("owner.key");
+    let session = run(&["session", "create", "--key", &owner, "--name", "history"]).trim().to_string();
+    for json in [
+        r#"{"kind":"CreateEntity","entity":1,"shape":"cone","name":"c"}"#,
+        r#"{"kind":"SetTransform","entity":1,"translation":[1,2,3]}"#,
+        r#"{"kind":"Rename","entity":1,"name":"renamed"}"#,
+    ] {
+        let receipt: serde_json::Value = serde_json::from_str(&run(&[
+            "append",
+            "--key",
+            &owner,
+            "--session",
+            &session,
+            "--json",
+            json,
+            "--json-output",
+        ]))
+        .unwrap();
+        assert!(receipt["seq"].as_u64().unwrap() >= 2, "{receipt}");
+    }
+    // The log as JSON lines: every entry, in seq order, with its kind.
+    let log = run(&["log", "--key", &owner, "--session", &session, "--json"]);
+    let kinds: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["CreateSession", "CreateEntity", "SetTransform", "Rename"]);
+    // The server re-verifies the log; an entry's inclusion proof is checked here.
+    let verify = run(&["audit", "verify", "--key", &owner, "--session", &session]);
+    assert!(verify.contains("entries checked  4") && verify.contains("hash chain       ok"), "{verify}");
+    let prove = run(&["audit", "prove", "--key", &owner, "--session", &session, "3"]);
+    assert!(prove.contains("entry 3: SetTransform") && prove.contains(": verified (2 hashes)"), "{prove}");
+    // Clear refusals: an entry that does not exist, a read without a key, a stranger's key,
+    // a command the JSON does not describe.
+    let (ok, _, err) = theta_env(&["audit", "prove", "--key", &owner, "--session", &session, "9"], &grpc);
+    assert!(!ok && (err.contains("OutOfRange") || err.contains("no entry 9")), "{err}");
+    let (ok, _, err) = theta_env(&["log", "--session", &session], &grpc);
+    assert!(!ok && err.contains("Unauthenticated") && err.contains("pass --key FILE"), "{err}");
+    let (ok, _, err) = theta_env(&["log", "--key", &path("stranger.key"), "--session", &session], &grpc);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+    let (ok, _, err) =
+        theta_env(&["append", "--key", &owner, "--session", &session, "--json", r#"{"kind":"Teleport"}"#], &grpc);
+    assert!(!ok && err.contains("unknown kind \"Teleport\""), "{err}");
+    // The server's statistics, with the admin key.
+    let stats = run(&["stats", "--key", &owner]);
+    assert!(stats.contains(&session) && stats.contains("counters:"), "{stats}");
+}
