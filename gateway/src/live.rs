@@ -224,6 +224,10 @@ impl std::str::FromStr for Visibility {
 pub struct LiveHub {
     store: Arc<Store>,
     visibility: Visibility,
+    /// Session threads write a checkpoint at every multiple of this seq (0: none).
+    checkpoint_every: AtomicU64,
+    /// Checkpoints written by session threads.
+    pub checkpoints_written: AtomicU64,
     /// Every send to a session thread happens under this lock, so a retiring thread can see
     /// that nothing is left for it before it leaves.
     sessions: Mutex<HashMap<SessionId, SessionHandle>>,
@@ -265,6 +269,8 @@ impl LiveHub {
             idle_retire: idle,
             store: store.clone(),
             visibility,
+            checkpoint_every: AtomicU64::new(0),
+            checkpoints_written: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             session_failures: AtomicU64::new(0),
@@ -366,6 +372,14 @@ impl LiveHub {
         Ok(Subscription { id, frames: rx, stats, wake, drained_pending, backlog, failure, area })
     }
 
+    /// Session threads started from now on write a checkpoint of their projection at every
+    /// multiple of `every` seqs (0: none) once it is durable: the live projection is the one
+    /// fold of the log for a watched session, and the periodic checkpoint pass finds nothing
+    /// left to do for it.
+    pub fn set_checkpoint_every(&self, every: u64) {
+        self.checkpoint_every.store(every, Relaxed);
+    }
+
     /// Makes the session's thread (if one runs) fail as a read error would: its viewers'
     /// subscriptions end with a [`LiveFailure`]. For fault-injection tests.
     pub fn fail_session(&self, session: SessionId, reason: &str) {
@@ -450,6 +464,10 @@ impl LiveHub {
         let head = self.store.head(&session).map_err(|e| e.to_string())?;
         let opened = project(&self.store, &session, head.seq).map_err(|e| e.to_string())?;
         let mut fan = FanOut::new(opened.projection, VIEWER_QUEUE_FRAMES);
+        fan.set_checkpoint_every(self.checkpoint_every.load(Relaxed));
+        // Checkpoints taken beyond the durable head (ordered visibility), waiting for it.
+        let mut unwritten: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut durable_seq = fan.seq();
         if self.visibility == Visibility::Ordered {
             fan.handle_durable(fan.seq());
         }
@@ -510,6 +528,7 @@ impl LiveHub {
                 let mut read_back = overflowed;
                 if self.visibility == Visibility::Ordered && durable > 0 {
                     fan.handle_durable(durable);
+                    durable_seq = durable_seq.max(durable);
                 }
                 for c in &batches {
                     match fan.handle_committed(c.commands.iter().map(|(seq, body)| (*seq, body)), start.elapsed()) {
@@ -526,6 +545,11 @@ impl LiveHub {
                 if overflowed {
                     self.catch_up(&session, &mut fan, start.elapsed())?;
                 }
+                if self.visibility == Visibility::Confirmed {
+                    durable_seq = fan.seq();
+                }
+                unwritten.extend(fan.take_checkpoints());
+                self.write_checkpoints(&session, &mut unwritten, durable_seq);
             }
             fan.handle_timeout(start.elapsed());
             // Hand each viewer what its connection has room for; forget closed ones.
@@ -541,6 +565,21 @@ impl LiveHub {
                 true
             });
             self.add_counts(fan.take_counts());
+        }
+    }
+
+    /// Stores the checkpoints at or below the durable seq (a checkpoint is a cache: one that
+    /// cannot be written is reported and dropped). Under ordered visibility a crash can take
+    /// back entries beyond the durable head, so checkpoints past it wait.
+    fn write_checkpoints(&self, session: &SessionId, unwritten: &mut Vec<(u64, Vec<u8>)>, durable: u64) {
+        let due = unwritten.iter().take_while(|(seq, _)| *seq <= durable).count();
+        for (seq, bytes) in unwritten.drain(..due) {
+            match self.store.put_checkpoint(session, seq, bytes) {
+                Ok(()) => {
+                    self.checkpoints_written.fetch_add(1, Relaxed);
+                }
+                Err(e) => eprintln!("theta-gateway: checkpoint of session {session} at seq {seq}: {e}"),
+            }
         }
     }
 

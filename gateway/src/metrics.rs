@@ -453,6 +453,12 @@ impl Observability {
                 "Live session threads that stopped on a read error (their viewers' streams end; the next viewer restarts it).",
                 h.session_failures.load(relaxed),
             );
+            counter(
+                &mut s,
+                "live_checkpoints_written",
+                "Checkpoints written by live session threads from their projection (no second fold of the log).",
+                h.checkpoints_written.load(relaxed),
+            );
             let _ = writeln!(s, "# HELP theta_live_session_threads Sessions with a live projection thread now.");
             let _ = writeln!(s, "# TYPE theta_live_session_threads gauge");
             let _ = writeln!(s, "theta_live_session_threads {}", h.session_threads());

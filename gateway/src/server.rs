@@ -244,6 +244,9 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
     let mut background = Vec::new();
     // One live hub fans out to viewers on every transport.
     let hub = crate::live::LiveHub::with_options(store.clone(), crate::live::IDLE_RETIRE, config.live_visibility);
+    // Watched sessions are checkpointed by their live projection (one fold of the log); the
+    // periodic pass below folds only the sessions nobody watches.
+    hub.set_checkpoint_every(config.checkpoint_every_entries);
     obs.attach_live(hub.clone());
     // One set of per-address limits for both live transports.
     let limits = crate::peers::AddressLimits::new(config.addresses);

@@ -1254,3 +1254,42 @@ async fn a_compact_stream_carries_quantized_transforms_and_checks_the_state_now_
     assert_eq!(mirror.state_hash(), exact.compact_state_hash());
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_sessions_checkpoints_come_from_its_live_projection() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use theta_gateway::live::{IDLE_RETIRE, LiveHub, ViewerOptions, Visibility};
+
+    for visibility in [Visibility::Confirmed, Visibility::Ordered] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, owner, _editor, _viewer) = session_with_editor_and_viewer(dir.path());
+        let hub = LiveHub::with_options(store.clone(), IDLE_RETIRE, visibility);
+        hub.set_checkpoint_every(5);
+        // A viewer keeps the session's thread (and its projection) alive; nothing else folds.
+        let mut sub = hub.subscribe_with(S, ViewerOptions::default()).unwrap();
+        let reader = tokio::spawn(async move { while let Ok(Some(_)) = sub.next().await {} });
+        let n = ComponentId::NONE;
+        for e in 1..=9u64 {
+            let create = Command::CreateEntity { shape: Shape::Cube, name: format!("e{e}"), parent: 0 };
+            store.append(&sign(&owner, 3 + e, e, n, create)).unwrap();
+        }
+        // Seqs 5 and 10 are multiples of 5 (the log starts with three entries).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while hub.checkpoints_written.load(Relaxed) < 2 {
+            assert!(std::time::Instant::now() < deadline, "{visibility:?}: checkpoints were not written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for seq in [5, 10] {
+            let (at, bytes) = store.checkpoint_at_or_below(&S, seq).unwrap().expect("a checkpoint");
+            assert_eq!(at, seq);
+            // The same bytes a fold of the log from its start gives.
+            let mut folded = theta_projector::Projection::new(S);
+            for entry in store.read_range(&S, 1, seq).unwrap() {
+                folded.apply_entry(&entry.unwrap()).unwrap();
+            }
+            assert_eq!(bytes, folded.checkpoint(), "{visibility:?}: checkpoint at {seq}");
+        }
+        assert_eq!(store.checkpoint_at_or_below(&S, 4).unwrap(), None);
+        reader.abort();
+    }
+}

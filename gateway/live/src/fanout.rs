@@ -157,6 +157,10 @@ pub struct FanOut {
     /// The quantized transform of every entity whose transform quantizes, at the seq of the
     /// last delta: what a compact stream's receiver holds, the base of the differences sent.
     held: HashMap<EntityId, QuantizedTransform>,
+    /// Write a checkpoint at every multiple of this seq (0: none).
+    checkpoint_every: u64,
+    /// Checkpoints taken and not yet handed out: `(seq, bytes)`.
+    checkpoints: Vec<(u64, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for FanOut {
@@ -270,6 +274,8 @@ impl FanOut {
             .collect();
         FanOut {
             held,
+            checkpoint_every: 0,
+            checkpoints: Vec::new(),
             p: projection,
             trainer: Trainer::new(),
             recent: VecDeque::new(),
@@ -357,6 +363,9 @@ impl FanOut {
                 result = Err(e.into());
                 break;
             }
+            if self.checkpoint_every > 0 && seq % self.checkpoint_every == 0 {
+                self.checkpoints.push((seq, self.p.checkpoint()));
+            }
         }
         if self.p.seq() > before {
             let mut delta = self.p.take_delta(false);
@@ -364,6 +373,19 @@ impl FanOut {
             self.fan_out(&delta, now);
         }
         result
+    }
+
+    /// Takes a checkpoint of the projection at every seq that is a multiple of `every` (0: none)
+    /// as commits are folded, so the log is folded once for the live stream and the
+    /// checkpoints together. The caller stores them ([`FanOut::take_checkpoints`]), under
+    /// ordered visibility only once their seq is durable.
+    pub fn set_checkpoint_every(&mut self, every: u64) {
+        self.checkpoint_every = every;
+    }
+
+    /// The checkpoints taken since the last call, `(seq, bytes)` in seq order.
+    pub fn take_checkpoints(&mut self) -> Vec<(u64, Vec<u8>)> {
+        std::mem::take(&mut self.checkpoints)
     }
 
     /// Ordered visibility: entries up to `seq` are durable. The first call switches the fan-out
