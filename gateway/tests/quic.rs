@@ -1121,10 +1121,10 @@ async fn ordered_visibility_shows_sequenced_entries_and_a_crash_resyncs_viewers_
         obs.attach_live(hub.clone());
         let limits = AddressLimits::new(AddressConfig::default());
         let identity = load_or_create_identity(dir.path()).unwrap();
-        theta_gateway::quic::serve_quic_on(store, hub, addr, identity, 2_000, obs, limits).unwrap()
+        theta_gateway::quic::serve_quic_on(store, hub, addr, identity, 2_000, obs, limits)
     };
     drop(identity);
-    let server = start(store.clone(), "127.0.0.1:0".parse().unwrap(), Visibility::Ordered);
+    let server = start(store.clone(), "127.0.0.1:0".parse().unwrap(), Visibility::Ordered).unwrap();
     let addr = server.addr;
     let mut vw = Client::connect(client_options(&server, &viewer, &[], false)).await.unwrap();
     let follow = async |vw: &mut Client, seq: u64| {
@@ -1153,7 +1153,19 @@ async fn ordered_visibility_shows_sequenced_entries_and_a_crash_resyncs_viewers_
     let backend = Arc::new(backend.power_loss());
     let store = Arc::new(Store::with_backend(backend.clone(), config, service_key).unwrap());
     assert_eq!(store.head(&S).unwrap().seq, 3);
-    let server = start(store.clone(), addr, Visibility::Confirmed);
+    // The restarted server takes the same address; the old endpoint's socket is released by
+    // its driver task shortly after shutdown, as after a real restart.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let server = loop {
+        match start(store.clone(), addr, Visibility::Confirmed) {
+            Ok(server) => break server,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("rebinding {addr}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("rebinding {addr}: {e}"),
+        }
+    };
     // The viewer resumes from seq 4, beyond the durable head: it gets a snapshot at seq 3.
     vw.reconnect().await.unwrap();
     loop {
