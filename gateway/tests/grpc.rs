@@ -10,44 +10,14 @@ use theta_proto::v1::log_service_client::LogServiceClient;
 use theta_proto::v1::replay_service_client::ReplayServiceClient;
 use theta_schemas::components::{Name, Parent, Transform};
 use theta_schemas::ids::ComponentMeta;
-use theta_schemas::signing::author_key;
-use theta_schemas::{Command, CommandBody, ComponentId, Envelope, Role, SessionId, Shape};
+use theta_schemas::{Command, ComponentId, Envelope, Role, SessionId, Shape};
 use theta_store::StoreConfig;
 use theta_store::merkle::{leaf_hash, verify_consistency, verify_inclusion};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
-struct Author {
-    key: SigningKey,
-    lamport: u64,
-    nonce: u64,
-}
-
-impl Author {
-    fn new(seed: u8) -> Author {
-        Author { key: SigningKey::from_bytes(&[seed; 32]), lamport: 0, nonce: u64::from(seed) << 40 }
-    }
-    fn id(&self) -> Vec<u8> {
-        author_key(&self.key).0.to_vec()
-    }
-    fn cmd(&mut self, s: SessionId, entity: u64, component: ComponentId, base: u64, command: Command) -> Vec<u8> {
-        self.lamport += 1;
-        self.nonce += 1;
-        let body = CommandBody {
-            session: s,
-            author: author_key(&self.key),
-            lamport: self.lamport,
-            nonce: self.nonce,
-            wall_clock_ms: 0,
-            entity,
-            component,
-            base_version: base,
-            command,
-        };
-        Envelope::sign(&body, &self.key).encode()
-    }
-}
+use theta_testkit::Author;
 
 const S: SessionId = SessionId([0x11; 16]);
 
@@ -116,7 +86,7 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
         log.create_session(req(owner.cmd(S, 0, n, 0, Command::CreateSession { name: "grpc".into() }))).await.unwrap();
     assert_eq!(created.into_inner().receipt.unwrap().seq, 1);
     for a in [&alice, &bob] {
-        let key = theta_schemas::AuthorKey(a.id().try_into().unwrap());
+        let key = theta_schemas::AuthorKey(a.id().0);
         log.append(req(owner.cmd(S, 0, n, 0, Command::GrantRole { key, role: Role::Editor }))).await.unwrap();
     }
 
@@ -186,9 +156,9 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
     let base = pb::ReadLogRequest { session: S.0.to_vec(), batch_size: 7, ..Default::default() };
     let all = read_all(&mut replay, base.clone()).await;
     assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=head.seq).collect::<Vec<_>>());
-    let by_bob = read_all(&mut replay, pb::ReadLogRequest { author: bob.id(), ..base.clone() }).await;
+    let by_bob = read_all(&mut replay, pb::ReadLogRequest { author: bob.id().0.to_vec(), ..base.clone() }).await;
     assert_eq!(by_bob.len(), 20);
-    assert!(by_bob.iter().all(|e| e.author == bob.id()));
+    assert!(by_bob.iter().all(|e| e.author == bob.id().0.to_vec()));
     let entity2 = read_all(&mut replay, pb::ReadLogRequest { entity: 2, ..base.clone() }).await;
     assert!(entity2.iter().all(|e| e.entity == 2) && entity2.len() == 1 + 7 + 1);
     let renames = read_all(&mut replay, pb::ReadLogRequest { kinds: vec!["rename".into()], ..base.clone() }).await;
@@ -328,7 +298,7 @@ async fn append_replay_subscribe_and_audit_over_grpc() {
         .await
         .unwrap()
         .into_inner();
-    let bob_row = summary.authors.iter().find(|a| a.author == bob.id()).unwrap();
+    let bob_row = summary.authors.iter().find(|a| a.author == bob.id().0.to_vec()).unwrap();
     assert_eq!((bob_row.role.as_str(), bob_row.granted_at_seq, bob_row.entries), ("Editor", 3, 20));
 
     running.shutdown().await;

@@ -1,70 +1,11 @@
 //! Shared test helpers: authors that sign commands with automatic Lamport and nonce.
 
-use ed25519_dalek::SigningKey;
 use theta_schemas::components::{Component, Mesh};
 use theta_schemas::ids::ComponentMeta;
-use theta_schemas::signing::author_key;
-use theta_schemas::{AuthorKey, Command, CommandBody, CommandKind, ComponentId, Envelope, Role, SessionId, Shape};
+use theta_schemas::{Command, CommandKind, ComponentId, Role, SessionId, Shape};
 use theta_store::{Receipt, Store, StoreConfig};
 
-/// An author with its own key, Lamport clock and nonce counter.
-pub struct Author {
-    pub key: SigningKey,
-    pub lamport: u64,
-    pub nonce: u64,
-}
-
-impl Author {
-    pub fn new(seed: u8) -> Author {
-        Author { key: SigningKey::from_bytes(&[seed; 32]), lamport: 0, nonce: u64::from(seed) << 32 }
-    }
-
-    pub fn id(&self) -> AuthorKey {
-        author_key(&self.key)
-    }
-
-    /// The next body for `command` on (`entity`, `component`) with `base_version`.
-    pub fn body(
-        &mut self,
-        session: SessionId,
-        entity: u64,
-        component: ComponentId,
-        base: u64,
-        command: Command,
-    ) -> CommandBody {
-        self.lamport += 1;
-        self.nonce += 1;
-        CommandBody {
-            session,
-            author: self.id(),
-            lamport: self.lamport,
-            nonce: self.nonce,
-            wall_clock_ms: 0,
-            entity,
-            component,
-            base_version: base,
-            command,
-        }
-    }
-
-    /// Signs a body and encodes the envelope.
-    pub fn seal(&self, body: &CommandBody) -> Vec<u8> {
-        Envelope::sign(body, &self.key).encode()
-    }
-
-    /// The next signed envelope.
-    pub fn cmd(
-        &mut self,
-        session: SessionId,
-        entity: u64,
-        component: ComponentId,
-        base: u64,
-        command: Command,
-    ) -> Vec<u8> {
-        let body = self.body(session, entity, component, base, command);
-        self.seal(&body)
-    }
-}
+pub use theta_testkit::Author;
 
 pub fn session(n: u8) -> SessionId {
     SessionId([n; 16])
