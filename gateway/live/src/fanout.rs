@@ -156,7 +156,9 @@ pub struct FanOut {
     sent_at: Duration,
     /// The quantized transform of every entity whose transform quantizes, at the seq of the
     /// last delta: what a compact stream's receiver holds, the base of the differences sent.
-    held: HashMap<EntityId, QuantizedTransform>,
+    /// Kept only while a compact viewer is subscribed (built from the projection when the
+    /// first one subscribes: its snapshot is taken at the projection's seq or later).
+    held: Option<HashMap<EntityId, QuantizedTransform>>,
     /// Write a checkpoint at every multiple of this seq (0: none).
     checkpoint_every: u64,
     /// Checkpoints taken and not yet handed out: `(seq, bytes)`.
@@ -265,15 +267,8 @@ impl FanOut {
     /// `queue_frames` frames per viewer.
     pub fn new(mut projection: Projection, queue_frames: usize) -> FanOut {
         let _ = projection.take_delta(false);
-        let held = projection
-            .entities()
-            .filter_map(|e| match projection.get(e, Transform::id()) {
-                Some(Value::Transform(t)) => QuantizedTransform::quantize(&t).map(|q| (e, q)),
-                _ => None,
-            })
-            .collect();
         FanOut {
-            held,
+            held: None,
             checkpoint_every: 0,
             checkpoints: Vec::new(),
             p: projection,
@@ -423,6 +418,17 @@ impl FanOut {
     /// Subscribes viewer `id`: it gets the deltas after its resume point when they are still
     /// held, else a snapshot (at once, or when its queue has room).
     pub fn handle_subscribe(&mut self, id: u64, options: ViewerOptions) {
+        if options.compact && !options.interest && self.held.is_none() {
+            let p = &self.p;
+            self.held = Some(
+                p.entities()
+                    .filter_map(|e| match p.get(e, Transform::id()) {
+                        Some(Value::Transform(t)) => QuantizedTransform::quantize(&t).map(|q| (e, q)),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+        }
         let mut v = Viewer {
             options,
             queue: VecDeque::new(),
@@ -469,6 +475,9 @@ impl FanOut {
     /// Viewer `id` is gone (its connection closed): its queue is dropped.
     pub fn handle_cut(&mut self, id: u64) {
         self.viewers.remove(&id);
+        if !self.viewers.values().any(Viewer::compact) {
+            self.held = None;
+        }
     }
 
     /// The next frame for viewer `id`, if any. When its queue has drained and it waits for a
@@ -491,7 +500,8 @@ impl FanOut {
         let plain = Message::Delta(delta.clone()).encode();
         self.sent_at = now;
         self.ordered_from_sent = delta.ordered_from;
-        let moves = quantize_moves(delta);
+        // Transforms are decoded and quantized only while a compact viewer is subscribed.
+        let moves = if self.held.is_some() { quantize_moves(delta) } else { Vec::new() };
         let compact = self.viewers.values().any(|v| v.compact() && !v.resync).then(|| {
             let check = delta.from_seq == delta.to_seq || now >= self.checked_at + CHECK_INTERVAL;
             if check {
@@ -500,23 +510,26 @@ impl FanOut {
             } else {
                 self.unchecked = true;
             }
-            compact_form(delta, &moves, &self.held, check.then(|| self.p.compact_state_hash()))
+            let held = self.held.as_ref().expect("kept while a compact viewer is subscribed");
+            compact_form(delta, &moves, held, check.then(|| self.p.compact_state_hash()))
         });
-        // What a compact receiver holds from now on (kept whether or not one is in step: a
-        // viewer that joins later gets a snapshot at this seq and differences from it).
-        for (e, q) in moves {
-            match q {
-                Some(q) => self.held.insert(e, q),
-                None => self.held.remove(&e),
-            };
-        }
-        for (e, c) in &delta.removals {
-            if *c == Transform::id() {
-                self.held.remove(e);
+        // What a compact receiver holds from now on (kept whether or not one is in step: one
+        // resyncing gets a snapshot at this seq or later and differences from it).
+        if let Some(held) = &mut self.held {
+            for (e, q) in moves {
+                match q {
+                    Some(q) => held.insert(e, q),
+                    None => held.remove(&e),
+                };
             }
-        }
-        for e in &delta.despawned {
-            self.held.remove(e);
+            for (e, c) in &delta.removals {
+                if *c == Transform::id() {
+                    held.remove(e);
+                }
+            }
+            for e in &delta.despawned {
+                held.remove(e);
+            }
         }
         if compact.is_none() {
             // No compact stream in step: nothing for a confirm to check (a viewer resyncing
