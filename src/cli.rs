@@ -67,7 +67,7 @@ enum AuditCmd {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the log store as a service: gRPC (append, replay, audit), /metrics.
-    Serve(crate::serve::ServeArgs),
+    Serve(Box<crate::serve::ServeArgs>),
     /// Sessions on a running server.
     #[command(subcommand)]
     Session(SessionCmd),
@@ -105,9 +105,9 @@ enum Cmd {
         server: crate::client::Server,
     },
     /// Run a scripted editing session against a real store and verify it (start here).
-    Demo(crate::demo::DemoArgs),
+    Demo(Box<crate::demo::DemoArgs>),
     /// Show a session: live over QUIC, or at any seq of its history over gRPC; headless to PNGs.
-    View(crate::view::ViewArgs),
+    View(Box<crate::view::ViewArgs>),
     /// Print the schema manifest: protocol version, schema hash and component ids.
     Manifest,
     /// Generate an Ed25519 key pair and write the secret key to a file (hex, mode 0600).
@@ -132,7 +132,7 @@ pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = || tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     match cli.command {
-        Cmd::Serve(args) => crate::serve::run(args),
+        Cmd::Serve(args) => crate::serve::run(*args),
         Cmd::Session(SessionCmd::Create { name, json, server }) => {
             rt()?.block_on(crate::client::create_session(&server, name, json))
         }
@@ -148,8 +148,8 @@ pub fn run() -> anyhow::Result<()> {
         }
         Cmd::Stats { server } => rt()?.block_on(crate::client::stats(&server)),
         Cmd::Store(cmd) => crate::storecmd::run(cmd),
-        Cmd::Demo(args) => crate::demo::run(args),
-        Cmd::View(args) => crate::view::run(args),
+        Cmd::Demo(args) => crate::demo::run(*args),
+        Cmd::View(args) => crate::view::run(*args),
         Cmd::Manifest => {
             print!("{}", theta_schemas::manifest::render());
             Ok(())

@@ -27,7 +27,8 @@ use theta_schemas::{Command, CommandBody, ComponentId, Envelope, Role, SessionId
 use theta_store::{RejectionCode, StoreConfig};
 use theta_viewer::{Image, Renderer, extract};
 
-use crate::view::{Historical, eyes, hud, same_image};
+use crate::view::{eyes, hud, same_image};
+use theta_client::history::{HistoryClient, Playback};
 
 /// Options of `theta demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -494,11 +495,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let eyes = eyes(args.stereo, args.width, args.height);
     let renderer_used = renderer.is_some();
     let replay = rt.block_on(async {
-        let channel =
-            tonic::transport::Channel::from_shared(format!("http://{}", running.grpc_addr))?.connect().await?;
         // From the very start, every entry folded again.
         // Vera, a viewer, reads the history with her own credentials.
-        let mut h = Historical::open(channel, session, 1, Some(vera.clone())).await?;
+        let client = HistoryClient::connect(&format!("http://{}", running.grpc_addr), None, Some(vera.clone())).await?;
+        let mut h = Playback::open(client, session, 1).await?;
         while h.step(4_096).await? > 0 {}
         let replayed: &Projection = &h.mirror;
         ensure!(replayed.seq() == head.seq, "replay reached {} of {}", replayed.seq(), head.seq);

@@ -5,17 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use ed25519_dalek::SigningKey;
 use theta_client::compress::{ZSTD, ZSTD_DICT, ZSTD_STREAM};
+use theta_client::history::{HistoryClient, Playback};
 use theta_client::quic::{Client, Event, Options, Telemetry, TransportChoice, Trust};
-use theta_projector::{Assembler, Projection};
-use theta_proto::v1 as pb;
-use theta_proto::v1::replay_service_client::ReplayServiceClient;
+use theta_projector::Projection;
+use theta_schemas::SessionId;
 use theta_schemas::wire::Capabilities;
-use theta_schemas::{Envelope, Message, SessionId};
 use theta_viewer::{DEFAULT_IPD, Eye, Image, Orbit, Renderer, badges, extract};
-use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 /// Options of `theta view`.
 #[derive(Debug, clap::Args)]
@@ -83,131 +79,6 @@ pub struct ViewArgs {
 pub fn eyes(stereo: bool, width: u32, height: u32) -> Vec<Eye> {
     let head = Orbit::default().eye(width as f32 / height as f32);
     if stereo { head.stereo(DEFAULT_IPD).to_vec() } else { vec![head] }
-}
-
-/// A session opened at a seq from history, stepping forward entry by entry.
-pub struct Historical {
-    replay: ReplayServiceClient<Channel>,
-    session: SessionId,
-    /// Signs every read (docs/PROTOCOL.md, "Read credentials"); `None` against --public-read servers.
-    key: Option<SigningKey>,
-    /// The world at the current seq.
-    pub mirror: Projection,
-    /// The session head when opened.
-    pub head: u64,
-    /// The entry that produced the current seq: (seq, author hex prefix, kind, receipt time ms).
-    pub current: Option<(u64, String, String, u64)>,
-}
-
-impl Historical {
-    /// Opens `session` at `seq` (0: the head) from the server's checkpoints and log.
-    pub async fn open(
-        channel: Channel,
-        session: SessionId,
-        seq: u64,
-        key: Option<SigningKey>,
-    ) -> anyhow::Result<Historical> {
-        let mut replay =
-            ReplayServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-        let mirror = read_state(&mut replay, session, seq, key.as_ref()).await?;
-        let head = read_head(&mut replay, session, key.as_ref()).await?;
-        Ok(Historical { replay, session, key, head, current: None, mirror })
-    }
-
-    /// Jumps to `seq` (forward or back).
-    pub async fn seek(&mut self, seq: u64) -> anyhow::Result<()> {
-        self.mirror = read_state(&mut self.replay, self.session, seq, self.key.as_ref()).await?;
-        self.current = None;
-        Ok(())
-    }
-
-    /// Applies the next `n` entries (fewer at the head); returns how many were applied.
-    pub async fn step(&mut self, n: u64) -> anyhow::Result<u64> {
-        let from = self.mirror.seq() + 1;
-        if n == 0 || from > self.head {
-            return Ok(0);
-        }
-        let to = (from + n - 1).min(self.head);
-        let req =
-            pb::ReadLogRequest { session: self.session.0.to_vec(), from_seq: from, to_seq: to, ..Default::default() };
-        let req = request(self.key.as_ref(), "/theta.v1.ReplayService/ReadLog", &self.session, req);
-        let mut stream = self.replay.read_log(req).await.map_err(crate::client::status)?.into_inner();
-        let mut applied = 0;
-        while let Some(batch) = stream.next().await {
-            for e in batch.map_err(crate::client::status)?.entries {
-                let (_, body) =
-                    Envelope::open(&e.envelope).with_context(|| format!("entry {} does not decode", e.seq))?;
-                ensure!(e.seq == self.mirror.seq() + 1, "ReadLog skipped from {} to {}", self.mirror.seq(), e.seq);
-                self.mirror.apply_command(e.seq, &body).with_context(|| format!("fold entry {}", e.seq))?;
-                self.current =
-                    Some((e.seq, hex::encode(&e.author[..4.min(e.author.len())]), e.kind, e.receipt_time_ms));
-                applied += 1;
-            }
-        }
-        Ok(applied)
-    }
-
-    /// The timeline line: current seq of the head, the edit's time, author and kind.
-    pub fn timeline(&self) -> String {
-        match &self.current {
-            Some((seq, author, kind, ms)) => {
-                let secs = ms / 1_000;
-                let (h, m, s) = ((secs / 3_600) % 24, (secs / 60) % 60, secs % 60);
-                format!("seq {seq}/{}  {h:02}:{m:02}:{s:02}.{:03} UTC  {kind} by {author}", self.head, ms % 1_000)
-            }
-            None => format!("seq {}/{}", self.mirror.seq(), self.head),
-        }
-    }
-}
-
-/// `msg` with a fresh read credential of `key` (a plain request without one).
-fn request<T>(key: Option<&SigningKey>, method: &str, session: &SessionId, msg: T) -> tonic::Request<T> {
-    match key {
-        Some(k) => theta_client::history::signed(k, method, Some(session), msg),
-        None => tonic::Request::new(msg),
-    }
-}
-
-async fn read_head(
-    replay: &mut ReplayServiceClient<Channel>,
-    session: SessionId,
-    key: Option<&SigningKey>,
-) -> anyhow::Result<u64> {
-    // ReadState at 0 gives the head's seq in every chunk; ReadLog with to_seq=0 would stream it all.
-    let req = pb::ReadStateRequest { session: session.0.to_vec(), at_seq: 0, max_chunk_bytes: 1_024 };
-    let mut s = replay
-        .read_state(request(key, "/theta.v1.ReplayService/ReadState", &session, req))
-        .await
-        .map_err(crate::client::status)?
-        .into_inner();
-    match s.next().await {
-        Some(c) => Ok(c.map_err(crate::client::status)?.seq),
-        None => bail!("the server sent no state for session {session}"),
-    }
-}
-
-/// The projection of `session` at `seq` (0: the head), assembled from ReadState chunks and
-/// checked against the server's state hash.
-pub async fn read_state(
-    replay: &mut ReplayServiceClient<Channel>,
-    session: SessionId,
-    seq: u64,
-    key: Option<&SigningKey>,
-) -> anyhow::Result<Projection> {
-    let req = pb::ReadStateRequest { session: session.0.to_vec(), at_seq: seq, max_chunk_bytes: 0 };
-    let req = request(key, "/theta.v1.ReplayService/ReadState", &session, req);
-    let mut stream = replay.read_state(req).await.map_err(crate::client::status)?.into_inner();
-    let mut asm = Assembler::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(crate::client::status)?;
-        let Message::SnapshotChunk(c) = Message::decode(&chunk.frame).context("state chunk frame")? else {
-            bail!("ReadState sent something other than a snapshot chunk");
-        };
-        if let Some(p) = asm.add(c).context("assemble the state")? {
-            return Ok(p);
-        }
-    }
-    bail!("ReadState ended before the last chunk")
 }
 
 /// Live telemetry and counts for the HUD.
@@ -319,10 +190,7 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
     };
     match a.at {
         Some(at) => rt.block_on(async {
-            let channel = a.server.connect().await?.channel();
-            let mut h =
-                Historical::open(channel, session, at, a.server.key.as_deref().map(crate::cli::read_key).transpose()?)
-                    .await?;
+            let mut h = Playback::open(a.server.connect().await?, session, at).await.map_err(crate::client::status)?;
             println!("opened session {session} at seq {} (head {})", h.mirror.seq(), h.head);
             for i in 0..frames {
                 render(&h.mirror, i, None, &h.timeline())?;
@@ -365,9 +233,8 @@ pub fn run(a: ViewArgs) -> anyhow::Result<()> {
 /// The server's append rate, conflicts and rejections for the HUD, polled over gRPC (`Stats`)
 /// about once a second; silent when the gRPC endpoint cannot be reached.
 struct ServerCounters {
-    client: Option<theta_proto::v1::admin_service_client::AdminServiceClient<Channel>>,
     /// Stats needs a service admin key; with another key the HUD line stays empty.
-    key: Option<SigningKey>,
+    client: Option<HistoryClient>,
     last: Option<(Instant, u64)>,
     next: Instant,
     line: String,
@@ -375,13 +242,8 @@ struct ServerCounters {
 
 impl ServerCounters {
     async fn connect(server: &crate::client::Server) -> ServerCounters {
-        let client = tokio::time::timeout(Duration::from_millis(500), server.connect())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|c| theta_proto::v1::admin_service_client::AdminServiceClient::new(c.channel()));
-        let key = server.key.as_deref().and_then(|k| crate::cli::read_key(k).ok());
-        ServerCounters { client, key, last: None, next: Instant::now(), line: String::new() }
+        let client = tokio::time::timeout(Duration::from_millis(500), server.connect()).await.ok().and_then(Result::ok);
+        ServerCounters { client, last: None, next: Instant::now(), line: String::new() }
     }
 
     /// The HUD line, refreshed when due.
@@ -390,17 +252,13 @@ impl ServerCounters {
             return &self.line;
         }
         self.next = Instant::now() + Duration::from_secs(1);
-        let Some(c) = self.client.as_mut() else { return &self.line };
-        let req = match &self.key {
-            Some(k) => theta_client::history::signed(k, "/theta.v1.AdminService/Stats", None, pb::StatsRequest {}),
-            None => tonic::Request::new(pb::StatsRequest {}),
-        };
-        let reply = tokio::time::timeout(Duration::from_millis(300), c.stats(req)).await;
+        let Some(c) = self.client.as_ref() else { return &self.line };
+        let reply = tokio::time::timeout(Duration::from_millis(300), c.stats()).await;
         let Ok(Ok(reply)) = reply else {
             self.client = None;
             return &self.line;
         };
-        let counters = reply.into_inner().counters;
+        let counters = reply.counters;
         let get = |name: &str| counters.iter().find(|c| c.name == name).map_or(0, |c| c.value);
         let appends = get("appends_accepted");
         let rejections: u64 = theta_store::RejectionCode::ALL.iter().map(|c| get(c.counter())).sum();
@@ -472,13 +330,8 @@ fn spawn_session_side(
         rt.block_on(async {
             match a.at {
                 Some(at) => {
-                    let mut h = Historical::open(
-                        a.server.connect().await?.channel(),
-                        session,
-                        at,
-                        a.server.key.as_deref().map(crate::cli::read_key).transpose()?,
-                    )
-                    .await?;
+                    let mut h =
+                        Playback::open(a.server.connect().await?, session, at).await.map_err(crate::client::status)?;
                     let mut last = Instant::now();
                     while !quit() {
                         let ctl = *c.lock().expect("controls");

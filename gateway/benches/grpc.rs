@@ -24,7 +24,7 @@ use theta_proto::v1::replay_service_client::ReplayServiceClient;
 use theta_schemas::components::Transform;
 use theta_schemas::ids::ComponentMeta;
 use theta_schemas::signing::author_key;
-use theta_schemas::{Command, CommandBody, ComponentId, Envelope, Role, SessionId, Shape};
+use theta_schemas::{Command, ComponentId, Role, SessionId, Shape};
 use theta_store::{Durability, Store, StoreConfig};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -40,18 +40,7 @@ fn sign(
     component: ComponentId,
     command: Command,
 ) -> Vec<u8> {
-    let body = CommandBody {
-        session,
-        author: author_key(key),
-        lamport,
-        nonce: lamport,
-        wall_clock_ms: 0,
-        entity,
-        component,
-        base_version: 0,
-        command,
-    };
-    Envelope::sign(&body, key).encode()
+    theta_testkit::envelope(key, session, lamport, lamport, entity, component, command)
 }
 
 /// A session with 64 editors and one entity each; returns per-author envelope streams.

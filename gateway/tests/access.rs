@@ -22,9 +22,7 @@ const S: SessionId = SessionId([0x31; 16]);
 const T: SessionId = SessionId([0x32; 16]);
 const UNKNOWN: SessionId = SessionId([0x33; 16]);
 
-fn key(seed: u8) -> SigningKey {
-    SigningKey::from_bytes(&[seed; 32])
-}
+use theta_testkit::key;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
@@ -35,18 +33,7 @@ fn credential(k: &SigningKey, method: &str, session: Option<&SessionId>) -> Stri
 }
 
 fn envelope(k: &SigningKey, session: SessionId, lamport: u64, entity: u64, command: Command) -> Vec<u8> {
-    let body = CommandBody {
-        session,
-        author: author_key(k),
-        lamport,
-        nonce: rand::random(),
-        wall_clock_ms: 0,
-        entity,
-        component: ComponentId::NONE,
-        base_version: 0,
-        command,
-    };
-    Envelope::sign(&body, k).encode()
+    theta_testkit::envelope(k, session, lamport, rand::random(), entity, ComponentId::NONE, command)
 }
 
 async fn server(dir: &std::path::Path, access: AccessConfig, store: StoreConfig) -> (Running, Channel) {

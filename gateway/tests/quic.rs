@@ -19,18 +19,7 @@ use theta_store::{Store, StoreConfig};
 const S: SessionId = SessionId([0x44; 16]);
 
 fn sign(key: &SigningKey, lamport: u64, entity: u64, component: ComponentId, command: Command) -> Vec<u8> {
-    let body = CommandBody {
-        session: S,
-        author: author_key(key),
-        lamport,
-        nonce: lamport * 1_000 + entity,
-        wall_clock_ms: 0,
-        entity,
-        component,
-        base_version: 0,
-        command,
-    };
-    Envelope::sign(&body, key).encode()
+    theta_testkit::envelope(key, S, lamport, lamport * 1_000 + entity, entity, component, command)
 }
 
 /// A store in `dir` holding session `S`: created by the owner (seq 1), an editor granted at

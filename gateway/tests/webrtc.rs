@@ -10,24 +10,13 @@ use theta_schemas::components::Transform;
 use theta_schemas::ids::ComponentMeta;
 use theta_schemas::signing::author_key;
 use theta_schemas::wire::Capabilities;
-use theta_schemas::{Command, CommandBody, ComponentId, Envelope, Role, SessionId, Shape};
+use theta_schemas::{Command, ComponentId, Role, SessionId, Shape};
 use theta_store::StoreConfig;
 
 const S: SessionId = SessionId([0x57; 16]);
 
 fn sign(key: &SigningKey, lamport: u64, command: Command) -> Vec<u8> {
-    let body = CommandBody {
-        session: S,
-        author: author_key(key),
-        lamport,
-        nonce: lamport,
-        wall_clock_ms: 0,
-        entity: 0,
-        component: ComponentId::NONE,
-        base_version: 0,
-        command,
-    };
-    Envelope::sign(&body, key).encode()
+    theta_testkit::envelope(key, S, lamport, lamport, 0, ComponentId::NONE, command)
 }
 
 async fn server(dir: &std::path::Path) -> (theta_gateway::Running, SigningKey, SigningKey) {

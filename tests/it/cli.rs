@@ -204,15 +204,26 @@ pub(crate) fn serve(
         let v = line.split(&format!("{name}=")).nth(1)?.split_whitespace().next()?;
         Some(v.trim_start_matches("Some(").trim_end_matches(')').to_string())
     };
-    loop {
-        let line = lines.next().expect("server output").unwrap();
+    // The start-up line's fields; `None` if the server ended first or the line lacks one.
+    let started = (|| loop {
+        let line = lines.next()?.ok()?;
         if line.contains("theta serving") {
-            let grpc = field(&line, "grpc").unwrap();
-            let quic = field(&line, "quic").unwrap();
-            let fp = field(&line, "quic_cert_sha256").unwrap();
-            let signal = field(&line, "webrtc_signal").unwrap().trim_matches('"').to_string();
+            let grpc = field(&line, "grpc")?;
+            let quic = field(&line, "quic")?;
+            let fp = field(&line, "quic_cert_sha256")?;
+            let signal = field(&line, "webrtc_signal")?.trim_matches('"').to_string();
+            return Some((grpc, quic, fp, signal));
+        }
+    })();
+    match started {
+        Some((grpc, quic, fp, signal)) => {
             std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-            return (child, grpc, quic, fp, signal);
+            (child, grpc, quic, fp, signal)
+        }
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("theta serve ended before its start-up line");
         }
     }
 }

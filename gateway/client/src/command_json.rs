@@ -100,7 +100,7 @@ pub fn command_from_json(j: &Json) -> Result<(u64, ComponentId, u64, Command)> {
     };
     use theta_schemas::CommandKind as K;
     let command = match kind {
-        K::CreateSession => return Err(CommandJsonError::new(format!("use `theta session create`"))),
+        K::CreateSession => return Err(CommandJsonError::new("use `theta session create`".to_string())),
         K::GrantRole => {
             let role = string(j, "role")?;
             let role = Role::ALL
@@ -174,9 +174,10 @@ pub fn command_from_json(j: &Json) -> Result<(u64, ComponentId, u64, Command)> {
             return Ok((entity, c, base, Command::RemoveComponent));
         }
         K::SetComponent => {
-            return Err(CommandJsonError::new(format!(
+            return Err(CommandJsonError::new(
                 "SetComponent is not available from JSON; use the specific command (SetTransform, Rename, SetMaterial, ...)"
-            )));
+                    .to_string(),
+            ));
         }
     };
     Ok((entity, scope(kind), base, command))

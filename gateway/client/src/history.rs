@@ -4,6 +4,7 @@
 //! (an entry's hash and its inclusion proof) here, with `theta_schemas::merkle`.
 
 use ed25519_dalek::SigningKey;
+use theta_projector::{Assembler, Projection};
 use theta_proto::v1 as pb;
 use theta_proto::v1::admin_service_client::AdminServiceClient;
 use theta_proto::v1::audit_service_client::AuditServiceClient;
@@ -12,7 +13,7 @@ use theta_proto::v1::replay_service_client::ReplayServiceClient;
 use theta_schemas::credential::{CREDENTIAL_METADATA, Credential};
 use theta_schemas::merkle::{Hash, entry_hash, leaf_hash, verify_inclusion};
 use theta_schemas::signing::author_key;
-use theta_schemas::{Command, CommandBody, ComponentId, Envelope, SessionId};
+use theta_schemas::{Command, CommandBody, ComponentId, Envelope, Message, SessionId};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 /// Why a history call failed.
@@ -207,7 +208,43 @@ impl HistoryClient {
     ) -> Result<tonic::Streaming<pb::EntryBatch>, HistoryError> {
         req.session = session.0.to_vec();
         let req = self.request("/theta.v1.ReplayService/ReadLog", Some(session), req);
-        Ok(ReplayServiceClient::new(self.channel()).read_log(req).await?.into_inner())
+        Ok(self.replay().read_log(req).await?.into_inner())
+    }
+
+    /// The world of `session` at `seq` (0: the head), assembled from `ReadState`'s snapshot
+    /// chunks; the assembler checks it against the state hash the server sent.
+    pub async fn read_state(&self, session: &SessionId, seq: u64) -> Result<Projection, HistoryError> {
+        let req = pb::ReadStateRequest { session: session.0.to_vec(), at_seq: seq, max_chunk_bytes: 0 };
+        let req = self.request("/theta.v1.ReplayService/ReadState", Some(session), req);
+        let mut stream = self.replay().read_state(req).await?.into_inner();
+        let mut asm = Assembler::new();
+        while let Some(chunk) = stream.message().await? {
+            let Ok(Message::SnapshotChunk(c)) = Message::decode(&chunk.frame) else {
+                return Err(HistoryError::Answer("ReadState sent something other than a snapshot chunk".into()));
+            };
+            if let Some(p) =
+                asm.add(c).map_err(|e| HistoryError::Answer(format!("the state does not assemble: {e}")))?
+            {
+                return Ok(p);
+            }
+        }
+        Err(HistoryError::Answer("ReadState ended before the last chunk".into()))
+    }
+
+    /// The session's head seq as `ReadState` sees it (the first chunk of a small-chunk read).
+    pub async fn state_head(&self, session: &SessionId) -> Result<u64, HistoryError> {
+        let req = pb::ReadStateRequest { session: session.0.to_vec(), at_seq: 0, max_chunk_bytes: 1_024 };
+        let req = self.request("/theta.v1.ReplayService/ReadState", Some(session), req);
+        let mut stream = self.replay().read_state(req).await?.into_inner();
+        match stream.message().await? {
+            Some(c) => Ok(c.seq),
+            None => Err(HistoryError::Answer(format!("the server sent no state for session {session}"))),
+        }
+    }
+
+    /// Replay calls carry snapshots and log batches of megabytes.
+    fn replay(&self) -> ReplayServiceClient<Channel> {
+        ReplayServiceClient::new(self.channel()).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
     }
 
     /// Has the server re-verify entries `from..=to` (0: the head).
@@ -259,5 +296,72 @@ impl HistoryClient {
     pub async fn stats(&self) -> Result<pb::StatsResponse, HistoryError> {
         let req = self.request("/theta.v1.AdminService/Stats", None, pb::StatsRequest {});
         Ok(AdminServiceClient::new(self.channel()).stats(req).await?.into_inner())
+    }
+}
+
+/// A session opened at a seq from history (`ReadState`), stepping forward entry by entry
+/// (`ReadLog`) or jumping anywhere: the time-travel view of `theta view --at` and `theta demo`.
+pub struct Playback {
+    client: HistoryClient,
+    session: SessionId,
+    /// The world at the current seq.
+    pub mirror: Projection,
+    /// The session head when opened.
+    pub head: u64,
+    /// The entry that produced the current seq: (seq, author hex prefix, kind, receipt time ms).
+    pub current: Option<(u64, String, String, u64)>,
+}
+
+impl Playback {
+    /// Opens `session` at `seq` (0: the head) from the server's checkpoints and log.
+    pub async fn open(client: HistoryClient, session: SessionId, seq: u64) -> Result<Playback, HistoryError> {
+        let mirror = client.read_state(&session, seq).await?;
+        let head = client.state_head(&session).await?;
+        Ok(Playback { client, session, mirror, head, current: None })
+    }
+
+    /// Jumps to `seq` (forward or back; 0: the head).
+    pub async fn seek(&mut self, seq: u64) -> Result<(), HistoryError> {
+        self.mirror = self.client.read_state(&self.session, seq).await?;
+        self.current = None;
+        Ok(())
+    }
+
+    /// Applies the next `n` entries (fewer at the head); returns how many were applied.
+    pub async fn step(&mut self, n: u64) -> Result<u64, HistoryError> {
+        let from = self.mirror.seq() + 1;
+        if n == 0 || from > self.head {
+            return Ok(0);
+        }
+        let to = (from + n - 1).min(self.head);
+        let req = pb::ReadLogRequest { from_seq: from, to_seq: to, ..Default::default() };
+        let mut stream = self.client.read_log(&self.session, req).await?;
+        let mut applied = 0;
+        while let Some(batch) = stream.message().await? {
+            for e in batch.entries {
+                let answer = |what: String| HistoryError::Answer(format!("entry {}: {what}", e.seq));
+                if e.seq != self.mirror.seq() + 1 {
+                    return Err(answer(format!("ReadLog skipped from {}", self.mirror.seq())));
+                }
+                let (_, body) = Envelope::open(&e.envelope).map_err(|err| answer(format!("does not decode: {err}")))?;
+                self.mirror.apply_command(e.seq, &body).map_err(|err| answer(format!("does not fold: {err}")))?;
+                self.current =
+                    Some((e.seq, hex::encode(&e.author[..4.min(e.author.len())]), e.kind, e.receipt_time_ms));
+                applied += 1;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// The timeline line: current seq of the head, the edit's time, author and kind.
+    pub fn timeline(&self) -> String {
+        match &self.current {
+            Some((seq, author, kind, ms)) => {
+                let secs = ms / 1_000;
+                let (h, m, s) = ((secs / 3_600) % 24, (secs / 60) % 60, secs % 60);
+                format!("seq {seq}/{}  {h:02}:{m:02}:{s:02}.{:03} UTC  {kind} by {author}", self.head, ms % 1_000)
+            }
+            None => format!("seq {}/{}", self.mirror.seq(), self.head),
+        }
     }
 }

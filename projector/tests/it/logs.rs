@@ -8,43 +8,13 @@ use rand::{Rng, SeedableRng};
 use theta_projector::Projection;
 use theta_schemas::components::{Component, Material, Mesh, Name, Parent, Selection, ToolState, Transform};
 use theta_schemas::ids::ComponentMeta;
-use theta_schemas::signing::author_key;
 use theta_schemas::{
-    AuthorKey, Command, CommandBody, ComponentId, ConflictStrategy, EntityId, Envelope, LogEntry, SessionId, Shape,
+    Command, CommandBody, ComponentId, ConflictStrategy, EntityId, Envelope, LogEntry, SessionId, Shape,
 };
 
 pub const SESSION: SessionId = SessionId([7; 16]);
 
-/// A scripted author.
-pub struct Author {
-    pub key: SigningKey,
-    pub lamport: u64,
-    pub nonce: u64,
-}
-
-impl Author {
-    pub fn new(seed: u8) -> Author {
-        Author { key: SigningKey::from_bytes(&[seed; 32]), lamport: 0, nonce: 0 }
-    }
-    pub fn id(&self) -> AuthorKey {
-        author_key(&self.key)
-    }
-    pub fn body(&mut self, entity: EntityId, component: ComponentId, command: Command) -> CommandBody {
-        self.lamport += 1;
-        self.nonce += 1;
-        CommandBody {
-            session: SESSION,
-            author: self.id(),
-            lamport: self.lamport,
-            nonce: self.nonce,
-            wall_clock_ms: 0,
-            entity,
-            component,
-            base_version: 0,
-            command,
-        }
-    }
-}
+pub use theta_testkit::Author;
 
 /// Signed log entries from bodies (hash fields are not checked by the projector).
 pub fn entries(bodies: &[(CommandBody, &SigningKey)]) -> Vec<LogEntry> {
@@ -81,7 +51,8 @@ pub fn fold(bodies: &[CommandBody]) -> Projection {
 pub fn random_log(seed: u64, n: usize) -> Vec<CommandBody> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut authors: Vec<Author> = (1..=3).map(Author::new).collect();
-    let mut out = vec![authors[0].body(0, ComponentId::NONE, Command::CreateSession { name: "gen".into() })];
+    let mut out =
+        vec![authors[0].body(SESSION, 0, ComponentId::NONE, 0, Command::CreateSession { name: "gen".into() })];
     let mut live: BTreeMap<EntityId, EntityId> = BTreeMap::new(); // entity -> parent
     let mut meshes: BTreeMap<EntityId, usize> = BTreeMap::new(); // entity -> face count (upper bound)
     let mut next: EntityId = 1;
@@ -113,42 +84,54 @@ pub fn random_log(seed: u64, n: usize) -> Vec<CommandBody> {
                 let parent = if !live.is_empty() && rng.gen_bool(0.3) { pick(&mut rng, &live) } else { 0 };
                 live.insert(e, parent);
                 let shape = Shape::ALL[rng.gen_range(0..Shape::ALL.len())];
-                author.body(e, ComponentId::NONE, Command::CreateEntity { shape, name: format!("e{e}"), parent })
+                author.body(
+                    SESSION,
+                    e,
+                    ComponentId::NONE,
+                    0,
+                    Command::CreateEntity { shape, name: format!("e{e}"), parent },
+                )
             }
             2..=7 => {
                 let e = pick(&mut rng, &live);
                 let mut f = || rng.gen_range(-20.0f32..20.0);
                 let t = Transform { translation: [f(), f(), f()], rotation: [0.0, 0.0, 0.0, 1.0], scale: [1.0; 3] };
-                author.body(e, Transform::id(), Command::SetTransform(t))
+                author.body(SESSION, e, Transform::id(), 0, Command::SetTransform(t))
             }
             8 => author.body(
+                SESSION,
                 pick(&mut rng, &live),
                 Name::id(),
+                0,
                 Command::Rename { name: format!("n{}", rng.gen_range(0..100)) },
             ),
             9 => {
                 let m =
                     Material { base_color: [rng.gen_range(0.0..1.0), 0.5, 0.5, 1.0], metallic: 0.1, roughness: 0.9 };
-                author.body(pick(&mut rng, &live), Material::id(), Command::SetMaterial(m))
+                author.body(SESSION, pick(&mut rng, &live), Material::id(), 0, Command::SetMaterial(m))
             }
-            10 => author.body(pick(&mut rng, &live), Selection::id(), Command::Select),
-            11 => author.body(pick(&mut rng, &live), Selection::id(), Command::Deselect),
+            10 => author.body(SESSION, pick(&mut rng, &live), Selection::id(), 0, Command::Select),
+            11 => author.body(SESSION, pick(&mut rng, &live), Selection::id(), 0, Command::Deselect),
             12 => author.body(
+                SESSION,
                 pick(&mut rng, &live),
                 ToolState::id(),
+                0,
                 Command::ChangeTool { tool: ["move", "scale", "paint"][rng.gen_range(0..3)].into() },
             ),
             13 => {
                 let e = pick(&mut rng, &live);
                 meshes.insert(e, 1);
-                author.body(e, Mesh::id(), Command::SetComponent { data: mesh().encode() })
+                author.body(SESSION, e, Mesh::id(), 0, Command::SetComponent { data: mesh().encode() })
             }
             14 if !meshes.is_empty() => {
                 let e = *meshes.keys().nth(rng.gen_range(0..meshes.len())).unwrap();
                 let i = rng.gen_range(0..5u32);
                 author.body(
+                    SESSION,
                     e,
                     Mesh::id(),
+                    0,
                     Command::MoveVertices { indices: vec![i], positions: vec![[i as f32, 3.0, 1.0]] },
                 )
             }
@@ -156,11 +139,11 @@ pub fn random_log(seed: u64, n: usize) -> Vec<CommandBody> {
                 let e = *meshes.keys().nth(rng.gen_range(0..meshes.len())).unwrap();
                 *meshes.get_mut(&e).unwrap() += 1;
                 let t = [rng.gen_range(0..5u32), rng.gen_range(0..5u32), rng.gen_range(0..5u32)];
-                author.body(e, Mesh::id(), Command::AddFaces { indices: t.to_vec() })
+                author.body(SESSION, e, Mesh::id(), 0, Command::AddFaces { indices: t.to_vec() })
             }
             16 if !meshes.is_empty() => {
                 let e = *meshes.keys().nth(rng.gen_range(0..meshes.len())).unwrap();
-                author.body(e, Mesh::id(), Command::RemoveFaces { faces: vec![rng.gen_range(0..3)] })
+                author.body(SESSION, e, Mesh::id(), 0, Command::RemoveFaces { faces: vec![rng.gen_range(0..3)] })
             }
             17 => {
                 let e = pick(&mut rng, &live);
@@ -172,7 +155,7 @@ pub fn random_log(seed: u64, n: usize) -> Vec<CommandBody> {
                     candidates[rng.gen_range(0..candidates.len())]
                 };
                 live.insert(e, parent);
-                author.body(e, Parent::id(), Command::Reparent { parent })
+                author.body(SESSION, e, Parent::id(), 0, Command::Reparent { parent })
             }
             18 => {
                 // Delete a leaf.
@@ -180,14 +163,20 @@ pub fn random_log(seed: u64, n: usize) -> Vec<CommandBody> {
                 let e = leaves[rng.gen_range(0..leaves.len())];
                 live.remove(&e);
                 meshes.remove(&e);
-                author.body(e, ComponentId::NONE, Command::DeleteEntity)
+                author.body(SESSION, e, ComponentId::NONE, 0, Command::DeleteEntity)
             }
             19 => {
                 let strategy =
                     if rng.gen_bool(0.5) { ConflictStrategy::Reject } else { ConflictStrategy::LastWriteWins };
-                author.body(0, ComponentId::NONE, Command::SetConflictPolicy { component: Transform::id(), strategy })
+                author.body(
+                    SESSION,
+                    0,
+                    ComponentId::NONE,
+                    0,
+                    Command::SetConflictPolicy { component: Transform::id(), strategy },
+                )
             }
-            _ => author.body(pick(&mut rng, &live), Name::id(), Command::RemoveComponent),
+            _ => author.body(SESSION, pick(&mut rng, &live), Name::id(), 0, Command::RemoveComponent),
         };
         out.push(body);
     }

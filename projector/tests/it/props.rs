@@ -83,10 +83,10 @@ proptest! {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut owner = Author::new(1);
         let n = ComponentId::NONE;
-        let mut prefix = vec![owner.body(0, n, Command::CreateSession { name: "c".into() })];
+        let mut prefix = vec![owner.body(SESSION, 0, n, 0, Command::CreateSession { name: "c".into() })];
         for e in 1..=3u64 {
-            prefix.push(owner.body(e, n, Command::CreateEntity { shape: Shape::Cube, name: String::new(), parent: 0 }));
-            prefix.push(owner.body(e, Mesh::id(), Command::SetComponent { data: theta_schemas::components::Component::encode(&mesh()) }));
+            prefix.push(owner.body(SESSION, e, n, 0, Command::CreateEntity { shape: Shape::Cube, name: String::new(), parent: 0 }));
+            prefix.push(owner.body(SESSION, e, Mesh::id(), 0, Command::SetComponent { data: theta_schemas::components::Component::encode(&mesh()) }));
         }
         // Three authors with independent clocks issue concurrent commands.
         let mut authors: Vec<Author> = (2..=4).map(Author::new).collect();
@@ -96,12 +96,12 @@ proptest! {
             a.lamport += rand::Rng::gen_range(&mut rng, 0..4);
             let e = rand::Rng::gen_range(&mut rng, 1..=3u64);
             let body = match rand::Rng::gen_range(&mut rng, 0..6) {
-                0 => a.body(e, Transform::id(), Command::SetTransform(Transform { translation: [a.lamport as f32, 0.0, 0.0], ..Transform::default() })),
-                1 => a.body(e, Name::id(), Command::Rename { name: format!("{}", a.lamport) }),
-                2 => a.body(e, Material::id(), Command::SetMaterial(Material { metallic: 0.5, ..Material::default() })),
-                3 => a.body(e, Selection::id(), Command::Select),
-                4 => a.body(e, Selection::id(), Command::Deselect),
-                _ => a.body(e, Mesh::id(), Command::AddFaces { indices: vec![rand::Rng::gen_range(&mut rng, 0..5), rand::Rng::gen_range(&mut rng, 0..5), 4] }),
+                0 => a.body(SESSION, e, Transform::id(), 0, Command::SetTransform(Transform { translation: [a.lamport as f32, 0.0, 0.0], ..Transform::default() })),
+                1 => a.body(SESSION, e, Name::id(), 0, Command::Rename { name: format!("{}", a.lamport) }),
+                2 => a.body(SESSION, e, Material::id(), 0, Command::SetMaterial(Material { metallic: 0.5, ..Material::default() })),
+                3 => a.body(SESSION, e, Selection::id(), 0, Command::Select),
+                4 => a.body(SESSION, e, Selection::id(), 0, Command::Deselect),
+                _ => a.body(SESSION, e, Mesh::id(), 0, Command::AddFaces { indices: vec![rand::Rng::gen_range(&mut rng, 0..5), rand::Rng::gen_range(&mut rng, 0..5), 4] }),
             };
             concurrent.push(body);
         }

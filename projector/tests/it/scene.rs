@@ -19,7 +19,7 @@ pub fn scripted() -> Vec<(CommandBody, ed25519_dalek::SigningKey)> {
     let n = ComponentId::NONE;
     let mut out = Vec::new();
     let mut push = |a: &mut Author, e: u64, c: ComponentId, cmd: Command| {
-        let b = a.body(e, c, cmd);
+        let b = a.body(SESSION, e, c, 0, cmd);
         out.push((b, a.key.clone()));
     };
     push(&mut owner, 0, n, Command::CreateSession { name: "scene".into() });
@@ -109,14 +109,14 @@ fn fold_errors_are_typed() {
     let mut a = Author::new(2);
     a.lamport = 1_000;
     let seq = p.seq() + 1;
-    let e = p.apply_command(seq + 1, &a.body(1, Name::id(), Command::Rename { name: "x".into() }));
+    let e = p.apply_command(seq + 1, &a.body(SESSION, 1, Name::id(), 0, Command::Rename { name: "x".into() }));
     assert!(matches!(e, Err(theta_projector::FoldError::OutOfOrder { .. })));
-    let e = p.apply_command(seq, &a.body(99, Name::id(), Command::Rename { name: "x".into() }));
+    let e = p.apply_command(seq, &a.body(SESSION, 99, Name::id(), 0, Command::Rename { name: "x".into() }));
     assert!(matches!(e, Err(theta_projector::FoldError::Invariant { entity: 99, .. })));
     // 2 is under 4; putting 4 under 2 is a cycle.
-    let e = p.apply_command(seq, &a.body(4, Parent::id(), Command::Reparent { parent: 2 }));
+    let e = p.apply_command(seq, &a.body(SESSION, 4, Parent::id(), 0, Command::Reparent { parent: 2 }));
     assert!(matches!(e, Err(theta_projector::FoldError::Invariant { what: "reparent would create a cycle", .. })));
-    let e = p.apply_command(seq, &a.body(4, ComponentId::NONE, Command::DeleteEntity));
+    let e = p.apply_command(seq, &a.body(SESSION, 4, ComponentId::NONE, 0, Command::DeleteEntity));
     assert!(matches!(e, Err(theta_projector::FoldError::Invariant { what: "entity still has children", .. })));
     assert_eq!(p.seq(), seq - 1, "failed folds advance nothing");
 }
@@ -130,7 +130,7 @@ fn a_hundred_moves_between_two_cuts_give_one_update() {
     for i in 0..100 {
         let t = Transform { translation: [i as f32, 0.0, 0.0], ..Transform::default() };
         let seq = p.seq() + 1;
-        p.apply_command(seq, &a.body(1, Transform::id(), Command::SetTransform(t))).unwrap();
+        p.apply_command(seq, &a.body(SESSION, 1, Transform::id(), 0, Command::SetTransform(t))).unwrap();
     }
     let d = p.take_delta(false);
     assert_eq!(d.upserts.len(), 1);
@@ -143,10 +143,16 @@ fn a_hundred_moves_between_two_cuts_give_one_update() {
     let seq = p.seq() + 1;
     p.apply_command(
         seq,
-        &a.body(50, ComponentId::NONE, Command::CreateEntity { shape: Shape::Cube, name: "tmp".into(), parent: 0 }),
+        &a.body(
+            SESSION,
+            50,
+            ComponentId::NONE,
+            0,
+            Command::CreateEntity { shape: Shape::Cube, name: "tmp".into(), parent: 0 },
+        ),
     )
     .unwrap();
-    p.apply_command(seq + 1, &a.body(50, ComponentId::NONE, Command::DeleteEntity)).unwrap();
+    p.apply_command(seq + 1, &a.body(SESSION, 50, ComponentId::NONE, 0, Command::DeleteEntity)).unwrap();
     let d = p.take_delta(false);
     assert!(d.spawned.is_empty() && d.upserts.is_empty() && d.despawned.is_empty(), "{d:?}");
 }
@@ -197,17 +203,31 @@ fn checkpoints_round_trip_and_corruption_is_detected() {
 fn interest_filter_sends_only_what_is_inside_and_follows_the_area() {
     let mut a = Author::new(2);
     let n = ComponentId::NONE;
-    let mut bodies = vec![a.body(0, n, Command::CreateSession { name: "grid".into() })];
+    let mut bodies = vec![a.body(SESSION, 0, n, 0, Command::CreateSession { name: "grid".into() })];
     // A row of 20 entities along x, one every 2 m, and a child of entity 1 at +1 m.
     for i in 1..=20u64 {
-        bodies.push(a.body(i, n, Command::CreateEntity { shape: Shape::Cube, name: String::new(), parent: 0 }));
+        bodies.push(a.body(
+            SESSION,
+            i,
+            n,
+            0,
+            Command::CreateEntity { shape: Shape::Cube, name: String::new(), parent: 0 },
+        ));
         let t = Transform { translation: [i as f32 * 2.0, 0.0, 0.0], ..Transform::default() };
-        bodies.push(a.body(i, Transform::id(), Command::SetTransform(t)));
+        bodies.push(a.body(SESSION, i, Transform::id(), 0, Command::SetTransform(t)));
     }
-    bodies.push(a.body(100, n, Command::CreateEntity { shape: Shape::Sphere, name: String::new(), parent: 1 }));
     bodies.push(a.body(
+        SESSION,
+        100,
+        n,
+        0,
+        Command::CreateEntity { shape: Shape::Sphere, name: String::new(), parent: 1 },
+    ));
+    bodies.push(a.body(
+        SESSION,
         100,
         Transform::id(),
+        0,
         Command::SetTransform(Transform { translation: [1.0, 0.0, 0.0], ..Transform::default() }),
     ));
     let mut p = fold(&bodies);
@@ -227,7 +247,7 @@ fn interest_filter_sends_only_what_is_inside_and_follows_the_area() {
     let mut step = |p: &mut Projection, e: u64, x: f32| {
         let seq = p.seq() + 1;
         let t = Transform { translation: [x, 0.0, 0.0], ..Transform::default() };
-        p.apply_command(seq, &a.body(e, Transform::id(), Command::SetTransform(t))).unwrap();
+        p.apply_command(seq, &a.body(SESSION, e, Transform::id(), 0, Command::SetTransform(t))).unwrap();
     };
     step(&mut p, 10, 5.0);
     step(&mut p, 3, 30.0);

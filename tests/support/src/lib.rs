@@ -74,3 +74,63 @@ impl Author {
         self.seal(&body)
     }
 }
+
+/// One signed, encoded envelope with every field chosen by the caller (for tests that script
+/// Lamport times and nonces themselves; [`Author`] counts them for you). `base_version` is 0
+/// and the wall clock unset.
+pub fn envelope(
+    key: &SigningKey,
+    session: SessionId,
+    lamport: u64,
+    nonce: u64,
+    entity: u64,
+    component: ComponentId,
+    command: Command,
+) -> Vec<u8> {
+    let body = CommandBody {
+        session,
+        author: author_key(key),
+        lamport,
+        nonce,
+        wall_clock_ms: 0,
+        entity,
+        component,
+        base_version: 0,
+        command,
+    };
+    Envelope::sign(&body, key).encode()
+}
+
+/// The live benches' workload: editors each moving their own cubes in circles about their
+/// homes on a square field (`gateway/benches/live.rs` over real connections,
+/// `gateway/live/benches/fanout.rs` into the fan-out alone).
+pub mod cubes {
+    use theta_schemas::components::Transform;
+
+    /// Editors.
+    pub const EDITORS: u64 = 32;
+    /// Cubes each editor moves (entities `editor * PER_EDITOR + 1 ..= (editor + 1) * PER_EDITOR`).
+    pub const PER_EDITOR: u64 = 8;
+    /// Side of the square field, metres.
+    pub const FIELD: f32 = 160.0;
+
+    /// Where cube `entity` rests: the cubes on a grid over the field.
+    pub fn home(entity: u64) -> [f32; 3] {
+        let side = ((EDITORS * PER_EDITOR) as f64).sqrt().ceil() as u64;
+        let step = FIELD / side as f32;
+        [(entity % side) as f32 * step - FIELD / 2.0, 1.0, (entity / side) as f32 * step - FIELD / 2.0]
+    }
+
+    /// Editor `editor`'s (from 0) `n`-th update: the cube it moves and its new transform.
+    pub fn update(editor: u64, n: u64) -> (u64, Transform) {
+        let entity = editor * PER_EDITOR + 1 + n % PER_EDITOR;
+        let [x, y, z] = home(entity);
+        let a = n as f32 * 0.05;
+        let t = Transform {
+            translation: [x + a.cos(), y, z + a.sin()],
+            rotation: [0.0, (a / 2.0).sin(), 0.0, (a / 2.0).cos()],
+            scale: [1.0; 3],
+        };
+        (entity, t)
+    }
+}
