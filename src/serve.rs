@@ -29,6 +29,7 @@
 //! max_half_open_per_address = 32 # live handshakes open at once per IP address
 //! max_connections_per_address = 256 # live connections per IP address
 //! live_visibility = "confirmed"  # confirmed (durable only) | ordered (once sequenced)
+//! live_pacing_us = 0             # least time between two deltas of a session (0: one per commit)
 //! ```
 
 use std::net::SocketAddr;
@@ -133,6 +134,12 @@ pub struct ServeArgs {
     /// and they then resync to the durable head) [default: confirmed].
     #[arg(long, env = "THETA_LIVE_VISIBILITY", value_name = "confirmed|ordered")]
     live_visibility: Option<String>,
+    /// Least time between two live deltas of a session, microseconds: commits within it reach
+    /// viewers together, as one delta. Fewer, larger deltas cost the server and every viewer
+    /// less CPU and bytes under heavy editing, at up to this much more latency (at most 100000)
+    /// [default: 0, one delta per commit].
+    #[arg(long, env = "THETA_LIVE_PACING_US", value_name = "MICROSECONDS")]
+    live_pacing_us: Option<u64>,
 }
 
 /// The TOML file's shape.
@@ -164,6 +171,7 @@ struct FileConfig {
     max_half_open_per_address: Option<usize>,
     max_connections_per_address: Option<usize>,
     live_visibility: Option<String>,
+    live_pacing_us: Option<u64>,
 }
 
 /// A key given as 64 hex digits of a public key, or as a `theta keygen` file.
@@ -311,6 +319,11 @@ impl ServeArgs {
             Some(v) => v.parse().map_err(|e: String| anyhow::anyhow!(e))?,
             None => d.live_visibility,
         };
+        let live_pacing = match self.live_pacing_us.or(file.live_pacing_us) {
+            Some(us) if us > 100_000 => bail!("live_pacing_us is {us}: at most 100000 (0.1 s)"),
+            Some(us) => std::time::Duration::from_micros(us),
+            None => d.live_pacing,
+        };
         Ok(ServeConfig {
             data_dir: self.data.or(file.data).unwrap_or(d.data_dir),
             grpc_addr: self.grpc_addr.or(file.grpc_addr).unwrap_or(d.grpc_addr),
@@ -324,6 +337,7 @@ impl ServeArgs {
             access,
             addresses,
             live_visibility,
+            live_pacing,
             ..d
         })
     }
@@ -481,6 +495,19 @@ mod tests {
         assert_eq!(f.live_visibility, Visibility::Ordered);
         let g = resolve(&["--config", file.to_str().unwrap(), "--live-visibility", "confirmed"]).unwrap();
         assert_eq!(g.live_visibility, Visibility::Confirmed);
+    }
+
+    #[test]
+    fn live_pacing_is_off_unless_chosen_and_bounded() {
+        use std::time::Duration;
+        assert_eq!(resolve(&[]).unwrap().live_pacing, Duration::ZERO);
+        assert_eq!(resolve(&["--live-pacing-us", "1500"]).unwrap().live_pacing, Duration::from_micros(1_500));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("theta.toml");
+        std::fs::write(&file, "live_pacing_us = 2000\n").unwrap();
+        assert_eq!(resolve(&["--config", file.to_str().unwrap()]).unwrap().live_pacing, Duration::from_millis(2));
+        let e = resolve(&["--live-pacing-us", "5000000"]).unwrap_err();
+        assert!(e.to_string().contains("at most 100000"), "{e}");
     }
 
     #[test]

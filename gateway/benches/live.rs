@@ -4,6 +4,8 @@
 //! latency and the store's acknowledgement histogram beside it, entries appended per second,
 //! and bytes per viewer per second for each encoding, with compact deltas and with interest
 //! management. The server runs on its own runtime (half the CPUs), the clients on the other.
+//! Latencies count commands submitted in the steady state (from 0.5 s after the editors start
+//! to 0.25 s before they stop).
 //!
 //! `cargo bench -p theta-gateway --bench live` runs the visibility and bytes table (16 and 100
 //! viewers). `THETA_BENCH_SECS` (default 5 per run); `THETA_BENCH_SET=full` adds the other
@@ -23,27 +25,20 @@ use theta_schemas::components::Transform;
 use theta_schemas::ids::ComponentMeta;
 use theta_schemas::signing::author_key;
 use theta_schemas::wire::Capabilities;
-use theta_schemas::{Command, CommandBody, ComponentId, Envelope, Role, SessionId, Shape};
+use theta_schemas::{Command, ComponentId, Role, SessionId, Shape};
 use theta_store::{Store, StoreConfig};
+use theta_testkit::cubes;
 
 const S: SessionId = SessionId([0x4c; 16]);
-const EDITORS: usize = 32;
-const ENTITIES_PER_EDITOR: u64 = 8;
+const EDITORS: usize = cubes::EDITORS as usize;
+const ENTITIES_PER_EDITOR: u64 = cubes::PER_EDITOR;
 const HZ: f64 = 90.0;
-/// Side of the square field the entities live on, metres.
-const FIELD: f32 = 160.0;
 
 fn key(i: u32) -> SigningKey {
     let mut b = [0u8; 32];
     b[..4].copy_from_slice(&i.to_le_bytes());
     b[31] = 0x5a;
     SigningKey::from_bytes(&b)
-}
-
-fn home(e: u64) -> [f32; 3] {
-    let side = ((EDITORS as u64 * ENTITIES_PER_EDITOR) as f64).sqrt().ceil() as u64;
-    let step = FIELD / side as f32;
-    [(e % side) as f32 * step - FIELD / 2.0, 1.0, (e / side) as f32 * step - FIELD / 2.0]
 }
 
 /// A store with the session, the editors' and the viewer's roles, and every entity placed.
@@ -54,18 +49,7 @@ fn make_store(dir: &std::path::Path) -> Arc<Store> {
     let mut lamport = 0;
     let mut sign = |entity: u64, component: ComponentId, command: Command| {
         lamport += 1;
-        let body = CommandBody {
-            session: S,
-            author: author_key(&owner),
-            lamport,
-            nonce: lamport,
-            wall_clock_ms: 0,
-            entity,
-            component,
-            base_version: 0,
-            command,
-        };
-        Envelope::sign(&body, &owner).encode()
+        theta_testkit::envelope(&owner, S, lamport, lamport, entity, component, command)
     };
     let mut batch = vec![sign(0, ComponentId::NONE, Command::CreateSession { name: "live bench".into() })];
     for i in 1..=EDITORS as u32 {
@@ -78,7 +62,7 @@ fn make_store(dir: &std::path::Path) -> Arc<Store> {
             ComponentId::NONE,
             Command::CreateEntity { shape: Shape::Cube, name: format!("cube {e}"), parent: 0 },
         ));
-        let t = Transform { translation: home(e), ..Transform::default() };
+        let t = Transform { translation: cubes::home(e), ..Transform::default() };
         batch.push(sign(e, Transform::id(), Command::SetTransform(t)));
     }
     for envelope in batch {
@@ -99,6 +83,10 @@ struct Run {
     bytes_per_viewer_s: f64,
     raw_per_viewer_s: f64,
     resyncs: u64,
+    /// Where the samples over 5 ms fall (diagnostics).
+    tail: String,
+    /// Deltas (frames that advanced the mirror) each viewer applied per second.
+    deltas_per_viewer_s: f64,
     ack_p50_ms: f64,
     ack_p99_ms: f64,
     /// The editors' submit → receipt latency.
@@ -151,6 +139,11 @@ async fn run(
         http_addr: Some("127.0.0.1:0".parse().unwrap()),
         quic_addr: Some("127.0.0.1:0".parse().unwrap()),
         live_visibility: setup.visibility,
+        // THETA_BENCH_PACING_US: the least time between two deltas (the server's default if unset).
+        live_pacing: std::env::var("THETA_BENCH_PACING_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(theta_gateway::live::DEFAULT_PACING, Duration::from_micros),
         ..theta_gateway::ServeConfig::default()
     };
     // The server runs on its own runtime (its own worker threads), as it would in its own
@@ -220,7 +213,8 @@ async fn run(
     // Let the viewers take their snapshots.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let submitted: Arc<Mutex<HashMap<u64, Instant>>> = Default::default();
-    let receipts: Arc<Mutex<Vec<f64>>> = Default::default();
+    // (submitted at, submit → receipt ms).
+    let receipts: Arc<Mutex<Vec<(Instant, f64)>>> = Default::default();
     // When the store's commit thread sequenced each seq (this listener runs beside the hub's).
     let sequenced: Arc<Mutex<HashMap<u64, Instant>>> = Default::default();
     {
@@ -254,27 +248,19 @@ async fn run(
             let mut next = tokio::time::Instant::now() + period.mul_f64(i as f64 / EDITORS as f64);
             let mut pending: HashMap<u64, Instant> = HashMap::new();
             let mut n = 0u64;
-            let first = (i as u64 - 1) * ENTITIES_PER_EDITOR + 1;
             while !stop.load(SeqCst) {
                 match tokio::time::timeout_at(next, c.next_event()).await {
                     Err(_) => {
                         next += period;
                         n += 1;
-                        let e = first + n % ENTITIES_PER_EDITOR;
-                        let [x, y, z] = home(e);
-                        let a = n as f32 * 0.05;
-                        let t = Transform {
-                            translation: [x + a.cos(), y, z + a.sin()],
-                            rotation: [0.0, (a / 2.0).sin(), 0.0, (a / 2.0).cos()],
-                            scale: [1.0; 3],
-                        };
+                        let (e, t) = cubes::update(u64::from(i) - 1, n);
                         let at = Instant::now();
                         let nonce = c.submit(e, Transform::id(), 0, Command::SetTransform(t)).await.unwrap();
                         pending.insert(nonce, at);
                     }
                     Ok(Ok(Event::Receipt(r))) => {
                         if let Some(at) = pending.remove(&r.nonce) {
-                            receipts.lock().unwrap().push(at.elapsed().as_secs_f64() * 1e3);
+                            receipts.lock().unwrap().push((at, at.elapsed().as_secs_f64() * 1e3));
                             submitted.lock().unwrap().insert(r.seq, at);
                         }
                     }
@@ -296,7 +282,13 @@ async fn run(
         }));
     }
     let head0 = store.head(&S).unwrap().seq;
+    let started = Instant::now();
     let _ = start_tx.send(true);
+    // Latencies count for commands submitted in the steady state: after the first 0.5 s (the
+    // editors' first commands, every connection's first deltas) and before the last 0.25 s
+    // (the stop).
+    let steady = (started + Duration::from_millis(500), started + Duration::from_secs_f64(secs - 0.25));
+    let in_steady = |t: &Instant| *t >= steady.0 && *t < steady.1;
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     let appended = store.head(&S).unwrap().seq - head0;
     stop.store(true, SeqCst);
@@ -308,19 +300,26 @@ async fn run(
     let sequenced = sequenced.lock().unwrap().clone();
     let mut to_sequenced: Vec<f64> = submitted
         .iter()
+        .filter(|(_, t)| in_steady(t))
         .filter_map(|(seq, t)| sequenced.get(seq).map(|s| s.duration_since(*t).as_secs_f64() * 1e3))
         .collect();
     let mut delivery = Vec::new();
-    let (mut lat, mut bytes, mut raw, mut resyncs) = (Vec::new(), 0u64, 0u64, 0u64);
-    for v in viewers {
+    let (mut lat, mut bytes, mut raw, mut resyncs, mut deltas) = (Vec::new(), 0u64, 0u64, 0u64, 0usize);
+    // (viewer, when submitted, latency ms) of every late sample, for the tail's shape.
+    let mut late: Vec<(usize, Instant, f64)> = Vec::new();
+    for (i, v) in viewers.into_iter().enumerate() {
         let (applied, b, r, rs) = v.await.unwrap();
+        deltas += applied.len();
         bytes += b;
         raw += r;
         resyncs += rs;
         for (from, to, at) in applied {
             for s in from + 1..=to {
-                if let Some(t) = submitted.get(&s) {
-                    lat.push(at.duration_since(*t).as_secs_f64() * 1e3);
+                let Some(t) = submitted.get(&s).filter(|t| in_steady(t)) else { continue };
+                let ms = at.duration_since(*t).as_secs_f64() * 1e3;
+                lat.push(ms);
+                if ms > 5.0 {
+                    late.push((i, *t, ms));
                 }
                 if let Some(t) = sequenced.get(&s) {
                     delivery.push(at.duration_since(*t).as_secs_f64() * 1e3);
@@ -328,13 +327,15 @@ async fn run(
             }
         }
     }
+    let tail = tail_shape(&mut late, submitted.values().min().copied());
     let ack = store.metrics().ack_latency;
     server_rt.spawn(server.shutdown()).await.unwrap();
     let pct = |v: &mut Vec<f64>, p: f64| {
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
     };
-    let mut receipts = receipts.lock().unwrap().clone();
+    let mut receipts: Vec<f64> =
+        receipts.lock().unwrap().iter().filter(|(at, _)| in_steady(at)).map(|(_, ms)| *ms).collect();
     let per = |b: u64| b as f64 / viewers_n.max(1) as f64 / secs;
     Run {
         p50_ms: pct(&mut lat, 0.50),
@@ -351,9 +352,71 @@ async fn run(
         bytes_per_viewer_s: per(bytes),
         raw_per_viewer_s: per(raw),
         resyncs,
+        tail,
+        deltas_per_viewer_s: deltas as f64 / viewers_n.max(1) as f64 / secs,
         ack_p50_ms: ack_quantile(&ack, 0.5),
         ack_p99_ms: ack_quantile(&ack, 0.99),
     }
+}
+
+/// The shape of the late samples (over 5 ms): how many, over how many viewers, and the 10 ms
+/// windows of submit time holding most of them (with the viewers each touches): a stall of
+/// the server touches every viewer at once, a slow connection one viewer at a time.
+fn tail_shape(late: &mut [(usize, Instant, f64)], origin: Option<Instant>) -> String {
+    let Some(origin) = origin else { return String::new() };
+    let viewers: std::collections::BTreeSet<usize> = late.iter().map(|l| l.0).collect();
+    let mut windows: std::collections::BTreeMap<u64, (usize, std::collections::BTreeSet<usize>, f64)> =
+        Default::default();
+    for (v, t, ms) in late.iter() {
+        let w = windows.entry((t.duration_since(origin).as_millis() / 10) as u64).or_default();
+        w.0 += 1;
+        w.1.insert(*v);
+        w.2 = w.2.max(*ms);
+    }
+    let mut top: Vec<_> = windows.iter().collect();
+    top.sort_by_key(|w| std::cmp::Reverse(w.1.0));
+    let top: Vec<String> = top
+        .iter()
+        .take(6)
+        .map(|(w, (n, vs, max))| format!("{} ms: {n} from {} viewers (max {max:.1} ms)", *w * 10, vs.len()))
+        .collect();
+    format!(
+        "{} samples over 5 ms from {} viewers in {} windows of 10 ms; most at {}",
+        late.len(),
+        viewers.len(),
+        windows.len(),
+        top.join("; ")
+    )
+}
+
+/// UDP datagrams this host dropped so far because a socket's receive buffer was full
+/// (`RcvbufErrors` in /proc/net/snmp; the network namespace's count, not only this process's).
+fn udp_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .map_or(0, |(_, v)| v.parse().unwrap_or(0))
+}
+
+/// CPU seconds (user + system) used so far by this process's threads, summed by thread name.
+fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        // pid (comm) state ppid ... utime stime: fields 14 and 15, counted after the comm.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let name = stat[open + 1..close].trim_end_matches(|c: char| c.is_ascii_digit() || c == '-').to_string();
+        let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // Fields after the comm start at field 3 (state): utime is field 14, stime field 15.
+        *out.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+    }
+    out
 }
 
 fn main() {
@@ -362,7 +425,12 @@ fn main() {
     // Half the CPUs serve, half run the clients (at least one worker each).
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let workers = std::env::var("THETA_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()).unwrap_or((cpus / 2).max(1));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("client")
+        .enable_all()
+        .build()
+        .unwrap();
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("server")
@@ -423,7 +491,11 @@ fn main() {
     for setup in runs {
         let dir = tempfile::tempdir().unwrap();
         let store = make_store(dir.path());
+        let cpu0 = thread_cpu();
+        let udp0 = udp_errors();
         let r = rt.block_on(run(server_rt.handle().clone(), store.clone(), dir.path(), setup, secs));
+        let cpu = thread_cpu();
+        let udp = udp_errors();
         let encoding = match (setup.compression.first(), setup.compact) {
             (None, false) => "raw".to_string(),
             (None, true) => "compact".to_string(),
@@ -453,6 +525,21 @@ fn main() {
             r.resyncs,
             r.samples
         );
+        if std::env::var("THETA_BENCH_THREADS").is_ok_and(|v| v == "1") {
+            // CPU seconds per thread name over the run (diagnostics: who is busy).
+            let mut busy: Vec<(String, f64)> =
+                cpu.iter().map(|(k, v)| (k.clone(), v - cpu0.get(k).copied().unwrap_or(0.0))).collect();
+            busy.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let line: Vec<String> =
+                busy.iter().filter(|(_, s)| *s >= 0.05).map(|(k, s)| format!("{k} {s:.2}")).collect();
+            println!("    {}", r.tail);
+            println!(
+                "    {:.0} deltas/viewer/s; UDP datagrams dropped for a full receive buffer: {}; CPU s by thread over the run: {}",
+                r.deltas_per_viewer_s,
+                udp.saturating_sub(udp0),
+                line.join(", ")
+            );
+        }
         if setup.viewers > 100 && r.p99_ms > 11.1 {
             println!("p99 crossed 11.1 ms at {} viewers", setup.viewers);
             break;

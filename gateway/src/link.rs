@@ -26,6 +26,29 @@ pub const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// Closes the connection with an application code and a reason.
 pub type Close = Arc<dyn Fn(u32, &str) + Send + Sync>;
 
+/// A transport's replication channel: frames and writes bursts of payloads, in order.
+#[async_trait::async_trait]
+pub trait ReplicationSink: Send {
+    /// Writes `payloads` (framed) in order; false when the peer is gone.
+    async fn write(&mut self, payloads: &[Vec<u8>]) -> bool;
+}
+
+/// A channel to a writer task (WebRTC's data channel writer): each payload is sent on.
+#[async_trait::async_trait]
+impl ReplicationSink for mpsc::Sender<Vec<u8>> {
+    async fn write(&mut self, payloads: &[Vec<u8>]) -> bool {
+        for p in payloads {
+            if self.send(p.clone()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Bytes of payloads a replication write takes at most (more when one payload is bigger).
+const BURST_BYTES: usize = 16 * 1024;
+
 /// The driver's side of one connection.
 pub struct Link {
     /// `quic` or `webrtc` (the `transport` label).
@@ -36,9 +59,9 @@ pub struct Link {
     pub commands_in: mpsc::Receiver<Result<Vec<u8>, FrameError>>,
     /// Payloads to frame and write on the control channel.
     pub control_out: mpsc::Sender<Vec<u8>>,
-    /// Payloads to frame and write on the replication channel (keep its bound small: the
-    /// viewer's queue in the hub is the buffer that matters).
-    pub replication_out: mpsc::Sender<Vec<u8>>,
+    /// Where the replication stream goes: the viewer's subscription hands it each burst of
+    /// payloads directly (the viewer's queue in the hub is the buffer that matters).
+    pub replication: Box<dyn ReplicationSink>,
     /// Counters the adapter updates (bytes) and the driver registers after the handshake.
     pub stats: Arc<ConnectionStats>,
     /// Closes the connection.
@@ -57,7 +80,7 @@ fn now_us() -> u64 {
 
 /// Runs one connection to its end.
 pub async fn drive(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>, link: Link, timeout_ms: u64) {
-    let Link { transport, mut control_in, mut commands_in, control_out, replication_out, stats, close, mut address } =
+    let Link { transport, mut control_in, mut commands_in, control_out, mut replication, stats, close, mut address } =
         link;
     let mut hs = ServerHandshake::new(crate::quic::server_capabilities(), rand::random(), now_ms(), timeout_ms);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -134,10 +157,10 @@ pub async fn drive(store: Arc<Store>, hub: Arc<LiveHub>, obs: Arc<Observability>
         let (stats, out, close) = (stats.clone(), control_out.clone(), close.clone());
         tasks.push(tokio::spawn(async move {
             loop {
-                match sub.next().await {
-                    Ok(Some(payload)) => {
+                match sub.next_burst(BURST_BYTES).await {
+                    Ok(Some(burst)) => {
                         stats.queue_depth.store(sub.queued() as u64, Relaxed);
-                        if replication_out.send(payload).await.is_err() {
+                        if !replication.write(&burst).await {
                             return;
                         }
                     }

@@ -30,6 +30,9 @@ pub use theta_live::fanout::{RESUME_DELTAS, ViewerOptions};
 
 /// Frames queued per viewer in the fan-out beyond what its connection holds.
 pub const VIEWER_QUEUE_FRAMES: usize = 256;
+/// The least time between two deltas of a session, by default: commits within it leave
+/// together (`theta serve --live-pacing-us`).
+pub const DEFAULT_PACING: std::time::Duration = std::time::Duration::ZERO;
 /// Frames handed to a viewer's connection at a time.
 pub const HANDOFF_FRAMES: usize = 32;
 
@@ -99,19 +102,43 @@ impl Subscription {
     pub async fn next(&mut self) -> Result<Option<Vec<u8>>, LiveFailure> {
         match self.frames.recv().await {
             Some(frame) => {
-                // Half the hand-off is free and more wait: ask the session thread (once).
-                if self.frames.len() <= HANDOFF_FRAMES / 2
-                    && self.backlog.load(SeqCst)
-                    && !self.drained_pending.swap(true, SeqCst)
-                {
-                    let _ = self.wake.send(Cmd::Drained(self.id));
-                }
+                self.ask_if_drained();
                 Ok(Some(frame))
             }
             None => match self.failure.get() {
                 Some(reason) => Err(LiveFailure(reason.clone())),
                 None => Ok(None),
             },
+        }
+    }
+
+    /// The next frame payloads: waits for one, then takes those already waiting, up to
+    /// `max_bytes` in all (a burst written at once leaves in as few packets as it fits).
+    pub async fn next_burst(&mut self, max_bytes: usize) -> Result<Option<Vec<Vec<u8>>>, LiveFailure> {
+        let Some(first) = self.next().await? else { return Ok(None) };
+        let mut bytes = first.len();
+        let mut burst = vec![first];
+        while bytes < max_bytes {
+            match self.frames.try_recv() {
+                Ok(frame) => {
+                    bytes += frame.len();
+                    burst.push(frame);
+                }
+                Err(_) => break,
+            }
+        }
+        self.ask_if_drained();
+        Ok(Some(burst))
+    }
+
+    /// Half the hand-off is free and more wait in the fan-out: asks the session thread for
+    /// them (once until it answers).
+    fn ask_if_drained(&self) {
+        if self.frames.len() <= HANDOFF_FRAMES / 2
+            && self.backlog.load(SeqCst)
+            && !self.drained_pending.swap(true, SeqCst)
+        {
+            let _ = self.wake.send(Cmd::Drained(self.id));
         }
     }
 
@@ -152,6 +179,8 @@ enum Cmd {
     Drained(u64),
     /// Makes the thread fail as a read error would (fault injection for tests).
     Fail(String),
+    /// A `zstd-dict` dictionary trained off the thread.
+    Trained(theta_live::compress::Trained),
 }
 
 /// The session thread's end of one viewer.
@@ -226,6 +255,8 @@ pub struct LiveHub {
     visibility: Visibility,
     /// Session threads write a checkpoint at every multiple of this seq (0: none).
     checkpoint_every: AtomicU64,
+    /// The least time between two deltas of a session, microseconds (0: one per commit).
+    pacing_us: AtomicU64,
     /// Checkpoints written by session threads.
     pub checkpoints_written: AtomicU64,
     /// Every send to a session thread happens under this lock, so a retiring thread can see
@@ -270,6 +301,7 @@ impl LiveHub {
             store: store.clone(),
             visibility,
             checkpoint_every: AtomicU64::new(0),
+            pacing_us: AtomicU64::new(0),
             checkpoints_written: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
@@ -380,6 +412,12 @@ impl LiveHub {
         self.checkpoint_every.store(every, Relaxed);
     }
 
+    /// Session threads started from now on send each session's viewers at most one delta per
+    /// `pacing` (zero: one per commit; [`theta_live::fanout::FanOut::set_pacing`]).
+    pub fn set_pacing(&self, pacing: std::time::Duration) {
+        self.pacing_us.store(pacing.as_micros() as u64, Relaxed);
+    }
+
     /// Makes the session's thread (if one runs) fail as a read error would: its viewers'
     /// subscriptions end with a [`LiveFailure`]. For fault-injection tests.
     pub fn fail_session(&self, session: SessionId, reason: &str) {
@@ -465,6 +503,7 @@ impl LiveHub {
         let opened = project(&self.store, &session, head.seq).map_err(|e| e.to_string())?;
         let mut fan = FanOut::new(opened.projection, VIEWER_QUEUE_FRAMES);
         fan.set_checkpoint_every(self.checkpoint_every.load(Relaxed));
+        fan.set_pacing(std::time::Duration::from_micros(self.pacing_us.load(Relaxed)));
         // Checkpoints taken beyond the durable head (ordered visibility), waiting for it.
         let mut unwritten: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut durable_seq = fan.seq();
@@ -520,30 +559,35 @@ impl LiveHub {
                         }
                     }
                     Cmd::Fail(reason) => return Err(reason),
+                    Cmd::Trained(trained) => fan.handle_trained(trained),
                 }
             }
             if commits {
                 let Pending { batches, overflowed, durable, .. } =
                     std::mem::take(&mut *pending_commits.lock().expect("live commits lock"));
-                let mut read_back = overflowed;
                 if self.visibility == Visibility::Ordered && durable > 0 {
                     fan.handle_durable(durable);
                     durable_seq = durable_seq.max(durable);
                 }
-                for c in &batches {
-                    match fan.handle_committed(c.commands.iter().map(|(seq, body)| (*seq, body)), start.elapsed()) {
-                        Ok(()) => read_back |= fan.seq() < c.head.seq,
+                // Every batch taken in this wake-up becomes one delta: a thread that fell behind
+                // catches up in one step per viewer instead of one per batch.
+                let last_head = batches.iter().map(|c| c.head.seq).max().unwrap_or(0);
+                let all = || batches.iter().flat_map(|c| c.commands.iter().map(|(seq, body)| (*seq, body)));
+                let read_back = overflowed
+                    || match fan.handle_committed(all(), start.elapsed()) {
+                        Ok(()) => fan.seq() < last_head,
                         // Commits the thread missed (made before it subscribed, or an import).
-                        Err(FanOutError::Gap { .. }) => read_back = true,
+                        Err(FanOutError::Gap { .. }) => true,
+                        Err(e) => return Err(e.to_string()),
+                    };
+                if read_back {
+                    self.catch_up(&session, &mut fan, start.elapsed())?;
+                    // Sequenced entries beyond the head the store showed; a gap left here is
+                    // read back on the next commit.
+                    match fan.handle_committed(all(), start.elapsed()) {
+                        Ok(()) | Err(FanOutError::Gap { .. }) => {}
                         Err(e) => return Err(e.to_string()),
                     }
-                    if read_back {
-                        self.catch_up(&session, &mut fan, start.elapsed())?;
-                        read_back = false;
-                    }
-                }
-                if overflowed {
-                    self.catch_up(&session, &mut fan, start.elapsed())?;
                 }
                 if self.visibility == Visibility::Confirmed {
                     durable_seq = fan.seq();
@@ -552,6 +596,9 @@ impl LiveHub {
                 self.write_checkpoints(&session, &mut unwritten, durable_seq);
             }
             fan.handle_timeout(start.elapsed());
+            if let Some(job) = fan.poll_training() {
+                self.train(session, generation, job);
+            }
             // Hand each viewer what its connection has room for; forget closed ones.
             viewers.retain(|&id, v| {
                 if !hand_off(&mut fan, id, v) {
@@ -565,6 +612,29 @@ impl LiveHub {
                 true
             });
             self.add_counts(fan.take_counts());
+        }
+    }
+
+    /// Trains a dictionary on its own thread (tens of milliseconds the session's viewers do
+    /// not wait for) and hands it back to the session's thread.
+    fn train(&self, session: SessionId, generation: u64, job: theta_live::compress::TrainJob) {
+        let tx = self
+            .sessions
+            .lock()
+            .expect("live sessions lock")
+            .get(&session)
+            .filter(|h| h.generation == generation)
+            .map(|h| h.tx.clone());
+        let Some(tx) = tx else { return };
+        let spawned = std::thread::Builder::new().name("theta-dict".into()).spawn(move || {
+            if let Some(trained) = job.run() {
+                let _ = tx.send(Cmd::Trained(trained));
+            }
+        });
+        if let Err(e) = spawned {
+            eprintln!(
+                "theta-gateway: session {session}: no thread to train a dictionary on ({e}); zstd-dict viewers keep the one they have"
+            );
         }
     }
 

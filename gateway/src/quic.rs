@@ -220,6 +220,33 @@ async fn write_frames(
     let _ = stream.finish();
 }
 
+/// A connection's replication stream (server unidirectional), opened with the first write;
+/// the viewer's subscription writes to it directly, each burst in one write.
+struct Replication {
+    conn: quinn::Connection,
+    stream: Option<quinn::SendStream>,
+    stats: Arc<crate::metrics::ConnectionStats>,
+}
+
+#[async_trait::async_trait]
+impl crate::link::ReplicationSink for Replication {
+    async fn write(&mut self, payloads: &[Vec<u8>]) -> bool {
+        if self.stream.is_none() {
+            self.stream = self.conn.open_uni().await.ok();
+        }
+        let Some(stream) = self.stream.as_mut() else { return false };
+        let mut bytes = Vec::with_capacity(payloads.iter().map(|p| p.len() + 4).sum());
+        for p in payloads {
+            frame::encode_into(&mut bytes, p);
+        }
+        if stream.write_all(&bytes).await.is_err() {
+            return false;
+        }
+        self.stats.bytes_out.fetch_add(bytes.len() as u64, Relaxed);
+        true
+    }
+}
+
 /// One QUIC connection: the control stream (first bidirectional), command streams (client
 /// unidirectional), the replication stream (server unidirectional, opened on first use),
 /// adapted to a [`crate::link::Link`] and driven by [`crate::link::drive`].
@@ -236,20 +263,10 @@ async fn connection(
     let (control_in_tx, control_in) = mpsc::channel(64);
     let (commands_in_tx, commands_in) = mpsc::channel(256);
     let (control_out, control_out_rx) = mpsc::channel(1_024);
-    let (replication_out, mut replication_rx) = mpsc::channel::<Vec<u8>>(4);
     let mut tasks = vec![
         tokio::spawn(read_quic(control_rx, control_in_tx, bytes_in(&stats))),
         tokio::spawn(write_frames(control_tx, None, control_out_rx, stats.clone())),
     ];
-    {
-        let (conn, stats) = (conn.clone(), stats.clone());
-        tasks.push(tokio::spawn(async move {
-            // The replication stream opens with the first payload.
-            let Some(first) = replication_rx.recv().await else { return };
-            let Ok(stream) = conn.open_uni().await else { return };
-            write_frames(stream, Some(first), replication_rx, stats).await;
-        }));
-    }
     {
         let (conn, stats) = (conn.clone(), stats.clone());
         tasks.push(tokio::spawn(async move {
@@ -264,7 +281,7 @@ async fn connection(
         control_in,
         commands_in,
         control_out,
-        replication_out,
+        replication: Box::new(Replication { conn: conn.clone(), stream: None, stats: stats.clone() }),
         stats,
         close: Arc::new(move |code, reason| close_conn.close(code.into(), reason.as_bytes())),
         address: Some(address),

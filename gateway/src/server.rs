@@ -71,6 +71,9 @@ pub struct ServeConfig {
     pub addresses: crate::peers::AddressConfig,
     /// When live viewers see a command (see [`crate::live::Visibility`]). Default `Confirmed`.
     pub live_visibility: crate::live::Visibility,
+    /// The least time between two live deltas of a session: commits within it leave together
+    /// as one delta (zero: one delta per commit). Default [`crate::live::DEFAULT_PACING`].
+    pub live_pacing: std::time::Duration,
 }
 
 impl Default for ServeConfig {
@@ -91,6 +94,7 @@ impl Default for ServeConfig {
             access: crate::auth::AccessConfig::default(),
             addresses: crate::peers::AddressConfig::default(),
             live_visibility: crate::live::Visibility::Confirmed,
+            live_pacing: crate::live::DEFAULT_PACING,
         }
     }
 }
@@ -247,6 +251,7 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
     // Watched sessions are checkpointed by their live projection (one fold of the log); the
     // periodic pass below folds only the sessions nobody watches.
     hub.set_checkpoint_every(config.checkpoint_every_entries);
+    hub.set_pacing(config.live_pacing);
     obs.attach_live(hub.clone());
     // One set of per-address limits for both live transports.
     let limits = crate::peers::AddressLimits::new(config.addresses);

@@ -251,7 +251,7 @@ impl WebRtcEndpoint {
             control_in,
             commands_in,
             control_out,
-            replication_out,
+            replication: Box::new(replication_out),
             stats,
             close: Arc::new(move |_code, _reason| {
                 let pc = closer.clone();

@@ -20,15 +20,7 @@ use theta_schemas::ids::ComponentMeta;
 use theta_schemas::{AuthorKey, Command, CommandBody, ComponentId, SessionId, Shape};
 
 const S: SessionId = SessionId([0x4c; 16]);
-const EDITORS: u64 = 32;
-const ENTITIES_PER_EDITOR: u64 = 8;
-const FIELD: f32 = 160.0;
-
-fn home(e: u64) -> [f32; 3] {
-    let side = ((EDITORS * ENTITIES_PER_EDITOR) as f64).sqrt().ceil() as u64;
-    let step = FIELD / side as f32;
-    [(e % side) as f32 * step - FIELD / 2.0, 1.0, (e / side) as f32 * step - FIELD / 2.0]
-}
+use theta_testkit::cubes::{self, EDITORS, PER_EDITOR};
 
 struct Log {
     seq: u64,
@@ -65,15 +57,7 @@ impl Log {
         self.rng ^= self.rng << 17;
         let editor = (self.rng % EDITORS) as usize;
         self.sent[editor] += 1;
-        let n = self.sent[editor];
-        let e = editor as u64 * ENTITIES_PER_EDITOR + 1 + n % ENTITIES_PER_EDITOR;
-        let [x, y, z] = home(e);
-        let a = n as f32 * 0.05;
-        let t = Transform {
-            translation: [x + a.cos(), y, z + a.sin()],
-            rotation: [0.0, (a / 2.0).sin(), 0.0, (a / 2.0).cos()],
-            scale: [1.0; 3],
-        };
+        let (e, t) = cubes::update(editor as u64, self.sent[editor]);
         self.body(e, Transform::id(), Command::SetTransform(t))
     }
 }
@@ -88,10 +72,10 @@ fn run(encoding: Encoding, compact: bool, viewers: u64, deltas: u64, batch: u64)
     let mut log = Log { seq: 0, lamport: 0, sent: vec![0; EDITORS as usize], rng: 0x9e37_79b9_7f4a_7c15 };
     let mut p = Projection::new(S);
     let mut setup = vec![log.body(0, ComponentId::NONE, Command::CreateSession { name: "bench".into() })];
-    for e in 1..=EDITORS * ENTITIES_PER_EDITOR {
+    for e in 1..=EDITORS * PER_EDITOR {
         let create = Command::CreateEntity { shape: Shape::Cube, name: format!("cube {e}"), parent: 0 };
         setup.push(log.body(e, ComponentId::NONE, create));
-        let t = Transform { translation: home(e), ..Transform::default() };
+        let t = Transform { translation: cubes::home(e), ..Transform::default() };
         setup.push(log.body(e, Transform::id(), Command::SetTransform(t)));
     }
     for (seq, body) in &setup {
@@ -141,6 +125,10 @@ fn run(encoding: Encoding, compact: bool, viewers: u64, deltas: u64, batch: u64)
             }
         }
         elapsed += t.elapsed().as_secs_f64();
+        // Dictionaries are trained off the session's thread (outside the timing).
+        if let Some(job) = fan.poll_training() {
+            fan.handle_trained(job.run().expect("a dictionary from the deltas"));
+        }
         // The first viewer's mirror checks every frame (outside the timing).
         for (id, f) in frames {
             sent += f.len() as u64;

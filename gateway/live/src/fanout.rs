@@ -12,13 +12,19 @@
 //! one snapshot (queued whole once its queue is empty, however many chunks it has) plus its
 //! queue limit of other frames; per session at most [`RESUME_DELTAS`] kept deltas.
 //!
-//! Time is passed in (`now`, from any fixed origin the caller chooses). It matters for two
-//! things only, both of which end in a "confirm" frame (an empty delta at the current seq, with
-//! the state hash) when no delta carries the news within [`CHECK_INTERVAL`]: viewers on compact
-//! streams, whose deltas carry the state hash at most once per interval, and viewers under
-//! ordered visibility, whose deltas say from which seq on entries are not yet durable
-//! ([`FanOut::handle_durable`]). [`FanOut::poll_timeout`] says when the caller should call
-//! [`FanOut::handle_timeout`].
+//! Time is passed in (`now`, from any fixed origin the caller chooses). It matters for three
+//! things only. *Pacing* ([`FanOut::set_pacing`]): deltas leave at most once per pacing
+//! interval; commits folded meanwhile wait and leave together as one delta, so under load every
+//! viewer gets fewer, larger deltas instead of falling behind. And two things that end in a
+//! "confirm" frame (an empty delta at the current seq, with the state hash) when no delta
+//! carries the news within [`CHECK_INTERVAL`]: viewers on compact streams, whose deltas carry
+//! the state hash at most once per interval, and viewers under ordered visibility, whose deltas
+//! say from which seq on entries are not yet durable ([`FanOut::handle_durable`]).
+//! [`FanOut::poll_timeout`] says when the caller should call [`FanOut::handle_timeout`].
+//!
+//! The one slow computation, training a `zstd-dict` dictionary, is handed out too
+//! ([`FanOut::poll_training`], [`FanOut::handle_trained`]): the caller runs it off the thread
+//! that streams, so no viewer waits for it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -30,7 +36,7 @@ use theta_schemas::ids::ComponentMeta;
 use theta_schemas::wire::{Delta, Dictionary};
 use theta_schemas::{CommandBody, EntityId, MAX_ENVELOPE_BYTES, Message, SessionId};
 
-use crate::compress::{self, Encoding, StreamCompressor, Trainer};
+use crate::compress::{self, Encoding, StreamCompressor, TrainJob, Trained, Trainer};
 
 /// Recent deltas kept per session for viewers that reconnect and resume.
 pub const RESUME_DELTAS: usize = 1_024;
@@ -163,6 +169,16 @@ pub struct FanOut {
     checkpoint_every: u64,
     /// Checkpoints taken and not yet handed out: `(seq, bytes)`.
     checkpoints: Vec<(u64, Vec<u8>)>,
+    /// The least time between two deltas (zero: one delta per commit).
+    pacing: Duration,
+    /// Commits were folded that no delta carried yet (pacing holds them back).
+    held_back: bool,
+    /// The latest time passed in.
+    now: Duration,
+    /// A `zstd-dict` viewer subscribed at some point: recent deltas feed the trainer.
+    dictionary_wanted: bool,
+    /// A dictionary to train, for the caller to run off this thread ([`FanOut::poll_training`]).
+    training: Option<TrainJob>,
 }
 
 impl std::fmt::Debug for FanOut {
@@ -282,7 +298,53 @@ impl FanOut {
             checked_at: Duration::ZERO,
             unchecked: false,
             sent_at: Duration::ZERO,
+            pacing: Duration::ZERO,
+            held_back: false,
+            now: Duration::ZERO,
+            dictionary_wanted: false,
+            training: None,
         }
+    }
+
+    /// Samples to train a `zstd-dict` dictionary from, when due (at 64 and 1,024 deltas after
+    /// the first `zstd-dict` viewer subscribed). Training takes tens of milliseconds: run it on
+    /// another thread and hand the result to [`FanOut::handle_trained`]; until then those
+    /// viewers get frames compressed with the dictionary they have (or none).
+    pub fn poll_training(&mut self) -> Option<TrainJob> {
+        self.training.take()
+    }
+
+    /// A dictionary trained from [`FanOut::poll_training`]'s samples: `zstd-dict` viewers get it
+    /// before their next delta.
+    pub fn handle_trained(&mut self, trained: Trained) {
+        if self.trainer.install(trained) {
+            self.counts.dictionaries += 1;
+        }
+    }
+
+    /// Deltas leave at most once per `pacing` (zero, the default: one delta per commit).
+    /// Commits folded within the interval leave together, as one delta, when it ends
+    /// ([`FanOut::poll_timeout`]): a viewer waits at most `pacing` longer, and a session's
+    /// viewers get at most one delta per interval however fast commits come.
+    pub fn set_pacing(&mut self, pacing: Duration) {
+        self.pacing = pacing;
+    }
+
+    /// Sends the folded changes no delta carried yet, as one delta.
+    fn flush(&mut self, now: Duration) {
+        if !self.held_back {
+            return;
+        }
+        self.held_back = false;
+        let mut delta = self.p.take_delta(false);
+        delta.ordered_from = self.ordered_from();
+        self.fan_out(&delta, now);
+    }
+
+    /// The time passed in most recently (time never runs backwards here).
+    fn tick(&mut self, now: Duration) -> Duration {
+        self.now = self.now.max(now);
+        self.now
     }
 
     /// The live projection.
@@ -344,6 +406,7 @@ impl FanOut {
     where
         I: IntoIterator<Item = (u64, &'a CommandBody)>,
     {
+        let now = self.tick(now);
         let before = self.p.seq();
         let mut result = Ok(());
         for (seq, body) in commands {
@@ -362,10 +425,9 @@ impl FanOut {
                 self.checkpoints.push((seq, self.p.checkpoint()));
             }
         }
-        if self.p.seq() > before {
-            let mut delta = self.p.take_delta(false);
-            delta.ordered_from = self.ordered_from();
-            self.fan_out(&delta, now);
+        self.held_back |= self.p.seq() > before;
+        if self.pacing.is_zero() || now >= self.sent_at + self.pacing {
+            self.flush(now);
         }
         result
     }
@@ -390,15 +452,23 @@ impl FanOut {
         self.durable = Some(self.durable.map_or(seq, |d| d.max(seq)));
     }
 
-    /// When [`FanOut::handle_timeout`] has a confirm frame to send, if ever.
+    /// When [`FanOut::handle_timeout`] has a held-back delta or a confirm frame to send, if ever.
     pub fn poll_timeout(&self) -> Option<Duration> {
+        if self.held_back {
+            return Some(self.sent_at + self.pacing);
+        }
         let waiting = self.unchecked || self.ordered_from() != self.ordered_from_sent;
         (waiting && !self.viewers.is_empty()).then(|| self.sent_at.max(self.checked_at) + CHECK_INTERVAL)
     }
 
-    /// Queues a confirm frame (an empty delta at the current seq with the state hash and the
-    /// durability news) for every viewer in step, when [`FanOut::poll_timeout`] is due.
+    /// Sends the delta pacing held back, or a confirm frame (an empty delta at the current seq
+    /// with the state hash and the durability news) to every viewer in step, when
+    /// [`FanOut::poll_timeout`] is due.
     pub fn handle_timeout(&mut self, now: Duration) {
+        let now = self.tick(now);
+        if self.held_back && now >= self.sent_at + self.pacing {
+            self.flush(now);
+        }
         if self.poll_timeout().is_some_and(|at| at <= now) {
             let mut confirm = empty_delta(self.p.session(), self.p.seq(), Some(self.p.state_hash()));
             confirm.ordered_from = self.ordered_from();
@@ -418,6 +488,9 @@ impl FanOut {
     /// Subscribes viewer `id`: it gets the deltas after its resume point when they are still
     /// held, else a snapshot (at once, or when its queue has room).
     pub fn handle_subscribe(&mut self, id: u64, options: ViewerOptions) {
+        // Everyone already in step gets what pacing held back first: the newcomer's snapshot
+        // (or resume) starts where the deltas sent so far end.
+        self.flush(self.now);
         if options.compact && !options.interest && self.held.is_none() {
             let p = &self.p;
             self.held = Some(
@@ -429,6 +502,7 @@ impl FanOut {
                     .collect(),
             );
         }
+        self.dictionary_wanted |= options.encoding == Encoding::ZstdDict;
         let mut v = Viewer {
             options,
             queue: VecDeque::new(),
@@ -449,6 +523,11 @@ impl FanOut {
     /// Sets (or moves) an interest-managed viewer's area; the entities entering and leaving it
     /// are queued at once. Ignored for unknown viewers and viewers without interest management.
     pub fn handle_interest(&mut self, id: u64, area: Area) {
+        if !self.viewers.contains_key(&id) {
+            return;
+        }
+        // The area's entities are sent as of the current seq: the deltas must have reached it.
+        self.flush(self.now);
         let Some(mut v) = self.viewers.remove(&id) else { return };
         if v.options.interest {
             match &mut v.view {
@@ -488,7 +567,9 @@ impl FanOut {
         if !(v.resync && v.queue.is_empty()) {
             return frame;
         }
-        // The rare path: the snapshot is built with the fan-out borrowed whole.
+        // The rare path: the snapshot is built with the fan-out borrowed whole, at the seq the
+        // deltas sent so far reach.
+        self.flush(self.now);
         let mut v = self.viewers.remove(&id)?;
         self.try_snapshot(&mut v);
         let frame = frame.or_else(|| Viewer::pop(&mut v));
@@ -544,8 +625,11 @@ impl FanOut {
             }
             self.recent.clear();
         } else {
-            if self.trainer.add(&plain) {
-                self.counts.dictionaries += 1;
+            if self.dictionary_wanted
+                && let Some(job) = self.trainer.add(&plain)
+            {
+                // A newer job has more samples: it replaces one not yet taken.
+                self.training = Some(job);
             }
             self.recent.push_back((delta.from_seq, delta.to_seq, plain.clone()));
             if self.recent.len() > RESUME_DELTAS {

@@ -25,9 +25,14 @@ pub enum FrameError {
 /// Encodes one frame.
 pub fn encode(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES + payload.len());
+    encode_into(&mut out, payload);
+    out
+}
+
+/// Appends one frame to `out` (several payloads leave in one write).
+pub fn encode_into(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);
-    out
 }
 
 /// Splits a byte stream into frames, holding at most one frame (≤ the guard) in memory.

@@ -61,7 +61,9 @@ fn every_mode_round_trips_and_shrinks_transform_deltas() {
     let mut sent = 0;
     let mut dict_sent = 0;
     for f in &frames {
-        trainer.add(f);
+        if let Some(job) = trainer.add(f) {
+            trainer.install(job.run().expect("a dictionary from real deltas"));
+        }
         if let Some((id, data)) = trainer.dictionary()
             && id != dict_sent
         {

@@ -143,6 +143,8 @@ struct Sim {
     viewers: Vec<Viewer>,
     next_id: u64,
     limit: usize,
+    /// A dictionary the fan-out asked to train, "running on another thread" until a later step.
+    training: Option<theta_live::compress::TrainJob>,
 }
 
 impl Sim {
@@ -151,6 +153,8 @@ impl Sim {
         let limit = rng.gen_range(4..64);
         let authors = (1..=rng.gen_range(1..5u8)).map(|i| (AuthorKey([i; 32]), 0)).collect();
         let mut fan = FanOut::new(Projection::new(SESSION), limit);
+        // Pacing: none, or 1, 5 or 20 ms between deltas (steps advance 0 to 20 ms).
+        fan.set_pacing(Duration::from_millis([0, 0, 1, 5, 20][rng.gen_range(0..5)]));
         let durable = rng.gen_bool(0.5).then_some(0);
         if durable.is_some() {
             fan.handle_durable(0);
@@ -164,6 +168,7 @@ impl Sim {
             next_id: 1,
             limit,
             rng,
+            training: None,
         };
         // A log that already has some history when the first viewer arrives.
         let n = sim.rng.gen_range(1..40);
@@ -323,11 +328,26 @@ impl Sim {
             _ => {}
         }
         self.fan.handle_timeout(self.now);
+        self.train(false);
         for v in 0..self.viewers.len() {
             let rate = self.viewers[v].rate;
             self.pump(v, rate)?;
         }
         self.check_bounds()
+    }
+
+    /// Takes a dictionary job the fan-out hands out, and (now, or with `finish`) hands back
+    /// the dictionary trained from it, as a training thread would some steps later.
+    fn train(&mut self, finish: bool) {
+        if let Some(job) = self.fan.poll_training() {
+            self.training = Some(job);
+        }
+        if (finish || self.rng.gen_bool(0.2))
+            && let Some(job) = self.training.take()
+            && let Some(trained) = job.run()
+        {
+            self.fan.handle_trained(trained);
+        }
     }
 
     /// Pumps every viewer until nothing moves.
@@ -359,11 +379,15 @@ impl Sim {
         // Everything becomes durable; the confirm frames go out once their time has come.
         self.flush(true);
         self.drain()?;
-        if let Some(at) = self.fan.poll_timeout() {
-            self.now = self.now.max(at);
-            self.fan.handle_timeout(self.now);
+        // The delta pacing held back, then the confirm frames, go out once their time has come.
+        self.train(true);
+        for _ in 0..4 {
+            if let Some(at) = self.fan.poll_timeout() {
+                self.now = self.now.max(at);
+                self.fan.handle_timeout(self.now);
+            }
+            self.drain()?;
         }
-        self.drain()?;
         if let Some(at) = self.fan.poll_timeout() {
             return Err(format!("a confirm frame is still due at {at:?} (now {:?})", self.now));
         }
@@ -437,6 +461,7 @@ fn run(seed: u64) -> Result<BTreeMap<&'static str, u64>, String> {
         ("resumes", counts.resumes),
         ("snapshots", counts.snapshots),
         ("confirms", counts.confirms),
+        ("dictionaries", counts.dictionaries),
         ("viewers", sim.viewers.len() as u64),
         ("seq", sim.fan.seq()),
     ]))
