@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqC
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use theta_live::fanout::{Counts, FanOut, FanOutError};
+use theta_live::fanout::{Counts, FanOut, FanOutError, SPREAD_MIN_VIEWERS, StreamJob};
 use theta_projector::interest::Area;
 use theta_schemas::{Envelope, SessionId};
 use theta_store::{Committed, ReadError, Store};
@@ -35,6 +35,23 @@ pub const VIEWER_QUEUE_FRAMES: usize = 256;
 pub const DEFAULT_PACING: std::time::Duration = std::time::Duration::ZERO;
 /// Frames handed to a viewer's connection at a time.
 pub const HANDOFF_FRAMES: usize = 32;
+
+/// The threads that compress a delta into many viewers' `zstd-stream`s at once: half the CPUs,
+/// 1 to 8 (`theta-compress`). `None`, reported, if they cannot be started.
+fn compress_pool() -> Option<Arc<rayon::ThreadPool>> {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads((cpus / 2).clamp(1, 8))
+        .thread_name(|i| format!("theta-compress-{i}"))
+        .build();
+    match pool {
+        Ok(pool) => Some(Arc::new(pool)),
+        Err(e) => {
+            eprintln!("theta-gateway: no threads to compress live streams on ({e}); each session compresses in turn");
+            None
+        }
+    }
+}
 
 /// Moves viewer `id`'s frames from the fan-out into its hand-off channel while there is room,
 /// and tells the connection whether more wait (so it asks for them when half the hand-off is
@@ -257,6 +274,9 @@ pub struct LiveHub {
     checkpoint_every: AtomicU64,
     /// The least time between two deltas of a session, microseconds (0: one per commit).
     pacing_us: AtomicU64,
+    /// Threads that compress many viewers' `zstd-stream` pieces of one delta at once (shared by
+    /// every session; `None` if they could not be started: sessions then compress in turn).
+    compress_pool: Option<Arc<rayon::ThreadPool>>,
     /// Checkpoints written by session threads.
     pub checkpoints_written: AtomicU64,
     /// Every send to a session thread happens under this lock, so a retiring thread can see
@@ -302,6 +322,7 @@ impl LiveHub {
             visibility,
             checkpoint_every: AtomicU64::new(0),
             pacing_us: AtomicU64::new(0),
+            compress_pool: compress_pool(),
             checkpoints_written: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
@@ -504,6 +525,13 @@ impl LiveHub {
         let mut fan = FanOut::new(opened.projection, VIEWER_QUEUE_FRAMES);
         fan.set_checkpoint_every(self.checkpoint_every.load(Relaxed));
         fan.set_pacing(std::time::Duration::from_micros(self.pacing_us.load(Relaxed)));
+        if let Some(pool) = self.compress_pool.clone() {
+            let spread = move |jobs: &mut [StreamJob]| {
+                use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
+                pool.install(|| jobs.par_iter_mut().for_each(StreamJob::run));
+            };
+            fan.set_spread(Box::new(spread), SPREAD_MIN_VIEWERS);
+        }
         // Checkpoints taken beyond the durable head (ordered visibility), waiting for it.
         let mut unwritten: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut durable_seq = fan.seq();

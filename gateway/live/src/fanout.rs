@@ -24,7 +24,9 @@
 //!
 //! The one slow computation, training a `zstd-dict` dictionary, is handed out too
 //! ([`FanOut::poll_training`], [`FanOut::handle_trained`]): the caller runs it off the thread
-//! that streams, so no viewer waits for it.
+//! that streams, so no viewer waits for it. And the per-viewer work that grows with the
+//! viewers, compressing a delta into each viewer's own `zstd-stream`, can be handed to the
+//! caller's threads as a batch of independent jobs ([`FanOut::set_spread`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -44,6 +46,31 @@ pub const RESUME_DELTAS: usize = 1_024;
 /// On a compact stream, the most time between two deltas that carry the state hash; under
 /// ordered visibility, the most time a viewer waits to learn that entries it holds are durable.
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Compresses a batch of viewers' `zstd-stream` pieces, perhaps in parallel: the caller decides
+/// where the work runs ([`FanOut::set_spread`]); it must run every job before returning.
+pub type Spread = Box<dyn Fn(&mut [StreamJob]) + Send>;
+
+/// Viewers in step on `zstd-stream` from which the gateway spreads a delta's compression
+/// ([`FanOut::set_spread`]); below it, one thread does them in turn.
+pub const SPREAD_MIN_VIEWERS: usize = 8;
+
+/// One viewer's next `zstd-stream` piece to compress: its stream and the delta's raw frame.
+pub struct StreamJob {
+    id: u64,
+    stream: StreamCompressor,
+    raw: Vec<u8>,
+    out: Option<std::io::Result<Vec<u8>>>,
+}
+
+impl StreamJob {
+    /// Compresses the piece (a few microseconds; independent of every other job).
+    pub fn run(&mut self) {
+        if self.out.is_none() {
+            self.out = Some(self.stream.compress(&self.raw));
+        }
+    }
+}
 
 /// How one viewer wants its stream.
 #[derive(Debug, Clone, Copy, Default)]
@@ -179,6 +206,9 @@ pub struct FanOut {
     dictionary_wanted: bool,
     /// A dictionary to train, for the caller to run off this thread ([`FanOut::poll_training`]).
     training: Option<TrainJob>,
+    /// Where many viewers' stream pieces are compressed (`None`: here, in turn), and from how
+    /// many viewers on.
+    spread: Option<(Spread, usize)>,
 }
 
 impl std::fmt::Debug for FanOut {
@@ -303,7 +333,17 @@ impl FanOut {
             now: Duration::ZERO,
             dictionary_wanted: false,
             training: None,
+            spread: None,
         }
+    }
+
+    /// Hands the `zstd-stream` compression of each delta to `spread` when at least
+    /// `min_viewers` viewers in step need it (the gateway uses [`SPREAD_MIN_VIEWERS`]): each
+    /// viewer's stream is its own, so the caller may run the jobs on several threads, and the
+    /// last viewer no longer waits for every other viewer's piece. The frames and their order
+    /// per viewer are the same either way.
+    pub fn set_spread(&mut self, spread: Spread, min_viewers: usize) {
+        self.spread = Some((spread, min_viewers.max(1)));
     }
 
     /// Samples to train a `zstd-dict` dictionary from, when due (at 64 and 1,024 deltas after
@@ -637,16 +677,87 @@ impl FanOut {
             }
         }
         let mut shared = Shared { plain, compact, raw: HashMap::new(), forms: HashMap::new() };
-        for v in viewers.values_mut() {
+        let mut jobs = self.stream_jobs(&mut viewers, delta, &mut shared);
+        let in_jobs: std::collections::BTreeSet<u64> = jobs.iter().map(|j| j.id).collect();
+        for (id, v) in viewers.iter_mut() {
             if v.resync {
                 if v.queue.is_empty() {
                     self.try_snapshot(v);
                 }
-            } else {
+            } else if !in_jobs.contains(id) {
                 self.send_delta(v, delta, Some(&mut shared));
             }
         }
+        if let Some((spread, _)) = &self.spread
+            && !jobs.is_empty()
+        {
+            spread(&mut jobs);
+        }
+        for mut job in jobs {
+            job.run();
+            let Some(v) = viewers.get_mut(&job.id) else { continue };
+            let raw_len = job.raw.len();
+            let payload = match job.out.take() {
+                Some(Ok(piece)) => {
+                    v.stream = Some(job.stream);
+                    self.count(Encoding::ZstdStream, raw_len, piece.len());
+                    piece
+                }
+                // zstd failed: the stream is unusable, so plain frames from now on.
+                _ => {
+                    v.options.encoding = Encoding::Raw;
+                    job.raw
+                }
+            };
+            if self.push(v, payload) {
+                v.described = true;
+                v.counts.deltas += 1;
+                self.counts.deltas += 1;
+            } else {
+                self.mark_resync(v);
+            }
+        }
         self.viewers = viewers;
+    }
+
+    /// With a spread set and enough viewers in step on `zstd-stream`, takes each such viewer's
+    /// stream out into a job with the delta's raw frame (empty otherwise: the viewers are then
+    /// served in turn by `send_delta`). A viewer whose stream is in a job has `stream: None`
+    /// until the job's piece is queued.
+    fn stream_jobs(
+        &mut self,
+        viewers: &mut BTreeMap<u64, Viewer>,
+        delta: &Delta,
+        shared: &mut Shared,
+    ) -> Vec<StreamJob> {
+        let Some((_, min_viewers)) = &self.spread else { return Vec::new() };
+        if shared.plain.len() > MAX_ENVELOPE_BYTES {
+            return Vec::new();
+        }
+        let due = |v: &Viewer| !v.resync && !v.options.interest && v.options.encoding == Encoding::ZstdStream;
+        if viewers.values().filter(|v| due(v)).count() < *min_viewers {
+            return Vec::new();
+        }
+        let mut jobs = Vec::new();
+        for (&id, v) in viewers.iter_mut().filter(|(_, v)| due(v)) {
+            if self.room(v) == 0 {
+                self.mark_resync(v);
+                continue;
+            }
+            let stream = match v.stream.take() {
+                Some(s) => s,
+                None => match StreamCompressor::new() {
+                    Ok(s) => s,
+                    Err(_) => {
+                        v.options.encoding = Encoding::Raw;
+                        continue;
+                    }
+                },
+            };
+            let raw = shared.raw(delta, v.described, v.compact()).to_vec();
+            jobs.push(StreamJob { id, stream, raw, out: None });
+        }
+        jobs
     }
 
     /// Queues `frame` for the viewer: false when its queue is full.

@@ -155,6 +155,13 @@ impl Sim {
         let mut fan = FanOut::new(Projection::new(SESSION), limit);
         // Pacing: none, or 1, 5 or 20 ms between deltas (steps advance 0 to 20 ms).
         fan.set_pacing(Duration::from_millis([0, 0, 1, 5, 20][rng.gen_range(0..5)]));
+        // Stream compression spread (here: the jobs run last to first) from 1 to 3 viewers on.
+        if rng.gen_bool(0.5) {
+            let spread = |jobs: &mut [theta_live::fanout::StreamJob]| {
+                jobs.iter_mut().rev().for_each(theta_live::fanout::StreamJob::run)
+            };
+            fan.set_spread(Box::new(spread), rng.gen_range(1..4));
+        }
         let durable = rng.gen_bool(0.5).then_some(0);
         if durable.is_some() {
             fan.handle_durable(0);
