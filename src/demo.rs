@@ -348,11 +348,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (owner, alice, bob, vera, eye) = (&keys[0], &keys[1], &keys[2], &keys[3], &keys[4]);
     let admins: std::collections::BTreeSet<_> = [author_key(owner)].into();
     let config = ServeConfig {
-        data_dir: dir.clone(),
-        grpc_addr: "127.0.0.1:0".parse()?,
-        metrics_addr: Some("127.0.0.1:0".parse()?),
-        http_addr: Some("127.0.0.1:0".parse()?),
-        quic_addr: Some("127.0.0.1:0".parse()?),
         store: StoreConfig {
             rate_per_sec: 20_000.0,
             rate_burst: 5_000.0,
@@ -360,7 +355,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..StoreConfig::default()
         },
         access: theta_gateway::auth::AccessConfig { admins, ..Default::default() },
-        ..ServeConfig::default()
+        ..ServeConfig::loopback(dir.clone())
     };
     let running = rt.block_on(theta_gateway::server::start(config)).context("start the service")?;
     let quic = running.quic_addr.context("QUIC endpoint")?;

@@ -133,18 +133,13 @@ async fn run(
     secs: f64,
 ) -> Run {
     let config = theta_gateway::ServeConfig {
-        data_dir: dir.to_path_buf(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-        http_addr: Some("127.0.0.1:0".parse().unwrap()),
-        quic_addr: Some("127.0.0.1:0".parse().unwrap()),
         live_visibility: setup.visibility,
         // THETA_BENCH_PACING_US: the least time between two deltas (the server's default if unset).
         live_pacing: std::env::var("THETA_BENCH_PACING_US")
             .ok()
             .and_then(|v| v.parse().ok())
             .map_or(theta_gateway::live::DEFAULT_PACING, Duration::from_micros),
-        ..theta_gateway::ServeConfig::default()
+        ..theta_gateway::ServeConfig::loopback(dir)
     };
     // The server runs on its own runtime (its own worker threads), as it would in its own
     // process: the clients' work cannot delay its tasks, nor its work theirs.

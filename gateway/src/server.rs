@@ -99,6 +99,23 @@ impl Default for ServeConfig {
     }
 }
 
+impl ServeConfig {
+    /// The default configuration with its data in `data_dir` and every endpoint (gRPC,
+    /// metrics, HTTP, QUIC) on 127.0.0.1 at a port the OS picks ([`Running`] says which):
+    /// for tests, demos and programs that embed a server.
+    pub fn loopback(data_dir: impl Into<PathBuf>) -> ServeConfig {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        ServeConfig {
+            data_dir: data_dir.into(),
+            grpc_addr: any,
+            metrics_addr: Some(any),
+            http_addr: Some(any),
+            quic_addr: Some(any),
+            ..ServeConfig::default()
+        }
+    }
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

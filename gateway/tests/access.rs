@@ -38,15 +38,12 @@ fn envelope(k: &SigningKey, session: SessionId, lamport: u64, entity: u64, comma
 
 async fn server(dir: &std::path::Path, access: AccessConfig, store: StoreConfig) -> (Running, Channel) {
     let config = ServeConfig {
-        data_dir: dir.to_path_buf(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
         http_addr: None,
         quic_addr: None,
         webrtc: None,
         store,
         access,
-        ..ServeConfig::default()
+        ..ServeConfig::loopback(dir)
     };
     let running = start(config).await.expect("server starts");
     let ch = Channel::from_shared(format!("http://{}", running.grpc_addr)).unwrap().connect().await.unwrap();

@@ -37,15 +37,10 @@ fn owner_key() -> SigningKey {
 
 async fn server(dir: &std::path::Path) -> Running {
     let config = ServeConfig {
-        data_dir: dir.to_path_buf(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-        http_addr: Some("127.0.0.1:0".parse().unwrap()),
-        quic_addr: Some("127.0.0.1:0".parse().unwrap()),
         store: StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
         checkpoint_every_entries: 10,
         checkpoint_interval_ms: 100,
-        ..ServeConfig::default()
+        ..ServeConfig::loopback(dir)
     };
     start(config).await.expect("server starts")
 }
@@ -416,13 +411,11 @@ async fn grpc_over_tls_with_a_pinned_certificate() {
     std::fs::write(dir.path().join("cert.pem"), &cert_pem).unwrap();
     std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
     let config = ServeConfig {
-        data_dir: dir.path().join("data"),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
         http_addr: None,
         quic_addr: None,
         tls: Some(theta_gateway::TlsFiles { cert: dir.path().join("cert.pem"), key: dir.path().join("key.pem") }),
-        ..ServeConfig::default()
+        ..ServeConfig::loopback(dir.path().join("data"))
     };
     let running = start(config).await.unwrap();
     let port = running.grpc_addr.port();
@@ -455,14 +448,12 @@ async fn grpc_over_tls_with_a_pinned_certificate() {
 async fn a_subscriber_that_stops_reading_is_told_where_to_resume() {
     let dir = tempfile::tempdir().unwrap();
     let config = ServeConfig {
-        data_dir: dir.path().join("data"),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
         metrics_addr: None,
         http_addr: None,
         quic_addr: None,
         store: StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
         slow_subscriber_ms: 300,
-        ..ServeConfig::default()
+        ..ServeConfig::loopback(dir.path().join("data"))
     };
     let running = start(config).await.unwrap();
     let ch = channel(&running).await;

@@ -20,14 +20,7 @@ fn run(cmd: &mut Command) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_from_the_protocol_doc_and_grpcurl_via_reflection() {
     let dir = tempfile::tempdir().unwrap();
-    let config = ServeConfig {
-        data_dir: dir.path().join("data"),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-        http_addr: Some("127.0.0.1:0".parse().unwrap()),
-        quic_addr: Some("127.0.0.1:0".parse().unwrap()),
-        ..ServeConfig::default()
-    };
+    let config = ServeConfig::loopback(dir.path().join("data"));
     let running = start(config).await.unwrap();
     let addr = running.grpc_addr.to_string();
 

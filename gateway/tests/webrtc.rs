@@ -29,13 +29,8 @@ async fn server_with(
 ) -> (theta_gateway::Running, SigningKey, SigningKey) {
     let config = ServeConfig {
         addresses,
-        data_dir: dir.join("data"),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-        http_addr: Some("127.0.0.1:0".parse().unwrap()),
-        quic_addr: Some("127.0.0.1:0".parse().unwrap()),
         store: StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
-        ..ServeConfig::default()
+        ..ServeConfig::loopback(dir.join("data"))
     };
     let running = theta_gateway::start(config).await.unwrap();
     let (owner, editor, viewer) =
