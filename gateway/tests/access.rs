@@ -37,14 +37,8 @@ fn envelope(k: &SigningKey, session: SessionId, lamport: u64, entity: u64, comma
 }
 
 async fn server(dir: &std::path::Path, access: AccessConfig, store: StoreConfig) -> (Running, Channel) {
-    let config = ServeConfig {
-        http_addr: None,
-        quic_addr: None,
-        webrtc: None,
-        store,
-        access,
-        ..ServeConfig::loopback(dir)
-    };
+    let config =
+        ServeConfig { http_addr: None, quic_addr: None, webrtc: None, store, access, ..ServeConfig::loopback(dir) };
     let running = start(config).await.expect("server starts");
     let ch = Channel::from_shared(format!("http://{}", running.grpc_addr)).unwrap().connect().await.unwrap();
     (running, ch)
