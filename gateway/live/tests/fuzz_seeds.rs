@@ -118,7 +118,11 @@ fn write_fuzz_seeds() {
     };
     let step = |b: &[u8]| [&[0u8][..], b].concat();
     write("handshake", "hello-proof", &join([&step(&hello)[..], &step(&proof)[..]]));
-    write("handshake", "hello-late-proof", &join([&step(&hello)[..], &[200u8].iter().chain(&proof).copied().collect::<Vec<_>>()[..]]));
+    write(
+        "handshake",
+        "hello-late-proof",
+        &join([&step(&hello)[..], &[200u8].iter().chain(&proof).copied().collect::<Vec<_>>()[..]]),
+    );
     for (name, m) in [("hello", &hello), ("challenge", &challenge), ("proof", &proof), ("welcome", &welcome)] {
         write("message", name, m);
     }
