@@ -190,24 +190,19 @@ pub fn server_capabilities() -> Capabilities {
     }
 }
 
-/// Writes each payload framed on a QUIC send stream, counting bytes: `first` (if any), then
-/// what `rx` brings. Payloads already waiting are written together (up to 16 KiB), so a burst
-/// leaves in as few packets as it fits.
+/// Writes each payload `rx` brings framed on a QUIC send stream (the control stream), counting
+/// bytes. Payloads already waiting are written together (up to 16 KiB), so a burst leaves in
+/// as few packets as it fits.
 async fn write_frames(
     mut stream: quinn::SendStream,
-    first: Option<Vec<u8>>,
     mut rx: mpsc::Receiver<Vec<u8>>,
     stats: Arc<crate::metrics::ConnectionStats>,
 ) {
-    let mut next = first;
-    if next.is_none() {
-        next = rx.recv().await;
-    }
-    while let Some(payload) = next {
+    while let Some(payload) = rx.recv().await {
         let mut bytes = frame::encode(&payload);
         while bytes.len() < 16 * 1024 {
             match rx.try_recv() {
-                Ok(p) => bytes.extend_from_slice(&frame::encode(&p)),
+                Ok(p) => frame::encode_into(&mut bytes, &p),
                 Err(_) => break,
             }
         }
@@ -215,7 +210,6 @@ async fn write_frames(
             return;
         }
         stats.bytes_out.fetch_add(bytes.len() as u64, Relaxed);
-        next = rx.recv().await;
     }
     let _ = stream.finish();
 }
@@ -265,7 +259,7 @@ async fn connection(
     let (control_out, control_out_rx) = mpsc::channel(1_024);
     let mut tasks = vec![
         tokio::spawn(read_quic(control_rx, control_in_tx, bytes_in(&stats))),
-        tokio::spawn(write_frames(control_tx, None, control_out_rx, stats.clone())),
+        tokio::spawn(write_frames(control_tx, control_out_rx, stats.clone())),
     ];
     {
         let (conn, stats) = (conn.clone(), stats.clone());

@@ -709,13 +709,7 @@ impl FanOut {
                     job.raw
                 }
             };
-            if self.push(v, payload) {
-                v.described = true;
-                v.counts.deltas += 1;
-                self.counts.deltas += 1;
-            } else {
-                self.mark_resync(v);
-            }
+            self.queue_delta(v, payload);
         }
         self.viewers = viewers;
     }
@@ -813,6 +807,11 @@ impl FanOut {
         if !self.ensure_dictionary(v) {
             return;
         }
+        self.queue_delta(v, payload);
+    }
+
+    /// Queues an encoded delta for the viewer and counts it; a full queue marks it for a resync.
+    fn queue_delta(&mut self, v: &mut Viewer, payload: Vec<u8>) {
         if self.push(v, payload) {
             v.described = true;
             v.counts.deltas += 1;
