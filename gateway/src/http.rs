@@ -109,6 +109,12 @@ async fn answer(
         (&Method::GET, "/metrics") if routes.metrics => {
             reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", obs.render(store).into())
         }
+        // A store stopped by a storage failure still serves reads, but takes no appends.
+        (&Method::GET, "/healthz") if store.storage_failed() => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            Bytes::from_static(b"storage failing: appends refused until it works again\n"),
+        ),
         (&Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
         (&Method::GET, "/" | "/index.html") if routes.web => {
             reply(StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(crate::web::INDEX_HTML))

@@ -354,6 +354,20 @@ impl LiveHub {
                 });
                 // Durable heads only: they let a thread that missed sequenced commits (made
                 // before it started, or imports) read them back once they are durable.
+                // Sequenced commands storage no longer holds after a failure: the session's
+                // thread ends (its viewers are cut, and resume from the log).
+                let reset = weak.clone();
+                store.add_reset_listener(move |heads| {
+                    if let Some(hub) = reset.upgrade() {
+                        let sessions = hub.sessions.lock().expect("live sessions lock");
+                        for h in heads {
+                            if let Some(handle) = sessions.get(&h.session) {
+                                let reason = format!("storage was reopened after a failure at seq {}", h.seq);
+                                let _ = handle.tx.send(Cmd::Fail(reason));
+                            }
+                        }
+                    }
+                });
                 store.add_command_listener(move |commits| {
                     if let Some(hub) = weak.upgrade() {
                         let heads: Vec<Committed> = commits

@@ -254,6 +254,8 @@ impl Observability {
             ("flushes".to_string(), m.flushes),
             ("signatures_verified".to_string(), m.signatures_verified),
             ("batch_verify_fallbacks".to_string(), m.batch_verify_fallbacks),
+            ("storage_failures".to_string(), m.storage_failures),
+            ("storage_recoveries".to_string(), m.storage_recoveries),
             ("imported_entries".to_string(), m.imported_entries),
             ("queue_depth".to_string(), m.queue_depth),
         ];
@@ -300,6 +302,18 @@ impl Observability {
             m.batch_verify_fallbacks,
         );
         counter(&mut s, "imported_entries", "Entries written by trusted import.", m.imported_entries);
+        counter(
+            &mut s,
+            "storage_failures",
+            "Storage failures (a write, flush or fsync failed) that stopped appends.",
+            m.storage_failures,
+        );
+        counter(
+            &mut s,
+            "storage_recoveries",
+            "Times the store reopened its storage after a failure and took appends again.",
+            m.storage_recoveries,
+        );
         for code in RejectionCode::ALL {
             counter(
                 &mut s,
@@ -368,6 +382,9 @@ impl Observability {
         let _ = writeln!(s, "# HELP theta_queue_depth Appends submitted and not yet answered.");
         let _ = writeln!(s, "# TYPE theta_queue_depth gauge");
         let _ = writeln!(s, "theta_queue_depth {}", m.queue_depth);
+        let _ = writeln!(s, "# HELP theta_storage_failed 1 while a storage failure stops appends, else 0.");
+        let _ = writeln!(s, "# TYPE theta_storage_failed gauge");
+        let _ = writeln!(s, "theta_storage_failed {}", u8::from(store.storage_failed()));
         histogram(&mut s, "theta_append_ack_seconds", "Append submit-to-acknowledgement latency.", &[], &m.ack_latency);
         histogram(&mut s, "theta_flush_seconds", "Durable flush duration.", &[], &m.flush_latency);
         histogram(

@@ -5,8 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// A storage failure. The store treats these as fatal for the batch that hit them. No sled
 /// type appears here: the engine is this module's business.
@@ -69,6 +70,12 @@ pub trait Backend: Send + Sync + 'static {
     fn flush(&self, sync_data: bool) -> Result<(), BackendError>;
     /// Where the data lives, if on disk.
     fn path(&self) -> Option<&Path>;
+    /// After a failed write or flush: drops what the engine holds in memory and opens the
+    /// storage again, so that what is served is what storage really holds (a write the engine
+    /// took but failed to make durable may or may not be there). Fails while the fault lasts.
+    fn reopen(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// Segment size of new sled databases, bytes. sled writes any page larger than a quarter of a
@@ -89,17 +96,44 @@ fn stored_segment_size(path: &Path) -> Option<usize> {
 /// write cache or file metadata; the extra `fdatasync` covers power loss (docs/ARCHITECTURE.md,
 /// "Safety").
 pub struct SledBackend {
+    /// The open database; `None` only while [`Backend::reopen`] runs or after it failed.
+    open: RwLock<Option<SledOpen>>,
+    path: PathBuf,
+    cache_capacity_bytes: u64,
+    /// Blob files (sled's out-of-line storage for large pages) already fdatasync'ed.
+    synced_blobs: std::sync::Mutex<std::collections::BTreeSet<std::ffi::OsString>>,
+}
+
+/// One opening of the database.
+struct SledOpen {
     db: sled::Db,
     tree: sled::Tree,
     data_file: File,
-    path: PathBuf,
-    /// Blob files (sled's out-of-line storage for large pages) already fdatasync'ed.
-    synced_blobs: std::sync::Mutex<std::collections::BTreeSet<std::ffi::OsString>>,
 }
 
 impl SledBackend {
     /// Opens (or creates) a sled database in `path`.
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<SledBackend, BackendError> {
+        let open = SledOpen::open(path, cache_capacity_bytes)?;
+        Ok(SledBackend {
+            open: RwLock::new(Some(open)),
+            path: path.to_path_buf(),
+            cache_capacity_bytes,
+            synced_blobs: Default::default(),
+        })
+    }
+
+    /// The open tree (cheap to clone), or why there is none.
+    fn tree(&self) -> Result<sled::Tree, BackendError> {
+        match &*self.open.read().expect("sled backend lock") {
+            Some(o) => Ok(o.tree.clone()),
+            None => Err(closed()),
+        }
+    }
+}
+
+impl SledOpen {
+    fn open(path: &Path, cache_capacity_bytes: u64) -> Result<SledOpen, BackendError> {
         let io = |what: &str| {
             let what = format!("{what} {}", path.display());
             move |source| BackendError::Io { what, source }
@@ -133,7 +167,7 @@ impl SledBackend {
         // Make the directory entries of a new database durable too.
         File::open(path).and_then(|d| d.sync_all()).map_err(io("fsync directory"))?;
         data_file.sync_all().map_err(io("fsync sled data file in"))?;
-        Ok(SledBackend { db, tree, data_file, path: path.to_path_buf(), synced_blobs: Default::default() })
+        Ok(SledOpen { db, tree, data_file })
     }
 }
 
@@ -185,15 +219,31 @@ fn sled_iter(it: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 
     Box::new(it.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(sled_error)))
 }
 
+/// The error of a database closed by a failed reopen.
+fn closed() -> BackendError {
+    BackendError::Engine("the database is closed after a storage failure".into())
+}
+
+/// An iterator that yields one error.
+fn failed_iter(e: BackendError) -> KvIter {
+    Box::new(std::iter::once(Err(e)))
+}
+
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.tree.get(key).map_err(sled_error)?.map(|v| v.to_vec()))
+        Ok(self.tree()?.get(key).map_err(sled_error)?.map(|v| v.to_vec()))
     }
     fn range(&self, start: &[u8], end: &[u8]) -> KvIter {
-        sled_iter(self.tree.range(start.to_vec()..end.to_vec()))
+        match self.tree() {
+            Ok(t) => sled_iter(t.range(start.to_vec()..end.to_vec())),
+            Err(e) => failed_iter(e),
+        }
     }
     fn range_rev(&self, start: &[u8], end: &[u8]) -> KvIter {
-        sled_iter(self.tree.range(start.to_vec()..end.to_vec()).rev())
+        match self.tree() {
+            Ok(t) => sled_iter(t.range(start.to_vec()..end.to_vec()).rev()),
+            Err(e) => failed_iter(e),
+        }
     }
     fn apply(&self, batch: WriteBatch) -> Result<(), BackendError> {
         let mut b = sled::Batch::default();
@@ -203,15 +253,21 @@ impl Backend for SledBackend {
                 None => b.remove(k),
             }
         }
-        self.tree.apply_batch(b).map_err(sled_error)
+        self.tree()?.apply_batch(b).map_err(sled_error)
     }
     fn flush(&self, sync_data: bool) -> Result<(), BackendError> {
-        self.db.flush().map_err(sled_error)?;
+        {
+            let open = self.open.read().expect("sled backend lock");
+            let Some(o) = &*open else { return Err(closed()) };
+            o.db.flush().map_err(sled_error)?;
+            if sync_data {
+                o.data_file.sync_data().map_err(|source| BackendError::Io {
+                    what: format!("fdatasync {}", self.path.join("db").display()),
+                    source,
+                })?;
+            }
+        }
         if sync_data {
-            self.data_file.sync_data().map_err(|source| BackendError::Io {
-                what: format!("fdatasync {}", self.path.join("db").display()),
-                source,
-            })?;
             self.sync_new_blobs()?;
         }
         Ok(())
@@ -219,12 +275,25 @@ impl Backend for SledBackend {
     fn path(&self) -> Option<&Path> {
         Some(&self.path)
     }
+    /// Closes the database (sled stops at its first I/O error and stays stopped) and opens it
+    /// again from disk, as after a crash: what it recovers is every batch that reached its log
+    /// whole, so nothing flushed before is lost. Readers still holding the old opening's
+    /// iterators keep its file lock; the open waits up to 5 s for them, then fails (the store
+    /// tries again later).
+    fn reopen(&self) -> Result<(), BackendError> {
+        let mut open = self.open.write().expect("sled backend lock");
+        // Dropped before the new opening: sled holds a file lock until then.
+        drop(open.take());
+        self.synced_blobs.lock().expect("blob set lock").clear();
+        *open = Some(SledOpen::open(&self.path, self.cache_capacity_bytes)?);
+        Ok(())
+    }
 }
 
 /// Everything in memory; for tests and benchmarks of the logic alone. Not durable.
 #[derive(Default)]
 pub struct MemoryBackend {
-    map: RwLock<BTreeMap<Vec<u8>, Vec<u8>>>,
+    map: Arc<RwLock<BTreeMap<Vec<u8>, Vec<u8>>>>,
 }
 
 impl MemoryBackend {
@@ -234,10 +303,54 @@ impl MemoryBackend {
     }
 
     fn collect(&self, start: &[u8], end: &[u8], rev: bool) -> KvIter {
-        let map = self.map.read().expect("memory backend lock");
-        let range = map.range(start.to_vec()..end.to_vec()).map(|(k, v)| Ok((k.clone(), v.clone())));
-        let items: Vec<_> = if rev { range.rev().collect() } else { range.collect() };
-        Box::new(items.into_iter())
+        Box::new(MemoryIter {
+            map: self.map.clone(),
+            low: Bound::Included(start.to_vec()),
+            high: Bound::Excluded(end.to_vec()),
+            rev,
+            buffer: std::collections::VecDeque::new(),
+            done: start >= end,
+        })
+    }
+}
+
+/// A range of a [`MemoryBackend`], read a few keys at a time (a read never copies more of the
+/// map than it consumes).
+struct MemoryIter {
+    map: Arc<RwLock<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    low: Bound<Vec<u8>>,
+    high: Bound<Vec<u8>>,
+    rev: bool,
+    buffer: std::collections::VecDeque<(Vec<u8>, Vec<u8>)>,
+    done: bool,
+}
+
+/// Keys a [`MemoryIter`] copies per lock.
+const MEMORY_ITER_CHUNK: usize = 64;
+
+impl Iterator for MemoryIter {
+    type Item = Result<(Vec<u8>, Vec<u8>), BackendError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buffer.is_empty() && !self.done {
+            let map = self.map.read().expect("memory backend lock");
+            let range = map.range((self.low.clone(), self.high.clone()));
+            let chunk: Vec<_> = if self.rev {
+                range.rev().take(MEMORY_ITER_CHUNK).map(|(k, v)| (k.clone(), v.clone())).collect()
+            } else {
+                range.take(MEMORY_ITER_CHUNK).map(|(k, v)| (k.clone(), v.clone())).collect()
+            };
+            self.done = chunk.len() < MEMORY_ITER_CHUNK;
+            if let Some((last, _)) = chunk.last() {
+                if self.rev {
+                    self.high = Bound::Excluded(last.clone());
+                } else {
+                    self.low = Bound::Excluded(last.clone());
+                }
+            }
+            self.buffer.extend(chunk);
+        }
+        self.buffer.pop_front().map(Ok)
     }
 }
 
@@ -294,7 +407,7 @@ impl PowerLossBackend {
     /// The power goes out: a new backend holding only what was durable.
     pub fn power_loss(&self) -> PowerLossBackend {
         let durable = self.durable.map.read().expect("memory backend lock").clone();
-        let copy = || MemoryBackend { map: RwLock::new(durable.clone()) };
+        let copy = || MemoryBackend { map: Arc::new(RwLock::new(durable.clone())) };
         PowerLossBackend { live: copy(), durable: copy(), ..Default::default() }
     }
 }
@@ -313,6 +426,14 @@ impl Backend for PowerLossBackend {
         self.unflushed.lock().expect("unflushed lock").push(batch.clone());
         self.live.apply(batch)
     }
+    /// Loses what was not flushed, as the worst case of a reopen after a failed flush.
+    fn reopen(&self) -> Result<(), BackendError> {
+        let mut unflushed = self.unflushed.lock().expect("unflushed lock");
+        let durable = self.durable.map.read().expect("memory backend lock").clone();
+        *self.live.map.write().expect("memory backend lock") = durable;
+        unflushed.clear();
+        Ok(())
+    }
     fn flush(&self, _sync_data: bool) -> Result<(), BackendError> {
         let failing = &self.failing_flushes;
         if failing.load(std::sync::atomic::Ordering::SeqCst) > 0 {
@@ -329,5 +450,140 @@ impl Backend for PowerLossBackend {
     }
     fn path(&self) -> Option<&Path> {
         None
+    }
+}
+
+/// An operation [`FaultyBackend`] can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOp {
+    /// Applying a batch (the write reaches nothing).
+    Write,
+    /// The engine's flush (nothing of it is known to be durable).
+    Flush,
+    /// The fdatasync after the engine's flush (the engine wrote its log; whether the drive
+    /// kept it is unknown).
+    Sync,
+}
+
+/// The error an injected fault returns, as the kernel would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultError {
+    /// EIO: the device failed the operation.
+    Eio,
+    /// ENOSPC: no space left on the device.
+    Enospc,
+}
+
+impl FaultError {
+    fn io(self) -> std::io::Error {
+        // The Linux numbers (EIO is 5 everywhere; ENOSPC is 28 on Linux and the BSDs).
+        std::io::Error::from_raw_os_error(match self {
+            FaultError::Eio => 5,
+            FaultError::Enospc => 28,
+        })
+    }
+}
+
+/// A fault: which operation fails, with which error, how many more times (`None`: until
+/// [`FaultyBackend::clear`]).
+#[derive(Debug, Clone)]
+struct Fault {
+    op: FaultOp,
+    error: FaultError,
+    remaining: Option<u64>,
+}
+
+/// Wraps a backend and fails chosen writes, flushes and fsyncs with a chosen error (EIO,
+/// ENOSPC), for tests of what the store does below its seam. While a lasting fault is set,
+/// [`Backend::reopen`] fails too, as reopening a full or broken disk would.
+pub struct FaultyBackend<B: Backend> {
+    inner: B,
+    faults: std::sync::Mutex<Vec<Fault>>,
+    injected: std::sync::atomic::AtomicU64,
+}
+
+impl<B: Backend> FaultyBackend<B> {
+    /// `inner`, with no fault set.
+    pub fn new(inner: B) -> FaultyBackend<B> {
+        FaultyBackend { inner, faults: Default::default(), injected: Default::default() }
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    /// Fails every `op` with `error` until [`FaultyBackend::clear`].
+    pub fn fail(&self, op: FaultOp, error: FaultError) {
+        self.faults.lock().expect("faults lock").push(Fault { op, error, remaining: None });
+    }
+
+    /// Fails the next `n` (at least 1) of `op` with `error`.
+    pub fn fail_next(&self, op: FaultOp, error: FaultError, n: u64) {
+        self.faults.lock().expect("faults lock").push(Fault { op, error, remaining: Some(n.max(1)) });
+    }
+
+    /// Removes every fault: the disk works again.
+    pub fn clear(&self) {
+        self.faults.lock().expect("faults lock").clear();
+    }
+
+    /// How many operations failed by injection so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The injected error for `op`, if one is due.
+    fn check(&self, op: FaultOp) -> Result<(), BackendError> {
+        let mut faults = self.faults.lock().expect("faults lock");
+        let Some(i) = faults.iter().position(|f| f.op == op) else { return Ok(()) };
+        let error = faults[i].error;
+        if let Some(n) = &mut faults[i].remaining {
+            *n -= 1;
+            if *n == 0 {
+                faults.remove(i);
+            }
+        }
+        self.injected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(BackendError::Io { what: format!("{op:?} (injected)"), source: error.io() })
+    }
+}
+
+impl<B: Backend> Backend for FaultyBackend<B> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
+        self.inner.get(key)
+    }
+    fn range(&self, start: &[u8], end: &[u8]) -> KvIter {
+        self.inner.range(start, end)
+    }
+    fn range_rev(&self, start: &[u8], end: &[u8]) -> KvIter {
+        self.inner.range_rev(start, end)
+    }
+    fn apply(&self, batch: WriteBatch) -> Result<(), BackendError> {
+        self.check(FaultOp::Write)?;
+        self.inner.apply(batch)
+    }
+    fn flush(&self, sync_data: bool) -> Result<(), BackendError> {
+        self.check(FaultOp::Flush)?;
+        if !sync_data {
+            return self.inner.flush(false);
+        }
+        // The engine's flush goes through; then the fsync fails.
+        if self.faults.lock().expect("faults lock").iter().any(|f| f.op == FaultOp::Sync) {
+            self.inner.flush(false)?;
+            self.check(FaultOp::Sync)?;
+        }
+        self.inner.flush(true)
+    }
+    fn path(&self) -> Option<&Path> {
+        self.inner.path()
+    }
+    fn reopen(&self) -> Result<(), BackendError> {
+        let lasting = self.faults.lock().expect("faults lock").iter().find(|f| f.remaining.is_none()).map(|f| f.error);
+        if let Some(error) = lasting {
+            self.injected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(BackendError::Io { what: "reopen (injected)".into(), source: error.io() });
+        }
+        self.inner.reopen()
     }
 }

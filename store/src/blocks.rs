@@ -255,6 +255,11 @@ impl BlockCache {
         BlockCache { inner: Default::default(), capacity }
     }
 
+    /// Forgets every block (after storage was reopened).
+    pub fn clear(&self) {
+        *self.inner.lock().expect("block cache lock") = CacheInner::default();
+    }
+
     fn get(&self, session: &SessionId, first: u64) -> Option<std::sync::Arc<Block>> {
         self.inner.lock().expect("block cache lock").blocks.get(&(*session, first)).cloned()
     }

@@ -37,6 +37,9 @@ pub(crate) enum IndexJob {
     CatchUp(SessionId, u64, u64),
     /// Write everything gathered, then answer.
     Drain(Sender<()>),
+    /// Forget everything gathered, then answer (after the store reopened its storage: the
+    /// watermarks say what the runs hold, and catch-ups rebuild the rest from the log).
+    Reset(Sender<()>),
 }
 
 #[derive(Default)]
@@ -105,7 +108,11 @@ fn decode_seqs(mut b: &[u8]) -> Option<Vec<u64>> {
 /// The indexer thread's loop.
 pub(crate) fn run(backend: Arc<dyn Backend>, rx: Receiver<IndexJob>) {
     let mut gathered: BTreeMap<SessionId, Gathered> = BTreeMap::new();
-    let write = |session: SessionId, g: Gathered| {
+    // Writes one session's gathered entries as a run. A run that cannot be written goes back
+    // in front of what the session gathers next: a later run must never move the watermark
+    // past entries no run holds.
+    let write = |gathered: &mut BTreeMap<SessionId, Gathered>, session: SessionId| {
+        let Some(g) = gathered.remove(&session) else { return };
         if g.count == 0 {
             return;
         }
@@ -118,8 +125,16 @@ pub(crate) fn run(backend: Arc<dyn Backend>, rx: Receiver<IndexJob>) {
         }
         batch.put(keys::watermark(&session), g.last.to_be_bytes().to_vec());
         if let Err(e) = backend.apply(batch) {
-            // Derived data: reads scan the log past the watermark, and the next open rebuilds.
-            eprintln!("theta-store: index run of session {session} not written: {e}");
+            // Derived data: reads scan the log past the watermark, so nothing is missing
+            // meanwhile; the next write tries again.
+            eprintln!("theta-store: index run of session {session} not written (kept for the next one): {e}");
+            gathered.insert(session, g);
+        }
+    };
+    let write_all = |gathered: &mut BTreeMap<SessionId, Gathered>| {
+        let sessions: Vec<SessionId> = gathered.keys().copied().collect();
+        for s in sessions {
+            write(gathered, s);
         }
     };
     loop {
@@ -130,37 +145,33 @@ pub(crate) fn run(backend: Arc<dyn Backend>, rx: Receiver<IndexJob>) {
                     g.add(seq, author, entity);
                 }
                 if g.count >= RUN_ENTRIES {
-                    write(session, gathered.remove(&session).expect("present"));
+                    write(&mut gathered, session);
                 }
             }
             Ok(IndexJob::CatchUp(session, from, to)) => {
-                let mut g = Gathered::default();
                 let Ok(cursor) = blocks::Cursor::new(&*backend, &session, from, to) else { continue };
                 for e in cursor {
                     let Ok(e) = e else { break };
                     let Ok((_, body)) = Envelope::open(&e.envelope) else { break };
+                    let g = gathered.entry(session).or_default();
                     g.add(e.seq, body.author, body.entity);
                     if g.count >= RUN_ENTRIES {
-                        write(session, std::mem::take(&mut g));
+                        write(&mut gathered, session);
                     }
                 }
-                write(session, g);
+                write(&mut gathered, session);
             }
             Ok(IndexJob::Drain(done)) => {
-                for (s, g) in std::mem::take(&mut gathered) {
-                    write(s, g);
-                }
+                write_all(&mut gathered);
                 let _ = done.send(());
             }
-            Err(RecvTimeoutError::Timeout) => {
-                for (s, g) in std::mem::take(&mut gathered) {
-                    write(s, g);
-                }
+            Ok(IndexJob::Reset(done)) => {
+                gathered.clear();
+                let _ = done.send(());
             }
+            Err(RecvTimeoutError::Timeout) => write_all(&mut gathered),
             Err(RecvTimeoutError::Disconnected) => {
-                for (s, g) in std::mem::take(&mut gathered) {
-                    write(s, g);
-                }
+                write_all(&mut gathered);
                 return;
             }
         }

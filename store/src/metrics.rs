@@ -57,6 +57,8 @@ pub struct Metrics {
     pub(crate) imported_entries: AtomicU64,
     pub(crate) signatures_verified: AtomicU64,
     pub(crate) batch_verify_fallbacks: AtomicU64,
+    pub(crate) storage_failures: AtomicU64,
+    pub(crate) storage_recoveries: AtomicU64,
     pub(crate) ack_latency: Histogram,
     pub(crate) flush_latency: Histogram,
     pub(crate) verify_latency: Histogram,
@@ -78,6 +80,8 @@ impl Metrics {
             imported_entries: self.imported_entries.load(Relaxed),
             signatures_verified: self.signatures_verified.load(Relaxed),
             batch_verify_fallbacks: self.batch_verify_fallbacks.load(Relaxed),
+            storage_failures: self.storage_failures.load(Relaxed),
+            storage_recoveries: self.storage_recoveries.load(Relaxed),
             ack_latency: self.ack_latency.snapshot(),
             flush_latency: self.flush_latency.snapshot(),
             verify_latency: self.verify_latency.snapshot(),
@@ -105,6 +109,10 @@ pub struct MetricsSnapshot {
     pub signatures_verified: u64,
     /// Batches whose batch verification failed and were re-verified one by one.
     pub batch_verify_fallbacks: u64,
+    /// Storage failures (a write, flush or fsync failed) that stopped appends.
+    pub storage_failures: u64,
+    /// Times the store reopened its storage after a failure and took appends again.
+    pub storage_recoveries: u64,
     /// Submit → acknowledgement latency of appends.
     pub ack_latency: HistogramSnapshot,
     /// Duration of durable flushes.

@@ -16,6 +16,32 @@ pub(super) struct Committer {
     /// Groups waiting for their flush (`Durability::Sync`), and the thread flushing them.
     pub(super) flusher: Option<SyncSender<Flush>>,
     pub(super) flusher_thread: Option<JoinHandle<()>>,
+    /// When to try again to reopen storage after a failure.
+    pub(super) recovery: Recovery,
+}
+
+/// The first wait before reopening storage after a failure; it doubles up to [`RECOVERY_MAX`].
+pub(super) const RECOVERY_FIRST: Duration = Duration::from_millis(50);
+/// The longest wait between two attempts to reopen storage.
+pub(super) const RECOVERY_MAX: Duration = Duration::from_secs(2);
+
+/// The retry schedule of a failed store.
+#[derive(Default)]
+pub(super) struct Recovery {
+    next: Option<Instant>,
+    wait: Duration,
+}
+
+/// Starts the flusher thread.
+pub(super) fn spawn_flusher(shared: &Arc<Shared>) -> (SyncSender<Flush>, JoinHandle<()>) {
+    // Groups applied while a flush runs wait for the next one, which covers them all.
+    let (flush_tx, flush_rx) = sync_channel::<Flush>(FLUSH_QUEUE);
+    let f_shared = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("theta-flush".into())
+        .spawn(move || flush_loop(f_shared, flush_rx))
+        .expect("spawn flusher thread");
+    (flush_tx, thread)
 }
 
 /// Keys whose session-creation buckets are remembered at once.
@@ -38,11 +64,15 @@ impl Committer {
         let mut early: BTreeMap<u64, Vec<Stage2>> = BTreeMap::new();
         let mut next_ticket = 0u64;
         loop {
-            let item = match tick {
-                Some(t) => match rx.recv_timeout(t) {
+            // A failed store wakes up to reopen its storage even when nothing is submitted.
+            let wait = if self.stopped(&mut failed) { Some(self.recovery.wait_left()) } else { tick };
+            let item = match wait {
+                Some(w) => match rx.recv_timeout(w) {
                     Ok(i) => i,
                     Err(RecvTimeoutError::Timeout) => {
-                        self.flush_if_due(t, &mut failed);
+                        if let Some(t) = tick {
+                            self.flush_if_due(t, &mut failed);
+                        }
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -115,10 +145,110 @@ impl Committer {
         }
     }
 
-    /// Whether a storage failure stopped the store (here or on the flusher).
-    pub(super) fn stopped(&self, failed: &mut bool) -> bool {
+    /// Whether a storage failure stopped the store (here or on the flusher) and reopening the
+    /// storage, when due, did not bring it back.
+    pub(super) fn stopped(&mut self, failed: &mut bool) -> bool {
         *failed |= self.shared.failed.load(Relaxed);
+        if *failed && self.recovery.due() {
+            *failed = !self.recover();
+        }
         *failed
+    }
+
+    /// Marks the store failed: nothing more is written until storage is reopened.
+    pub(super) fn fail(&mut self, failed: &mut bool, what: &str) {
+        *failed = true;
+        if !self.shared.failed.swap(true, Relaxed) {
+            self.shared.metrics.storage_failures.fetch_add(1, Relaxed);
+            tracing_error(&format!("storage failure, appends are refused until storage works again: {what}"));
+        }
+        self.recovery.schedule();
+    }
+
+    /// Reopens storage after a failure and reloads every session from what it holds, as an
+    /// open would: the flusher first answers every group it holds (refused), the backend drops
+    /// its memory and reads its files again, the indexer forgets what it gathered and catches
+    /// up from the watermarks, and the live heads become the stored ones. Nothing acknowledged
+    /// can be missing (it was durable); entries refused with `Storage` may be there (their
+    /// write reached the disk before the failure) or not. Sessions whose sequenced head
+    /// changed are announced to the reset listeners.
+    fn recover(&mut self) -> bool {
+        // The flusher answers what it holds with refusals (the failed flag is still set).
+        self.flusher.take();
+        if let Some(t) = self.flusher_thread.take() {
+            let _ = t.join();
+        }
+        let attempt = || -> Result<Loaded, BackendError> {
+            self.shared.backend.reopen()?;
+            load_sessions(&*self.shared.backend, VerifyOnOpen::Tail)
+        };
+        let loaded = match attempt() {
+            Ok(l) => l,
+            Err(e) => {
+                self.recovery.schedule();
+                let (tx, thread) = spawn_flusher(&self.shared);
+                (self.flusher, self.flusher_thread) = (Some(tx), Some(thread));
+                tracing_error(&format!("storage still failing, appends stay refused: {e}"));
+                return false;
+            }
+        };
+        let Loaded { states, mut views, global_trail_next } = loaded;
+        let mut reset = Vec::new();
+        {
+            let mut live = self.shared.views.write().expect("views lock");
+            for (id, old) in live.iter() {
+                let Some(new) = views.get_mut(id) else {
+                    if old.corrupted.is_none() && old.head.seq > 0 {
+                        let detail =
+                            format!("acknowledged entries up to {} missing after reopening storage", old.head.seq);
+                        tracing_error(&format!("session {id}: {detail}"));
+                        views.insert(
+                            *id,
+                            View { head: old.head.clone(), corrupted: Some(Corruption { seq: 1, detail }) },
+                        );
+                    }
+                    continue;
+                };
+                if new.corrupted.is_none() && new.head.seq < old.head.seq {
+                    // Never seen in a test: storage lost what it had made durable.
+                    let detail = format!("acknowledged entries after {} missing after reopening storage", new.head.seq);
+                    tracing_error(&format!("session {id}: {detail}"));
+                    new.corrupted = Some(Corruption { seq: new.head.seq + 1, detail });
+                }
+            }
+            for (id, state) in &self.states {
+                let now = states.get(id).map(|s| s.meta.head_seq);
+                if now != Some(state.meta.head_seq) {
+                    reset.push(views.get(id).map_or_else(|| head_of(state), |v| v.head.clone()));
+                }
+            }
+            *live = views;
+        }
+        self.shared.blocks.clear();
+        // The indexer forgets what it gathered (some of it may have been written to the
+        // engine's memory only) and rebuilds from the watermarks.
+        if let Some(tx) = self.shared.indexer.lock().expect("indexer lock").as_ref() {
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            if tx.send(IndexJob::Reset(done_tx)).is_ok() {
+                let _ = done_rx.recv();
+            }
+            catch_up_indexes(&*self.shared.backend, &states, tx);
+        }
+        self.states = states;
+        self.global_trail_next = global_trail_next;
+        self.dirty_since = None;
+        self.recovery = Recovery::default();
+        let (tx, thread) = spawn_flusher(&self.shared);
+        (self.flusher, self.flusher_thread) = (Some(tx), Some(thread));
+        self.shared.failed.store(false, Relaxed);
+        self.shared.metrics.storage_recoveries.fetch_add(1, Relaxed);
+        tracing_error("storage works again: appends are accepted");
+        if !reset.is_empty() {
+            for f in self.shared.reset_listeners.read().expect("listener lock").iter() {
+                f(&reset);
+            }
+        }
+        true
     }
 
     /// Appends restored rejection records to a trail, durably like a group.
@@ -147,8 +277,8 @@ impl Committer {
         if let Some(since) = self.dirty_since
             && since.elapsed() >= interval
         {
-            if self.shared.backend.flush(true).is_err() {
-                *failed = true;
+            if let Err(e) = self.shared.backend.flush(true) {
+                self.fail(failed, &e.to_string());
             }
             self.shared.metrics.flushes.fetch_add(1, Relaxed);
             self.dirty_since = None;
@@ -226,8 +356,7 @@ impl Committer {
         if group.is_empty() {
             return;
         }
-        *failed |= self.shared.failed.load(Relaxed);
-        if *failed {
+        if self.stopped(failed) {
             // After a storage failure nothing more is written: a later flush would make the
             // failed group durable behind its refusals (and the trail records are writes too).
             let metrics = &self.shared.metrics;
@@ -305,9 +434,7 @@ impl Committer {
         let applied = match applied {
             Ok(a) => a,
             Err(e) => {
-                *failed = true;
-                self.shared.failed.store(true, Relaxed);
-                tracing_error(&format!("storage failure, the store stops accepting appends: {e}"));
+                self.fail(failed, &e.to_string());
                 return complete(&self.shared, group, Err(e.to_string()));
             }
         };
@@ -372,9 +499,7 @@ impl Committer {
                                 self.states.insert(session, s);
                             }
                             Err(err) => {
-                                *failed = true;
-                                self.shared.failed.store(true, Relaxed);
-                                tracing_error(&format!("session {session}: reload after a failed import: {err}"));
+                                self.fail(failed, &format!("session {session}: reload after a failed import: {err}"));
                             }
                         }
                     }
@@ -438,8 +563,10 @@ pub(super) fn flush_loop(shared: Arc<Shared>, rx: Receiver<Flush>) {
             shared.metrics.flush_latency.observe_us(t.elapsed().as_micros() as u64);
             shared.metrics.flushes.fetch_add(1, Relaxed);
             r.map_err(|e| {
-                shared.failed.store(true, Relaxed);
-                tracing_error(&format!("storage failure, the store stops accepting appends: {e}"));
+                if !shared.failed.swap(true, Relaxed) {
+                    shared.metrics.storage_failures.fetch_add(1, Relaxed);
+                    tracing_error(&format!("storage failure, appends are refused until storage works again: {e}"));
+                }
                 e.to_string()
             })
         } else {
@@ -568,4 +695,29 @@ pub(super) fn import_into(
 
 pub(super) fn tracing_error(msg: &str) {
     eprintln!("theta-store: {msg}");
+}
+
+impl Recovery {
+    /// Schedules the next attempt (the first one soon, later ones further apart).
+    fn schedule(&mut self) {
+        self.wait = if self.wait.is_zero() { RECOVERY_FIRST } else { (self.wait * 2).min(RECOVERY_MAX) };
+        self.next = Some(Instant::now() + self.wait);
+    }
+
+    /// Whether an attempt is due (one is always due when none was scheduled: a failure the
+    /// flusher saw).
+    fn due(&mut self) -> bool {
+        match self.next {
+            None => {
+                self.schedule();
+                false
+            }
+            Some(t) => Instant::now() >= t,
+        }
+    }
+
+    /// How long until the next attempt.
+    fn wait_left(&self) -> Duration {
+        self.next.map_or(RECOVERY_FIRST, |t| t.saturating_duration_since(Instant::now()))
+    }
 }

@@ -59,6 +59,8 @@ struct Shared {
     command_listeners: RwLock<Vec<CommandListener>>,
     /// Told about commands once sequenced (applied, not yet durable).
     sequenced_listeners: RwLock<Vec<CommandListener>>,
+    /// Told the sessions whose sequenced entries storage no longer holds after a reopen.
+    reset_listeners: RwLock<Vec<ResetListener>>,
     /// A command or sequenced listener exists: the committer keeps each accepted command's
     /// decoded body.
     wants_commands: AtomicBool,
@@ -69,6 +71,11 @@ struct Shared {
     /// Decoded blocks for point reads.
     blocks: Arc<blocks::BlockCache>,
 }
+
+/// A listener of sessions whose sequenced head changed when the store reopened its storage
+/// after a failure: it gets their heads as storage holds them. Whoever kept state built from
+/// sequenced (not yet durable) commands rebuilds it from the log.
+pub type ResetListener = Arc<dyn Fn(&[Head]) + Send + Sync>;
 
 /// Called by the commit thread with the new heads of the sessions a durable commit changed.
 pub type CommitListener = Arc<dyn Fn(&[Head]) + Send + Sync>;
@@ -235,70 +242,11 @@ impl Store {
         service_key: SigningKey,
     ) -> Result<Store, OpenError> {
         check_format(&*backend)?;
-        let mut states = BTreeMap::new();
-        let mut views = BTreeMap::new();
-        let metas: Vec<(SessionId, Vec<u8>)> = backend
-            .range(&[keys::tag::META], &[keys::tag::META + 1])
-            .map(|kv| kv.map(|(k, v)| (SessionId(k[1..17].try_into().expect("session key")), v)))
-            .collect::<Result<_, _>>()?;
-        for (id, raw) in metas {
-            let corrupt = |seq: u64, detail: String| View {
-                head: Head {
-                    session: id,
-                    seq,
-                    clock: 0,
-                    tree_root: [0; 32],
-                    last_entry_hash: [0; 32],
-                    name: String::new(),
-                },
-                corrupted: Some(Corruption { seq, detail }),
-            };
-            let Some(meta) = Meta::decode(&raw) else {
-                views.insert(id, corrupt(0, "unreadable session header".into()));
-                continue;
-            };
-            let mut state = match SessionState::load(&*backend, id, meta) {
-                Ok(s) => s,
-                Err(ReadError::Corrupted { seq, detail, .. }) => {
-                    views.insert(id, corrupt(seq, detail));
-                    continue;
-                }
-                Err(e) => {
-                    views.insert(id, corrupt(0, e.to_string()));
-                    continue;
-                }
-            };
-            let from = match config.verify_on_open {
-                VerifyOnOpen::Full => 1,
-                VerifyOnOpen::Tail => state.meta.verified_upto + 1,
-            };
-            match verify_session(&*backend, &state, from) {
-                Ok(()) => {
-                    if state.meta.verified_upto != state.meta.head_seq {
-                        state.meta.verified_upto = state.meta.head_seq;
-                        let mut b = WriteBatch::default();
-                        b.put(keys::meta(&id), state.meta.encode());
-                        backend.apply(b)?;
-                    }
-                    views.insert(id, View { head: head_of(&state), corrupted: None });
-                    states.insert(id, state);
-                }
-                Err(c) => {
-                    views.insert(id, corrupt(c.seq, c.detail));
-                }
-            }
-        }
-        let global_trail_next = last_key_u64(&*backend, keys::tag::TRAIL, &SessionId::default())?.map_or(0, |i| i + 1);
+        let Loaded { states, views, global_trail_next } = load_sessions(&*backend, config.verify_on_open)?;
         // The indexes: catch up where the watermark lags the head (after a crash, or a store
         // written before the runs were).
         let (index_tx, index_rx) = std::sync::mpsc::channel::<IndexJob>();
-        for (id, state) in &states {
-            // An unreadable watermark counts as none: the indexer rebuilds from the start.
-            let w = crate::index::watermark(&*backend, id).unwrap_or(0);
-            if w < state.meta.head_seq {
-                let _ = index_tx.send(IndexJob::CatchUp(*id, w + 1, state.meta.head_seq));
-            }
-        }
+        catch_up_indexes(&*backend, &states, &index_tx);
         let config_block_cache = config.block_cache_bytes;
         let i_backend = backend.clone();
         let indexer = std::thread::Builder::new()
@@ -315,6 +263,7 @@ impl Store {
             listeners: RwLock::new(Vec::new()),
             command_listeners: RwLock::new(Vec::new()),
             sequenced_listeners: RwLock::new(Vec::new()),
+            reset_listeners: RwLock::new(Vec::new()),
             wants_commands: AtomicBool::new(false),
             indexer: std::sync::Mutex::new(Some(index_tx)),
             failed: AtomicBool::new(false),
@@ -347,13 +296,7 @@ impl Store {
                 .spawn(move || dispatch_loop(d_shared, rx, workers, ready_rx, d_order, stopped))
                 .expect("spawn dispatcher thread"),
         );
-        // Groups applied while a flush runs wait for the next one, which covers them all.
-        let (flush_tx, flush_rx) = sync_channel::<Flush>(FLUSH_QUEUE);
-        let f_shared = shared.clone();
-        let flusher_thread = std::thread::Builder::new()
-            .name("theta-flush".into())
-            .spawn(move || flush_loop(f_shared, flush_rx))
-            .expect("spawn flusher thread");
+        let (flush_tx, flusher_thread) = spawn_flusher(&shared);
         let committer = Committer {
             shared: shared.clone(),
             states,
@@ -362,6 +305,7 @@ impl Store {
             creations: std::collections::HashMap::new(),
             flusher: Some(flush_tx),
             flusher_thread: Some(flusher_thread),
+            recovery: Recovery::default(),
         };
         let committer = std::thread::Builder::new()
             .name("theta-commit".into())
@@ -522,6 +466,20 @@ impl Store {
     pub fn add_sequenced_listener(&self, f: impl Fn(&[Committed]) + Send + Sync + 'static) {
         self.shared.sequenced_listeners.write().expect("listener lock").push(Arc::new(f));
         self.shared.wants_commands.store(true, Relaxed);
+    }
+
+    /// Adds a function told, after the store reopened its storage following a failure, the
+    /// sessions whose head is not the one last sequenced (entries told to the sequenced
+    /// listeners that storage no longer holds, or entries it holds that were refused). It
+    /// runs on the commit thread.
+    pub fn add_reset_listener(&self, f: impl Fn(&[Head]) + Send + Sync + 'static) {
+        self.shared.reset_listeners.write().expect("listener lock").push(Arc::new(f));
+    }
+
+    /// Whether a storage failure stopped appends (they are refused with
+    /// [`AppendError::Storage`] until the store reopens its storage by itself).
+    pub fn storage_failed(&self) -> bool {
+        self.shared.failed.load(Relaxed)
     }
 
     /// The store's telemetry.

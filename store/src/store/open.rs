@@ -163,3 +163,87 @@ pub(super) fn verify_session(backend: &dyn Backend, state: &SessionState, from: 
     }
     Ok(())
 }
+
+/// What storage holds: every session's state and view, and the next global trail index.
+pub(super) struct Loaded {
+    pub(super) states: BTreeMap<SessionId, SessionState>,
+    pub(super) views: BTreeMap<SessionId, View>,
+    pub(super) global_trail_next: u64,
+}
+
+/// Loads every session from storage and verifies it as `verify` says; a session that fails is
+/// kept as a corrupted view only.
+pub(super) fn load_sessions(backend: &dyn Backend, verify: VerifyOnOpen) -> Result<Loaded, BackendError> {
+    let mut states = BTreeMap::new();
+    let mut views = BTreeMap::new();
+    let metas: Vec<(SessionId, Vec<u8>)> = backend
+        .range(&[keys::tag::META], &[keys::tag::META + 1])
+        .map(|kv| kv.map(|(k, v)| (SessionId(k[1..17].try_into().expect("session key")), v)))
+        .collect::<Result<_, _>>()?;
+    for (id, raw) in metas {
+        let corrupt = |seq: u64, detail: String| View {
+            head: Head {
+                session: id,
+                seq,
+                clock: 0,
+                tree_root: [0; 32],
+                last_entry_hash: [0; 32],
+                name: String::new(),
+            },
+            corrupted: Some(Corruption { seq, detail }),
+        };
+        let Some(meta) = Meta::decode(&raw) else {
+            views.insert(id, corrupt(0, "unreadable session header".into()));
+            continue;
+        };
+        let mut state = match SessionState::load(backend, id, meta) {
+            Ok(s) => s,
+            Err(ReadError::Corrupted { seq, detail, .. }) => {
+                views.insert(id, corrupt(seq, detail));
+                continue;
+            }
+            // Storage that cannot be read is not a corrupted session: the caller fails.
+            Err(ReadError::Storage(e)) => return Err(BackendError::Engine(e)),
+            Err(e) => {
+                views.insert(id, corrupt(0, e.to_string()));
+                continue;
+            }
+        };
+        let from = match verify {
+            VerifyOnOpen::Full => 1,
+            VerifyOnOpen::Tail => state.meta.verified_upto + 1,
+        };
+        match verify_session(backend, &state, from) {
+            Ok(()) => {
+                if state.meta.verified_upto != state.meta.head_seq {
+                    state.meta.verified_upto = state.meta.head_seq;
+                    let mut b = WriteBatch::default();
+                    b.put(keys::meta(&id), state.meta.encode());
+                    backend.apply(b)?;
+                }
+                views.insert(id, View { head: head_of(&state), corrupted: None });
+                states.insert(id, state);
+            }
+            Err(c) => {
+                views.insert(id, corrupt(c.seq, c.detail));
+            }
+        }
+    }
+    let global_trail_next = last_key_u64(backend, keys::tag::TRAIL, &SessionId::default())?.map_or(0, |i| i + 1);
+    Ok(Loaded { states, views, global_trail_next })
+}
+
+/// Asks the indexer to index each session's log past its watermark.
+pub(super) fn catch_up_indexes(
+    backend: &dyn Backend,
+    states: &BTreeMap<SessionId, SessionState>,
+    index_tx: &std::sync::mpsc::Sender<IndexJob>,
+) {
+    for (id, state) in states {
+        // An unreadable watermark counts as none: the indexer rebuilds from the start.
+        let w = crate::index::watermark(backend, id).unwrap_or(0);
+        if w < state.meta.head_seq {
+            let _ = index_tx.send(IndexJob::CatchUp(*id, w + 1, state.meta.head_seq));
+        }
+    }
+}

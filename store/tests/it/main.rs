@@ -4,6 +4,7 @@ mod archive;
 mod checks;
 mod crash;
 mod durability;
+mod faults;
 mod helpers;
 mod props;
 mod reads;
