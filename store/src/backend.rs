@@ -426,8 +426,15 @@ impl Backend for PowerLossBackend {
         self.unflushed.lock().expect("unflushed lock").push(batch.clone());
         self.live.apply(batch)
     }
-    /// Loses what was not flushed, as the worst case of a reopen after a failed flush.
+    /// Loses what was not flushed, as the worst case of a reopen after a failed flush; fails
+    /// while flushes are set to fail (the disk is still broken).
     fn reopen(&self) -> Result<(), BackendError> {
+        if self.failing_flushes.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Err(BackendError::Io {
+                what: "reopen (injected)".into(),
+                source: std::io::Error::other("injected I/O error"),
+            });
+        }
         let mut unflushed = self.unflushed.lock().expect("unflushed lock");
         let durable = self.durable.map.read().expect("memory backend lock").clone();
         *self.live.map.write().expect("memory backend lock") = durable;

@@ -41,8 +41,8 @@ fn power_lost_between_a_block_write_and_its_flush_loses_only_the_unacknowledged(
     let acked = store.head(&s).unwrap();
     let acked_entries = all_entries(&store, &s);
     // The next group is written (its block, nodes and header applied) but its flush fails:
-    // nothing of it is acknowledged, and the store stops accepting appends.
-    backend.fail_flushes(1);
+    // nothing of it is acknowledged, and appends are refused while flushes keep failing.
+    backend.fail_flushes(1_000);
     let lost = moves(&mut owner, 5);
     for r in store.append_batch(lost.clone()) {
         assert!(matches!(r, Err(AppendError::Storage(_))), "{r:?}");
