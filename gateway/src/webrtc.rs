@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceGatheringState,
-    RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    RTCIceServer, RTCPeerConnectionState, RTCSdpType, RTCSessionDescription, SettingEngineBuilder,
 };
 
 use crate::live::LiveHub;
@@ -171,8 +171,7 @@ impl WebRtcEndpoint {
     /// Answers an SDP offer (JSON `{"type":"offer","sdp":...}`) from the signalling client at
     /// `from` with the SDP answer (JSON), ICE candidates included.
     pub async fn answer(self: &Arc<Self>, offer: &[u8], from: std::net::IpAddr) -> Result<Vec<u8>, WebRtcError> {
-        let offer: RTCSessionDescription =
-            serde_json::from_slice(offer).map_err(|e| WebRtcError::BadOffer(e.to_string()))?;
+        let offer = parse_offer(offer)?;
         let permit = self.limits.admit(from).map_err(|reason| {
             self.obs.address_refused("webrtc", reason);
             WebRtcError::AddressLimit(reason)
@@ -280,4 +279,17 @@ impl WebRtcEndpoint {
             let _ = p.close().await;
         }
     }
+}
+
+/// The signalling body of `POST /webrtc/offer`, checked before any peer connection exists: JSON
+/// `{"type":"offer","sdp":...}` whose SDP parses.
+pub fn parse_offer(body: &[u8]) -> Result<RTCSessionDescription, WebRtcError> {
+    let bad = |e: &dyn std::fmt::Display| WebRtcError::BadOffer(e.to_string());
+    let offer: RTCSessionDescription = serde_json::from_slice(body).map_err(|e| bad(&e))?;
+    if offer.sdp_type != RTCSdpType::Offer {
+        return Err(WebRtcError::BadOffer(format!("type is {:?}, not \"offer\"", offer.sdp_type.to_string())));
+    }
+    // Parsed eagerly (and kept): a description that is no offer or whose SDP does not parse
+    // costs no peer connection.
+    RTCSessionDescription::offer(offer.sdp).map_err(|e| bad(&e))
 }
