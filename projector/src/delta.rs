@@ -165,12 +165,15 @@ impl Projection {
             let q = base.map_or(*q, |b| q.plus(&b));
             values.push((*e, Value::Transform(q.to_transform())));
         }
+        let mut spawned = std::collections::BTreeSet::new();
         for e in &delta.spawned {
             if self.contains(*e) {
                 return Err(ApplyError::Entity { entity: *e, what: "spawned but already exists" });
             }
+            if !spawned.insert(*e) {
+                return Err(ApplyError::Entity { entity: *e, what: "spawned twice" });
+            }
         }
-        let spawned: std::collections::BTreeSet<EntityId> = delta.spawned.iter().copied().collect();
         for e in values.iter().map(|(e, _)| e).chain(delta.removals.iter().map(|(e, _)| e)).chain(&delta.despawned) {
             if !self.contains(*e) && !spawned.contains(e) {
                 return Err(ApplyError::Entity { entity: *e, what: "does not exist" });

@@ -269,3 +269,32 @@ fn interest_filter_sends_only_what_is_inside_and_follows_the_area() {
     assert_eq!(held, BTreeSet::from([3, 14, 15, 16]));
     assert_eq!(mirror.state_hash(), p.subset_hash(&held));
 }
+
+/// Found by the `mirror` fuzz target (its input is in fuzz/seeds/mirror/spawned-twice): a
+/// delta naming one new entity twice panicked the mirror.
+#[test]
+fn a_delta_spawning_an_entity_twice_is_refused_and_changes_nothing() {
+    let mut a = Author::new(1);
+    let base = vec![a.body(SESSION, 0, ComponentId::NONE, 0, Command::CreateSession { name: "s".into() })];
+    let mut p = fold(&base);
+    let _ = p.take_delta(false);
+    let mut asm = Assembler::new();
+    let mut mirror = None;
+    for c in p.snapshot(16 * 1024, None) {
+        mirror = asm.add(c).unwrap();
+    }
+    let mut mirror = mirror.expect("assembled");
+    let create = Command::CreateEntity { shape: Shape::Cube, name: "one".into(), parent: 0 };
+    p.apply_command(2, &a.body(SESSION, 7, ComponentId::NONE, 0, create)).unwrap();
+    let mut d = p.take_delta(false);
+    assert_eq!(d.spawned, vec![7]);
+    d.spawned.push(7);
+    let before = mirror.state_hash();
+    let err = mirror.apply_delta(&d).unwrap_err();
+    assert!(err.to_string().contains("spawned twice"), "{err}");
+    assert_eq!(mirror.state_hash(), before);
+    assert_eq!(mirror.seq(), 1);
+    d.spawned.pop();
+    mirror.apply_delta(&d).unwrap();
+    assert_eq!(mirror.state_hash(), p.state_hash());
+}
