@@ -169,8 +169,12 @@ pub fn serve_quic_on(
             };
             let (store, hub, obs) = (store.clone(), hub2.clone(), obs.clone());
             tokio::spawn(async move {
-                if let Ok(conn) = incoming.await {
-                    connection(store, hub, obs, conn, handshake_timeout_ms, permit).await;
+                // A peer that stalls its TLS handshake holds its half-open slot only this long.
+                let limit = Duration::from_millis(handshake_timeout_ms);
+                match tokio::time::timeout(limit, incoming).await {
+                    Ok(Ok(conn)) => connection(store, hub, obs, conn, handshake_timeout_ms, permit).await,
+                    Ok(Err(_)) => {}
+                    Err(_) => obs.handshake_refused(6),
                 }
             });
         }
@@ -252,7 +256,17 @@ async fn connection(
     timeout_ms: u64,
     address: crate::peers::AddressPermit,
 ) {
-    let Ok((control_tx, control_rx)) = conn.accept_bi().await else { return };
+    // A peer that never opens its control stream is closed like one that never says Hello.
+    let control = tokio::time::timeout(Duration::from_millis(timeout_ms), conn.accept_bi()).await;
+    let (control_tx, control_rx) = match control {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            obs.handshake_refused(6);
+            conn.close(6u32.into(), b"handshake timeout");
+            return;
+        }
+    };
     let stats = obs.new_connection("quic");
     let (control_in_tx, control_in) = mpsc::channel(64);
     let (commands_in_tx, commands_in) = mpsc::channel(256);
