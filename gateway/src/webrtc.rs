@@ -171,11 +171,13 @@ impl WebRtcEndpoint {
     /// Answers an SDP offer (JSON `{"type":"offer","sdp":...}`) from the signalling client at
     /// `from` with the SDP answer (JSON), ICE candidates included.
     pub async fn answer(self: &Arc<Self>, offer: &[u8], from: std::net::IpAddr) -> Result<Vec<u8>, WebRtcError> {
-        let offer = parse_offer(offer)?;
+        let offer: RTCSessionDescription =
+            serde_json::from_slice(offer).map_err(|e| WebRtcError::BadOffer(e.to_string()))?;
         let permit = self.limits.admit(from).map_err(|reason| {
             self.obs.address_refused("webrtc", reason);
             WebRtcError::AddressLimit(reason)
         })?;
+        let offer = check_offer(offer)?;
         let peer = |e: &dyn std::fmt::Display| WebRtcError::Peer(e.to_string());
         let (gathered_tx, mut gathered) = mpsc::channel(1);
         let handler = Arc::new(Handler {
@@ -282,10 +284,15 @@ impl WebRtcEndpoint {
 }
 
 /// The signalling body of `POST /webrtc/offer`, checked before any peer connection exists: JSON
-/// `{"type":"offer","sdp":...}` whose SDP parses.
+/// `{"type":"offer","sdp":...}` whose SDP parses. (The endpoint checks the JSON, then the
+/// address's limits, then the SDP: an address at its limit is refused before any SDP work.)
 pub fn parse_offer(body: &[u8]) -> Result<RTCSessionDescription, WebRtcError> {
+    check_offer(serde_json::from_slice(body).map_err(|e| WebRtcError::BadOffer(e.to_string()))?)
+}
+
+/// A description that is an offer whose SDP parses (parsed and kept).
+fn check_offer(offer: RTCSessionDescription) -> Result<RTCSessionDescription, WebRtcError> {
     let bad = |e: &dyn std::fmt::Display| WebRtcError::BadOffer(e.to_string());
-    let offer: RTCSessionDescription = serde_json::from_slice(body).map_err(|e| bad(&e))?;
     if offer.sdp_type != RTCSdpType::Offer {
         return Err(WebRtcError::BadOffer(format!("type is {:?}, not \"offer\"", offer.sdp_type.to_string())));
     }
