@@ -412,6 +412,11 @@ impl PowerLossBackend {
     }
 }
 
+/// The error of an injected failure of `what`.
+fn injected_io(what: &str) -> BackendError {
+    BackendError::Io { what: format!("{what} (injected)"), source: std::io::Error::other("injected I/O error") }
+}
+
 impl Backend for PowerLossBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
         self.live.get(key)
@@ -430,10 +435,7 @@ impl Backend for PowerLossBackend {
     /// while flushes are set to fail (the disk is still broken).
     fn reopen(&self) -> Result<(), BackendError> {
         if self.failing_flushes.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            return Err(BackendError::Io {
-                what: "reopen (injected)".into(),
-                source: std::io::Error::other("injected I/O error"),
-            });
+            return Err(injected_io("reopen"));
         }
         let mut unflushed = self.unflushed.lock().expect("unflushed lock");
         let durable = self.durable.map.read().expect("memory backend lock").clone();
@@ -445,10 +447,7 @@ impl Backend for PowerLossBackend {
         let failing = &self.failing_flushes;
         if failing.load(std::sync::atomic::Ordering::SeqCst) > 0 {
             failing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            return Err(BackendError::Io {
-                what: "flush (injected)".into(),
-                source: std::io::Error::other("injected I/O error"),
-            });
+            return Err(injected_io("flush"));
         }
         for b in std::mem::take(&mut *self.unflushed.lock().expect("unflushed lock")) {
             self.durable.apply(b)?;

@@ -182,38 +182,33 @@ impl Committer {
             self.shared.backend.reopen()?;
             load_sessions(&*self.shared.backend, VerifyOnOpen::Tail)
         };
-        let loaded = match attempt() {
+        let attempt = attempt();
+        // A new flusher either way: it refuses while the failed flag is set.
+        let (tx, thread) = spawn_flusher(&self.shared);
+        (self.flusher, self.flusher_thread) = (Some(tx), Some(thread));
+        let Loaded { states, mut views, global_trail_next } = match attempt {
             Ok(l) => l,
             Err(e) => {
                 self.recovery.schedule();
-                let (tx, thread) = spawn_flusher(&self.shared);
-                (self.flusher, self.flusher_thread) = (Some(tx), Some(thread));
                 tracing_error(&format!("storage still failing, appends stay refused: {e}"));
                 return false;
             }
         };
-        let Loaded { states, mut views, global_trail_next } = loaded;
         let mut reset = Vec::new();
         {
             let mut live = self.shared.views.write().expect("views lock");
-            for (id, old) in live.iter() {
-                let Some(new) = views.get_mut(id) else {
-                    if old.corrupted.is_none() && old.head.seq > 0 {
-                        let detail =
-                            format!("acknowledged entries up to {} missing after reopening storage", old.head.seq);
-                        tracing_error(&format!("session {id}: {detail}"));
-                        views.insert(
-                            *id,
-                            View { head: old.head.clone(), corrupted: Some(Corruption { seq: 1, detail }) },
-                        );
-                    }
-                    continue;
+            for (id, old) in live.iter().filter(|(_, v)| v.corrupted.is_none()) {
+                let stored = match views.get(id) {
+                    Some(v) if v.corrupted.is_some() => continue,
+                    Some(v) => v.head.seq,
+                    None => 0,
                 };
-                if new.corrupted.is_none() && new.head.seq < old.head.seq {
+                if stored < old.head.seq {
                     // Never seen in a test: storage lost what it had made durable.
-                    let detail = format!("acknowledged entries after {} missing after reopening storage", new.head.seq);
+                    let detail = format!("acknowledged entries after {stored} missing after reopening storage");
                     tracing_error(&format!("session {id}: {detail}"));
-                    new.corrupted = Some(Corruption { seq: new.head.seq + 1, detail });
+                    let head = views.get(id).map_or_else(|| old.head.clone(), |v| v.head.clone());
+                    views.insert(*id, View { head, corrupted: Some(Corruption { seq: stored + 1, detail }) });
                 }
             }
             for (id, state) in &self.states {
@@ -238,8 +233,6 @@ impl Committer {
         self.global_trail_next = global_trail_next;
         self.dirty_since = None;
         self.recovery = Recovery::default();
-        let (tx, thread) = spawn_flusher(&self.shared);
-        (self.flusher, self.flusher_thread) = (Some(tx), Some(thread));
         self.shared.failed.store(false, Relaxed);
         self.shared.metrics.storage_recoveries.fetch_add(1, Relaxed);
         tracing_error("storage works again: appends are accepted");

@@ -143,15 +143,21 @@ fn injected_faults_over_sled_heal_by_reopening_the_database() {
     }
 }
 
-#[test]
-fn a_single_failed_flush_is_refused_and_the_next_append_goes_through() {
-    // A one-off fault: the store reopens its storage at once and takes the next appends.
+/// A store over a faulty power-loss backend, with session `n` holding entity 1.
+fn faulty_store(n: u8) -> (Arc<FaultyBackend<PowerLossBackend>>, Store, Author, SessionId) {
     let backend = Arc::new(FaultyBackend::new(PowerLossBackend::new()));
-    let store = Store::with_backend(backend.clone(), relaxed(), SigningKey::from_bytes(&[4; 32])).unwrap();
-    let s = session(2);
+    let store = Store::with_backend(backend.clone(), relaxed(), SigningKey::from_bytes(&[n; 32])).unwrap();
+    let s = session(n);
     let mut owner = Author::new(1);
     create_session(&store, &mut owner, s);
     create_entity(&store, &mut owner, s, 1, 0);
+    (backend, store, owner, s)
+}
+
+#[test]
+fn a_single_failed_flush_is_refused_and_the_next_append_goes_through() {
+    // A one-off fault: the store reopens its storage at once and takes the next appends.
+    let (backend, store, mut owner, s) = faulty_store(2);
     let acked = all_entries(&store, &s);
     backend.fail_next(FaultOp::Flush, FaultError::Eio, 1);
     assert!(matches!(store.append(&rename(&mut owner, s, 1)), Err(AppendError::Storage(_))));
@@ -165,12 +171,7 @@ fn a_single_failed_flush_is_refused_and_the_next_append_goes_through() {
 
 #[test]
 fn reset_listeners_hear_of_sequenced_entries_storage_lost() {
-    let backend = Arc::new(FaultyBackend::new(PowerLossBackend::new()));
-    let store = Store::with_backend(backend.clone(), relaxed(), SigningKey::from_bytes(&[5; 32])).unwrap();
-    let s = session(3);
-    let mut owner = Author::new(1);
-    create_session(&store, &mut owner, s);
-    create_entity(&store, &mut owner, s, 1, 0);
+    let (backend, store, mut owner, s) = faulty_store(3);
     let sequenced = Arc::new(std::sync::Mutex::new(0u64));
     let seen = sequenced.clone();
     store.add_sequenced_listener(move |c| {
