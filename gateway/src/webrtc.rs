@@ -74,7 +74,9 @@ struct Handler {
     endpoint: Arc<WebRtcEndpoint>,
     gathered: mpsc::Sender<()>,
     channels: Mutex<Channels>,
-    peer: std::sync::OnceLock<Arc<dyn PeerConnection>>,
+    /// Weak: the peer connection owns this handler, and a strong handle here would keep both
+    /// alive after the connection closes.
+    peer: std::sync::OnceLock<std::sync::Weak<dyn PeerConnection>>,
     /// The signalling client's place in its address's limits, until the connection starts.
     address: Mutex<Option<crate::peers::AddressPermit>>,
 }
@@ -91,7 +93,7 @@ impl PeerConnectionEventHandler for Handler {
         if matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)
             && let Some(pc) = self.peer.get()
         {
-            self.endpoint.peers.lock().expect("peers lock").retain(|p| !Arc::ptr_eq(p, pc));
+            self.endpoint.forget(pc);
         }
     }
 
@@ -114,7 +116,7 @@ impl Handler {
     /// Starts driving the connection once the peer handle and all three channels exist (they
     /// may arrive in either order), exactly once.
     fn try_start(&self) {
-        let Some(pc) = self.peer.get() else { return };
+        let Some(pc) = self.peer.get().and_then(std::sync::Weak::upgrade) else { return };
         let ready = {
             let mut c = self.channels.lock().expect("channels lock");
             match (&c.control, &c.replication, &c.commands) {
@@ -213,7 +215,7 @@ impl WebRtcEndpoint {
             .await
             .map_err(|e| peer(&e))?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-        let _ = handler.peer.set(pc.clone());
+        let _ = handler.peer.set(Arc::downgrade(&pc));
         pc.set_remote_description(offer).await.map_err(|e| WebRtcError::BadOffer(e.to_string()))?;
         let answer = pc.create_answer(None).await.map_err(|e| peer(&e))?;
         pc.set_local_description(answer).await.map_err(|e| peer(&e))?;
@@ -222,7 +224,30 @@ impl WebRtcEndpoint {
         self.peers.lock().expect("peers lock").push(pc.clone());
         // Channels that arrived before the peer handle was set start now.
         handler.try_start();
+        // A peer that never completes ICE (or never opens its channels) holds its address's
+        // half-open slot, a UDP socket and the peer connection only until the handshake
+        // timeout; then it is closed and counted like a QUIC handshake that timed out (code 6).
+        let (me, waiting) = (self.clone(), Arc::downgrade(&handler));
+        let limit = Duration::from_millis(self.config.handshake_timeout_ms);
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            let Some(handler) = waiting.upgrade() else { return };
+            if handler.channels.lock().expect("channels lock").started {
+                return;
+            }
+            drop(handler.address.lock().expect("address lock").take());
+            if let Some(pc) = handler.peer.get().and_then(std::sync::Weak::upgrade) {
+                me.forget(&Arc::downgrade(&pc));
+                let _ = pc.close().await;
+            }
+            me.obs.handshake_refused(6);
+        });
         serde_json::to_vec(&local).map_err(|e| peer(&e))
+    }
+
+    /// Drops `pc` from the open peer connections.
+    fn forget(&self, pc: &std::sync::Weak<dyn PeerConnection>) {
+        self.peers.lock().expect("peers lock").retain(|p| !std::ptr::addr_eq(Arc::as_ptr(p), pc.as_ptr()));
     }
 
     /// Drives one connection once its three channels exist.
@@ -270,7 +295,7 @@ impl WebRtcEndpoint {
                 t.abort();
             }
             let _ = pc.close().await;
-            me.peers.lock().expect("peers lock").retain(|p| !Arc::ptr_eq(p, &pc));
+            me.forget(&Arc::downgrade(&pc));
         });
     }
 

@@ -27,8 +27,17 @@ async fn server_with(
     dir: &std::path::Path,
     addresses: theta_gateway::peers::AddressConfig,
 ) -> (theta_gateway::Running, SigningKey, SigningKey) {
+    server_timed(dir, addresses, ServeConfig::loopback(dir.join("data")).handshake_timeout_ms).await
+}
+
+async fn server_timed(
+    dir: &std::path::Path,
+    addresses: theta_gateway::peers::AddressConfig,
+    handshake_timeout_ms: u64,
+) -> (theta_gateway::Running, SigningKey, SigningKey) {
     let config = ServeConfig {
         addresses,
+        handshake_timeout_ms,
         store: StoreConfig { rate_per_sec: 1e6, rate_burst: 1e6, ..StoreConfig::default() },
         ..ServeConfig::loopback(dir.join("data"))
     };
@@ -325,5 +334,45 @@ async fn an_address_at_its_limit_of_half_open_connections_gets_429() {
     // QUIC shares the limits: the same address may not start a QUIC handshake either.
     let refused = Client::connect(options(&r, &editor, TransportChoice::Quic)).await;
     assert!(refused.is_err(), "a QUIC handshake was accepted beyond the address's limit");
+    r.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_never_complete_ice_are_closed_and_counted_after_the_handshake_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = theta_gateway::peers::AddressConfig { max_half_open_per_address: 4, max_connections_per_address: 16 };
+    let (r, editor, viewer) = server_timed(dir.path(), limits, 2_000).await;
+    let rtc = r.webrtc.clone().unwrap();
+    // A well-formed offer whose only candidate is the discard port: the server answers, and its
+    // ICE checks never get a reply.
+    let offer = include_str!("../../fuzz/seeds/signalling/offer.json").replace(" 50000 typ", " 9 typ");
+    for _ in 0..4 {
+        let resp = http_post(r.http_addr.unwrap(), "/webrtc/offer", offer.as_bytes()).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    }
+    assert_eq!(rtc.peers(), 4);
+    // They hold the address's four half-open slots: a fifth offer is refused.
+    let resp = http_post(r.http_addr.unwrap(), "/webrtc/offer", offer.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 429"), "{resp}");
+    // After the handshake timeout each is closed, counted, and its slot freed.
+    let metrics = || async { http_get(r.metrics_addr.unwrap(), "/metrics").await };
+    let mut closed = false;
+    for _ in 0..100 {
+        if rtc.peers() == 0 && metrics().await.contains("theta_live_handshake_refusals_total{code=\"6\"} 4\n") {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed, "peers open: {}\n{}", rtc.peers(), metrics().await);
+    // The address is free again: an editor and a viewer connect over WebRTC and converge.
+    let mut e = Client::connect(options(&r, &editor, TransportChoice::WebRtc)).await.unwrap();
+    let mut v = Client::connect(options(&r, &viewer, TransportChoice::WebRtc)).await.unwrap();
+    e.submit(1, ComponentId::NONE, 0, Command::CreateEntity { shape: Shape::Cube, name: "after".into(), parent: 0 })
+        .await
+        .unwrap();
+    until_seq(&mut v, 4).await;
+    let want = theta_gateway::history::project(r.store(), &S, 4).unwrap().projection.state_hash();
+    assert_eq!(v.mirror().unwrap().state_hash(), want, "viewer mirror = server projection");
     r.shutdown().await;
 }
