@@ -62,11 +62,12 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().to_string();
         let layer = self.layer.clone();
+        let in_flight = layer.obs.call_started();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
             let counted = inspect(resp.headers_mut(), &layer, &method);
-            Ok(resp.map(|body| CountedBody { inner: Box::pin(body), layer, method, counted }))
+            Ok(resp.map(|body| CountedBody { inner: Box::pin(body), layer, method, counted, _in_flight: in_flight }))
         })
     }
 }
@@ -106,6 +107,8 @@ pub struct CountedBody<B> {
     method: String,
     /// The status was already counted from the response head.
     counted: bool,
+    /// Ends the call in `theta_grpc_calls_in_flight` when the body is done or dropped.
+    _in_flight: crate::metrics::CallInFlight,
 }
 
 impl<B: http_body::Body> http_body::Body for CountedBody<B> {

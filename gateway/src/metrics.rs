@@ -36,6 +36,16 @@ pub struct Observability {
     requests_too_large: std::sync::atomic::AtomicU64,
     address_refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     access: std::sync::OnceLock<std::sync::Arc<crate::auth::Access>>,
+    grpc_in_flight: std::sync::atomic::AtomicU64,
+}
+
+/// One gRPC call in flight, from its request head until its response ends or is dropped.
+pub struct CallInFlight(std::sync::Arc<Observability>);
+
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        self.0.grpc_in_flight.fetch_sub(1, Relaxed);
+    }
 }
 
 /// The gRPC methods, as labels (any other path counts as `other`).
@@ -177,6 +187,12 @@ impl Observability {
     /// Counts a live connection refused by its address's limits.
     pub fn address_refused(&self, transport: &'static str, reason: crate::peers::AddressRefusal) {
         *self.address_refusals.lock().expect("metrics lock").entry((transport, reason.label())).or_default() += 1;
+    }
+
+    /// Counts a gRPC call in flight until the guard drops.
+    pub fn call_started(self: &std::sync::Arc<Self>) -> CallInFlight {
+        self.grpc_in_flight.fetch_add(1, Relaxed);
+        CallInFlight(self.clone())
     }
 
     /// Counts a request refused by the transport's size limit.
@@ -481,10 +497,40 @@ impl Observability {
             let _ = writeln!(s, "theta_live_session_threads {}", h.session_threads());
         }
         self.render_connections(&mut s);
+        let _ = writeln!(s, "# HELP theta_grpc_calls_in_flight gRPC calls open now (streams until they end).");
+        let _ = writeln!(s, "# TYPE theta_grpc_calls_in_flight gauge");
+        let _ = writeln!(s, "theta_grpc_calls_in_flight {}", self.grpc_in_flight.load(Relaxed));
+        render_process(&mut s);
         let _ = writeln!(s, "# HELP theta_sessions Sessions in the store.");
         let _ = writeln!(s, "# TYPE theta_sessions gauge");
         let _ = writeln!(s, "theta_sessions {}", store.sessions().len());
         s
+    }
+}
+
+/// The standard process metrics of Prometheus clients, from `/proc/self` (Linux; elsewhere
+/// they are left out).
+fn render_process(s: &mut String) {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return };
+    let kib = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    let metrics = [
+        ("process_resident_memory_bytes", "Resident memory size in bytes.", kib("VmRSS:").map(|k| k * 1024)),
+        ("process_virtual_memory_bytes", "Virtual memory size in bytes.", kib("VmSize:").map(|k| k * 1024)),
+        (
+            "process_open_fds",
+            "Number of open file descriptors.",
+            std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64),
+        ),
+        ("process_threads", "Number of OS threads in the process.", kib("Threads:")),
+    ];
+    for (name, help, value) in metrics {
+        if let Some(v) = value {
+            let _ = writeln!(s, "# HELP {name} {help}");
+            let _ = writeln!(s, "# TYPE {name} gauge");
+            let _ = writeln!(s, "{name} {v}");
+        }
     }
 }
 

@@ -32,6 +32,10 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// gRPC calls one HTTP/2 connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`);
+/// a client opens more only as earlier ones end.
+pub const GRPC_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Everything `theta serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -239,7 +243,16 @@ pub async fn start_with_store(store: Arc<Store>, config: &ServeConfig) -> Result
         .map_err(|source| ServeError::Bind { addr: config.grpc_addr, source })?;
     let grpc_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.grpc_addr, source })?;
 
-    let mut builder = tonic::transport::Server::builder();
+    // HTTP/2 bounds per connection: tonic's default lifts hyper's stream limit altogether, so a
+    // client could hold any number of calls (each a task) on one connection. Dead peers (a
+    // network that vanished without a FIN) are found by keep-alive pings instead of holding
+    // their calls, and their keys' stream slots, for good.
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION)
+        .http2_max_pending_accept_reset_streams(Some(20))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)));
     if let Some(tls) = &config.tls {
         let cert = std::fs::read(&tls.cert).map_err(|e| ServeError::Tls(format!("{}: {e}", tls.cert.display())))?;
         let key = std::fs::read(&tls.key).map_err(|e| ServeError::Tls(format!("{}: {e}", tls.key.display())))?;

@@ -373,6 +373,112 @@ async fn per_key_stream_and_rate_limits() {
     running.shutdown().await;
 }
 
+/// The value of an unlabelled metric line `name N`.
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_opening_thousands_of_streams_is_held_to_its_connection_limit_while_honest_ones_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, honest) = server(dir.path(), AccessConfig::default(), StoreConfig::default()).await;
+    let store = running.store().clone();
+    let (owner, viewer, member) = (key(1), key(3), key(4));
+    store.append(&envelope(&owner, S, 1, 0, Command::CreateSession { name: "s".into() })).unwrap();
+    for (lamport, k) in [(2, &viewer), (3, &member)] {
+        store
+            .append(&envelope(&owner, S, lamport, 0, Command::GrantRole { key: author_key(k), role: Role::Viewer }))
+            .unwrap();
+    }
+    let tasks_before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let metrics_addr = running.metrics_addr.unwrap();
+    // The hostile client, on one HTTP/2 connection: 1,500 AppendStream calls that never send a
+    // command, and 1,500 subscriptions by a member of the session (16 may be open per key).
+    let hostile = Channel::from_shared(format!("http://{}", running.grpc_addr)).unwrap().connect().await.unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..3_000 {
+        let ch = hostile.clone();
+        let member = member.clone();
+        calls.spawn(async move {
+            if i % 2 == 0 {
+                let held = LogServiceClient::new(ch).append_stream(tokio_stream::pending::<pb::AppendRequest>()).await;
+                std::future::pending::<()>().await;
+                drop(held);
+                Ok(())
+            } else {
+                let c = credential(&member, "/theta.v1.ReplayService/Subscribe", Some(&S));
+                let r = pb::SubscribeRequest { session: S.0.to_vec(), from_seq: 1, batch_size: 0 };
+                match ReplayServiceClient::new(ch).subscribe(with(r, Some(&c))).await {
+                    Ok(held) => {
+                        std::future::pending::<()>().await;
+                        drop(held);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        });
+    }
+    // The server holds at most 256 of its calls at once; the rest wait on the client's side.
+    let mut in_flight = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        in_flight = metric(&http_get(metrics_addr, "/metrics").await, "theta_grpc_calls_in_flight");
+        if in_flight >= 200 {
+            break;
+        }
+    }
+    assert!(
+        (200..=theta_gateway::server::GRPC_STREAMS_PER_CONNECTION as u64).contains(&in_flight),
+        "calls in flight: {in_flight}"
+    );
+    // An honest editor appends and an honest viewer follows, on their own connection.
+    let c = credential(&viewer, "/theta.v1.ReplayService/Subscribe", Some(&S));
+    let r = pb::SubscribeRequest { session: S.0.to_vec(), from_seq: 4, batch_size: 0 };
+    let mut follow = ReplayServiceClient::new(honest.clone()).subscribe(with(r, Some(&c))).await.unwrap().into_inner();
+    let e = envelope(&owner, S, 4, 1, Command::CreateEntity { shape: Shape::Cube, name: "honest".into(), parent: 0 });
+    let receipt = LogServiceClient::new(honest.clone()).append(pb::AppendRequest { envelope: e }).await.unwrap();
+    assert_eq!(receipt.into_inner().receipt.unwrap().seq, 4);
+    let batch = tokio::time::timeout(std::time::Duration::from_secs(10), follow.message()).await.unwrap().unwrap();
+    assert_eq!(batch.unwrap().entries[0].seq, 4, "the honest subscriber sees the new entry");
+    let metrics = http_get(metrics_addr, "/metrics").await;
+    assert!(
+        metric(&metrics, "theta_grpc_calls_in_flight") <= theta_gateway::server::GRPC_STREAMS_PER_CONNECTION as u64 + 1
+    );
+    // The member's subscriptions past its 16 are refused and counted.
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("theta_read_limit_drops_total{reason=\"streams\"} ")?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(refused > 0, "{metrics}");
+    // Gone: the server holds nothing of the hostile client (only the honest subscription).
+    calls.abort_all();
+    while calls.join_next().await.is_some() {}
+    drop(hostile);
+    let mut settled = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        if metric(&http_get(metrics_addr, "/metrics").await, "theta_grpc_calls_in_flight") == 1
+            && tasks <= tasks_before + 16
+        {
+            settled = true;
+            break;
+        }
+    }
+    assert!(
+        settled,
+        "calls in flight: {}, tasks: {} (were {tasks_before})",
+        metric(&http_get(metrics_addr, "/metrics").await, "theta_grpc_calls_in_flight"),
+        tokio::runtime::Handle::current().metrics().num_alive_tasks()
+    );
+    drop(follow);
+    running.shutdown().await;
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
