@@ -19,6 +19,8 @@
 //! rate_burst = 2000.0            # commands
 //! max_lamport_skew = 100000      # Lamport ticks
 //! checkpoint_every = 10000       # entries
+//! cache_mib = 256                # sled page cache, MiB
+//! block_cache_mib = 64           # decoded log blocks for point reads and proofs, MiB (0: off)
 //! admins = ["03a1...b8"]          # service admin public keys (64 hex digits) or key files
 //! admission = "admins"           # who may create sessions: admins | anyone | keys
 //! creators = ["..."]             # with admission = "keys": who besides the admins
@@ -99,6 +101,14 @@ pub struct ServeArgs {
     /// Checkpoint spacing, entries [default: 10000].
     #[arg(long, env = "THETA_CHECKPOINT_EVERY", value_name = "ENTRIES")]
     checkpoint_every: Option<u64>,
+    /// sled's page cache, MiB: with the block cache, what the store's memory grows to under
+    /// a log larger than both [default: 256].
+    #[arg(long, env = "THETA_CACHE_MIB", value_name = "MIB")]
+    cache_mib: Option<u64>,
+    /// Decoded log blocks kept for point reads (single entries, index hits, inclusion proofs),
+    /// MiB; 0 turns the cache off [default: 64].
+    #[arg(long, env = "THETA_BLOCK_CACHE_MIB", value_name = "MIB")]
+    block_cache_mib: Option<u64>,
     /// A service admin key (repeatable): 64 hex digits of a public key, or a key file from
     /// `theta keygen` (only its public key is used). Admins call `Stats`, read the global
     /// rejection trail and, with the default admission, create sessions.
@@ -161,6 +171,8 @@ struct FileConfig {
     rate_burst: Option<f64>,
     max_lamport_skew: Option<u64>,
     checkpoint_every: Option<u64>,
+    cache_mib: Option<u64>,
+    block_cache_mib: Option<u64>,
     admins: Option<Vec<String>>,
     admission: Option<String>,
     creators: Option<Vec<String>>,
@@ -302,6 +314,18 @@ impl ServeArgs {
             rate_per_sec: self.rate_per_sec.or(file.rate_per_sec).unwrap_or(s.rate_per_sec),
             rate_burst: self.rate_burst.or(file.rate_burst).unwrap_or(s.rate_burst),
             max_lamport_skew: self.max_lamport_skew.or(file.max_lamport_skew).unwrap_or(s.max_lamport_skew),
+            cache_capacity_bytes: match self.cache_mib.or(file.cache_mib) {
+                Some(0) => bail!("cache_mib must be at least 1"),
+                Some(mib) => mib.checked_mul(1 << 20).context("cache_mib is too large")?,
+                None => s.cache_capacity_bytes,
+            },
+            block_cache_bytes: match self.block_cache_mib.or(file.block_cache_mib) {
+                Some(mib) => usize::try_from(mib)
+                    .ok()
+                    .and_then(|m| m.checked_mul(1 << 20))
+                    .context("block_cache_mib is too large")?,
+                None => s.block_cache_bytes,
+            },
             ..s
         };
         if store.max_envelope_bytes == 0 || store.max_envelope_bytes > theta_schemas::MAX_ENVELOPE_BYTES {
