@@ -191,11 +191,21 @@ pub(crate) fn serve(
     data: &std::path::Path,
     admin: &std::path::Path,
 ) -> (std::process::Child, String, String, String, String) {
+    serve_with(data, admin.to_str().unwrap(), &[])
+}
+
+/// [`serve`] with `admin` as a key file or 64 hex digits, and more flags.
+pub(crate) fn serve_with(
+    data: &std::path::Path,
+    admin: &str,
+    extra: &[&str],
+) -> (std::process::Child, String, String, String, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_theta"))
         .args(["serve", "--data", data.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0"])
-        .args(["--admin", admin.to_str().unwrap()])
+        .args(["--admin", admin])
         .args(["--metrics-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0"])
+        .args(extra)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

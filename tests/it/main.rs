@@ -3,5 +3,6 @@
 mod architecture;
 mod browser;
 mod cli;
+mod soak;
 mod store;
 mod xr;
