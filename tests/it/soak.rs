@@ -310,10 +310,7 @@ async fn editor(i: u64, mut client: Client, history: Vec<Ack>, plan: Plan, sw: S
                     pending.remove(&e.nonce);
                     end.rejected.push(format!("code {}: {}", e.code, e.reason));
                 }
-                Event::Restarted { .. } => end.restarts += 1,
-                Event::Resynced { reason } => end.resyncs.push(reason),
-                Event::Synced { snapshot: false, .. } => { sw.counters.deltas.fetch_add(1, Relaxed); }
-                _ => {}
+                other => { note(&other, &mut end, &sw); }
             },
             _ = pace.tick(), if !stopped && pending.len() < WINDOW => {
                 let (entity, component, command) = edit(end.sent);
@@ -324,14 +321,37 @@ async fn editor(i: u64, mut client: Client, history: Vec<Ack>, plan: Plan, sw: S
             _ = tick(&mut cuts), if !stopped => {
                 // Whatever was in flight may or may not be in the log; its receipt is lost.
                 pending.clear();
-                resume(&mut client, &name).await?;
-                end.cuts += 1;
-                sw.counters.cuts.fetch_add(1, Relaxed);
+                cut(&mut client, &mut end, &sw).await?;
             }
             _ = target.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(100)), if stopped => {}
         }
     }
+    ended(&client, end)
+}
+
+/// Counts what a live client sees besides receipts and rejections.
+fn note(event: &Event, end: &mut LiveEnd, sw: &Switches) {
+    match event {
+        Event::Restarted { .. } => end.restarts += 1,
+        Event::Resynced { reason } => end.resyncs.push(reason.clone()),
+        Event::Synced { snapshot: false, .. } => {
+            sw.counters.deltas.fetch_add(1, Relaxed);
+        }
+        _ => {}
+    }
+}
+
+/// Cuts a live client's connection wherever its streams are, and resumes it.
+async fn cut(client: &mut Client, end: &mut LiveEnd, sw: &Switches) -> anyhow::Result<()> {
+    resume(client, &end.name).await?;
+    end.cuts += 1;
+    sw.counters.cuts.fetch_add(1, Relaxed);
+    Ok(())
+}
+
+/// Where a live client's mirror ended.
+fn ended(client: &Client, mut end: LiveEnd) -> anyhow::Result<LiveEnd> {
     let m = client.mirror().context("a mirror")?;
     (end.seq, end.state_hash) = (m.seq(), m.state_hash());
     Ok(end)
@@ -353,24 +373,15 @@ async fn viewer(
             break;
         }
         tokio::select! {
-            event = client.next_event() => match event.with_context(|| format!("{name}'s connection"))? {
-                Event::Restarted { .. } => end.restarts += 1,
-                Event::Resynced { reason } => end.resyncs.push(reason),
-                Event::Synced { snapshot: false, .. } => { sw.counters.deltas.fetch_add(1, Relaxed); }
-                _ => {}
-            },
-            _ = tick(&mut cuts), if !stopped => {
-                resume(&mut client, &name).await?;
-                end.cuts += 1;
-                sw.counters.cuts.fetch_add(1, Relaxed);
+            event = client.next_event() => {
+                note(&event.with_context(|| format!("{name}'s connection"))?, &mut end, &sw);
             }
+            _ = tick(&mut cuts), if !stopped => cut(&mut client, &mut end, &sw).await?,
             _ = target.changed() => {}
             _ = tokio::time::sleep(Duration::from_millis(100)), if stopped => {}
         }
     }
-    let m = client.mirror().context("a mirror")?;
-    (end.seq, end.state_hash) = (m.seq(), m.state_hash());
-    Ok(end)
+    ended(&client, end)
 }
 
 /// A subscriber: follows the log from seq 1, checking every link of the chain; drops its
