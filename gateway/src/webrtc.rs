@@ -60,6 +60,8 @@ pub struct WebRtcEndpoint {
     config: WebRtcConfig,
     peers: Mutex<Vec<Arc<dyn PeerConnection>>>,
     limits: Arc<crate::peers::AddressLimits>,
+    /// Peer connections still in memory: each owns one [`Handler`], counted until it drops.
+    in_memory: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -79,6 +81,12 @@ struct Handler {
     peer: std::sync::OnceLock<std::sync::Weak<dyn PeerConnection>>,
     /// The signalling client's place in its address's limits, until the connection starts.
     address: Mutex<Option<crate::peers::AddressPermit>>,
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        self.endpoint.in_memory.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[async_trait::async_trait]
@@ -119,13 +127,17 @@ impl Handler {
         let Some(pc) = self.peer.get().and_then(std::sync::Weak::upgrade) else { return };
         let ready = {
             let mut c = self.channels.lock().expect("channels lock");
-            match (&c.control, &c.replication, &c.commands) {
+            // Taken, not cloned: a data channel refers back to its peer connection, which owns
+            // this handler, so channels kept here would keep the closed connection alive.
+            match (c.control.take(), c.replication.take(), c.commands.take()) {
                 (Some(control), Some(replication), Some(commands)) if !c.started => {
-                    let ready = (control.clone(), replication.clone(), commands.clone());
                     c.started = true;
-                    Some(ready)
+                    Some((control, replication, commands))
                 }
-                _ => None,
+                (control, replication, commands) => {
+                    (c.control, c.replication, c.commands) = (control, replication, commands);
+                    None
+                }
             }
         };
         if let Some((control, replication, commands)) = ready {
@@ -162,12 +174,19 @@ impl WebRtcEndpoint {
         config: WebRtcConfig,
         limits: Arc<crate::peers::AddressLimits>,
     ) -> Arc<Self> {
-        Arc::new(WebRtcEndpoint { store, hub, obs, config, peers: Mutex::new(Vec::new()), limits })
+        let in_memory = std::sync::atomic::AtomicUsize::new(0);
+        Arc::new(WebRtcEndpoint { store, hub, obs, config, peers: Mutex::new(Vec::new()), limits, in_memory })
     }
 
     /// Open peer connections.
     pub fn peers(&self) -> usize {
         self.peers.lock().expect("peers lock").len()
+    }
+
+    /// Peer connections still in memory, open or not (equal to [`WebRtcEndpoint::peers`] once
+    /// closed ones are freed).
+    pub fn peers_in_memory(&self) -> usize {
+        self.in_memory.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Answers an SDP offer (JSON `{"type":"offer","sdp":...}`) from the signalling client at
@@ -182,6 +201,7 @@ impl WebRtcEndpoint {
         let offer = check_offer(offer)?;
         let peer = |e: &dyn std::fmt::Display| WebRtcError::Peer(e.to_string());
         let (gathered_tx, mut gathered) = mpsc::channel(1);
+        self.in_memory.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let handler = Arc::new(Handler {
             endpoint: self.clone(),
             gathered: gathered_tx,
@@ -232,8 +252,13 @@ impl WebRtcEndpoint {
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
             let Some(handler) = waiting.upgrade() else { return };
-            if handler.channels.lock().expect("channels lock").started {
-                return;
+            {
+                let mut c = handler.channels.lock().expect("channels lock");
+                if c.started {
+                    return;
+                }
+                // Channels that did open go with the connection (see `try_start`).
+                *c = Channels { started: true, ..Channels::default() };
             }
             drop(handler.address.lock().expect("address lock").take());
             if let Some(pc) = handler.peer.get().and_then(std::sync::Weak::upgrade) {

@@ -376,3 +376,26 @@ async fn peers_that_never_complete_ice_are_closed_and_counted_after_the_handshak
     assert_eq!(v.mirror().unwrap().state_hash(), want, "viewer mirror = server projection");
     r.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_connections_of_clients_that_leave_are_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _editor, viewer) = server(dir.path()).await;
+    let rtc = r.webrtc.clone().unwrap();
+    for _ in 0..8 {
+        let mut v = Client::connect(options(&r, &viewer, TransportChoice::WebRtc)).await.unwrap();
+        until_seq(&mut v, 3).await;
+        v.disconnect();
+        drop(v);
+    }
+    let mut freed = false;
+    for _ in 0..100 {
+        if rtc.peers() == 0 && rtc.peers_in_memory() == 0 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed, "open: {}, in memory: {}", rtc.peers(), rtc.peers_in_memory());
+    r.shutdown().await;
+}
