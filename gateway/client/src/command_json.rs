@@ -42,6 +42,16 @@ impl<T, E: std::fmt::Display> Ctx<T> for std::result::Result<T, E> {
     }
 }
 
+/// `x` as an `f32`, refused when it is not a number or lies beyond `f32`'s range (commands hold
+/// finite numbers only; the store would refuse the signed envelope).
+fn f32_of(x: &Json, field: &str) -> Result<f32> {
+    let v = x.as_f64().with_context(|| format!("{field} must hold numbers"))? as f32;
+    if !v.is_finite() {
+        return Err(CommandJsonError::new(format!("{field}: {x} is beyond the range of a 32-bit float")));
+    }
+    Ok(v)
+}
+
 fn f32s<const N: usize>(j: &Json, field: &str, default: [f32; N]) -> Result<[f32; N]> {
     match j.get(field) {
         None => Ok(default),
@@ -52,7 +62,7 @@ fn f32s<const N: usize>(j: &Json, field: &str, default: [f32; N]) -> Result<[f32
             }
             let mut out = [0f32; N];
             for (o, x) in out.iter_mut().zip(a) {
-                *o = x.as_f64().with_context(|| format!("{field} must hold numbers"))? as f32;
+                *o = f32_of(x, field)?;
             }
             Ok(out)
         }
@@ -165,8 +175,8 @@ pub fn command_from_json(j: &Json) -> Result<(u64, ComponentId, u64, Command)> {
             let d = Material::default();
             Command::SetMaterial(Material {
                 base_color: f32s(j, "base_color", d.base_color)?,
-                metallic: j.get("metallic").and_then(Json::as_f64).map_or(d.metallic, |v| v as f32),
-                roughness: j.get("roughness").and_then(Json::as_f64).map_or(d.roughness, |v| v as f32),
+                metallic: j.get("metallic").map_or(Ok(d.metallic), |v| f32_of(v, "metallic"))?,
+                roughness: j.get("roughness").map_or(Ok(d.roughness), |v| f32_of(v, "roughness"))?,
             })
         }
         K::RemoveComponent => {

@@ -38,4 +38,11 @@ fn bad_descriptions_name_what_is_wrong() {
     assert!(err(json!({"kind": "GrantRole", "key": "11".repeat(32), "role": "king"})).contains("unknown role"));
     assert!(err(json!({"kind": "CreateSession"})).contains("theta session create"));
     assert!(err(json!({"kind": "RemoveComponent", "component": "theta.Nope"})).contains("unknown component"));
+    // Found by the command_json fuzz target (fuzz/seeds/command_json/overflowing-scale): a
+    // number beyond f32's range became infinity, and the store refused the signed command.
+    let huge: serde_json::Value = serde_json::from_str("1.9e50").unwrap();
+    let e = err(json!({"kind": "SetTransform", "entity": 1, "scale": [huge, 1, 1]}));
+    assert!(e.contains("scale") && e.contains("beyond the range of a 32-bit float"), "{e}");
+    let e = err(json!({"kind": "SetMaterial", "entity": 1, "metallic": huge}));
+    assert!(e.contains("metallic") && e.contains("beyond the range"), "{e}");
 }
