@@ -101,8 +101,8 @@ pub struct ServeArgs {
     /// Checkpoint spacing, entries [default: 10000].
     #[arg(long, env = "THETA_CHECKPOINT_EVERY", value_name = "ENTRIES")]
     checkpoint_every: Option<u64>,
-    /// sled's page cache, MiB: with the block cache, what the store's memory grows to under
-    /// a log larger than both [default: 256].
+    /// sled's page cache, MiB. sled counts pages by their size on disk, so the memory it takes
+    /// is larger and moves in a sawtooth (docs/OPERATIONS.md, "Memory") [default: 256].
     #[arg(long, env = "THETA_CACHE_MIB", value_name = "MIB")]
     cache_mib: Option<u64>,
     /// Decoded log blocks kept for point reads (single entries, index hits, inclusion proofs),
