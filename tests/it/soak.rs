@@ -134,6 +134,32 @@ struct Sample {
     cuts: u64,
 }
 
+impl Sample {
+    /// Seconds, resident MiB, open files, threads, acknowledged, deltas applied, cuts: the
+    /// columns of the progress lines and of the CSV.
+    fn columns(&self) -> [String; 7] {
+        let whole = |n: u64| n.to_string();
+        [
+            format!("{:.0}", self.at_s),
+            format!("{:.1}", mib(self.rss_kib)),
+            whole(self.fds),
+            whole(self.threads),
+            whole(self.acked),
+            whole(self.deltas),
+            whole(self.cuts),
+        ]
+    }
+}
+
+/// Why a client task ended before the load did.
+fn why_ended<T>(r: Result<anyhow::Result<T>, tokio::task::JoinError>, who: &str) -> String {
+    match r {
+        Ok(Ok(_)) => format!("{who} ended early"),
+        Ok(Err(e)) => format!("{e:#}"),
+        Err(e) => format!("{who}: {e}"),
+    }
+}
+
 fn sample(pid: u32, at_s: f64, counters: &Counters) -> Sample {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
@@ -678,16 +704,8 @@ async fn run(
     let mut samples = vec![sample(pid, 0.0, &counters)];
     println!("soak:   time   rss MiB  open files  threads  acked  deltas applied  cuts");
     let show = |s: &Sample| {
-        println!(
-            "soak: {:5.0} s  {:8.1}  {:10}  {:7}  {:5}  {:14}  {:4}",
-            s.at_s,
-            mib(s.rss_kib),
-            s.fds,
-            s.threads,
-            s.acked,
-            s.deltas,
-            s.cuts
-        )
+        let [at, rss, fds, threads, acked, deltas, cuts] = s.columns();
+        println!("soak: {at:>5} s  {rss:>8}  {fds:>10}  {threads:>7}  {acked:>5}  {deltas:>14}  {cuts:>4}")
     };
     show(&samples[0]);
     let mut failed_early = None;
@@ -695,9 +713,9 @@ async fn run(
         let next = Duration::from_secs(plan.sample_secs * samples.len() as u64).min(Duration::from_secs(plan.secs));
         tokio::select! {
             _ = tokio::time::sleep(next.saturating_sub(t0.elapsed())) => {}
-            Some(r) = live.join_next() => { failed_early = Some(r.map_err(anyhow::Error::from).and_then(|r| r.map(|_| ())).err().map(|e| format!("{e:#}")).unwrap_or_else(|| "a live client ended early".into())); break; }
-            Some(r) = grpc_tasks.join_next() => { failed_early = Some(r.map_err(anyhow::Error::from).and_then(|r| r.map(|_| ())).err().map(|e| format!("{e:#}")).unwrap_or_else(|| "a subscriber ended early".into())); break; }
-            Some(r) = readers.join_next() => { failed_early = Some(r.map_err(anyhow::Error::from).and_then(|r| r.map(|_| ())).err().map(|e| format!("{e:#}")).unwrap_or_else(|| "a reader ended early".into())); break; }
+            Some(r) = live.join_next() => { failed_early = Some(why_ended(r, "a live client")); break; }
+            Some(r) = grpc_tasks.join_next() => { failed_early = Some(why_ended(r, "a subscriber")); break; }
+            Some(r) = readers.join_next() => { failed_early = Some(why_ended(r, "a reader")); break; }
         }
         if t0.elapsed() >= Duration::from_secs(plan.sample_secs * samples.len() as u64)
             || t0.elapsed() >= Duration::from_secs(plan.secs)
@@ -712,16 +730,8 @@ async fn run(
     if let Ok(path) = std::env::var("THETA_SOAK_CSV") {
         let mut csv = String::from("seconds,rss_mib,open_files,threads,acked,deltas_applied,cuts\n");
         for s in &samples {
-            csv += &format!(
-                "{:.0},{:.1},{},{},{},{},{}\n",
-                s.at_s,
-                mib(s.rss_kib),
-                s.fds,
-                s.threads,
-                s.acked,
-                s.deltas,
-                s.cuts
-            );
+            csv += &s.columns().join(",");
+            csv.push('\n');
         }
         std::fs::write(&path, csv).with_context(|| format!("write {path}"))?;
     }
