@@ -21,6 +21,9 @@
 //!
 //! One key outside sessions: `F` (the byte alone) holds the on-disk format version.
 //!
+//! Replica marks (`R`, the all-zero session id, then the mark's key) hold what a replication
+//! layer recorded with its last applied entry (`Store::submit_replicated`).
+//!
 //! The global rejection trail (rejections that name no known session) uses the all-zero
 //! session id, which no session may have (a create-session command for it is invalid).
 
@@ -41,6 +44,7 @@ pub(crate) mod tag {
     pub const TRAIL: u8 = b'J';
     pub const CHECKPOINT: u8 = b'C';
     pub const FORMAT: u8 = b'F';
+    pub const REPLICA_MARK: u8 = b'R';
 }
 
 /// Builds a key from a tag, a session and parts.
@@ -70,6 +74,9 @@ impl Key {
     }
 }
 
+pub(crate) fn replica_mark(key: u64) -> Vec<u8> {
+    Key::new(tag::REPLICA_MARK, &SessionId::default()).u64(key).done()
+}
 pub(crate) fn entry(s: &SessionId, seq: u64) -> Vec<u8> {
     Key::new(tag::ENTRY, s).u64(seq).done()
 }

@@ -52,7 +52,7 @@ pub use error::{AppendError, ConflictReason, OpenError, ReadError, RejectionCode
 pub use metrics::MetricsSnapshot;
 pub use store::{
     CommandListener, CommitListener, Committed, Entries, FORMAT_VERSION, Head, ImportError, InclusionProof, Receipt,
-    Rejection, ResetListener, Session, SignedTreeHead, Store, TREE_HEAD_DOMAIN,
+    Rejection, ResetListener, Session, SignedTreeHead, Stamp, Store, TREE_HEAD_DOMAIN,
 };
 
 /// The machine's cores, read once (the standard library reads the cgroup files at every call).

@@ -93,7 +93,7 @@ impl Committer {
                 continue;
             }
             order.committed_to(next_ticket);
-            let mut group: Vec<(Checked, Responder, Instant)> = Vec::new();
+            let mut group: Vec<Verified> = Vec::new();
             for item in items {
                 match item {
                     Stage2::Appends(a) => group.extend(a),
@@ -246,11 +246,14 @@ impl Committer {
 
     /// Appends restored rejection records to a trail, durably like a group.
     pub(super) fn import_trail(&mut self, job: TrailJob, failed: &mut bool) {
-        let TrailJob { session, records, reply } = job;
+        let TrailJob { session, records, marks, reply } = job;
         let mut batch = WriteBatch::default();
         let n = records.len() as u64;
         for r in records {
             self.trail(session, r, &mut batch);
+        }
+        for (key, bytes) in marks {
+            batch.put(keys::replica_mark(key), bytes);
         }
         let config = self.shared.config.clone();
         if let Some(state) = session.and_then(|s| self.states.get_mut(&s)) {
@@ -283,6 +286,7 @@ impl Committer {
         body: &theta_schemas::CommandBody,
         bytes: &mut Vec<u8>,
         now: u64,
+        limited: bool,
         batch: &mut WriteBatch,
         touched: &mut BTreeSet<SessionId>,
     ) -> Result<crate::session::Accepted, AppendError> {
@@ -295,12 +299,12 @@ impl Committer {
             if body.command.kind() != CommandKind::CreateSession {
                 return Err(AppendError::UnknownSession { session: body.session });
             }
-            self.admit(&body.author, now)?;
+            self.admit(&body.author, limited.then_some(now))?;
             self.states.insert(body.session, SessionState::new(body.session));
         }
         let config = &self.shared.config;
         let state = self.states.get_mut(&body.session).expect("present");
-        if let Err(e) = state.check(body, config, Some(now)) {
+        if let Err(e) = state.check(body, config, limited.then_some(now)) {
             if creating {
                 self.states.remove(&body.session);
             }
@@ -311,12 +315,13 @@ impl Committer {
         Ok(accepted)
     }
 
-    /// Admission and the per-key session-creation rate.
-    pub(super) fn admit(&mut self, author: &theta_schemas::AuthorKey, now_ms: u64) -> Result<(), AppendError> {
+    /// Admission and the per-key session-creation rate (`now_ms` None: admission only).
+    pub(super) fn admit(&mut self, author: &theta_schemas::AuthorKey, now_ms: Option<u64>) -> Result<(), AppendError> {
         let config = &self.shared.config;
         if !config.admission.admits(author) {
             return Err(AppendError::NotAdmitted { author: *author });
         }
+        let Some(now_ms) = now_ms else { return Ok(()) };
         let per_min = f64::from(config.session_creations_per_min.max(1));
         if self.creations.len() >= MAX_CREATION_BUCKETS && !self.creations.contains_key(author) {
             self.creations.retain(|_, b| b.clone().take(per_min / 60.0, per_min, now_ms).is_err());
@@ -345,7 +350,7 @@ impl Committer {
         }
     }
 
-    pub(super) fn commit(&mut self, group: Vec<(Checked, Responder, Instant)>, failed: &mut bool) {
+    pub(super) fn commit(&mut self, group: Vec<Verified>, failed: &mut bool) {
         if group.is_empty() {
             return;
         }
@@ -353,7 +358,7 @@ impl Committer {
             // After a storage failure nothing more is written: a later flush would make the
             // failed group durable behind its refusals (and the trail records are writes too).
             let metrics = &self.shared.metrics;
-            for (checked, reply, submitted) in group {
+            for (checked, reply, submitted, _) in group {
                 let e = match checked.result {
                     Err(e) => e,
                     Ok(_) => AppendError::Storage("the store stopped after a storage failure".into()),
@@ -373,15 +378,17 @@ impl Committer {
         let mut indexed: BTreeMap<SessionId, Vec<(u64, AuthorKey, EntityId)>> = BTreeMap::new();
         let keep_commands = self.shared.wants_commands.load(Relaxed);
         let mut commands: BTreeMap<SessionId, Vec<(u64, theta_schemas::CommandBody)>> = BTreeMap::new();
-        for (checked, reply, submitted) in group {
+        for (checked, reply, submitted, stamp) in group {
             let Checked { mut bytes, result, origin, .. } = checked;
+            // A replicated append carries its leader's clock and is not rate-limited here.
+            let (time, limited) = stamp.as_ref().map_or((now, true), |s| (s.time_ms, false));
             let (author, session, result) = match result {
                 Err(e) => (origin.map(|o| o.1), origin.map(|o| o.0), Err(e)),
                 Ok(body) => {
                     let r = if *failed {
                         Err(AppendError::Storage("the store stopped after a storage failure".into()))
                     } else {
-                        self.append_one(&body, &mut bytes, now, &mut batch, &mut touched)
+                        self.append_one(&body, &mut bytes, time, limited, &mut batch, &mut touched)
                     };
                     let (author, session) = (body.author, body.session);
                     if let Ok(a) = &r {
@@ -400,8 +407,11 @@ impl Committer {
                 }
                 let envelope_hash = sha2::Sha256::digest(&bytes).into();
                 let record =
-                    Rejection { index: 0, time_ms: now, code: e.code(), author, envelope_hash, reason: e.to_string() };
+                    Rejection { index: 0, time_ms: time, code: e.code(), author, envelope_hash, reason: e.to_string() };
                 self.trail(known, record, &mut batch);
+            }
+            if let Some((key, mark)) = stamp.and_then(|s| s.mark) {
+                batch.put(keys::replica_mark(key), mark);
             }
             outcomes.push(Outcome { reply, submitted, result });
         }

@@ -131,7 +131,28 @@ struct AppendJob {
     session: Option<SessionId>,
     reply: Responder,
     submitted: Instant,
+    /// Set when a replication layer ordered the append ([`Store::submit_replicated`]).
+    stamp: Option<Stamp>,
 }
+
+/// What a replication layer adds to an append it has already ordered (`theta-raft`): the
+/// time its leader stamped, which stands in for this store's clock (receipt time, rejection
+/// record), and a mark the store writes in the same atomic batch as the outcome, so that
+/// what the store holds and the layer's applied position never disagree after a crash.
+///
+/// A stamped append is checked like any other (signature, role, replay, Lamport, conflict)
+/// except for the rate and session-creation limits, which read this machine's clock and
+/// are the leader's to enforce before it proposes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// The leader's clock when it proposed the entry, Unix milliseconds.
+    pub time_ms: u64,
+    /// `(key, bytes)`: stored under `key` with the outcome (see [`Store::replica_mark`]).
+    pub mark: Option<(u64, Vec<u8>)>,
+}
+
+/// An append after the verify stage, on its way to the commit thread.
+type Verified = (Checked, Responder, Instant, Option<Stamp>);
 
 struct ImportJob {
     session: SessionId,
@@ -190,6 +211,8 @@ const SPLIT_IMPORT: usize = 16_384;
 struct TrailJob {
     session: Option<SessionId>,
     records: Vec<Rejection>,
+    /// Replica marks written in the same batch ([`Store::submit_replica_marks`]).
+    marks: Vec<(u64, Vec<u8>)>,
     reply: ImportReply,
 }
 
@@ -201,7 +224,7 @@ enum Job {
 }
 
 enum Stage2 {
-    Appends(Vec<(Checked, Responder, Instant)>),
+    Appends(Vec<Verified>),
     Import(ImportJob),
     Trail(TrailJob),
     Shutdown(SyncSender<()>),
@@ -318,7 +341,38 @@ impl Store {
     /// Submits an envelope; `reply` is called exactly once with the outcome, from a store
     /// thread (keep it short: send it to a channel). Blocks while the submission queue is full.
     pub fn submit(&self, envelope: Vec<u8>, reply: impl FnOnce(Result<Receipt, AppendError>) + Send + 'static) {
-        self.submit_job(envelope, None, Box::new(move |r, _| reply(r)));
+        self.submit_job(envelope, None, None, Box::new(move |r, _| reply(r)));
+    }
+
+    /// Submits an append a replication layer has ordered (a committed Raft entry): checked
+    /// and applied in submission order like [`Store::submit`], with the leader's `stamp`
+    /// in place of this machine's clock and without the rate limits (see [`Stamp`]). The
+    /// same entries with the same stamps give every replica the same log, byte for byte.
+    pub fn submit_replicated(
+        &self,
+        envelope: Vec<u8>,
+        stamp: Stamp,
+        reply: impl FnOnce(Result<Receipt, AppendError>) + Send + 'static,
+    ) {
+        self.submit_job(envelope, None, Some(stamp), Box::new(move |r, _| reply(r)));
+    }
+
+    /// Writes replica marks alone, `(key, bytes)` in one atomic batch (for a replicated entry
+    /// that carries no command, or an installed snapshot), ordered after everything submitted
+    /// before; `reply` is called once they are durable.
+    pub fn submit_replica_marks(
+        &self,
+        marks: Vec<(u64, Vec<u8>)>,
+        reply: impl FnOnce(Result<(), ImportError>) + Send + 'static,
+    ) {
+        let job = TrailJob { session: None, records: Vec::new(), marks, reply: Box::new(|_| {}) };
+        self.submit_trail(job, Box::new(move |r| reply(r.map(|_| ()))));
+    }
+
+    /// The bytes last stored under a replica mark `key`, by [`Store::submit_replicated`] or
+    /// [`Store::submit_replica_marks`].
+    pub fn replica_mark(&self, key: u64) -> Result<Option<Vec<u8>>, ReadError> {
+        Ok(self.shared.backend.get(&keys::replica_mark(key))?)
     }
 
     /// [`Store::submit`] for a connection bound to `session` (a live link): a command naming
@@ -330,16 +384,16 @@ impl Store {
         envelope: Vec<u8>,
         reply: impl FnOnce(Result<Receipt, AppendError>, u64) + Send + 'static,
     ) {
-        self.submit_job(envelope, Some(session), Box::new(reply));
+        self.submit_job(envelope, Some(session), None, Box::new(reply));
     }
 
-    fn submit_job(&self, envelope: Vec<u8>, session: Option<SessionId>, reply: Reply) {
+    fn submit_job(&self, envelope: Vec<u8>, session: Option<SessionId>, stamp: Option<Stamp>, reply: Reply) {
         let reply = Responder::new(reply);
         if self.shared.closing.load(Relaxed) {
             return reply.send(Err(AppendError::ShuttingDown));
         }
         self.shared.metrics.queue_depth.fetch_add(1, Relaxed);
-        let job = Job::Append(AppendJob { bytes: envelope, session, reply, submitted: Instant::now() });
+        let job = Job::Append(AppendJob { bytes: envelope, session, reply, submitted: Instant::now(), stamp });
         if let Err(e) = self.tx.send(job) {
             self.shared.metrics.queue_depth.fetch_sub(1, Relaxed);
             if let Job::Append(j) = e.0 {
@@ -411,20 +465,32 @@ impl Store {
     /// Appends rejection records (restored from a backup) to a session's trail, or with `None`
     /// to the global one; their indexes are assigned anew. Returns how many were written.
     pub fn import_rejections(&self, session: Option<SessionId>, records: Vec<Rejection>) -> Result<u64, ImportError> {
+        self.trail_job(TrailJob { session, records, marks: Vec::new(), reply: Box::new(|_| {}) })
+    }
+
+    /// Queues a trail job and waits for its durable outcome.
+    fn trail_job(&self, job: TrailJob) -> Result<u64, ImportError> {
         let (tx, rx) = sync_channel(1);
-        let reply: ImportReply = Box::new(move |r| {
-            let _ = tx.send(r);
-        });
-        let shutting = || ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown };
+        self.submit_trail(
+            job,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().unwrap_or(Err(ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown }))
+    }
+
+    /// Queues a trail job whose outcome goes to `reply` (its own reply is replaced).
+    fn submit_trail(&self, mut job: TrailJob, reply: ImportReply) {
+        job.reply = reply;
         if self.shared.closing.load(Relaxed) {
-            return Err(shutting());
+            return (job.reply)(Err(ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown }));
         }
-        if let Err(e) = self.tx.send(Job::Trail(TrailJob { session, records, reply }))
+        if let Err(e) = self.tx.send(Job::Trail(job))
             && let Job::Trail(t) = e.0
         {
-            (t.reply)(Err(shutting()));
+            (t.reply)(Err(ImportError::Rejected { seq: 0, error: AppendError::ShuttingDown }));
         }
-        rx.recv().unwrap_or(Err(shutting()))
     }
 
     /// Stops accepting appends, answers every queued one, flushes and joins the threads.

@@ -134,16 +134,16 @@ pub(super) fn verify_worker(
             let mut rest = Vec::with_capacity(appends.len());
             for j in std::mem::take(appends) {
                 inputs.push((j.bytes, j.session));
-                rest.push((j.reply, j.submitted));
+                rest.push((j.reply, j.submitted, j.stamp));
             }
             let checked = verifier::check_batch(inputs, &shared.config, &mut keys, &shared.metrics);
             out.push(Stage2::Appends(
                 checked
                     .into_iter()
                     .zip(rest)
-                    .map(|(c, (mut r, t))| {
+                    .map(|(c, (mut r, t, stamp))| {
                         r.nonce = c.nonce;
-                        (c, r, t)
+                        (c, r, t, stamp)
                     })
                     .collect(),
             ));
