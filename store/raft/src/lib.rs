@@ -29,9 +29,13 @@
 
 mod log_store;
 mod machine;
+pub mod net;
+mod node;
 
 pub use log_store::{LogReader, LogStore};
 pub use machine::{GroupMachine, SnapshotBuilder};
+pub use net::{ClusterKey, Connector, TcpConnector};
+pub use node::{Node, NodeConfig, ProposeError};
 
 use std::fmt;
 use std::io::Cursor;
