@@ -35,7 +35,7 @@ mod node;
 pub use log_store::{LogReader, LogStore};
 pub use machine::{GroupMachine, SnapshotBuilder};
 pub use net::{ClusterKey, Connector, TcpConnector};
-pub use node::{Node, NodeConfig, ProposeError};
+pub use node::{Node, NodeConfig, ProposeError, RaftClient};
 
 use std::fmt;
 use std::io::Cursor;

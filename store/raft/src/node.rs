@@ -32,6 +32,8 @@ enum Request {
     InstallSnapshot(GroupId, InstallSnapshotRequest<TypeConfig>),
     /// An append another node accepted from a client, for this node to propose as leader.
     Propose(GroupId, Vec<u8>),
+    /// A client's append, for this node to order (proposed here or forwarded to the leader).
+    Append(Vec<u8>),
 }
 
 /// The answer to a [`Request`].
@@ -41,6 +43,7 @@ enum Response {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Propose(Result<Applied, ProposeError>),
+    Append(Result<Applied, ProposeError>),
     /// The node runs no such group.
     UnknownGroup(GroupId),
 }
@@ -289,11 +292,11 @@ impl Node {
     }
 
     async fn handle(&self, request: Request) -> Response {
-        let group = match &request {
-            Request::AppendEntries(g, _)
-            | Request::Vote(g, _)
-            | Request::InstallSnapshot(g, _)
-            | Request::Propose(g, _) => *g,
+        let (group, request) = match request {
+            Request::Append(envelope) => return Response::Append(self.append(envelope).await),
+            Request::AppendEntries(g, _) | Request::Vote(g, _) | Request::InstallSnapshot(g, _) | Request::Propose(g, _) => {
+                (g, request)
+            }
         };
         let Some(raft) = self.rafts.get(&group) else { return Response::UnknownGroup(group) };
         match request {
@@ -302,6 +305,7 @@ impl Node {
             Request::InstallSnapshot(_, rpc) => Response::InstallSnapshot(raft.install_snapshot(rpc).await),
             // A forwarded append is proposed here or refused; never forwarded again.
             Request::Propose(_, envelope) => Response::Propose(self.propose_here(group, envelope).await),
+            Request::Append(_) => unreachable!("answered above"),
         }
     }
 
@@ -323,6 +327,36 @@ impl Node {
     pub async fn shutdown(&self) {
         for raft in self.rafts.values() {
             let _ = raft.shutdown().await;
+        }
+    }
+}
+
+/// A client of a node's Raft port (another process of the cluster, or a test): sends appends
+/// for the node to order.
+pub struct RaftClient {
+    conn: Conn,
+}
+
+impl RaftClient {
+    /// Connects to node `to` at `addr`, as `from` (an id no node has).
+    pub async fn connect(
+        connector: &dyn Connector,
+        key: &ClusterKey,
+        from: NodeId,
+        to: NodeId,
+        addr: &str,
+    ) -> io::Result<RaftClient> {
+        let stream = connector.connect(addr).await?;
+        Ok(RaftClient { conn: Conn::client(stream, key, from, to).await? })
+    }
+
+    /// Has the node order `envelope` and waits for the leader's apply result.
+    pub async fn append(&mut self, envelope: Vec<u8>) -> io::Result<Result<Applied, ProposeError>> {
+        self.conn.send(&encode(&Request::Append(envelope))).await?;
+        match decode::<Response>(&self.conn.recv().await?) {
+            Ok(Response::Append(r)) => Ok(r),
+            Ok(other) => Err(io::Error::new(io::ErrorKind::InvalidData, format!("unexpected answer {other:?}"))),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
     }
 }
