@@ -294,9 +294,10 @@ impl Node {
     async fn handle(&self, request: Request) -> Response {
         let (group, request) = match request {
             Request::Append(envelope) => return Response::Append(self.append(envelope).await),
-            Request::AppendEntries(g, _) | Request::Vote(g, _) | Request::InstallSnapshot(g, _) | Request::Propose(g, _) => {
-                (g, request)
-            }
+            Request::AppendEntries(g, _)
+            | Request::Vote(g, _)
+            | Request::InstallSnapshot(g, _)
+            | Request::Propose(g, _) => (g, request),
         };
         let Some(raft) = self.rafts.get(&group) else { return Response::UnknownGroup(group) };
         match request {

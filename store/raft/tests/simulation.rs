@@ -103,9 +103,10 @@ fn run(seed: u64) {
                 nodes.lock().unwrap().remove(&id);
                 let store = Arc::new(retry(|| Store::open(dir.path().join("store"), StoreConfig::default())));
                 let db = retry(|| sled::open(dir.path().join("raft")));
-                let node = Node::start(NodeConfig::new(id, key(), GROUPS), store.clone(), &db, Arc::new(TurmoilConnector))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let node =
+                    Node::start(NodeConfig::new(id, key(), GROUPS), store.clone(), &db, Arc::new(TurmoilConnector))
+                        .await
+                        .map_err(|e| e.to_string())?;
                 if id == 1 {
                     node.initialize(members).await.map_err(|e| e.to_string())?;
                 }
@@ -131,7 +132,7 @@ fn run(seed: u64) {
         let resumed = resumed.clone();
         let nodes = nodes.clone();
         sim.client(format!("editor{c}"), async move {
-            let mut rng = StdRng::seed_from_u64(seed ^ (c as u64 + 1) * 0x9e37_79b9);
+            let mut rng = StdRng::seed_from_u64(seed ^ ((c as u64 + 1) * 0x9e37_79b9));
             let mut author = Author::new(10 + c as u8);
             let mut next = 0u64;
             let mut created = false;
@@ -221,6 +222,7 @@ fn run(seed: u64) {
                 2 if crashed.is_empty() => {
                     // The crashed incarnation's store goes with it (its files stay).
                     stores.lock().unwrap().remove(&a);
+                    nodes.lock().unwrap().remove(&a);
                     sim.crash(host(a));
                     crashed.insert(a);
                     faults.push(format!("{now:?} crash {a}"));
@@ -287,7 +289,9 @@ fn run(seed: u64) {
         if let Some((_, seq, hash)) = op.acked {
             acked += 1;
             let entries = log.get(&op.session).unwrap_or_else(|| panic!("acknowledged session missing; {}", context()));
-            let entry = entries.get(seq as usize - 1).unwrap_or_else(|| panic!("acknowledged seq {seq} missing; {}", context()));
+            let entry = entries
+                .get(seq as usize - 1)
+                .unwrap_or_else(|| panic!("acknowledged seq {seq} missing; {}", context()));
             assert_eq!(entry.entry_hash, hash, "seq {seq} is not the acknowledged entry; {}", context());
         }
     }
