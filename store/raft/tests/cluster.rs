@@ -2,6 +2,9 @@
 //! group's leader and reach every replica byte for byte; when a leader stops, the others elect
 //! a new one and appends go on.
 
+mod common;
+use common::contents;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,16 +60,6 @@ async fn leader(nodes: &BTreeMap<NodeId, Running>, group: GroupId) -> NodeId {
         assert!(Instant::now() < deadline, "group {group} elected no leader");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Every session's entries as a node's store holds them.
-fn contents(store: &Store) -> Vec<(SessionId, Vec<Vec<u8>>)> {
-    let mut heads = store.sessions();
-    heads.sort_by_key(|h| h.session);
-    heads
-        .iter()
-        .map(|h| (h.session, store.read_range(&h.session, 1, h.seq).unwrap().map(|e| e.unwrap().encode()).collect()))
-        .collect()
 }
 
 /// Waits until every node's store holds the same entries and returns them.

@@ -3,6 +3,9 @@
 //! survives a restart with the store; snapshots bring lagging and empty replicas up to date;
 //! the Raft log and vote survive reopening sled.
 
+mod common;
+use common::contents;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -100,16 +103,6 @@ fn node() -> (TempDir, Arc<Store>, GroupMachine) {
     let store = open_store(dir.path());
     let machine = GroupMachine::open(store.clone(), 1, 1).expect("machine");
     (dir, store, machine)
-}
-
-/// Every session's entries, encoded, in session order.
-fn contents(store: &Store) -> Vec<(SessionId, Vec<Vec<u8>>)> {
-    let mut heads = store.sessions();
-    heads.sort_by_key(|h| h.session);
-    heads
-        .iter()
-        .map(|h| (h.session, store.read_range(&h.session, 1, h.seq).unwrap().map(|e| e.unwrap().encode()).collect()))
-        .collect()
 }
 
 /// Outcomes without the tree a receipt was made durable in (that depends on group commit).
