@@ -17,8 +17,9 @@ use openraft::raft::{
 };
 use openraft::{RPCTypes, Raft};
 use serde::{Deserialize, Serialize};
-use theta_schemas::{CommandBody, Envelope, SessionId};
+use theta_schemas::{AuthorKey, CommandBody, Envelope, SessionId};
 use theta_store::Store;
+use theta_store::guard::TokenBucket;
 use tokio::sync::Mutex;
 
 use crate::net::{ClusterKey, Conn, Connector, Stream};
@@ -60,6 +61,11 @@ pub enum ProposeError {
         /// Who it believes leads, if anyone.
         leader: Option<NodeId>,
     },
+    /// The author is over the store's append rate in this session (checked by the leader).
+    RateLimited {
+        /// When a token is next available.
+        retry_after_ms: u64,
+    },
 }
 
 impl std::fmt::Display for ProposeError {
@@ -69,6 +75,7 @@ impl std::fmt::Display for ProposeError {
             ProposeError::Unavailable(e) => write!(f, "no leader took the append: {e}"),
             ProposeError::NotLeader { leader: Some(l) } => write!(f, "not the leader (node {l} is)"),
             ProposeError::NotLeader { leader: None } => write!(f, "not the leader (none known)"),
+            ProposeError::RateLimited { retry_after_ms } => write!(f, "rate limited, retry after {retry_after_ms} ms"),
         }
     }
 }
@@ -113,7 +120,13 @@ pub struct Node {
     store: Arc<Store>,
     rafts: BTreeMap<GroupId, Raft<TypeConfig>>,
     links: Arc<Links>,
+    /// The append rate per (session, author), taken by the leader before it proposes (the
+    /// store's `rate_per_sec` and `rate_burst`; replicas do not check rates).
+    rates: std::sync::Mutex<BTreeMap<(SessionId, AuthorKey), TokenBucket>>,
 }
+
+/// Rate buckets the leader remembers at once; at the bound, full ones are forgotten.
+const MAX_RATE_BUCKETS: usize = 65_536;
 
 /// Outbound connections: the connector, and idle connections per peer for forwarded appends.
 struct Links {
@@ -187,7 +200,7 @@ impl Node {
                 .map_err(|e| format!("group {group}: {e}"))?;
             rafts.insert(group, raft);
         }
-        Ok(Arc::new(Node { config, store, rafts, links }))
+        Ok(Arc::new(Node { config, store, rafts, links, rates: std::sync::Mutex::new(BTreeMap::new()) }))
     }
 
     /// This node's id.
@@ -238,7 +251,9 @@ impl Node {
                             let ttl = deadline.saturating_duration_since(tokio::time::Instant::now());
                             match self.links.call(l, &addr, &Request::Propose(group, envelope.clone()), ttl).await {
                                 Ok(Response::Propose(Ok(applied))) => return Ok(applied),
-                                Ok(Response::Propose(Err(e @ ProposeError::Malformed(_)))) => return Err(e),
+                                Ok(Response::Propose(Err(
+                                    e @ (ProposeError::Malformed(_) | ProposeError::RateLimited { .. }),
+                                ))) => return Err(e),
                                 Ok(Response::Propose(Err(e))) => e.to_string(),
                                 Ok(other) => format!("unexpected answer {other:?}"),
                                 Err(e) => format!("node {l}: {e}"),
@@ -257,11 +272,19 @@ impl Node {
         }
     }
 
-    /// Proposes as the group's leader; `NotLeader` when this node is not.
+    /// Proposes as the group's leader; `NotLeader` when this node is not, `RateLimited` when
+    /// the author is over the store's rate in the session.
     async fn propose_here(&self, group: GroupId, envelope: Vec<u8>) -> Result<Applied, ProposeError> {
         let raft = self.rafts.get(&group).ok_or_else(|| ProposeError::Unavailable(format!("no group {group}")))?;
+        let leader = raft.current_leader().await;
+        if leader != Some(self.config.id) {
+            return Err(ProposeError::NotLeader { leader });
+        }
         // The leader's clock, stamped once: the receipt time on every replica.
-        let proposal = Proposal::Append { envelope, time_ms: now_ms() };
+        let now = now_ms();
+        let (_, body) = Envelope::open(&envelope).map_err(|e| ProposeError::Malformed(e.to_string()))?;
+        self.take_rate(body.session, body.author, now)?;
+        let proposal = Proposal::Append { envelope, time_ms: now };
         match raft.client_write(proposal).await {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -269,6 +292,23 @@ impl Node {
             }
             Err(e) => Err(ProposeError::Unavailable(e.to_string())),
         }
+    }
+
+    fn take_rate(&self, session: SessionId, author: AuthorKey, now: u64) -> Result<(), ProposeError> {
+        let config = self.store.config();
+        let (rate, burst) = (config.rate_per_sec, config.rate_burst);
+        let mut rates = self.rates.lock().expect("rate lock");
+        if rates.len() >= MAX_RATE_BUCKETS && !rates.contains_key(&(session, author)) {
+            rates.retain(|_, b| {
+                let mut probe = *b;
+                probe.take(rate, burst, now).is_err()
+            });
+        }
+        rates
+            .entry((session, author))
+            .or_insert_with(|| TokenBucket::full(burst, now))
+            .take(rate, burst, now)
+            .map_err(|retry_after_ms| ProposeError::RateLimited { retry_after_ms })
     }
 
     async fn address_of(&self, group: GroupId, node: NodeId) -> Option<String> {

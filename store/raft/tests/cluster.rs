@@ -24,6 +24,10 @@ struct Running {
 }
 
 async fn cluster(n: u64) -> BTreeMap<NodeId, Running> {
+    cluster_with(n, StoreConfig::default()).await
+}
+
+async fn cluster_with(n: u64, config: StoreConfig) -> BTreeMap<NodeId, Running> {
     let key = ClusterKey { cluster: [3; 16], secret: [4; 32] };
     let mut listeners = BTreeMap::new();
     let mut members = BTreeMap::new();
@@ -36,7 +40,7 @@ async fn cluster(n: u64) -> BTreeMap<NodeId, Running> {
     let mut nodes = BTreeMap::new();
     for (id, listener) in listeners {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path().join("store"), StoreConfig::default()).unwrap());
+        let store = Arc::new(Store::open(dir.path().join("store"), config.clone()).unwrap());
         let db = sled::open(dir.path().join("raft")).unwrap();
         let node =
             Node::start(NodeConfig::new(id, key.clone(), GROUPS), store, &db, Arc::new(TcpConnector)).await.unwrap();
@@ -174,6 +178,43 @@ async fn appends_resume_after_the_leader_stops() {
 
     let all = converged(&nodes).await;
     assert_eq!(all.iter().find(|(s, _)| *s == session).unwrap().1.len(), 7);
+    for r in nodes.values() {
+        r.node.shutdown().await;
+        r.accept.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_enforces_the_append_rate_wherever_the_client_sends() {
+    // 1 append a second after a burst of 5, per author and session.
+    let nodes = cluster_with(3, StoreConfig { rate_per_sec: 1.0, rate_burst: 5.0, ..StoreConfig::default() }).await;
+    let session = SessionId([0x77; 16]);
+    let group = group_of(&session, GROUPS);
+    let lead = leader(&nodes, group).await;
+    let follower = *nodes.keys().find(|&&id| id != lead).unwrap();
+    let mut owner = Author::new(9);
+    let mut outcomes = Vec::new();
+    for e in 0..8u64 {
+        let command = if e == 0 {
+            Command::CreateSession { name: "rate".into() }
+        } else {
+            Command::CreateEntity { shape: Shape::Cube, name: format!("e{e}"), parent: 0 }
+        };
+        // Alternately through the leader and through a follower, which forwards.
+        let via = if e % 2 == 0 { lead } else { follower };
+        outcomes.push(nodes[&via].node.append(owner.cmd(session, e, ComponentId::NONE, 0, command)).await);
+    }
+    let accepted = outcomes.iter().filter(|o| matches!(o, Ok(Applied::Accepted(_)))).count();
+    assert_eq!(accepted, 5, "{outcomes:?}");
+    for o in &outcomes[5..] {
+        match o {
+            Err(theta_raft::ProposeError::RateLimited { retry_after_ms }) => assert!(*retry_after_ms > 0),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Refused appends were never proposed: every replica holds the 5 accepted ones only.
+    let all = converged(&nodes).await;
+    assert_eq!(all.iter().find(|(s, _)| *s == session).unwrap().1.len(), 5);
     for r in nodes.values() {
         r.node.shutdown().await;
         r.accept.abort();

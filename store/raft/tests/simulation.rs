@@ -153,7 +153,15 @@ fn run(seed: u64) {
                         RaftClient::connect(&TurmoilConnector, &key(), 100 + c as u64, to, &format!("{}:{PORT}", host(to))).await?;
                     client.append(envelope).await
                 };
-                if let Ok(Ok(Ok(Applied::Accepted(r)))) = tokio::time::timeout(Duration::from_secs(3), attempt).await {
+                let outcome = tokio::time::timeout(Duration::from_secs(3), attempt).await;
+                // A creation whose acknowledgement was lost (a timeout, a cut connection) may
+                // still have landed: its retries are then refused because the session exists.
+                if let Ok(Ok(Ok(Applied::Rejected { code, .. }))) = &outcome
+                    && *code == theta_store::RejectionCode::Session as u8
+                {
+                    created = true;
+                }
+                if let Ok(Ok(Ok(Applied::Accepted(r)))) = outcome {
                     created = true;
                     op.acked = Some((turmoil::elapsed(), r.seq, r.entry_hash));
                     let healed_at = *healed.lock().unwrap();
