@@ -165,9 +165,18 @@ pub fn command_from_json(j: &Json) -> Result<(u64, ComponentId, u64, Command)> {
                 .iter()
                 .map(|p| f32s::<3>(&serde_json::json!({ "p": p }), "p", [0.0; 3]))
                 .collect::<Result<Vec<_>>>()?;
+            if indices.len() != positions.len() {
+                return Err(CommandJsonError::new("MoveVertices needs one position per index".into()));
+            }
             Command::MoveVertices { indices, positions }
         }
-        K::AddFaces => Command::AddFaces { indices: u32s(j, "indices")? },
+        K::AddFaces => {
+            let indices = u32s(j, "indices")?;
+            if !indices.len().is_multiple_of(3) {
+                return Err(CommandJsonError::new("AddFaces indices must hold 3 indices per triangle".into()));
+            }
+            Command::AddFaces { indices }
+        }
         K::RemoveFaces => Command::RemoveFaces { faces: u32s(j, "faces")? },
         K::Rename => Command::Rename { name: string(j, "name")? },
         K::Reparent => Command::Reparent { parent: j.get("parent").and_then(Json::as_u64).unwrap_or(0) },

@@ -45,4 +45,10 @@ fn bad_descriptions_name_what_is_wrong() {
     assert!(e.contains("scale") && e.contains("beyond the range of a 32-bit float"), "{e}");
     let e = err(json!({"kind": "SetMaterial", "entity": 1, "metallic": huge}));
     assert!(e.contains("metallic") && e.contains("beyond the range"), "{e}");
+    // Found by the same target (fuzz/seeds/command_json/faces-not-triangles): faces and vertex
+    // moves the decoder refuses were signed.
+    let e = err(json!({"kind": "AddFaces", "entity": 1, "indices": [0, 12]}));
+    assert!(e.contains("3 indices per triangle"), "{e}");
+    let e = err(json!({"kind": "MoveVertices", "entity": 1, "indices": [0, 1], "positions": [[0, 0, 0]]}));
+    assert!(e.contains("one position per index"), "{e}");
 }
