@@ -92,18 +92,6 @@ impl GroupMachine {
         heads
     }
 
-    async fn write_marks(&self, marks: Vec<(u64, Vec<u8>)>) -> Result<(), StorageError<NodeId>> {
-        let (tx, rx) = oneshot::channel();
-        self.store.submit_replica_marks(marks, move |r| {
-            let _ = tx.send(r);
-        });
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io_error(true, e)),
-            Err(_) => Err(io_error(true, "the store dropped a replica mark")),
-        }
-    }
-
     fn manifest(&self) -> Result<Option<Manifest>, StorageError<NodeId>> {
         match self.store.replica_mark(manifest_key(self.group)).map_err(|e| io_error(false, e))? {
             Some(bytes) => decode(&bytes).map(Some).map_err(|e| io_error(false, e)),
@@ -219,8 +207,8 @@ impl RaftStateMachine<TypeConfig> for GroupMachine {
             .map_err(|e| bad(&e))?;
         let mark = Mark { applied: meta.last_log_id, membership: meta.last_membership.clone() };
         let manifest = Manifest { meta: meta.clone(), heads };
-        self.write_marks(vec![(manifest_key(self.group), encode(&manifest)), (applied_key(self.group), encode(&mark))])
-            .await?;
+        let marks = vec![(manifest_key(self.group), encode(&manifest)), (applied_key(self.group), encode(&mark))];
+        write_marks(&self.store, marks).await.map_err(|e| io_error(true, e))?;
         self.mark = mark;
         Ok(())
     }
@@ -235,6 +223,18 @@ impl RaftStateMachine<TypeConfig> for GroupMachine {
             .map_err(|e| io_error(false, e))?
             .map_err(|e| StorageIOError::read_snapshot(signature, openraft::AnyError::error(e)))?;
         Ok(Some(Snapshot { meta: manifest.meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+/// Writes replica marks in one batch and waits until they are durable.
+async fn write_marks(store: &Store, marks: Vec<(u64, Vec<u8>)>) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    store.submit_replica_marks(marks, move |r| {
+        let _ = tx.send(r);
+    });
+    match rx.await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the store dropped a replica mark".into()),
     }
 }
 
@@ -264,15 +264,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|e| StorageIOError::read_snapshot(signature.clone(), openraft::AnyError::error(e)))?;
         // The manifest is all a snapshot keeps: its data is the log, read again when needed.
         let manifest = Manifest { meta: self.meta.clone(), heads: self.heads.clone() };
-        let (tx, rx) = oneshot::channel();
-        self.store.submit_replica_marks(vec![(manifest_key(self.group), encode(&manifest))], move |r| {
-            let _ = tx.send(r);
-        });
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(StorageIOError::write_snapshot(signature, openraft::AnyError::error(e)).into()),
-            Err(_) => return Err(io_error(true, "the store dropped a snapshot manifest")),
-        }
+        write_marks(&self.store, vec![(manifest_key(self.group), encode(&manifest))])
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature, openraft::AnyError::error(e)))?;
         Ok(Snapshot { meta: self.meta.clone(), snapshot: Box::new(Cursor::new(data)) })
     }
 }
